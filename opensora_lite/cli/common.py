@@ -1,0 +1,94 @@
+"""Shared start-up of the Hydra entry points: compose -> typed config -> checks -> run directory."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import Callable
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from opensora_lite.config import config_dir, register, to_config
+from opensora_lite.config.schema import Config
+from opensora_lite.errors import UserError
+
+
+def hydra_entry(config_name: str, validate_on_print: bool = False) -> Callable:
+    """hydra.main over this checkout's configs/, with the schema registered and user errors reported
+    as a single line with exit status 2 (no traceback). With validate_on_print, `--cfg job` also runs
+    the cross-field checks (Hydra prints the config without running the task)."""
+
+    def decorate(fn: Callable[[DictConfig], None]) -> Callable[[], None]:
+        @functools.wraps(fn)
+        def task(cfg: DictConfig) -> None:
+            try:
+                fn(cfg)
+            except UserError as exc:
+                print(f"error: {exc}", file=sys.stderr, flush=True)
+                sys.exit(2)
+
+        def main() -> None:
+            register()
+            if validate_on_print and any(a in ("--cfg", "-c") for a in sys.argv[1:]):
+                _validate_argv(config_name)
+            hydra.main(config_path=str(config_dir()), config_name=config_name, version_base="1.3")(task)()
+
+        return main
+
+    return decorate
+
+
+def _validate_argv(config_name: str) -> None:
+    from hydra import compose, initialize_config_dir
+    from hydra._internal.utils import get_args_parser
+
+    args = get_args_parser().parse_args(sys.argv[1:])
+    overrides = list(args.overrides)
+    if args.config_dir:
+        overrides.append(f"hydra.searchpath=[file://{Path(args.config_dir).resolve()}]")
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        try:
+            cfg = compose(args.config_name or config_name, overrides=overrides)
+        except Exception:
+            return  # composition errors: let hydra.main report them in its usual way
+    try:
+        to_config(cfg)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
+def run_dir_for(cfg: Config) -> Path:
+    """<root>/<name>; inside a --multirun sweep each job gets <root>/<name>/<job number>_<swept values>."""
+    base = Path(cfg.run.root) / cfg.run.name
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hc = HydraConfig.get()
+    except ValueError:  # not running under Hydra (tests call the functions directly)
+        return base
+    if hc.mode != RunMode.MULTIRUN:
+        return base
+    swept = _swept_keys()
+    values = [o for o in hc.overrides.task if o.split("=", 1)[0].lstrip("+~") in swept]
+    tag = ",".join(values).replace("/", "_")[:120] or "job"
+    return base / f"{hc.job.num}_{tag}"
+
+
+def _swept_keys() -> set[str]:
+    """Keys given a sweep (a,b / range / choice) on this command line."""
+    from hydra._internal.utils import get_args_parser
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    args = get_args_parser().parse_args(sys.argv[1:])
+    parsed = OverridesParser.create().parse_overrides(list(args.overrides))
+    return {o.key_or_group for o in parsed if o.is_sweep_override()}
+
+
+def load(cfg: DictConfig) -> tuple[Config, dict]:
+    """Typed, validated config and its resolved plain-dict form (saved in the run directory)."""
+    typed = to_config(cfg)
+    return typed, OmegaConf.to_container(cfg, resolve=True)

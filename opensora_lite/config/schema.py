@@ -1,0 +1,196 @@
+"""The one config schema. Hydra YAML under configs/ is merged onto these dataclasses, so an unknown
+key or a wrong type fails at composition with the key's full name. Cross-field rules live in
+validate.py. Every default here is visible in `--cfg job`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from opensora_lite.data.synthetic import ShapesConfig
+from opensora_lite.diffusion.flow import FlowConfig
+from opensora_lite.models.mmdit import MMDiTConfig
+
+
+@dataclass
+class RunConfig:
+    name: str = "tiny_cpu"  # run directory = <root>/<name>; re-running the same name resumes
+    root: str = "runs"
+    stage: Optional[str] = None  # osl-train: which curriculum stage to run
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    dtype: str = "fp32"  # compute dtype: fp32 | bf16 (bf16 is 20-35x slower on CPUs without AVX512-BF16)
+    threads: int = 0  # torch intra-op threads; 0 keeps torch's default
+
+
+@dataclass
+class AutoencoderConfig:
+    kind: str = "pixel"  # pixel | hunyuan | wan
+    path: Optional[str] = None  # local diffusers folder or single file (hunyuan, wan)
+    latent_channels: int = 12
+    spatial_factor: int = 2
+    temporal_factor: int = 1
+    causal: bool = False
+    scaling_factor: float = 1.0
+    shift_factor: float = 0.0
+    tiling: bool = False
+    dtype: str = "fp32"
+
+
+@dataclass
+class TextModelConfig:
+    path: Optional[str] = None  # local transformers folder; null builds `tiny` from config
+    tiny: Optional[Dict[str, Any]] = None  # transformers config kwargs for a random tiny model
+    max_length: int = 512
+    dim: int = 4096  # hidden size of the output (T5: per token; CLIP: pooled)
+    dtype: str = "bf16"
+
+
+@dataclass
+class TextEncoderConfig:
+    t5: TextModelConfig = field(default_factory=TextModelConfig)
+    clip: TextModelConfig = field(default_factory=lambda: TextModelConfig(max_length=77, dim=768))
+    init_seed: int = 1234  # seed of tiny random encoders (identical in every process and stage)
+
+
+@dataclass
+class DataConfig:
+    shards: str = "data/shapes"  # folder of .tar, glob, brace pattern (a-{000..009}.tar), or URL
+    num_workers: int = 1
+    prefetch_factor: int = 2
+    shuffle_buffer: int = 256
+    target_fps: float = 24.0  # temporal stride = ceil(fps / target_fps)
+    aspect_ratios: List[float] = field(default_factory=lambda: [0.5625, 0.75, 1.0, 1.3333, 1.7778])  # h / w
+    decode_threads: int = 1
+    caption_key: str = "txt"
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 5e-5
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-15
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    schedule: str = "constant"  # constant | cosine
+    min_lr_ratio: float = 0.0  # cosine floor, as a fraction of lr
+    grad_clip: float = 1.0  # 0 disables
+
+
+@dataclass
+class StageConfig:
+    """One stage of a curriculum: the training loop's settings for a span of steps."""
+
+    description: str = ""
+    steps: int = 1000
+    init: str = "previous"  # previous | none | path to a .safetensors (BFL Flux or ours) or a stage dir
+    # {resolution: {num_frames: [probability, batch_size]}} (Open-Sora 2.0's bucket_config); the
+    # entries are checked in validate.py (OmegaConf cannot type a list nested in an int-keyed dict)
+    # (dict defaults would merge into, not be replaced by, what a stage YAML gives: so none here)
+    buckets: Dict[str, Dict[int, List[Any]]] = field(default_factory=dict)
+    tasks: Dict[str, float] = field(default_factory=dict)  # weights of t2v, i2v_head, i2v_tail, i2v_loop
+    text_dropout: Dict[str, float] = field(default_factory=lambda: {"t5": 0.31622777, "clip": 0.31622777})
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    grad_accum: int = 1
+    ema_decay: float = 0.0  # 0 disables EMA
+    log_every: int = 10
+    checkpoint_every: int = 0  # steps between mid-stage checkpoints; 0: only the final one
+    keep_checkpoints: int = 2
+    evaluate: bool = True  # sample (and score, if eval.kind is set) at the end of the stage
+
+
+@dataclass
+class CurriculumConfig:
+    name: str = "custom"
+    stages: Dict[str, StageConfig] = field(default_factory=dict)  # run in this order
+
+
+@dataclass
+class ParallelConfig:
+    engine: str = "single"  # single | ddp
+    backend: str = "auto"  # process-group backend: auto (nccl on GPU, gloo on CPU) | nccl | gloo
+    timeout_s: int = 600  # collective timeout: a dead rank makes the others fail within this
+    compile: bool = False
+    ac_double_blocks: int = 0  # activation checkpointing: how many double / single blocks
+    ac_single_blocks: int = 0
+
+
+@dataclass
+class SampleConfig:
+    num_steps: int = 50
+    cfg_scale: float = 7.5
+    resolution: Optional[str] = None  # default: the stage's largest resolution bucket
+    num_frames: Optional[int] = None  # default: the stage's most frequent video frame count
+    aspect_ratio: float = 1.0
+    prompts: List[str] = field(default_factory=lambda: ["a red circle moving right"])
+    batch_size: int = 8
+    seed: int = 0
+    save_videos: int = 8  # mp4s written per stage (the rest are scored only)
+
+
+@dataclass
+class EvalConfig:
+    kind: Optional[str] = None  # shapes | null: what scores the end-of-stage samples
+    repeats: int = 2  # each probe prompt is sampled this many times
+    i2v_clips: int = 24
+
+
+@dataclass
+class WandbConfig:
+    enabled: bool = False
+    project: str = "opensora_lite"
+    entity: Optional[str] = None
+    mode: str = "online"  # online | offline | disabled
+    group: Optional[str] = None
+    tags: List[str] = field(default_factory=list)
+
+
+@dataclass
+class LoggerConfig:
+    console: bool = True
+    progress_bar: bool = True
+    jsonl: bool = True
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+
+@dataclass
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    model: MMDiTConfig = field(default_factory=MMDiTConfig)
+    autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
+    text_encoder: TextEncoderConfig = field(default_factory=TextEncoderConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    flow: FlowConfig = field(default_factory=FlowConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+
+
+@dataclass
+class BuildDataConfig:
+    """`osl-data`: build WebDataset shards."""
+
+    kind: str = "shapes"
+    out: str = "data/shapes"
+    overwrite: bool = False
+    shapes: ShapesConfig = field(default_factory=ShapesConfig)
+
+
+@dataclass
+class SampleJobConfig:
+    """`osl-sample`: generate videos from a checkpoint of a run."""
+
+    checkpoint: str = "???"  # a stage dir (runs/<name>/<stage>) or a model .safetensors inside one
+    out: Optional[str] = None  # default: <checkpoint stage dir>/samples_cli
+    prompts: List[str] = field(default_factory=lambda: ["a fast red circle moving right"])
+    image: Optional[str] = None  # a reference image/video for I2V (its first frame is used)
+    num_steps: int = 30
+    cfg_scale: float = 5.0
+    resolution: Optional[str] = None
+    num_frames: Optional[int] = None
+    aspect_ratio: float = 1.0
+    seed: int = 0
+    device: str = "auto"

@@ -1,0 +1,242 @@
+"""Stream bucketed video batches from WebDataset tar shards.
+
+    shards --(split over ranks x workers, shuffled per epoch)--> samples --(shuffle buffer)-->
+    bucket choice from metadata --> windowed PyAV decode to the bucket shape --> per-bucket buffers
+    --> full batches
+
+Every random choice for a sample (bucket, temporal crop) comes from a generator seeded by
+(seed, epoch, sample key), so results do not depend on the number of workers. Bad samples are
+skipped and counted by reason; the counts travel with the batches to the trainer.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import io
+import json
+import logging
+import random
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from opensora_lite.data.buckets import Bucket, BucketTable
+from opensora_lite.data.video import VideoDecodeError, decode_window, probe, temporal_stride
+from opensora_lite.errors import DataError
+
+log = logging.getLogger(__name__)
+VIDEO_EXTS = ("mp4", "avi", "mov", "mkv", "webm")
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+
+
+def expand_shards(spec: str) -> list[str]:
+    """Shard URLs from a folder, a glob, a brace pattern, or URLs / `pipe:` commands."""
+    from braceexpand import braceexpand
+
+    if spec.startswith(("pipe:", "http://", "https://", "s3://", "gs://")):
+        return list(braceexpand(spec))
+    path = Path(spec)
+    if path.is_dir():
+        return sorted(str(p) for p in path.glob("*.tar"))
+    if any(c in spec for c in "*?["):
+        return sorted(glob.glob(spec))
+    return [p for p in braceexpand(spec) if Path(p).is_file()]
+
+
+def _rng_for(seed: int, epoch: int, key: str) -> random.Random:
+    digest = hashlib.blake2b(f"{seed}/{epoch}/{key}".encode(), digest_size=8).digest()
+    return random.Random(int.from_bytes(digest, "little"))
+
+
+@dataclass
+class Item:
+    bucket: Bucket
+    frames: np.ndarray  # uint8 [T, H, W, 3]
+    caption: str
+    key: str
+
+
+class BucketedVideoStream(IterableDataset):
+    """Infinite stream of batches {video [B,3,T,H,W] in [-1,1], captions, keys, bucket, skipped}."""
+
+    def __init__(
+        self,
+        urls: list[str],
+        table: BucketTable,
+        target_fps: float,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+        shuffle_buffer: int = 256,
+        decode_threads: int = 1,
+        caption_key: str = "txt",
+        start_epoch: int = 0,
+    ):
+        super().__init__()
+        self.urls, self.table, self.target_fps, self.seed = list(urls), table, target_fps, seed
+        self.rank, self.world_size = rank, world_size
+        self.shuffle_buffer, self.decode_threads, self.caption_key = shuffle_buffer, decode_threads, caption_key
+        self.start_epoch = start_epoch
+
+    # -- samples -------------------------------------------------------------------------------
+    def _my_shards(self, epoch: int) -> list[str]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        shards = list(self.urls)
+        random.Random(self.seed * 1_000_003 + epoch).shuffle(shards)
+        return shards[self.rank * workers + worker :: self.world_size * workers]
+
+    def _samples(self, shards: list[str], skipped: Counter):
+        import webdataset as wds
+        from webdataset.tariterators import group_by_keys, tar_file_iterator
+
+        for url in shards:
+            try:
+                stream = wds.gopen(url, "rb")
+            except Exception as exc:  # missing file, failing pipe
+                skipped["unreadable_shard"] += 1
+                log.warning("cannot open shard %s: %s", url, exc)
+                continue
+            try:
+                files = (dict(f, __url__=url) for f in tar_file_iterator(stream))
+                yield from group_by_keys(files)
+            except Exception as exc:  # truncated or corrupt tar: keep what was read, move on
+                skipped["truncated_shard"] += 1
+                log.warning("shard %s is damaged after some samples: %s", url, exc)
+            finally:
+                stream.close()
+
+    def _shuffled(self, samples, rng: random.Random):
+        buf = []
+        for s in samples:
+            buf.append(s)
+            if len(buf) >= self.shuffle_buffer:
+                yield buf.pop(rng.randrange(len(buf)))
+        rng.shuffle(buf)
+        yield from buf
+
+    # -- one sample -> one bucketed item -----------------------------------------------------------
+    def _prepare(self, sample: dict, epoch: int, skipped: Counter) -> Item | None:
+        key = sample.get("__key__", "?")
+        meta = {}
+        if "json" in sample:
+            try:
+                meta = json.loads(sample["json"])
+            except ValueError:
+                skipped["bad_metadata"] += 1
+                return None
+        caption = sample.get(self.caption_key)
+        caption = caption.decode("utf-8", "replace").strip() if caption else str(meta.get("caption", "")).strip()
+        if not caption:
+            skipped["missing_caption"] += 1
+            return None
+        rng = _rng_for(self.seed, epoch, key)
+        video_ext = next((e for e in VIDEO_EXTS if e in sample), None)
+        if video_ext is not None:
+            return self._prepare_video(sample[video_ext], meta, caption, key, rng, skipped)
+        image_ext = next((e for e in IMAGE_EXTS if e in sample), None)
+        if image_ext is not None:
+            return self._prepare_image(sample[image_ext], caption, key, rng, skipped)
+        skipped["no_media"] += 1
+        return None
+
+    def _prepare_video(self, data: bytes, meta: dict, caption: str, key: str, rng, skipped: Counter) -> Item | None:
+        try:
+            if not all(k in meta for k in ("num_frames", "fps", "height", "width")):
+                info = probe(data)
+                meta = dict(meta, num_frames=info.num_frames, fps=info.fps, height=info.height, width=info.width)
+            stride = temporal_stride(float(meta["fps"]), self.target_fps)
+            usable = (int(meta["num_frames"]) - 1) // stride + 1
+            bucket = self.table.assign(int(meta["height"]), int(meta["width"]), usable, rng)
+            if bucket is None:
+                skipped["no_bucket"] += 1
+                return None
+            span = (bucket.num_frames - 1) * stride + 1
+            start = rng.randint(0, int(meta["num_frames"]) - span)
+            frames = decode_window(data, start, bucket.num_frames, stride, (bucket.height, bucket.width), self.decode_threads)
+        except VideoDecodeError:
+            skipped["corrupt_video"] += 1
+            return None
+        return Item(bucket, frames, caption, key)
+
+    def _prepare_image(self, data: bytes, caption: str, key: str, rng, skipped: Counter) -> Item | None:
+        try:
+            import av
+
+            with av.open(io.BytesIO(data)) as container:
+                frame = next(container.decode(video=0))
+        except Exception:
+            skipped["corrupt_image"] += 1
+            return None
+        bucket = self.table.assign(frame.height, frame.width, 1, rng)
+        if bucket is None:
+            skipped["no_bucket"] += 1
+            return None
+        from opensora_lite.data.video import resize_crop_size
+
+        nh, nw, top, left = resize_crop_size(frame.height, frame.width, (bucket.height, bucket.width))
+        rgb = frame.to_ndarray(width=nw, height=nh, format="rgb24", interpolation="AREA")
+        return Item(bucket, rgb[None, top : top + bucket.height, left : left + bucket.width], caption, key)
+
+    # -- batches -------------------------------------------------------------------------------
+    @staticmethod
+    def collate(items: list[Item], skipped: Counter) -> dict:
+        video = torch.from_numpy(np.stack([it.frames for it in items])).permute(0, 4, 1, 2, 3)
+        return {
+            "video": video.float().div_(127.5).sub_(1.0),
+            "captions": [it.caption for it in items],
+            "keys": [it.key for it in items],
+            "bucket": items[0].bucket.key,
+            "skipped": dict(skipped),
+        }
+
+    def __iter__(self):
+        epoch = self.start_epoch
+        skipped: Counter = Counter()
+        buffers: dict[str, list[Item]] = defaultdict(list)  # partial batches carry over epochs
+        while True:
+            shards = self._my_shards(epoch)
+            if not shards:
+                raise DataError(
+                    f"{len(self.urls)} shards cannot feed {self.world_size} ranks x workers: "
+                    "use fewer data.num_workers or more shards"
+                )
+            usable = 0
+            order_rng = random.Random(self.seed * 7919 + epoch * 104729 + self.rank)
+            for sample in self._shuffled(self._samples(shards, skipped), order_rng):
+                item = self._prepare(sample, epoch, skipped)
+                if item is None:
+                    continue
+                usable += 1
+                buf = buffers[item.bucket.key]
+                buf.append(item)
+                if len(buf) == item.bucket.batch_size:
+                    yield self.collate(buf, skipped)
+                    skipped.clear()  # in place: the shard reader holds this same counter
+                    buffers[item.bucket.key] = []
+            if usable == 0:
+                raise DataError(f"no usable sample in {len(shards)} shards (skipped: {dict(skipped)})")
+            epoch += 1
+
+
+def build_loader(stream: BucketedVideoStream, num_workers: int, prefetch_factor: int, pin_memory: bool) -> DataLoader:
+    kwargs = dict(num_workers=num_workers, batch_size=None, pin_memory=pin_memory)
+    if num_workers > 0:
+        kwargs.update(prefetch_factor=prefetch_factor, persistent_workers=True)
+    return DataLoader(stream, **kwargs)
+
+
+def batches(loader: DataLoader):
+    """Iterate a loader; a DataError raised in a worker comes back as one plain DataError line."""
+    it = iter(loader)
+    while True:
+        try:
+            yield next(it)
+        except DataError as exc:
+            last = str(exc).strip().splitlines()[-1]
+            raise DataError(last.split("DataError: ", 1)[-1]) from None

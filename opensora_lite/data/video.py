@@ -1,0 +1,110 @@
+"""Video encoding and windowed decoding with PyAV (FFmpeg bundled; no torchvision)."""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+
+import av
+import numpy as np
+
+
+class VideoDecodeError(ValueError):
+    """A video that cannot be decoded into the requested window (corrupt, empty, too short)."""
+
+
+def encode_mp4(frames: np.ndarray, fps: float, crf: int = 18) -> bytes:
+    """H.264 mp4 bytes from uint8 frames [T, H, W, 3] (H and W even, as yuv420p requires)."""
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise ValueError(f"expected uint8 [T, H, W, 3] frames, got {frames.dtype} {frames.shape}")
+    t, h, w, _ = frames.shape
+    if h % 2 or w % 2:
+        raise ValueError(f"H.264 yuv420p needs even sizes, got {h}x{w}")
+    buf = io.BytesIO()
+    with av.open(buf, mode="w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1000))
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        stream.options = {"crf": str(crf), "preset": "veryfast", "tune": "zerolatency"}
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+    return buf.getvalue()
+
+
+@dataclass
+class VideoInfo:
+    num_frames: int
+    fps: float
+    height: int
+    width: int
+
+    @property
+    def duration(self) -> float:
+        return self.num_frames / self.fps if self.fps else 0.0
+
+
+def probe(data: bytes) -> VideoInfo:
+    """Frame count, fps and size of an encoded video (decodes when the container does not say)."""
+    try:
+        with av.open(io.BytesIO(data)) as container:
+            stream = container.streams.video[0]
+            fps = float(stream.average_rate or stream.guessed_rate or 0)
+            n = stream.frames or sum(1 for _ in container.decode(stream))
+            return VideoInfo(num_frames=n, fps=fps, height=stream.height, width=stream.width)
+    except (av.error.FFmpegError, IndexError) as exc:
+        raise VideoDecodeError(f"cannot probe video: {exc}") from exc
+
+
+def resize_crop_size(height: int, width: int, target: tuple[int, int]) -> tuple[int, int, int, int]:
+    """Scaled (h, w) that covers `target` keeping aspect, and the (top, left) of the centre crop."""
+    th, tw = target
+    scale = max(th / height, tw / width)
+    nh, nw = max(th, round(height * scale)), max(tw, round(width * scale))
+    return nh, nw, (nh - th) // 2, (nw - tw) // 2
+
+
+def decode_window(
+    data: bytes,
+    start: int,
+    num_frames: int,
+    stride: int,
+    size: tuple[int, int],
+    threads: int = 1,
+) -> np.ndarray:
+    """Decode frames start, start+stride, ... (num_frames of them), resized (area filter) and centre
+    cropped to `size` = (h, w). Stops decoding after the last wanted frame. Returns uint8 [T, h, w, 3]."""
+    wanted = {start + i * stride for i in range(num_frames)}
+    last = start + (num_frames - 1) * stride
+    out: list[np.ndarray] = []
+    try:
+        with av.open(io.BytesIO(data)) as container:
+            stream = container.streams.video[0]
+            stream.thread_count = threads
+            nh, nw, top, left = resize_crop_size(stream.height, stream.width, size)
+            for index, frame in enumerate(container.decode(stream)):
+                if index in wanted:
+                    rgb = frame.to_ndarray(width=nw, height=nh, format="rgb24", interpolation="AREA")
+                    out.append(rgb[top : top + size[0], left : left + size[1]])
+                if index >= last:
+                    break
+    except av.error.FFmpegError as exc:
+        raise VideoDecodeError(f"decode failed: {exc}") from exc
+    if len(out) != num_frames:
+        raise VideoDecodeError(f"video has too few frames: got {len(out)} of {num_frames} (start {start}, stride {stride})")
+    return np.stack(out)
+
+
+def temporal_stride(fps: float, target_fps: float) -> int:
+    """Open-Sora's rule: keep every ceil(fps / target_fps)-th frame."""
+    return max(1, math.ceil(fps / target_fps - 1e-6)) if fps > 0 else 1
+
+
+def write_video(path, frames: np.ndarray, fps: float, min_side: int = 128) -> None:
+    """Write uint8 frames [T, H, W, 3] as mp4, enlarged by an integer factor (nearest) to be viewable."""
+    scale = max(1, -(-min_side // min(frames.shape[1:3])))
+    if scale > 1:
+        frames = frames.repeat(scale, axis=1).repeat(scale, axis=2)
+    with open(path, "wb") as fh:
+        fh.write(encode_mp4(np.ascontiguousarray(frames), fps))

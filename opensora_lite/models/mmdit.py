@@ -1,0 +1,273 @@
+"""Flux-architecture MMDiT for video.
+
+Double-stream blocks (separate weights for text and video tokens, joint attention) followed by
+single-stream blocks (one fused linear over the concatenated sequence), AdaLN modulation from
+timestep + CLIP pooled vector (+ optional guidance), QK RMSNorm and 3D RoPE over (t, h, w).
+Parameter names follow the BFL FLUX.1 checkpoint. At one frame this is exactly Flux.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from einops import rearrange
+from torch import Tensor, nn
+
+from opensora_lite.models.attention import AttentionCore
+from opensora_lite.models.layers import MLPEmbedder, Modulation, QKNorm, gelu_tanh, layer_norm, timestep_embedding
+from opensora_lite.models.rope import apply_rope, rope_cos_sin, video_position_ids
+
+
+@dataclass
+class MMDiTConfig:
+    """Architecture of the MMDiT (the `model` config group)."""
+
+    latent_channels: int = 16  # channels of the autoencoder latent
+    patch_size: list[int] = field(default_factory=lambda: [1, 2, 2])  # (t, h, w) patch over latents
+    hidden_size: int = 3072
+    num_heads: int = 24
+    depth: int = 19  # double-stream blocks
+    depth_single_blocks: int = 38
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = True
+    axes_dim: list[int] = field(default_factory=lambda: [16, 56, 56])  # RoPE split of head dim over (t, h, w)
+    theta: float = 10000.0
+    context_in_dim: int = 4096  # T5 hidden size
+    vec_in_dim: int = 768  # CLIP pooled size
+    guidance_embed: bool = False  # Flux-dev distilled guidance input; Open-Sora's video model drops it
+    attention_backend: str = "auto"  # auto | sdpa | flash2 | flash3 | math
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def patch_dim(self) -> int:
+        pt, ph, pw = self.patch_size
+        return self.latent_channels * pt * ph * pw
+
+
+def patchify(x: Tensor, patch: list[int] | tuple[int, ...]) -> Tensor:
+    """[B, C, T, H, W] -> [B, T'H'W', C*pt*ph*pw], channel order (c, pt, ph, pw) as Flux packs (c, ph, pw)."""
+    pt, ph, pw = patch
+    return rearrange(x, "b c (t pt) (h ph) (w pw) -> b (t h w) (c pt ph pw)", pt=pt, ph=ph, pw=pw)
+
+
+def unpatchify(tokens: Tensor, patch: list[int] | tuple[int, ...], grid: tuple[int, int, int]) -> Tensor:
+    pt, ph, pw = patch
+    t, h, w = grid
+    return rearrange(tokens, "b (t h w) (c pt ph pw) -> b c (t pt) (h ph) (w pw)", t=t, h=h, w=w, pt=pt, ph=ph, pw=pw)
+
+
+def _split_heads(qkv: Tensor, num_heads: int) -> tuple[Tensor, Tensor, Tensor]:
+    q, k, v = rearrange(qkv, "b l (k h d) -> k b h l d", k=3, h=num_heads)
+    return q, k, v
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool):
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.norm = QKNorm(dim // num_heads)
+        self.proj = nn.Linear(dim, dim)
+
+
+class DoubleStreamBlock(nn.Module):
+    """Text and video streams with their own weights, attending jointly over [txt, img]."""
+
+    def __init__(self, hidden: int, num_heads: int, mlp_ratio: float, qkv_bias: bool, backend: str):
+        super().__init__()
+        mlp_hidden = int(hidden * mlp_ratio)
+        self.num_heads = num_heads
+        for stream in ("img", "txt"):
+            setattr(self, f"{stream}_mod", Modulation(hidden, double=True))
+            setattr(self, f"{stream}_norm1", layer_norm(hidden))
+            setattr(self, f"{stream}_attn", SelfAttention(hidden, num_heads, qkv_bias))
+            setattr(self, f"{stream}_norm2", layer_norm(hidden))
+            mlp = nn.Sequential(nn.Linear(hidden, mlp_hidden), gelu_tanh(), nn.Linear(mlp_hidden, hidden))
+            setattr(self, f"{stream}_mlp", mlp)
+        self.attn_core = AttentionCore(backend)
+
+    def _qkv(self, stream: str, x: Tensor, mod) -> tuple[Tensor, Tensor, Tensor]:
+        attn: SelfAttention = getattr(self, f"{stream}_attn")
+        q, k, v = _split_heads(attn.qkv(mod.modulate(getattr(self, f"{stream}_norm1")(x))), self.num_heads)
+        q, k = attn.norm(q, k, v)
+        return q, k, v
+
+    def forward(self, img: Tensor, txt: Tensor, vec: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor]:
+        img_mod1, img_mod2 = self.img_mod(vec)
+        txt_mod1, txt_mod2 = self.txt_mod(vec)
+        img_q, img_k, img_v = self._qkv("img", img, img_mod1)
+        txt_q, txt_k, txt_v = self._qkv("txt", txt, txt_mod1)
+        q = apply_rope(torch.cat((txt_q, img_q), dim=2), cos, sin)
+        k = apply_rope(torch.cat((txt_k, img_k), dim=2), cos, sin)
+        v = torch.cat((txt_v, img_v), dim=2)
+        out = rearrange(self.attn_core(q, k, v), "b h l d -> b l (h d)")
+        txt_out, img_out = out[:, : txt.shape[1]], out[:, txt.shape[1] :]
+
+        img = img + img_mod1.gate * self.img_attn.proj(img_out)
+        img = img + img_mod2.gate * self.img_mlp(img_mod2.modulate(self.img_norm2(img)))
+        txt = txt + txt_mod1.gate * self.txt_attn.proj(txt_out)
+        txt = txt + txt_mod2.gate * self.txt_mlp(txt_mod2.modulate(self.txt_norm2(txt)))
+        return img, txt
+
+
+class SingleStreamBlock(nn.Module):
+    """One stream over [txt, img]: fused qkv+MLP-in linear, parallel attention and MLP."""
+
+    def __init__(self, hidden: int, num_heads: int, mlp_ratio: float, backend: str):
+        super().__init__()
+        self.hidden = hidden
+        self.num_heads = num_heads
+        self.mlp_hidden = int(hidden * mlp_ratio)
+        self.linear1 = nn.Linear(hidden, hidden * 3 + self.mlp_hidden)
+        self.linear2 = nn.Linear(hidden + self.mlp_hidden, hidden)
+        self.norm = QKNorm(hidden // num_heads)
+        self.pre_norm = layer_norm(hidden)
+        self.mlp_act = gelu_tanh()
+        self.modulation = Modulation(hidden, double=False)
+        self.attn_core = AttentionCore(backend)
+
+    def forward(self, x: Tensor, vec: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        mod, _ = self.modulation(vec)
+        qkv, mlp = torch.split(self.linear1(mod.modulate(self.pre_norm(x))), [3 * self.hidden, self.mlp_hidden], -1)
+        q, k, v = _split_heads(qkv, self.num_heads)
+        q, k = self.norm(q, k, v)
+        attn = self.attn_core(apply_rope(q, cos, sin), apply_rope(k, cos, sin), v)
+        out = self.linear2(torch.cat((rearrange(attn, "b h l d -> b l (h d)"), self.mlp_act(mlp)), dim=2))
+        return x + mod.gate * out
+
+
+class LastLayer(nn.Module):
+    def __init__(self, hidden: int, out_dim: int):
+        super().__init__()
+        self.norm_final = layer_norm(hidden)
+        self.linear = nn.Linear(hidden, out_dim, bias=True)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden, 2 * hidden, bias=True))
+
+    def forward(self, x: Tensor, vec: Tensor) -> Tensor:
+        shift, scale = self.adaLN_modulation(vec).chunk(2, dim=1)
+        return self.linear((1 + scale[:, None, :]) * self.norm_final(x) + shift[:, None, :])
+
+
+class MMDiT(nn.Module):
+    """The video MMDiT. `image_condition` adds Open-Sora's zero-initialised I2V input `cond_in`."""
+
+    def __init__(self, cfg: MMDiTConfig, image_condition: bool = False):
+        super().__init__()
+        if cfg.hidden_size % cfg.num_heads:
+            raise ValueError(f"hidden_size {cfg.hidden_size} is not divisible by num_heads {cfg.num_heads}")
+        if sum(cfg.axes_dim) != cfg.head_dim:
+            raise ValueError(f"sum(axes_dim)={sum(cfg.axes_dim)} must equal head dim {cfg.head_dim}")
+        self.cfg = cfg
+        hidden = cfg.hidden_size
+        self.img_in = nn.Linear(cfg.patch_dim, hidden, bias=True)
+        self.time_in = MLPEmbedder(256, hidden)
+        self.vector_in = MLPEmbedder(cfg.vec_in_dim, hidden)
+        self.guidance_in = MLPEmbedder(256, hidden) if cfg.guidance_embed else None
+        self.txt_in = nn.Linear(cfg.context_in_dim, hidden)
+        self.double_blocks = nn.ModuleList(
+            DoubleStreamBlock(hidden, cfg.num_heads, cfg.mlp_ratio, cfg.qkv_bias, cfg.attention_backend)
+            for _ in range(cfg.depth)
+        )
+        self.single_blocks = nn.ModuleList(
+            SingleStreamBlock(hidden, cfg.num_heads, cfg.mlp_ratio, cfg.attention_backend)
+            for _ in range(cfg.depth_single_blocks)
+        )
+        self.final_layer = LastLayer(hidden, cfg.patch_dim)
+        # I2V condition: mask (1 channel) + masked latents, patchified, added to img_in's output.
+        pt, ph, pw = cfg.patch_size
+        self.cond_in = nn.Linear((cfg.latent_channels + 1) * pt * ph * pw, hidden) if image_condition else None
+        self.reset_parameters()
+
+    @property
+    def image_condition(self) -> bool:
+        return self.cond_in is not None
+
+    def reset_parameters(self) -> None:
+        """From-scratch init: small normal linears; modulations, final layer and cond_in at zero.
+
+        Zero gates make every block start as the identity (the DiT recipe); zero cond_in makes an I2V
+        model compute exactly what its T2V parent did until training moves it.
+        """
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, std=0.02)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+        zero = [m.lin for m in self.modules() if isinstance(m, Modulation)]
+        zero += [self.final_layer.linear, self.final_layer.adaLN_modulation[1]]
+        if self.cond_in is not None:
+            zero.append(self.cond_in)
+        for module in zero:
+            nn.init.zeros_(module.weight)
+            nn.init.zeros_(module.bias)
+
+    def forward_tokens(
+        self,
+        img: Tensor,
+        img_ids: Tensor,
+        txt: Tensor,
+        txt_ids: Tensor,
+        timesteps: Tensor,
+        y: Tensor,
+        guidance: Tensor | None = None,
+        cond: Tensor | None = None,
+    ) -> Tensor:
+        """Flux's token-level forward: packed image tokens [B, L, patch_dim] -> predicted tokens."""
+        img = self.img_in(img)
+        if cond is not None:
+            if self.cond_in is None:
+                raise ValueError("an image condition was given but the model was built without cond_in")
+            img = img + self.cond_in(cond)
+        vec = self.time_in(timestep_embedding(timesteps, 256).to(img.dtype))
+        if self.guidance_in is not None:
+            if guidance is None:
+                raise ValueError("this model has guidance_embed=True and needs a guidance value")
+            vec = vec + self.guidance_in(timestep_embedding(guidance, 256).to(img.dtype))
+        vec = vec + self.vector_in(y)
+        txt = self.txt_in(txt)
+        ids = torch.cat((txt_ids, img_ids), dim=-2)
+        cos, sin = rope_cos_sin(ids, self.cfg.axes_dim, self.cfg.theta)
+        cos, sin = (cos[None, None], sin[None, None]) if ids.dim() == 2 else (cos[:, None], sin[:, None])
+        for block in self.double_blocks:
+            img, txt = block(img, txt, vec, cos, sin)
+        x = torch.cat((txt, img), dim=1)
+        for block in self.single_blocks:
+            x = block(x, vec, cos, sin)
+        return self.final_layer(x[:, txt.shape[1] :], vec)
+
+    def forward(
+        self,
+        x: Tensor,
+        timesteps: Tensor,
+        txt: Tensor,
+        y: Tensor,
+        cond: Tensor | None = None,
+        guidance: Tensor | None = None,
+    ) -> Tensor:
+        """Velocity for latents x [B, C, T, H, W] at times [B]; txt [B, L, context_in_dim]; y [B, vec_in_dim].
+
+        `cond` is the I2V condition [B, C+1, T, H, W] (mask channel first, then masked latents).
+        Time takes RoPE axis 0 (unused by Flux), one position per latent frame; text positions are zero.
+        """
+        patch = self.cfg.patch_size
+        _, _, t, h, w = x.shape
+        if t % patch[0] or h % patch[1] or w % patch[2]:
+            raise ValueError(f"latent shape {(t, h, w)} is not divisible by patch size {tuple(patch)}")
+        grid = (t // patch[0], h // patch[1], w // patch[2])
+        img_ids = video_position_ids(*grid, device=x.device)
+        txt_ids = torch.zeros(txt.shape[1], 3, device=x.device)
+        out = self.forward_tokens(
+            patchify(x, patch),
+            img_ids,
+            txt,
+            txt_ids,
+            timesteps,
+            y,
+            guidance=guidance,
+            cond=None if cond is None else patchify(cond, patch),
+        )
+        return unpatchify(out, patch, grid)

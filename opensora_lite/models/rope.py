@@ -1,0 +1,48 @@
+"""Rotary position embedding over N position axes, in Flux's layout.
+
+Each token has one position per axis (Flux: (unused, h, w); video: (t, h, w); text: zeros). The head
+dimension is split into `axes_dim` chunks, one per axis, and within a chunk adjacent channel pairs
+(2i, 2i+1) are rotated by angle pos * theta^(-2i/d). This is exactly the rotation of the BFL reference
+and of diffusers' FluxPosEmbed, so pretrained Flux attention sees the positions it was trained with.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def rope_angles(pos: Tensor, dim: int, theta: float) -> Tensor:
+    """Angles [..., n, dim/2] for positions `pos` [..., n] on one axis (computed in float64)."""
+    if dim % 2:
+        raise ValueError(f"RoPE axis dimension must be even, got {dim}")
+    exponent = torch.arange(0, dim, 2, dtype=torch.float64, device=pos.device) / dim
+    omega = 1.0 / (theta**exponent)
+    return pos.to(torch.float64)[..., None] * omega
+
+
+def rope_cos_sin(ids: Tensor, axes_dim: list[int] | tuple[int, ...], theta: float) -> tuple[Tensor, Tensor]:
+    """cos and sin tables [..., L, head_dim/2] (float32) for position ids [..., L, n_axes]."""
+    if ids.shape[-1] != len(axes_dim):
+        raise ValueError(f"ids have {ids.shape[-1]} axes but axes_dim has {len(axes_dim)}")
+    angles = torch.cat([rope_angles(ids[..., i], d, theta) for i, d in enumerate(axes_dim)], dim=-1)
+    return angles.cos().float(), angles.sin().float()
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate adjacent channel pairs of x [B, H, L, D] by tables [B or 1, 1, L, D/2]."""
+    xf = x.float().unflatten(-1, (-1, 2))
+    x0, x1 = xf[..., 0], xf[..., 1]
+    out = torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1)
+    return out.flatten(-2).type_as(x)
+
+
+def video_position_ids(t: int, h: int, w: int, device: torch.device | None = None, t_offset: int = 0) -> Tensor:
+    """(t, h, w) integer positions [t*h*w, 3] in raster order (time-major), float for RoPE."""
+    grid = torch.meshgrid(
+        torch.arange(t, device=device) + t_offset,
+        torch.arange(h, device=device),
+        torch.arange(w, device=device),
+        indexing="ij",
+    )
+    return torch.stack(grid, dim=-1).reshape(-1, 3).float()

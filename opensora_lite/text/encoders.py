@@ -1,0 +1,78 @@
+"""Frozen text encoders: T5 (token sequence -> txt_in) and CLIP (pooled vector -> vector_in).
+
+Real weights load from local folders (`path`); nothing is downloaded. With `tiny` set instead, a small
+random model is built from that transformers config under a fixed seed, so every process and every
+stage sees the same encoder, with a byte-level tokenizer that needs no vocabulary file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from opensora_lite.config.schema import TextEncoderConfig, TextModelConfig
+
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _check_path(path: str, what: str) -> None:
+    if not Path(path).exists():
+        raise FileNotFoundError(f"text_encoder.{what}.path: {path} does not exist (weights load from local paths only)")
+
+
+def _build(kind: str, cfg: TextModelConfig, seed: int) -> tuple[nn.Module, object]:
+    import transformers as tf
+
+    if cfg.path:
+        _check_path(cfg.path, kind)
+        tokenizer = tf.AutoTokenizer.from_pretrained(cfg.path)
+        cls = tf.T5EncoderModel if kind == "t5" else tf.CLIPTextModel
+        return cls.from_pretrained(cfg.path, torch_dtype=_DTYPES[cfg.dtype]), tokenizer
+    if not cfg.tiny:
+        raise ValueError(f"text_encoder.{kind}: set either path (local weights) or tiny (a config to build)")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if kind == "t5":
+            model = tf.T5EncoderModel(tf.T5Config(**cfg.tiny))
+        else:
+            # ByT5 bytes: pad 0, eos 1; CLIP pools the hidden state at the first eos token.
+            model = tf.CLIPTextModel(tf.CLIPTextConfig(pad_token_id=0, eos_token_id=1, bos_token_id=0, **cfg.tiny))
+    return model.to(_DTYPES[cfg.dtype]), tf.ByT5Tokenizer()
+
+
+class TextEncoders(nn.Module):
+    """T5 + CLIP, frozen. `encode(texts)` -> (t5 [B, L, D], clip [B, D]); `empty` caches ("")."""
+
+    def __init__(self, cfg: TextEncoderConfig, device: torch.device | str = "cpu"):
+        super().__init__()
+        self.cfg = cfg
+        self.t5, self.t5_tokenizer = _build("t5", cfg.t5, cfg.init_seed)
+        self.clip, self.clip_tokenizer = _build("clip", cfg.clip, cfg.init_seed + 1)
+        self.requires_grad_(False).eval().to(device)
+        self._empty: tuple[Tensor, Tensor] | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.t5.parameters()).device
+
+    def _ids(self, tokenizer, texts: list[str], max_length: int) -> Tensor:
+        out = tokenizer(texts, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt")
+        return out.input_ids.to(self.device)
+
+    @torch.no_grad()
+    def encode(self, texts: list[str]) -> tuple[Tensor, Tensor]:
+        # No attention mask on T5, as Flux and Open-Sora: padding tokens are part of the sequence.
+        t5 = self.t5(input_ids=self._ids(self.t5_tokenizer, texts, self.cfg.t5.max_length)).last_hidden_state
+        clip = self.clip(input_ids=self._ids(self.clip_tokenizer, texts, self.cfg.clip.max_length)).pooler_output
+        return t5.float(), clip.float()
+
+    def empty(self) -> tuple[Tensor, Tensor]:
+        """Embeddings of the empty prompt (used for CFG dropout and the unconditional branch), once."""
+        if self._empty is None:
+            self._empty = self.encode([""])
+        return self._empty
+
+    def train(self, mode: bool = True) -> "TextEncoders":
+        return super().train(False)  # always frozen

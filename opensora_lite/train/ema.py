@@ -1,0 +1,30 @@
+"""Exponential moving average of the weights, kept in fp32 on the parameters' device."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from opensora_lite.parallel.engine import clean_key
+
+
+class EMA:
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        # Keys are BFL names (wrapper prefixes removed) so EMA weights export like the model's.
+        self.shadow = {clean_key(k): p.detach().float().clone() for k, p in model.named_parameters() if p.requires_grad}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        for name, p in model.named_parameters():
+            shadow = self.shadow.get(clean_key(name))
+            if shadow is not None:
+                shadow.lerp_(p.detach().float(), 1 - self.decay)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {k: v.cpu() for k, v in self.shadow.items()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        for k, v in state.items():
+            if k in self.shadow:
+                self.shadow[k].copy_(v)

@@ -1,0 +1,131 @@
+"""End-of-stage sampling: generate, save mp4s, and score them when the data has checkable content.
+
+With eval.kind=shapes, text-to-video samples for every colour x direction probe prompt are scored for
+colour and motion direction, and (for models with an image condition) image-to-video samples from
+rendered reference frames are scored for keeping the reference colour. Otherwise the configured
+prompts are sampled and saved.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from opensora_lite.config.schema import StageConfig
+from opensora_lite.data.buckets import bucket_size, parse_resolution
+from opensora_lite.data.synthetic import COLOURS, DIRECTIONS, SHAPES, caption_for, render_frame
+from opensora_lite.data.video import write_video
+from opensora_lite.diffusion.conditioning import build_condition
+from opensora_lite.diffusion.sampler import sample_latents
+from opensora_lite.eval import shapes as shapes_eval
+
+log = logging.getLogger("opensora_lite")
+
+
+def sample_shape(rt, stage: StageConfig) -> tuple[int, int, int]:
+    """(frames, height, width) to sample at: config, else the stage's largest resolution and its
+    most likely video length (1 for image-only stages)."""
+    s = rt.cfg.sample
+    res = s.resolution or max(stage.buckets, key=parse_resolution)
+    frames_table = stage.buckets[res]
+    videos = {n: p for n, (p, _) in frames_table.items() if n > 1}
+    frames = s.num_frames or (max(videos, key=lambda n: (videos[n], n)) if videos else 1)
+    multiple = rt.cfg.autoencoder.spatial_factor * rt.cfg.model.patch_size[1]
+    h, w = bucket_size(parse_resolution(res), s.aspect_ratio, multiple)
+    return frames, h, w
+
+
+def to_uint8(video: torch.Tensor) -> np.ndarray:
+    """[B, 3, T, H, W] in [-1, 1] -> uint8 [B, T, H, W, 3]."""
+    return ((video.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 4, 1).cpu().numpy()
+
+
+@torch.no_grad()
+def generate(rt, model: nn.Module, captions: list[str], shape: tuple[int, int, int], seed: int,
+             reference: np.ndarray | None = None) -> np.ndarray:
+    """Sample videos for captions (optionally first-frame conditioned on uint8 references [B, H, W, 3])."""
+    cfg, ae = rt.cfg, rt.ae
+    frames, h, w = shape
+    out = []
+    bs = cfg.sample.batch_size
+    for i in range(0, len(captions), bs):
+        chunk = captions[i : i + bs]
+        t5, clip = rt.text.encode(chunk)
+        lat_t = ae.latent_frames(frames) if ae.valid_num_frames(frames) else frames
+        g = torch.Generator().manual_seed(seed + i)
+        noise = torch.randn(len(chunk), ae.latent_channels, lat_t, h // ae.spatial_factor, w // ae.spatial_factor, generator=g)
+        noise = noise.to(rt.device)
+        cond = None
+        if getattr(model, "cond_in", None) is not None:
+            if reference is not None:
+                ref = torch.from_numpy(reference[i : i + bs]).to(rt.device).permute(0, 3, 1, 2)[:, :, None]
+                head = ae.encode(ref.float() / 127.5 - 1)
+                cond = build_condition(["i2v_head"] * len(chunk), head, head, lat_t)
+            else:
+                cond = torch.zeros(len(chunk), ae.latent_channels + 1, *noise.shape[2:], device=rt.device)
+        latents = sample_latents(
+            model, noise, t5, clip, rt.text.empty(), cfg.flow, cfg.model.patch_size,
+            cfg.sample.num_steps, cfg.sample.cfg_scale, cond=cond, autocast=rt.autocast(),
+        )
+        out.append(to_uint8(ae.decode(latents)))
+    return np.concatenate(out)
+
+
+def _save(videos: np.ndarray, captions: list[str], folder: Path, prefix: str, limit: int, fps: float) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, (video, caption) in enumerate(zip(videos[:limit], captions)):
+        path = folder / f"{prefix}_{i:02d}_{caption.replace(' ', '_')[:60]}.mp4"
+        write_video(path, video, fps)
+        paths.append(path)
+    return paths
+
+
+def evaluate_stage(rt, model: nn.Module, stage: StageConfig, folder: Path) -> tuple[dict, list[Path]]:
+    """Sample (and score) at the end of a stage. Returns metrics and the mp4 paths written."""
+    cfg = rt.cfg
+    model.eval()
+    shape = sample_shape(rt, stage)
+    fps = cfg.data.target_fps
+    seed = cfg.sample.seed
+    if cfg.eval.kind != "shapes":
+        videos = generate(rt, model, list(cfg.sample.prompts), shape, seed)
+        return {}, _save(videos, list(cfg.sample.prompts), folder, "t2v", cfg.sample.save_videos, fps)
+
+    targets = []
+    for _ in range(cfg.eval.repeats):
+        for i, t in enumerate(shapes_eval.eval_prompts()):
+            targets.append(dict(t, shape=SHAPES[(i + len(targets)) % len(SHAPES)]))
+    captions = [caption_for(t["colour"], t["shape"], t["direction"], t["speed"]) for t in targets]
+    videos = generate(rt, model, captions, shape, seed)
+    metrics = shapes_eval.score_t2v(list(videos), targets)
+    if shape[0] == 1:
+        metrics.pop("direction_acc")  # a single frame has no motion
+    paths = _save(videos, captions, folder, "t2v", cfg.sample.save_videos, fps)
+
+    if getattr(model, "cond_in", None) is not None and shape[0] > 1:
+        refs, ref_captions = _i2v_references(cfg.eval.i2v_clips, shape[1], shape[2], seed)
+        i2v = generate(rt, model, ref_captions, shape, seed + 10_000, reference=refs)
+        metrics.update(shapes_eval.score_i2v(list(i2v), list(refs)))
+        paths += _save(i2v, ref_captions, folder, "i2v", max(2, cfg.sample.save_videos // 2), fps)
+    model.train()
+    return metrics, paths
+
+
+def _i2v_references(n: int, h: int, w: int, seed: int) -> tuple[np.ndarray, list[str]]:
+    """Rendered first frames with known colour, and prompts that agree with them."""
+    rng = np.random.default_rng(seed)
+    refs, captions = [], []
+    for i in range(n):
+        colour = list(COLOURS)[i % len(COLOURS)]
+        shape = SHAPES[rng.integers(len(SHAPES))]
+        direction = list(DIRECTIONS)[rng.integers(len(DIRECTIONS))]
+        r = rng.uniform(0.15, 0.2) * min(h, w)
+        cy, cx = rng.uniform(r, h - r), rng.uniform(r, w - r)
+        refs.append(render_frame(h, w, shape, COLOURS[colour], cy, cx, r, int(rng.integers(0, 31))))
+        captions.append(caption_for(colour, shape, direction, "fast"))
+    return np.stack(refs), captions

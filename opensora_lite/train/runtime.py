@@ -1,0 +1,76 @@
+"""What every stage of a run shares: config, run directory, engine, frozen encoders, tracker."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+from opensora_lite.autoencoders import Autoencoder, build_autoencoder
+from opensora_lite.config.schema import Config
+from opensora_lite.parallel import Engine, build_engine
+from opensora_lite.text.encoders import TextEncoders
+from opensora_lite.tracking import Tracker
+
+log = logging.getLogger("opensora_lite")
+
+
+@dataclass
+class Runtime:
+    cfg: Config
+    run_dir: Path
+    engine: Engine
+    text: TextEncoders
+    ae: Autoencoder
+    tracker: Tracker
+
+    @property
+    def device(self) -> torch.device:
+        return self.engine.device
+
+    def autocast(self) -> AbstractContextManager:
+        if self.cfg.run.dtype == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return nullcontext()
+
+    def close(self) -> None:
+        self.tracker.close()
+        self.engine.shutdown()
+
+
+def setup_logging(run_dir: Path | None, is_main: bool) -> None:
+    root = logging.getLogger("opensora_lite")
+    root.setLevel(logging.INFO if is_main else logging.WARNING)
+    root.propagate = False
+    if not root.handlers:
+        console = logging.StreamHandler(sys.stdout)
+        console.setFormatter(logging.Formatter("[%(asctime)s] %(message)s", "%H:%M:%S"))
+        root.addHandler(console)
+    if run_dir is not None and is_main and not any(isinstance(h, logging.FileHandler) for h in root.handlers):
+        (run_dir / "logs").mkdir(parents=True, exist_ok=True)
+        fh = logging.FileHandler(run_dir / "logs" / "train.log")
+        fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root.addHandler(fh)
+
+
+def build_runtime(cfg: Config, run_dir: Path, resolved: dict) -> Runtime:
+    """Create the run directory and everything stages share. Call after preflight() passed."""
+    if cfg.run.threads:
+        torch.set_num_threads(cfg.run.threads)
+    engine = build_engine(cfg.parallel, cfg.run.device)
+    if engine.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(OmegaConf.create(resolved), run_dir / "config.yaml")
+    engine.barrier()
+    setup_logging(run_dir, engine.is_main)
+    text = TextEncoders(cfg.text_encoder, engine.device)
+    ae = build_autoencoder(cfg.autoencoder).to(engine.device)
+    tracker = Tracker(cfg.logger, run_dir, cfg.run.name, resolved, active=engine.is_main)
+    log.info("run %s on %s (%d process%s), engine %s", run_dir, engine.device, engine.world_size,
+             "es" if engine.world_size > 1 else "", cfg.parallel.engine)
+    return Runtime(cfg, run_dir, engine, text, ae, tracker)

@@ -1,0 +1,228 @@
+"""Train one stage: build the model, take its initial weights, loop, checkpoint, sample.
+
+A stage resumes from its newest complete checkpoint when one exists; otherwise it initialises from
+`init` (the previous stage's final weights, a checkpoint path, or nothing) and reports missing and
+unexpected keys. The loop is the data flow of docs/design.md: batch -> encoders -> noising -> model
+-> loss -> engine step -> EMA -> metrics -> checkpoints.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import torch
+from tqdm import tqdm
+
+from opensora_lite.config.schema import StageConfig
+from opensora_lite.data.buckets import BucketTable
+from opensora_lite.data.loader import BucketedVideoStream, batches, build_loader, expand_shards
+from opensora_lite.diffusion.conditioning import build_condition, sample_tasks
+from opensora_lite.diffusion.objective import drop_text, flow_loss
+from opensora_lite.models.flux_weights import load_into
+from opensora_lite.models.mmdit import MMDiT
+from opensora_lite.train.ema import EMA
+from opensora_lite.train.evaluation import evaluate_stage
+from opensora_lite.train.optim import build_optimizer, build_scheduler
+from opensora_lite.train.runtime import Runtime
+from opensora_lite.train.state import StageDir, load_weights, resolve_weights_path
+
+log = logging.getLogger("opensora_lite")
+
+
+def uses_image_condition(stage: StageConfig) -> bool:
+    """A stage trains I2V (and its model gets cond_in) when any i2v task has weight."""
+    return any(w > 0 for task, w in stage.tasks.items() if task != "t2v")
+
+
+@dataclass
+class StageResult:
+    name: str
+    steps: int
+    seconds: float
+    final_loss: float
+    metrics: dict = field(default_factory=dict)
+    skipped_samples: dict = field(default_factory=dict)
+    resumed_from: int = 0
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+class StageTrainer:
+    def __init__(self, rt: Runtime, name: str, step_offset: int = 0):
+        self.rt, self.name, self.step_offset = rt, name, step_offset
+        self.cfg = rt.cfg
+        self.stage = rt.cfg.curriculum.stages[name]
+        self.index = list(rt.cfg.curriculum.stages).index(name)
+        self.dir = StageDir(rt.run_dir / name)
+        self.engine = rt.engine
+
+    # -- set-up ----------------------------------------------------------------------------------
+    def _init_weights(self, model: MMDiT) -> None:
+        init = self.stage.init
+        if init == "none":
+            log.info("[%s] initialised from scratch", self.name)
+            return
+        if init == "previous":
+            prev = list(self.cfg.curriculum.stages)[self.index - 1]
+            path = resolve_weights_path(str(self.rt.run_dir / prev))
+        else:
+            path = resolve_weights_path(init)
+        report = load_into(model, load_weights(path), str(path))
+        log.info("[%s] %s", self.name, report.summary())
+        self.rt.tracker.event("init", self.step_offset, self.name, source=str(path), missing=report.missing,
+                              unexpected=report.unexpected)
+
+    def _loader(self, skip_batches: int):
+        cfg, engine = self.cfg, self.engine
+        multiple = cfg.autoencoder.spatial_factor * cfg.model.patch_size[1]
+        table = BucketTable(self.stage.buckets, cfg.data.aspect_ratios, multiple)
+        stream = BucketedVideoStream(
+            expand_shards(cfg.data.shards), table, cfg.data.target_fps, seed=cfg.run.seed * 100 + self.index,
+            rank=engine.rank, world_size=engine.world_size, shuffle_buffer=cfg.data.shuffle_buffer,
+            decode_threads=cfg.data.decode_threads, caption_key=cfg.data.caption_key,
+        )
+        it = batches(build_loader(stream, cfg.data.num_workers, cfg.data.prefetch_factor, engine.device.type == "cuda"))
+        for _ in range(skip_batches):  # replay to the resume point: the stream is deterministic
+            next(it)
+        return it
+
+    # -- one optimizer step ----------------------------------------------------------------------
+    def _micro_step(self, model, batch: dict, gen: torch.Generator) -> tuple[torch.Tensor, int]:
+        rt = self.rt
+        video = batch["video"].to(rt.device, non_blocking=True)
+        with torch.no_grad():
+            x0 = rt.ae.encode(video)
+            t5, clip = rt.text.encode(batch["captions"])
+            t5, clip = drop_text(t5, clip, rt.text.empty(), self.stage.text_dropout, gen)
+            cond = None
+            if self.image_condition:
+                tasks = sample_tasks(self.stage.tasks, x0.shape[0], gen)
+                head, tail = rt.ae.encode(video[:, :, :1]), rt.ae.encode(video[:, :, -1:])
+                cond = build_condition(tasks, head, tail, x0.shape[2])
+        loss = flow_loss(model, x0, t5, clip, cond, self.cfg.flow, self.cfg.model.patch_size, gen, rt.autocast())
+        self.engine.backward(loss / self.stage.grad_accum)
+        pt, ph, pw = self.cfg.model.patch_size
+        tokens = x0.shape[0] * (x0.shape[2] // pt) * (x0.shape[3] // ph) * (x0.shape[4] // pw)
+        return loss.detach(), tokens
+
+    # -- the loop --------------------------------------------------------------------------------
+    def run(self) -> StageResult:
+        cfg, stage, engine, rt = self.cfg, self.stage, self.engine, self.rt
+        self.image_condition = uses_image_condition(stage)
+        torch.manual_seed(cfg.run.seed * 1000 + self.index)  # model init: identical on every rank
+        model = MMDiT(cfg.model, image_condition=self.image_condition)
+        resume = self.dir.latest_checkpoint()
+        ckpt = self.dir.load_checkpoint(resume) if resume else None
+        if ckpt:
+            load_into(model, ckpt["model"], str(resume))
+        else:
+            self._init_weights(model)
+        nparams = sum(p.numel() for p in model.parameters())
+        model = engine.wrap(model)
+        opt = build_optimizer(model, stage.optim, engine.device)
+        sched = build_scheduler(opt, stage.optim, stage.steps)
+        ema = EMA(engine.unwrap(model), stage.ema_decay) if stage.ema_decay > 0 else None
+        gen = torch.Generator().manual_seed(cfg.run.seed * 1_000_003 + self.index * 7919 + engine.rank)
+        start, batches = 0, 0
+        if ckpt:
+            opt.load_state_dict(ckpt["optimizer"])
+            state = ckpt["trainer_state"]
+            sched.load_state_dict(state["scheduler"])
+            gen.set_state(state["generator"])
+            start, batches = state["step"], state["batches"]
+            if ema and "ema" in ckpt:
+                ema.load_state_dict(ckpt["ema"])
+            log.info("[%s] resumed from %s (step %d)", self.name, resume, start)
+            rt.tracker.event("resume", self.step_offset + start, self.name, step=start)
+        log.info("[%s] %s: %d steps, %.2fM parameters, image condition %s", self.name, stage.description or "stage",
+                 stage.steps, nparams / 1e6, self.image_condition)
+        data = self._loader(batches)
+        model.train()
+        skipped: Counter = Counter()
+        show_bar = engine.is_main and cfg.logger.progress_bar and sys.stderr.isatty()
+        bar = tqdm(total=stage.steps, initial=start, desc=self.name, disable=not show_bar, dynamic_ncols=True)
+        window = {"loss": 0.0, "n": 0, "tokens": 0, "samples": 0, "wait": 0.0, "t0": time.perf_counter()}
+        began, loss_value = time.perf_counter(), float("nan")
+        for step in range(start, stage.steps):
+            for _ in range(stage.grad_accum):
+                t_wait = time.perf_counter()
+                batch = next(data)
+                window["wait"] += time.perf_counter() - t_wait
+                batches += 1
+                skipped.update(batch["skipped"])
+                loss, tokens = self._micro_step(model, batch, gen)
+                window["loss"] += float(loss) / stage.grad_accum
+                window["tokens"] += tokens
+                window["samples"] += len(batch["captions"])
+            grad_norm = engine.clip_grad_norm(model, stage.optim.grad_clip)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            sched.step()
+            if ema:
+                ema.update(engine.unwrap(model))
+            window["n"] += 1
+            done = step + 1
+            if done % stage.log_every == 0 or done == stage.steps:
+                loss_value = self._log(window, done, grad_norm, opt.param_groups[0]["lr"], bar)
+            bar.update(1)
+            if stage.checkpoint_every and done % stage.checkpoint_every == 0 and done < stage.steps:
+                self._checkpoint(model, opt, sched, gen, ema, done, batches)
+        bar.close()
+        return self._finish(model, ema, start, began, loss_value, skipped)
+
+    def _log(self, w: dict, step: int, grad_norm: float, lr: float, bar) -> float:
+        elapsed = time.perf_counter() - w["t0"]
+        metrics = {
+            "loss": self.engine.all_reduce_mean(w["loss"] / w["n"]),
+            "lr": lr,
+            "grad_norm": grad_norm,
+            "samples_per_s": w["samples"] * self.engine.world_size / elapsed,
+            "tokens_per_s": w["tokens"] * self.engine.world_size / elapsed,
+            "data_wait_s": w["wait"] / w["n"],
+            "step_time_s": elapsed / w["n"],
+            "step": step,
+        }
+        self.rt.tracker.log(metrics, self.step_offset + step, self.name)
+        if bar.disable and self.engine.is_main and self.cfg.logger.console:
+            log.info("[%s] step %d/%d loss %.4f lr %.2e grad %.3f %.1f samples/s data wait %.3fs", self.name, step,
+                     self.stage.steps, metrics["loss"], lr, grad_norm, metrics["samples_per_s"], metrics["data_wait_s"])
+        bar.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{lr:.1e}", sps=f"{metrics['samples_per_s']:.1f}")
+        w.update(loss=0.0, n=0, tokens=0, samples=0, wait=0.0, t0=time.perf_counter())
+        return metrics["loss"]
+
+    def _checkpoint(self, model, opt, sched, gen, ema, step: int, batches: int) -> None:
+        weights = self.engine.full_state_dict(model)
+        if self.engine.is_main:
+            state = {"step": step, "batches": batches, "scheduler": sched.state_dict(), "generator": gen.get_state()}
+            path = self.dir.save_checkpoint(step, weights, opt.state_dict(), state, ema.state_dict() if ema else None,
+                                            self.stage.keep_checkpoints)
+            log.info("[%s] checkpoint %s", self.name, path)
+        self.engine.barrier()
+
+    def _finish(self, model, ema, start: int, began: float, loss: float, skipped: Counter) -> StageResult:
+        engine, rt = self.engine, self.rt
+        seconds = time.perf_counter() - began
+        weights = engine.full_state_dict(model)
+        metrics, paths = {}, []
+        if self.stage.evaluate and engine.is_main:
+            metrics, paths = evaluate_stage(rt, engine.unwrap(model), self.stage, self.dir.samples)
+        result = StageResult(self.name, self.stage.steps, seconds, loss, metrics, dict(skipped), start)
+        if engine.is_main:
+            self.dir.save_final(weights, ema.state_dict() if ema else None, result.as_dict())
+            end = self.step_offset + self.stage.steps
+            rt.tracker.event("stage_end", end, self.name, seconds=seconds, final_loss=loss, **metrics)
+            rt.tracker.videos(paths, end, self.name)
+            if skipped:
+                log.info("[%s] skipped samples: %s", self.name, dict(skipped))
+            log.info("[%s] done in %.0fs, final loss %.4f %s", self.name, seconds, loss, _fmt(metrics))
+        engine.barrier()
+        return result
+
+
+def _fmt(metrics: dict) -> str:
+    return " ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Install opensora_lite (editable) into a virtual environment.
+#
+#   scripts/install.sh          core dependencies
+#   scripts/install.sh dev      + test tools          (extras: dev, deepspeed, slurm, flash-attn; comma-separated)
+#
+# torch is installed first and only when the environment has none, so a CUDA build already present
+# (a cluster's own) is never replaced. Settings:
+#   OSL_VENV   the environment to use (default .venv; created if missing). Point it at an existing
+#              environment to install beside its torch.
+#   OSL_TORCH  what to install when torch is missing (default torch==2.13.0: on CPU-only machines
+#              with a local CPU wheel that is what pip takes; elsewhere PyPI's default CUDA build).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+venv=${OSL_VENV:-.venv}
+extras=${1:-}
+if [ ! -x "$venv/bin/python" ]; then
+  python3 -m venv "$venv"
+  "$venv/bin/python" -m pip install -q --upgrade pip
+fi
+py="$venv/bin/python"
+if have=$("$py" -c "import torch; print(torch.__version__)" 2>/dev/null); then
+  echo "install: keeping torch $have"
+else
+  echo "install: ${OSL_TORCH:-torch==2.13.0}"
+  "$py" -m pip install -q "${OSL_TORCH:-torch==2.13.0}"
+fi
+spec="."
+[ -n "$extras" ] && spec=".[$extras]"
+"$py" -m pip install -q -e "$spec"
+echo "install: done ($("$py" -c 'import torch; print("torch", torch.__version__)'))"

@@ -1,0 +1,46 @@
+"""Bad input: one clear line on stderr, a non-zero exit, and nothing written."""
+
+from conftest import cli, mini_overrides
+
+
+def _fails_cleanly(out, run_root, expected: str):
+    assert out.returncode == 2, out.stdout + out.stderr
+    lines = [line for line in out.stderr.strip().splitlines() if line.strip()]
+    assert lines == [lines[0]] and lines[0].startswith("error: ") and expected in lines[0], out.stderr
+    assert "Traceback" not in out.stderr + out.stdout
+    assert not run_root.exists() or not any(run_root.iterdir()), "a failed start left files behind"
+
+
+def test_missing_dataset_path(tmp_path):
+    out = cli("osl-curriculum", *mini_overrides(tmp_path / "nowhere", tmp_path / "runs"))
+    _fails_cleanly(out, tmp_path / "runs", "data.shards: no shards found")
+
+
+def test_empty_shards(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(2):
+        (data / f"empty-{i}.tar").write_bytes(b"")
+    out = cli("osl-curriculum", *mini_overrides(data, tmp_path / "runs"))
+    _fails_cleanly(out, tmp_path / "runs", "are empty or unreadable")
+
+
+def test_stage_whose_previous_stage_has_no_checkpoint(shapes_dir, tmp_path):
+    out = cli("osl-train", *mini_overrides(shapes_dir, tmp_path / "runs"), "run.stage=t2v")
+    _fails_cleanly(out, tmp_path / "runs", "curriculum.stages.t2v.init: previous stage 'image' has no final checkpoint")
+
+
+def test_stage_whose_init_path_is_missing(shapes_dir, tmp_path):
+    out = cli("osl-train", *mini_overrides(shapes_dir, tmp_path / "runs"), "run.stage=image",
+              f"curriculum.stages.image.init={tmp_path / 'flux1-dev.safetensors'}")
+    _fails_cleanly(out, tmp_path / "runs", "curriculum.stages.image.init: no weights at")
+
+
+def test_osl_train_needs_a_stage_name(shapes_dir, tmp_path):
+    out = cli("osl-train", *mini_overrides(shapes_dir, tmp_path / "runs"))
+    _fails_cleanly(out, tmp_path / "runs", "run.stage: osl-train runs one stage")
+
+
+def test_sampling_a_missing_checkpoint(tmp_path):
+    out = cli("osl-sample", f"checkpoint={tmp_path / 'nothing'}")
+    _fails_cleanly(out, tmp_path / "nothing", "no weights at")

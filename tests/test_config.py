@@ -1,0 +1,109 @@
+"""The config tree: composition, the schema's type checks, cross-field validation, the CLI surface."""
+
+import pytest
+from hydra.errors import ConfigCompositionException
+
+from conftest import cli, compose, typed
+from opensora_lite.config import ConfigError
+
+
+def test_default_is_the_tiny_cpu_experiment():
+    cfg = typed()
+    assert cfg.run.name == "tiny_cpu" and cfg.model.hidden_size == 128
+    assert list(cfg.curriculum.stages) == ["image", "t2v", "i2v", "hires"]
+    assert cfg.curriculum.stages["image"].init == "none" and cfg.curriculum.stages["t2v"].init == "previous"
+    assert cfg.model.latent_channels == cfg.autoencoder.latent_channels == 12  # interpolated, not repeated
+
+
+@pytest.mark.parametrize("curriculum", ["opensora2_h200", "opensora2_80gb"])
+def test_opensora2_recipe_composes_and_validates(curriculum):
+    cfg = typed(["experiment=opensora2", f"curriculum={curriculum}"])
+    m = cfg.model
+    assert (m.hidden_size, m.num_heads, m.depth, m.depth_single_blocks) == (3072, 24, 19, 38)
+    assert (cfg.autoencoder.kind, cfg.autoencoder.scaling_factor, cfg.autoencoder.temporal_factor) == ("hunyuan", 0.476986, 4)
+    assert (cfg.text_encoder.t5.max_length, cfg.text_encoder.t5.dim, cfg.text_encoder.clip.dim) == (512, 4096, 768)
+    stages = cfg.curriculum.stages
+    assert list(stages) == ["t2v_256px", "i2v_256px", "hires_768px"]
+    t2v = stages["t2v_256px"].buckets["256px"]
+    assert sorted(t2v) == [1] + list(range(5, 130, 4))  # 1 + 4k frames for the causal VAE
+    assert stages["i2v_256px"].tasks == {"t2v": 1.0, "i2v_head": 5.0, "i2v_loop": 1.0, "i2v_tail": 1.0}
+    assert "768px" in stages["hires_768px"].buckets
+    if curriculum == "opensora2_h200":
+        assert t2v[1] == [1.0, 45] and t2v[33] == [1.0, 12] and t2v[129] == [1.0, 3]
+    else:  # smaller per-GPU batches for 80 GB cards
+        assert t2v[1][1] < 45 and t2v[33][1] < 12 and t2v[129][1] >= 1
+
+
+def _messages(exc: BaseException) -> str:
+    out = []
+    while exc is not None:
+        out.append(str(exc))
+        exc = exc.__cause__
+    return "\n".join(out)
+
+
+@pytest.mark.parametrize(
+    "override,expected",
+    [
+        ("model.hidden_sizee=3", "Key 'hidden_sizee' not in 'MMDiTConfig'"),
+        ("model.hidden_size=abc", "full_key: model.hidden_size"),
+        ("curriculum.stages.t2v.steps=many", "full_key: curriculum.stages.t2v.steps"),
+        ("curriculum.stages.t2v.stepz=3", "Key 'stepz' not in 'StageConfig'"),
+    ],
+)
+def test_unknown_key_and_wrong_type_fail_at_composition_naming_the_key(override, expected):
+    with pytest.raises(ConfigCompositionException) as info:
+        compose([override])
+    assert expected in _messages(info.value)
+
+
+@pytest.mark.parametrize(
+    "override,key",
+    [
+        ("model.num_heads=5", "model.num_heads"),
+        ("model.axes_dim=[8,12,10]", "model.axes_dim"),
+        ("model.latent_channels=16", "model.latent_channels"),
+        ("autoencoder.latent_channels=16", "autoencoder.latent_channels"),  # the pixel AE has 3 * 2^2
+        ("curriculum.stages.t2v.buckets={16px:{5:[1.0,2.5]}}", "curriculum.stages.t2v.buckets.16px.5"),
+        ("curriculum.stages.t2v.buckets={16px:{5:[1.5,2]}}", "curriculum.stages.t2v.buckets.16px.5"),
+        ("curriculum.stages.t2v.buckets={16px:{5:[1.0,two]}}", "curriculum.stages.t2v.buckets.16px.5"),
+        ("++curriculum.stages.t2v.buckets={sixteen:{5:[1.0,2]}}", "curriculum.stages.t2v.buckets.sixteen"),
+        ("++curriculum.stages.t2v.tasks={v2v:1.0}", "curriculum.stages.t2v.tasks.v2v"),
+        ("curriculum.stages.image.init=previous", "curriculum.stages.image.init"),
+        ("curriculum.stages.t2v.steps=0", "curriculum.stages.t2v.steps"),
+        ("curriculum.stages.t2v.optim.schedule=linear", "curriculum.stages.t2v.optim.schedule"),
+        ("run.stage=nope", "run.stage"),
+        ("+model.hidden_sizee=3", "model.hidden_sizee"),  # '+' forces a key past the schema: still refused
+        ("+curriculum.stages.t2v.optim.lr_max=3", "curriculum.stages.t2v.optim.lr_max"),
+        ("parallel.engine=megatron", "parallel.engine"),
+    ],
+)
+def test_inconsistent_values_raise_config_error_naming_the_key(override, key):
+    with pytest.raises(ConfigError) as info:
+        typed([override])
+    assert info.value.key == key and str(info.value).startswith(key + ":")
+
+
+def test_hunyuan_frame_counts_must_be_4k_plus_1():
+    with pytest.raises(ConfigError, match=r"buckets.256px.32"):
+        typed(["experiment=opensora2", "++curriculum.stages.t2v_256px.buckets={256px:{32:[1.0,2]}}"])
+
+
+def test_cli_prints_config_and_rejects_bad_values_in_one_line():
+    ok = cli("osl-curriculum", "experiment=opensora2", "--cfg", "job")
+    assert ok.returncode == 0 and "hidden_size: 3072" in ok.stdout
+    bad = cli("osl-curriculum", "model.num_heads=5", "--cfg", "job")
+    assert bad.returncode == 2
+    assert bad.stderr.strip() == "error: model.num_heads: 5 does not divide hidden_size 128"
+    typo = cli("osl-curriculum", "model.hidden_sizee=3")
+    assert typo.returncode == 1 and "Key 'hidden_sizee' not in 'MMDiTConfig'" in typo.stderr
+    assert "Traceback" not in typo.stderr
+    unknown = cli("osl-curriculum", "experiment=nope")
+    assert unknown.returncode == 1 and "Could not find 'experiment/nope'" in unknown.stderr
+
+
+def test_a_typo_inside_a_user_yaml_names_the_file_and_key(tmp_path):
+    (tmp_path / "stage").mkdir()
+    (tmp_path / "stage" / "mine.yaml").write_text("steps: 10\nbukets: {}\n")
+    out = cli("osl-curriculum", f"--config-dir={tmp_path}", "+stage@curriculum.stages.mine=mine", "--cfg", "job")
+    assert out.returncode == 1 and "stage/mine" in out.stderr and "bukets" in out.stderr

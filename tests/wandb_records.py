@@ -1,0 +1,48 @@
+"""Read back what W&B wrote for an offline run: its `run-<id>.wandb` file is a LevelDB-style log
+(header ":W&B", then 32 KiB blocks of crc/length/type-framed chunks) of protobuf `Record`s."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+BLOCK, HEADER = 32768, 7
+
+
+def records(path: Path) -> list:
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data = path.read_bytes()
+    assert data[:4] == b":W&B", f"{path} is not a W&B run file"
+    out, pos, pending = [], HEADER, b""
+    while pos + HEADER <= len(data):
+        if BLOCK - pos % BLOCK < HEADER:  # too little room left in the block: padding
+            pos += BLOCK - pos % BLOCK
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + HEADER])
+        if kind == 0 and length == 0:
+            break
+        pending += data[pos + HEADER : pos + HEADER + length]
+        pos += HEADER + length
+        if kind in (1, 4):  # FULL or LAST chunk: a record is complete
+            rec = pb.Record()
+            rec.ParseFromString(pending)
+            out.append(rec)
+            pending = b""
+    return out
+
+
+def read_run(run_file: Path) -> dict:
+    """{'id', 'history': [{key: value}], 'summary': {key: value}, 'config': {key: value}}."""
+    out = {"id": None, "history": [], "summary": {}, "config": {}}
+    for rec in records(run_file):
+        kind = rec.WhichOneof("record_type")
+        if kind == "run":
+            out["id"] = rec.run.run_id
+            out["config"].update({i.key: json.loads(i.value_json) for i in rec.run.config.update})
+        elif kind == "history":
+            out["history"].append({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in rec.history.item})
+        elif kind == "summary":
+            out["summary"].update({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in rec.summary.update})
+    return out
