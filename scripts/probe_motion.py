@@ -45,22 +45,16 @@ def make_clip(rng, res, frames, speeds, fps=8.0, size_range=(0.3, 0.4)):
 
 
 def text_encoders(device):
-    from transformers import ByT5Tokenizer, CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+    """The framework's tiny T5 + CLIP, exactly as the tiny curriculum builds them."""
+    from hydra import compose, initialize_config_dir
 
-    torch.manual_seed(1234)
-    tok = ByT5Tokenizer()
-    t5 = T5EncoderModel(T5Config(vocab_size=384, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4)).eval()
-    clip = CLIPTextModel(
-        CLIPTextConfig(vocab_size=384, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                       num_attention_heads=4, max_position_embeddings=64, eos_token_id=1, pad_token_id=0, bos_token_id=0)
-    ).eval()
+    from opensora_lite.config import config_dir, register, to_config
+    from opensora_lite.text.encoders import TextEncoders
 
-    @torch.no_grad()
-    def encode(texts):
-        ids = tok(texts, padding="max_length", max_length=40, truncation=True, return_tensors="pt").input_ids
-        return t5(input_ids=ids).last_hidden_state.to(device), clip(input_ids=ids).pooler_output.to(device)
-
-    return encode
+    register()
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        cfg = to_config(compose("config"))
+    return TextEncoders(cfg.text_encoder, device).encode, cfg.text_encoder.clip.dim
 
 
 def main():
@@ -89,7 +83,6 @@ def main():
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fresh_opt", action="store_true", help="new optimizer after image pretraining")
-    p.add_argument("--pipeline_text", action="store_true", help="use the framework's tiny text encoders")
     p.add_argument("--theta", type=float, default=10000.0, help="RoPE base")
     p.add_argument("--shards", default="", help="train on these real shards through the framework's loader")
     p.add_argument("--pool", type=int, default=0, help="train on a fixed pool of this many rendered clips")
@@ -101,23 +94,14 @@ def main():
     torch.manual_seed(a.seed)
     rng = np.random.default_rng(a.seed)
     speeds = {"slow": a.slow, "fast": a.fast}
-    if a.pipeline_text:
-        import sys as _sys
-
-        _sys.path.insert(0, "tests")
-        from conftest import typed
-        from opensora_lite.text.encoders import TextEncoders
-
-        encode = TextEncoders(typed().text_encoder, dev).encode
-    else:
-        encode = text_encoders(dev)
+    encode, clip_dim = text_encoders(dev)
     ae = PixelSpaceToDepth(a.s2d)
     head_dim = a.hidden // a.heads
     t_ax = head_dim // 4 // 2 * 2
     s_ax = (head_dim - t_ax) // 2
     cfg = MMDiTConfig(latent_channels=ae.latent_channels, patch_size=[1, a.patch, a.patch], hidden_size=a.hidden,
                       num_heads=a.heads, depth=a.double, depth_single_blocks=a.single, axes_dim=[t_ax, s_ax, s_ax],
-                      context_in_dim=64, vec_in_dim=512 if a.pipeline_text else 64, attention_backend="sdpa", theta=a.theta)
+                      context_in_dim=64, vec_in_dim=clip_dim, attention_backend="sdpa", theta=a.theta)
     model = MMDiT(cfg).to(dev)
     nparams = sum(p.numel() for p in model.parameters())
     opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=0.0, betas=(0.9, 0.99))

@@ -118,3 +118,15 @@ def test_tiny_encoders_keep_the_caption_readable():
     colour = lambda c: list(COLOURS).index(c[0])  # noqa: E731
     assert readout(clip, direction) >= 0.8 and readout(clip, colour) >= 0.8
     assert readout(t5.flatten(1), direction) >= 0.7 and readout(t5.flatten(1), colour) >= 0.7
+
+
+def test_caption_memo_returns_what_encoding_returns_and_stays_bounded():
+    from dataclasses import replace
+
+    plain = TextEncoders(TINY_TEXT)
+    memo = TextEncoders(replace(TINY_TEXT, cache_size=3))
+    texts = ["a", "b", "a", "c", "d", "b"]
+    for batch in (texts[:3], texts[3:], texts):
+        got, want = memo.encode(batch), plain.encode(batch)
+        assert torch.allclose(got[0], want[0], atol=1e-6) and torch.allclose(got[1], want[1], atol=1e-6)
+    assert len(memo._memo) == 3

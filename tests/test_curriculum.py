@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import av
 import torch
@@ -109,7 +110,9 @@ def test_multirun_sweeps_get_one_run_directory_each(shapes_dir, tmp_path):
     out = cli("osl-train", "--multirun", *mini_overrides(shapes_dir, tmp_path, name="sweep"), "run.stage=image",
               "curriculum.stages.image.steps=2", "curriculum.stages.image.evaluate=false", "run.seed=0,1")
     assert out.returncode == 0, out.stderr[-2000:]
-    dirs = sorted(p.name for p in (tmp_path / "sweep").iterdir())
+    dirs = sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir())
     assert dirs == ["0_run.seed=0", "1_run.seed=1"]
+    assert (tmp_path / "sweep" / "multirun.yaml").is_file()  # Hydra's sweep record, not in the cwd
+    assert not (Path.cwd() / "multirun.yaml").exists()
     finals = [load_weights(tmp_path / "sweep" / d / "image" / "final" / "model.safetensors") for d in dirs]
     assert not torch.equal(finals[0]["img_in.weight"], finals[1]["img_in.weight"])  # the seed took effect

@@ -17,12 +17,13 @@ def test_metrics_config_samples_and_resume_land_in_one_wandb_run(shapes_dir, tmp
     assert len(files) == 2 and all(f.name == f"run-{run_id}.wandb" for f in files)  # resumed, same id
     first, second = read_run(files[0]), read_run(files[1])
     assert first["id"] == second["id"] == run_id
-    assert first["config"]["model"]["value"]["hidden_size"] == 128  # the resolved config
+    assert first["config"]["model"]["hidden_size"] == 128  # the resolved config
     steps = [h for h in first["history"] if "loss" in h]
     assert [h["_step"] for h in steps] == [1, 2, 3, 4]
     for key in ("loss", "lr", "grad_norm", "samples_per_s", "tokens_per_s", "data_wait_s"):
         assert all(isinstance(h[key], float) for h in steps), key
-    assert any("image/samples" in h for h in first["history"])  # sample videos
+    videos = [h for h in first["history"] if h.get("image/samples/_type") == "videos"]  # sample mp4s
+    assert len(videos) == 1 and videos[0]["image/samples/count"] == 8
     assert "image/colour_acc" in first["summary"]  # stage-end figures
     later = [h["_step"] for h in second["history"] if "loss" in h]
     assert later == [5, 6, 7]  # t2v continues the global step after image's 4

@@ -16,7 +16,9 @@ from opensora_lite.train.runtime import build_runtime
 
 
 def run(cfg: DictConfig, only: str | None = None) -> list:
+    """Run the curriculum's stages in order, or one stage (`only`, else `run.stage` when set)."""
     typed, resolved = load(cfg)
+    only = only or typed.run.stage
     names = [only] if only else list(typed.curriculum.stages)
     run_dir = run_dir_for(typed)
     check_data(typed)

@@ -23,7 +23,7 @@ from opensora_lite.models.flux_weights import load_into
 from opensora_lite.models.mmdit import MMDiT
 from opensora_lite.parallel.engine import pick_device
 from opensora_lite.text.encoders import TextEncoders
-from opensora_lite.train.evaluation import _save, generate
+from opensora_lite.train.evaluation import generate, save_samples
 from opensora_lite.train.state import load_weights, resolve_weights_path
 
 
@@ -86,7 +86,7 @@ def main(cfg: DictConfig) -> None:
         reference = np.stack([read_first_frame(job.image, shape[1:])] * len(job.prompts))
     videos = generate(ctx, model, list(job.prompts), shape, job.seed, reference=reference)
     out = Path(job.out) if job.out else weights.parent.parent / "samples_cli"
-    paths = _save(videos, list(job.prompts), out, "i2v" if job.image else "t2v", len(videos), run_cfg.data.target_fps)
+    paths = save_samples(videos, list(job.prompts), out, "i2v" if job.image else "t2v", len(videos), run_cfg.data.target_fps)
     for p in paths:
         print(p)
 

@@ -52,6 +52,8 @@ class TextEncoderConfig:
     t5: TextModelConfig = field(default_factory=TextModelConfig)
     clip: TextModelConfig = field(default_factory=lambda: TextModelConfig(max_length=77, dim=768))
     init_seed: int = 1234  # seed of tiny random encoders (identical in every process and stage)
+    cache_size: int = 0  # captions whose embeddings are memoised per process (0: none). Frozen
+    # encoders are deterministic, so repeated captions need not be re-encoded; keep it small for T5-XXL.
 
 
 @dataclass

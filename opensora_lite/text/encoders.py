@@ -7,6 +7,7 @@ stage sees the same encoder, with a byte-level tokenizer that needs no vocabular
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from pathlib import Path
 
 import torch
@@ -52,6 +53,7 @@ class TextEncoders(nn.Module):
         self.clip, self.clip_tokenizer = _build("clip", cfg.clip, cfg.init_seed + 1)
         self.requires_grad_(False).eval().to(device)
         self._empty: tuple[Tensor, Tensor] | None = None
+        self._memo: OrderedDict[str, tuple[Tensor, Tensor]] = OrderedDict()  # LRU of per-caption outputs
 
     @property
     def device(self) -> torch.device:
@@ -62,11 +64,27 @@ class TextEncoders(nn.Module):
         return out.input_ids.to(self.device)
 
     @torch.no_grad()
-    def encode(self, texts: list[str]) -> tuple[Tensor, Tensor]:
+    def _encode(self, texts: list[str]) -> tuple[Tensor, Tensor]:
         # No attention mask on T5, as Flux and Open-Sora: padding tokens are part of the sequence.
         t5 = self.t5(input_ids=self._ids(self.t5_tokenizer, texts, self.cfg.t5.max_length)).last_hidden_state
         clip = self.clip(input_ids=self._ids(self.clip_tokenizer, texts, self.cfg.clip.max_length)).pooler_output
         return t5.float(), clip.float()
+
+    def encode(self, texts: list[str]) -> tuple[Tensor, Tensor]:
+        """(T5 tokens [B, L, D], CLIP pooled [B, D]) for a batch of captions."""
+        if not self.cfg.cache_size:
+            return self._encode(texts)
+        todo = list(dict.fromkeys(t for t in texts if t not in self._memo))
+        if todo:
+            t5, clip = self._encode(todo)
+            for i, text in enumerate(todo):
+                self._memo[text] = (t5[i], clip[i])
+        for text in texts:
+            self._memo.move_to_end(text)
+        out = [self._memo[t] for t in texts]
+        while len(self._memo) > self.cfg.cache_size:
+            self._memo.popitem(last=False)
+        return torch.stack([o[0] for o in out]), torch.stack([o[1] for o in out])
 
     def empty(self) -> tuple[Tensor, Tensor]:
         """Embeddings of the empty prompt (used for CFG dropout and the unconditional branch), once."""

@@ -75,7 +75,7 @@ def generate(rt, model: nn.Module, captions: list[str], shape: tuple[int, int, i
     return np.concatenate(out)
 
 
-def _save(videos: np.ndarray, captions: list[str], folder: Path, prefix: str, limit: int, fps: float) -> list[Path]:
+def save_samples(videos: np.ndarray, captions: list[str], folder: Path, prefix: str, limit: int, fps: float) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for i, (video, caption) in enumerate(zip(videos[:limit], captions)):
@@ -87,14 +87,21 @@ def _save(videos: np.ndarray, captions: list[str], folder: Path, prefix: str, li
 
 def evaluate_stage(rt, model: nn.Module, stage: StageConfig, folder: Path) -> tuple[dict, list[Path]]:
     """Sample (and score) at the end of a stage. Returns metrics and the mp4 paths written."""
-    cfg = rt.cfg
     model.eval()
+    try:
+        return _evaluate(rt, model, stage, folder)
+    finally:
+        model.train()
+
+
+def _evaluate(rt, model: nn.Module, stage: StageConfig, folder: Path) -> tuple[dict, list[Path]]:
+    cfg = rt.cfg
     shape = sample_shape(rt, stage)
     fps = cfg.data.target_fps
     seed = cfg.sample.seed
     if cfg.eval.kind != "shapes":
         videos = generate(rt, model, list(cfg.sample.prompts), shape, seed)
-        return {}, _save(videos, list(cfg.sample.prompts), folder, "t2v", cfg.sample.save_videos, fps)
+        return {}, save_samples(videos, list(cfg.sample.prompts), folder, "t2v", cfg.sample.save_videos, fps)
 
     targets = []
     for _ in range(cfg.eval.repeats):
@@ -105,14 +112,13 @@ def evaluate_stage(rt, model: nn.Module, stage: StageConfig, folder: Path) -> tu
     metrics = shapes_eval.score_t2v(list(videos), targets)
     if shape[0] == 1:
         metrics.pop("direction_acc")  # a single frame has no motion
-    paths = _save(videos, captions, folder, "t2v", cfg.sample.save_videos, fps)
+    paths = save_samples(videos, captions, folder, "t2v", cfg.sample.save_videos, fps)
 
     if getattr(model, "cond_in", None) is not None and shape[0] > 1:
         refs, ref_captions = _i2v_references(cfg.eval.i2v_clips, shape[1], shape[2], seed)
         i2v = generate(rt, model, ref_captions, shape, seed + 10_000, reference=refs)
         metrics.update(shapes_eval.score_i2v(list(i2v), list(refs)))
-        paths += _save(i2v, ref_captions, folder, "i2v", max(2, cfg.sample.save_videos // 2), fps)
-    model.train()
+        paths += save_samples(i2v, ref_captions, folder, "i2v", max(2, cfg.sample.save_videos // 2), fps)
     return metrics, paths
 
 

@@ -138,7 +138,7 @@ class StageTrainer:
             if ema and "ema" in ckpt:
                 ema.load_state_dict(ckpt["ema"])
             log.info("[%s] resumed from %s (step %d)", self.name, resume, start)
-            rt.tracker.event("resume", self.step_offset + start, self.name, step=start)
+            rt.tracker.event("resume", self.step_offset + start, self.name, from_step=start, checkpoint=str(resume))
         log.info("[%s] %s: %d steps, %.2fM parameters, image condition %s", self.name, stage.description or "stage",
                  stage.steps, nparams / 1e6, self.image_condition)
         data = self._loader(batches)
