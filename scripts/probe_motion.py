@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from opensora_lite.autoencoders.pixel import PixelSpaceToDepth
-from opensora_lite.data.synthetic import COLOURS, DIRECTIONS, SHAPES, ShapesConfig, caption_for, render_frame
+from opensora_lite.data.synthetic import COLOURS, DIRECTIONS, SHAPES, caption_for, render_frame
 from opensora_lite.diffusion import flow
 from opensora_lite.eval.shapes import score_t2v
 from opensora_lite.models.mmdit import MMDiT, MMDiTConfig
@@ -99,14 +99,23 @@ def main():
     head_dim = a.hidden // a.heads
     t_ax = head_dim // 4 // 2 * 2
     s_ax = (head_dim - t_ax) // 2
-    cfg = MMDiTConfig(latent_channels=ae.latent_channels, patch_size=[1, a.patch, a.patch], hidden_size=a.hidden,
-                      num_heads=a.heads, depth=a.double, depth_single_blocks=a.single, axes_dim=[t_ax, s_ax, s_ax],
-                      context_in_dim=64, vec_in_dim=clip_dim, attention_backend="sdpa", theta=a.theta)
+    cfg = MMDiTConfig(
+        latent_channels=ae.latent_channels,
+        patch_size=[1, a.patch, a.patch],
+        hidden_size=a.hidden,
+        num_heads=a.heads,
+        depth=a.double,
+        depth_single_blocks=a.single,
+        axes_dim=[t_ax, s_ax, s_ax],
+        context_in_dim=64,
+        vec_in_dim=clip_dim,
+        attention_backend="sdpa",
+        theta=a.theta,
+    )
     model = MMDiT(cfg).to(dev)
     nparams = sum(p.numel() for p in model.parameters())
     opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=0.0, betas=(0.9, 0.99))
     empty_t5, empty_clip = encode([""])
-    tokens_per_frame = (a.res // a.s2d // a.patch) ** 2
 
     streams = {}
     pool = {}
@@ -175,8 +184,8 @@ def main():
 
     log = dict(vars(a), params=nparams, evals=[])
     start = time.time()
-    for step in range(a.image_steps):
-        loss = train_step(1, a.image_batch)
+    for _ in range(a.image_steps):
+        train_step(1, a.image_batch)
     if a.fresh_opt:
         opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=0.0, betas=(0.9, 0.99))
     if a.image_steps:
@@ -195,7 +204,10 @@ def main():
             r = evaluate()
             eval_time += time.time() - e0
             log["evals"].append(dict(step=step, loss=float(np.mean(losses[-50:])), sec=el, **r))
-            print(f"[{a.tag}] step {step} loss {np.mean(losses[-50:]):.4f} {el:.0f}s/{el/step:.3f}s/step {r}", flush=True)
+            print(
+                f"[{a.tag}] step {step} loss {np.mean(losses[-50:]):.4f} {el:.0f}s/{el / step:.3f}s/step {r}",
+                flush=True,
+            )
     print("RESULT", json.dumps(log), flush=True)
 
 

@@ -40,7 +40,11 @@ def typed(overrides: list[str] | None = None):
 def cli(*args: str, cwd: Path | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
     """Run an installed console script (osl-train, osl-curriculum, ...) as a user would."""
     return subprocess.run(
-        [str(BIN / args[0]), *args[1:]], cwd=cwd or REPO, capture_output=True, text=True, timeout=timeout,
+        [str(BIN / args[0]), *args[1:]],
+        cwd=cwd or REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
 

@@ -19,7 +19,9 @@ def test_resolution_names_and_sizes():
 
 
 def test_assignment_prefers_largest_fitting_bucket_and_uses_its_batch_size():
-    table = BucketTable({"16px": {1: [1.0, 64], 5: [1.0, 16], 9: [1.0, 8]}, "24px": {5: [1.0, 4]}}, [0.75, 1.0, 1.3333], 2)
+    table = BucketTable(
+        {"16px": {1: [1.0, 64], 5: [1.0, 16], 9: [1.0, 8]}, "24px": {5: [1.0, 4]}}, [0.75, 1.0, 1.3333], 2
+    )
     rng = random.Random(0)
     big = table.assign(64, 64, num_frames=20, rng=rng)
     assert (big.resolution, big.num_frames, big.batch_size, big.height, big.width) == ("24px", 5, 4, 24, 24)

@@ -31,8 +31,12 @@ def test_stage_whose_previous_stage_has_no_checkpoint(shapes_dir, tmp_path):
 
 
 def test_stage_whose_init_path_is_missing(shapes_dir, tmp_path):
-    out = cli("osl-train", *mini_overrides(shapes_dir, tmp_path / "runs"), "run.stage=image",
-              f"curriculum.stages.image.init={tmp_path / 'flux1-dev.safetensors'}")
+    out = cli(
+        "osl-train",
+        *mini_overrides(shapes_dir, tmp_path / "runs"),
+        "run.stage=image",
+        f"curriculum.stages.image.init={tmp_path / 'flux1-dev.safetensors'}",
+    )
     _fails_cleanly(out, tmp_path / "runs", "curriculum.stages.image.init: no weights at")
 
 

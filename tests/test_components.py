@@ -12,10 +12,25 @@ from opensora_lite.models.mmdit import MMDiT, MMDiTConfig
 from opensora_lite.text.encoders import TextEncoders
 
 TINY_TEXT = TextEncoderConfig(
-    t5=TextModelConfig(tiny={"vocab_size": 384, "d_model": 32, "d_kv": 8, "d_ff": 64, "num_layers": 1, "num_heads": 4},
-                       max_length=24, dim=32, dtype="fp32"),
-    clip=TextModelConfig(tiny={"vocab_size": 384, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
-                               "num_attention_heads": 4, "max_position_embeddings": 32}, max_length=24, dim=32, dtype="fp32"),
+    t5=TextModelConfig(
+        tiny={"vocab_size": 384, "d_model": 32, "d_kv": 8, "d_ff": 64, "num_layers": 1, "num_heads": 4},
+        max_length=24,
+        dim=32,
+        dtype="fp32",
+    ),
+    clip=TextModelConfig(
+        tiny={
+            "vocab_size": 384,
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 4,
+            "max_position_embeddings": 32,
+        },
+        max_length=24,
+        dim=32,
+        dtype="fp32",
+    ),
 )
 
 
@@ -52,12 +67,27 @@ def test_hunyuan_vae_wrapper_on_a_tiny_diffusers_model():
 
     torch.manual_seed(0)
     tiny = AutoencoderKLHunyuanVideo(
-        in_channels=3, out_channels=3, latent_channels=4, down_block_types=("HunyuanVideoDownBlock3D",) * 3,
-        up_block_types=("HunyuanVideoUpBlock3D",) * 3, block_out_channels=(8, 8, 8), layers_per_block=1,
-        norm_num_groups=4, spatial_compression_ratio=4, temporal_compression_ratio=4, mid_block_add_attention=False,
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        down_block_types=("HunyuanVideoDownBlock3D",) * 3,
+        up_block_types=("HunyuanVideoUpBlock3D",) * 3,
+        block_out_channels=(8, 8, 8),
+        layers_per_block=1,
+        norm_num_groups=4,
+        spatial_compression_ratio=4,
+        temporal_compression_ratio=4,
+        mid_block_add_attention=False,
     )
-    cfg = AutoencoderConfig(kind="hunyuan", latent_channels=4, spatial_factor=4, temporal_factor=4, causal=True,
-                            scaling_factor=0.476986, dtype="fp32")
+    cfg = AutoencoderConfig(
+        kind="hunyuan",
+        latent_channels=4,
+        spatial_factor=4,
+        temporal_factor=4,
+        causal=True,
+        scaling_factor=0.476986,
+        dtype="fp32",
+    )
     ae = DiffusersVideoVAE(cfg, vae=tiny)
     z = ae.encode(torch.rand(1, 3, 5, 16, 16) * 2 - 1)
     assert z.shape == (1, 4, 2, 4, 4) and ae.latent_frames(5) == 2  # causal 4x: 1 + 4k frames -> 1 + k
@@ -77,14 +107,25 @@ def test_tiny_text_encoders_are_identical_across_builds_and_frozen():
 
 
 def test_weight_loading_reports_and_rejects_what_does_not_fit():
-    cfg = MMDiTConfig(latent_channels=4, patch_size=[1, 2, 2], hidden_size=32, num_heads=2, depth=1,
-                      depth_single_blocks=1, axes_dim=[4, 6, 6], context_in_dim=8, vec_in_dim=8)
+    cfg = MMDiTConfig(
+        latent_channels=4,
+        patch_size=[1, 2, 2],
+        hidden_size=32,
+        num_heads=2,
+        depth=1,
+        depth_single_blocks=1,
+        axes_dim=[4, 6, 6],
+        context_in_dim=8,
+        vec_in_dim=8,
+    )
     src = MMDiT(MMDiTConfig(**{**cfg.__dict__, "guidance_embed": True}))
     dst = MMDiT(cfg, image_condition=True)
     report = load_into(dst, {k: v.to(torch.bfloat16) for k, v in src.state_dict().items()}, "flux.safetensors")
     assert report.missing == ["cond_in.weight", "cond_in.bias"]
     assert sorted(report.unexpected) == sorted(k for k in src.state_dict() if k.startswith("guidance_in"))
-    assert dst.img_in.weight.dtype == torch.float32 and torch.equal(dst.img_in.weight, src.img_in.weight.bfloat16().float())
+    assert dst.img_in.weight.dtype == torch.float32 and torch.equal(
+        dst.img_in.weight, src.img_in.weight.bfloat16().float()
+    )
     wrong = MMDiT(MMDiTConfig(**{**cfg.__dict__, "hidden_size": 48, "num_heads": 3}))
     with pytest.raises(CheckpointError, match="do not fit the model"):
         load_into(wrong, src.state_dict(), "flux.safetensors")
@@ -101,6 +142,7 @@ def test_tiny_encoders_keep_the_caption_readable():
     import itertools
 
     from conftest import typed
+
     from opensora_lite.data.synthetic import COLOURS, DIRECTIONS, SHAPES, caption_for
 
     enc = TextEncoders(typed().text_encoder)

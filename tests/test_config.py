@@ -1,9 +1,9 @@
 """The config tree: composition, the schema's type checks, cross-field validation, the CLI surface."""
 
 import pytest
+from conftest import cli, compose, typed
 from hydra.errors import ConfigCompositionException
 
-from conftest import cli, compose, typed
 from opensora_lite.config import ConfigError
 
 
@@ -20,7 +20,11 @@ def test_opensora2_recipe_composes_and_validates(curriculum):
     cfg = typed(["experiment=opensora2", f"curriculum={curriculum}"])
     m = cfg.model
     assert (m.hidden_size, m.num_heads, m.depth, m.depth_single_blocks) == (3072, 24, 19, 38)
-    assert (cfg.autoencoder.kind, cfg.autoencoder.scaling_factor, cfg.autoencoder.temporal_factor) == ("hunyuan", 0.476986, 4)
+    assert (cfg.autoencoder.kind, cfg.autoencoder.scaling_factor, cfg.autoencoder.temporal_factor) == (
+        "hunyuan",
+        0.476986,
+        4,
+    )
     assert (cfg.text_encoder.t5.max_length, cfg.text_encoder.t5.dim, cfg.text_encoder.clip.dim) == (512, 4096, 768)
     stages = cfg.curriculum.stages
     assert list(stages) == ["t2v_256px", "i2v_256px", "hires_768px"]

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import av
 import torch
+from conftest import cli, compose, mini_overrides
 from safetensors import safe_open
 
-from conftest import cli, compose, mini_overrides
 from opensora_lite.cli.curriculum import run
 from opensora_lite.train.state import load_weights
 
@@ -28,7 +28,9 @@ def test_run_directory_layout_and_metrics(mini_run):
     assert set(ends) == {"image", "t2v", "i2v"} and "colour_acc" in ends["t2v"] and "i2v_colour_keep" in ends["i2v"]
     for stage in ("image", "t2v", "i2v"):
         final = run_dir / stage / "final"
-        assert (final / "model.safetensors").is_file() and json.loads((final / "summary.json").read_text())["name"] == stage
+        assert (final / "model.safetensors").is_file() and json.loads((final / "summary.json").read_text())[
+            "name"
+        ] == stage
         mp4s = sorted((run_dir / stage / "samples").glob("*.mp4"))
         assert mp4s
         with av.open(str(mp4s[0])) as container:
@@ -41,8 +43,13 @@ def test_stage_zero_writes_a_bfl_flux_checkpoint(mini_run):
     with safe_open(str(run_dir / "image" / "final" / "model.safetensors"), "pt") as f:
         keys = set(f.keys())
         assert f.metadata()["naming"] == "bfl-flux"
-    assert {"img_in.weight", "txt_in.weight", "double_blocks.0.img_attn.qkv.weight", "single_blocks.1.linear2.weight",
-            "final_layer.adaLN_modulation.1.weight"} <= keys
+    assert {
+        "img_in.weight",
+        "txt_in.weight",
+        "double_blocks.0.img_attn.qkv.weight",
+        "single_blocks.1.linear2.weight",
+        "final_layer.adaLN_modulation.1.weight",
+    } <= keys
     assert not any(k.startswith("cond_in") for k in keys)
     assert any(k.startswith("cond_in") for k in load_weights(run_dir / "i2v" / "final" / "model.safetensors"))
 
@@ -61,8 +68,11 @@ def test_each_stage_reports_what_it_loaded(mini_run):
 def test_next_stage_starts_from_the_previous_final_weights(shapes_dir, tmp_path):
     """With a vanishing learning rate the t2v stage must end where the image stage ended."""
     overrides = mini_overrides(shapes_dir, tmp_path) + [
-        "~curriculum.stages.i2v", "curriculum.stages.t2v.steps=1", "curriculum.stages.t2v.optim.lr=1e-12",
-        "curriculum.stages.t2v.optim.warmup_steps=0", "curriculum.stages.image.evaluate=false",
+        "~curriculum.stages.i2v",
+        "curriculum.stages.t2v.steps=1",
+        "curriculum.stages.t2v.optim.lr=1e-12",
+        "curriculum.stages.t2v.optim.warmup_steps=0",
+        "curriculum.stages.image.evaluate=false",
         "curriculum.stages.t2v.evaluate=false",
     ]
     run(compose(overrides))
@@ -95,20 +105,38 @@ def test_rerun_skips_done_stages_and_mid_stage_resume_is_exact(mini_run, shapes_
 
 def test_sample_cli_writes_videos_from_a_stage(mini_run, tmp_path):
     run_dir, _ = mini_run
-    out = cli("osl-sample", f"checkpoint={run_dir / 't2v'}", f"out={tmp_path / 't2v'}", "num_steps=2",
-              "prompts=[a fast red circle moving left,a slow blue square moving up]")
+    out = cli(
+        "osl-sample",
+        f"checkpoint={run_dir / 't2v'}",
+        f"out={tmp_path / 't2v'}",
+        "num_steps=2",
+        "prompts=[a fast red circle moving left,a slow blue square moving up]",
+    )
     assert out.returncode == 0, out.stderr
     assert len(list((tmp_path / "t2v").glob("t2v_*.mp4"))) == 2
     ref = next((run_dir / "image" / "samples").glob("*.mp4"))
-    out = cli("osl-sample", f"checkpoint={run_dir / 'i2v'}", f"out={tmp_path / 'i2v'}", "num_steps=2", f"image={ref}",
-              "prompts=[a fast red circle moving left]")
+    out = cli(
+        "osl-sample",
+        f"checkpoint={run_dir / 'i2v'}",
+        f"out={tmp_path / 'i2v'}",
+        "num_steps=2",
+        f"image={ref}",
+        "prompts=[a fast red circle moving left]",
+    )
     assert out.returncode == 0, out.stderr
     assert len(list((tmp_path / "i2v").glob("i2v_*.mp4"))) == 1
 
 
 def test_multirun_sweeps_get_one_run_directory_each(shapes_dir, tmp_path):
-    out = cli("osl-train", "--multirun", *mini_overrides(shapes_dir, tmp_path, name="sweep"), "run.stage=image",
-              "curriculum.stages.image.steps=2", "curriculum.stages.image.evaluate=false", "run.seed=0,1")
+    out = cli(
+        "osl-train",
+        "--multirun",
+        *mini_overrides(shapes_dir, tmp_path, name="sweep"),
+        "run.stage=image",
+        "curriculum.stages.image.steps=2",
+        "curriculum.stages.image.evaluate=false",
+        "run.seed=0,1",
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     dirs = sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir())
     assert dirs == ["0_run.seed=0", "1_run.seed=1"]

@@ -66,9 +66,15 @@ def test_bad_samples_are_skipped_and_counted(shapes_dir, tmp_path):
         files = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
     key = sorted(files)[0].split(".")[0]
     bad = tmp_path / "bad.tar"
-    _shard(bad, [("x1.mp4", b"not a video"), ("x1.txt", b"a red circle"),
-                 ("x2.mp4", files[f"{key}.mp4"]),  # no caption
-                 ("x3.txt", b"caption without media")])
+    _shard(
+        bad,
+        [
+            ("x1.mp4", b"not a video"),
+            ("x1.txt", b"a red circle"),
+            ("x2.mp4", files[f"{key}.mp4"]),  # no caption
+            ("x3.txt", b"caption without media"),
+        ],
+    )
     truncated = tmp_path / "truncated.tar"
     truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     urls = [str(good), str(bad), str(truncated)]

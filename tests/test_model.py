@@ -9,35 +9,72 @@ from opensora_lite.models.attention import attention, available_backends
 from opensora_lite.models.mmdit import MMDiT, MMDiTConfig, patchify, unpatchify
 from opensora_lite.models.rope import apply_rope, rope_cos_sin, video_position_ids
 
-TINY = MMDiTConfig(latent_channels=4, patch_size=[1, 2, 2], hidden_size=48, num_heads=2, depth=2,
-                   depth_single_blocks=2, axes_dim=[8, 8, 8], context_in_dim=16, vec_in_dim=8)
+TINY = MMDiTConfig(
+    latent_channels=4,
+    patch_size=[1, 2, 2],
+    hidden_size=48,
+    num_heads=2,
+    depth=2,
+    depth_single_blocks=2,
+    axes_dim=[8, 8, 8],
+    context_in_dim=16,
+    vec_in_dim=8,
+)
 
 
 def inputs(b=2, t=3, h=4, w=6, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return (torch.randn(b, 4, t, h, w, generator=g), torch.rand(b, generator=g),
-            torch.randn(b, 5, 16, generator=g), torch.randn(b, 8, generator=g))
+    return (
+        torch.randn(b, 4, t, h, w, generator=g),
+        torch.rand(b, generator=g),
+        torch.randn(b, 5, 16, generator=g),
+        torch.randn(b, 8, generator=g),
+    )
 
 
 def test_parameter_names_follow_the_bfl_flux_checkpoint():
     keys = set(MMDiT(MMDiTConfig(**{**TINY.__dict__, "guidance_embed": True})).state_dict())
     expected = {
-        "img_in.weight", "img_in.bias", "txt_in.weight",
-        "time_in.in_layer.weight", "time_in.out_layer.bias", "vector_in.in_layer.weight", "guidance_in.out_layer.weight",
-        "double_blocks.0.img_mod.lin.weight", "double_blocks.0.txt_mod.lin.bias",
-        "double_blocks.0.img_attn.qkv.weight", "double_blocks.0.img_attn.qkv.bias", "double_blocks.0.img_attn.proj.weight",
-        "double_blocks.0.img_attn.norm.query_norm.scale", "double_blocks.0.img_attn.norm.key_norm.scale",
-        "double_blocks.1.txt_attn.qkv.weight", "double_blocks.1.txt_attn.norm.key_norm.scale",
-        "double_blocks.0.img_mlp.0.weight", "double_blocks.0.img_mlp.2.bias", "double_blocks.1.txt_mlp.2.weight",
-        "single_blocks.0.linear1.weight", "single_blocks.0.linear2.bias", "single_blocks.1.modulation.lin.weight",
-        "single_blocks.0.norm.query_norm.scale", "single_blocks.1.norm.key_norm.scale",
-        "final_layer.linear.weight", "final_layer.adaLN_modulation.1.weight",
+        "img_in.weight",
+        "img_in.bias",
+        "txt_in.weight",
+        "time_in.in_layer.weight",
+        "time_in.out_layer.bias",
+        "vector_in.in_layer.weight",
+        "guidance_in.out_layer.weight",
+        "double_blocks.0.img_mod.lin.weight",
+        "double_blocks.0.txt_mod.lin.bias",
+        "double_blocks.0.img_attn.qkv.weight",
+        "double_blocks.0.img_attn.qkv.bias",
+        "double_blocks.0.img_attn.proj.weight",
+        "double_blocks.0.img_attn.norm.query_norm.scale",
+        "double_blocks.0.img_attn.norm.key_norm.scale",
+        "double_blocks.1.txt_attn.qkv.weight",
+        "double_blocks.1.txt_attn.norm.key_norm.scale",
+        "double_blocks.0.img_mlp.0.weight",
+        "double_blocks.0.img_mlp.2.bias",
+        "double_blocks.1.txt_mlp.2.weight",
+        "single_blocks.0.linear1.weight",
+        "single_blocks.0.linear2.bias",
+        "single_blocks.1.modulation.lin.weight",
+        "single_blocks.0.norm.query_norm.scale",
+        "single_blocks.1.norm.key_norm.scale",
+        "final_layer.linear.weight",
+        "final_layer.adaLN_modulation.1.weight",
     }
     assert expected <= keys
     assert not any(k.startswith("cond_in") for k in keys)
     # and nothing outside Flux's vocabulary of top-level modules
-    assert {k.split(".")[0] for k in keys} == {"img_in", "txt_in", "time_in", "vector_in", "guidance_in",
-                                              "double_blocks", "single_blocks", "final_layer"}
+    assert {k.split(".")[0] for k in keys} == {
+        "img_in",
+        "txt_in",
+        "time_in",
+        "vector_in",
+        "guidance_in",
+        "double_blocks",
+        "single_blocks",
+        "final_layer",
+    }
 
 
 def test_forward_shape_and_gradients_reach_every_parameter():
@@ -86,8 +123,9 @@ def test_rope_matches_complex_rotation_and_is_relative():
     q = torch.randn(1, 1, 24, 16)
     rotated = apply_rope(q, cos[None, None], sin[None, None])
     # reference: treat adjacent pairs as complex numbers and multiply by e^{i * pos * freq}
-    freqs = torch.cat([ids[:, i : i + 1].double() / theta ** (torch.arange(0, d, 2).double() / d)
-                       for i, d in enumerate(axes)], dim=1)
+    freqs = torch.cat(
+        [ids[:, i : i + 1].double() / theta ** (torch.arange(0, d, 2).double() / d) for i, d in enumerate(axes)], dim=1
+    )
     qc = torch.view_as_complex(q[0, 0].double().reshape(24, 8, 2).contiguous())
     ref = torch.view_as_real(qc * torch.polar(torch.ones_like(freqs), freqs)).reshape(24, 16)
     assert torch.allclose(rotated[0, 0].double(), ref, atol=1e-5)

@@ -1,11 +1,9 @@
 """Shapes: generator -> real mp4 in real tar shards -> decode -> evaluator, end to end."""
 
-import io
 import json
 import tarfile
 
 import numpy as np
-import pytest
 
 from opensora_lite.data.synthetic import COLOURS, DIRECTIONS, ShapesConfig, render_clip, write_shapes_shards
 from opensora_lite.data.video import decode_window, probe, temporal_stride
@@ -29,9 +27,16 @@ def test_shards_roundtrip_clips_metadata_and_captions(tmp_path):
             stored = json.loads(members[f"{key}.json"])
             assert stored == meta
             assert members[f"{key}.txt"].decode() == meta["caption"]
-            assert all(word in meta["caption"] for word in (meta["colour"], meta["shape"], meta["direction"], meta["speed"]))
+            assert all(
+                word in meta["caption"] for word in (meta["colour"], meta["shape"], meta["direction"], meta["speed"])
+            )
             info = probe(members[f"{key}.mp4"])
-            assert (info.num_frames, info.fps, info.height, info.width) == (meta["num_frames"], meta["fps"], meta["height"], meta["width"])
+            assert (info.num_frames, info.fps, info.height, info.width) == (
+                meta["num_frames"],
+                meta["fps"],
+                meta["height"],
+                meta["width"],
+            )
             decoded = decode_window(members[f"{key}.mp4"], 0, meta["num_frames"], 1, (meta["height"], meta["width"]))
             err = np.abs(decoded.astype(int) - frames.astype(int))
             assert err.mean() < 4.0  # H.264 at crf 18 keeps these flat shapes nearly exact

@@ -1,13 +1,17 @@
 """W&B in offline mode: what the trainer logged is read back from the files W&B wrote."""
 
 from conftest import compose, mini_overrides
-from opensora_lite.cli.curriculum import run
 from wandb_records import read_run
+
+from opensora_lite.cli.curriculum import run
 
 
 def test_metrics_config_samples_and_resume_land_in_one_wandb_run(shapes_dir, tmp_path):
     overrides = mini_overrides(shapes_dir, tmp_path, name="wb") + [
-        "logger=wandb", "logger.wandb.mode=offline", "logger.progress_bar=false", "curriculum.stages.image.log_every=1",
+        "logger=wandb",
+        "logger.wandb.mode=offline",
+        "logger.progress_bar=false",
+        "curriculum.stages.image.log_every=1",
     ]
     run(compose(overrides + ["run.stage=image"]))
     run(compose(overrides + ["run.stage=t2v"]))  # a second job on the same run directory

@@ -26,7 +26,9 @@ class DiffusersVideoVAE(Autoencoder):
         super().__init__()
         if vae is None:
             if not cfg.path or not Path(cfg.path).exists():
-                raise FileNotFoundError(f"autoencoder.path: {cfg.path!r} does not exist (weights load from local paths only)")
+                raise FileNotFoundError(
+                    f"autoencoder.path: {cfg.path!r} does not exist (weights load from local paths only)"
+                )
             cls = _vae_class(cfg.kind)
             path = Path(cfg.path)
             vae = cls.from_pretrained(path) if path.is_dir() else cls.from_single_file(str(path))

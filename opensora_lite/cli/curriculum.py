@@ -1,8 +1,8 @@
 """`osl-curriculum`: run every stage of the curriculum in order (skipping completed ones).
 
-    osl-curriculum                                  # experiment=tiny_cpu, the quickstart
-    osl-curriculum experiment=opensora2 --cfg job   # print the resolved config only
-    osl-curriculum run.name=try2 curriculum.stages.t2v.steps=300
+osl-curriculum                                  # experiment=tiny_cpu, the quickstart
+osl-curriculum experiment=opensora2 --cfg job   # print the resolved config only
+osl-curriculum run.name=try2 curriculum.stages.t2v.steps=300
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """`osl-data`: build a dataset as WebDataset shards.
 
-    osl-data                                  # the Shapes set into data/shapes (the tiny default)
-    osl-data out=/tmp/shapes shapes.num_clips=200
+osl-data                                  # the Shapes set into data/shapes (the tiny default)
+osl-data out=/tmp/shapes shapes.num_clips=200
 """
 
 from __future__ import annotations
@@ -25,7 +25,9 @@ def main(cfg: DictConfig) -> None:
     out = Path(job.out)
     existing = sorted(out.glob("*.tar")) if out.is_dir() else []
     if existing and not job.overwrite:
-        logging.getLogger("opensora_lite").warning("%s already holds %d shards; keeping them (overwrite=true rebuilds)", out, len(existing))
+        logging.getLogger("opensora_lite").warning(
+            "%s already holds %d shards; keeping them (overwrite=true rebuilds)", out, len(existing)
+        )
         print(f"{out}: {len(existing)} shards already present")
         return
     for old in existing:

@@ -1,7 +1,7 @@
 """`osl-sample`: generate videos from a stage checkpoint, with the run's own config.
 
-    osl-sample checkpoint=runs/tiny_cpu/hires prompts='["a fast red circle moving left"]'
-    osl-sample checkpoint=runs/tiny_cpu/i2v image=ref.png prompts='["a fast red circle moving up"]'
+osl-sample checkpoint=runs/tiny_cpu/hires prompts='["a fast red circle moving left"]'
+osl-sample checkpoint=runs/tiny_cpu/i2v image=ref.png prompts='["a fast red circle moving up"]'
 """
 
 from __future__ import annotations
@@ -57,7 +57,9 @@ def read_first_frame(path: str, size: tuple[int, int]) -> np.ndarray:
     with av.open(io.BytesIO(Path(path).read_bytes())) as container:
         frame = next(container.decode(video=0))
     nh, nw, top, left = resize_crop_size(frame.height, frame.width, size)
-    return frame.to_ndarray(width=nw, height=nh, format="rgb24", interpolation="AREA")[top : top + size[0], left : left + size[1]]
+    return frame.to_ndarray(width=nw, height=nh, format="rgb24", interpolation="AREA")[
+        top : top + size[0], left : left + size[1]
+    ]
 
 
 @hydra_entry("sample")
@@ -72,7 +74,9 @@ def main(cfg: DictConfig) -> None:
     model = MMDiT(run_cfg.model, image_condition="cond_in.weight" in state)
     print(load_into(model, state, str(weights)).summary())
     model.to(device).eval()
-    ctx = SampleContext(run_cfg, TextEncoders(run_cfg.text_encoder, device), build_autoencoder(run_cfg.autoencoder).to(device), device)
+    ctx = SampleContext(
+        run_cfg, TextEncoders(run_cfg.text_encoder, device), build_autoencoder(run_cfg.autoencoder).to(device), device
+    )
     stage = next(iter(run_cfg.curriculum.stages.values()))
     stage_name = weights.parent.parent.name if weights.parent.name == "final" else weights.parent.name
     stage = run_cfg.curriculum.stages.get(stage_name, stage)
@@ -86,7 +90,9 @@ def main(cfg: DictConfig) -> None:
         reference = np.stack([read_first_frame(job.image, shape[1:])] * len(job.prompts))
     videos = generate(ctx, model, list(job.prompts), shape, job.seed, reference=reference)
     out = Path(job.out) if job.out else weights.parent.parent / "samples_cli"
-    paths = save_samples(videos, list(job.prompts), out, "i2v" if job.image else "t2v", len(videos), run_cfg.data.target_fps)
+    paths = save_samples(
+        videos, list(job.prompts), out, "i2v" if job.image else "t2v", len(videos), run_cfg.data.target_fps
+    )
     for p in paths:
         print(p)
 

@@ -54,5 +54,7 @@ def to_config(cfg: DictConfig) -> Config:
     reject_unknown_keys(cfg)
     obj = OmegaConf.to_object(cfg)
     if not isinstance(obj, Config):
-        raise ConfigError("<root>", "the composed config is not an opensora_lite Config (is osl_schema first in defaults?)")
+        raise ConfigError(
+            "<root>", "the composed config is not an opensora_lite Config (is osl_schema first in defaults?)"
+        )
     return validate(obj)

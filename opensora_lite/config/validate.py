@@ -34,11 +34,17 @@ def valid_frame_count(cfg: Config, n: int) -> bool:
 def validate_model(cfg: Config) -> None:
     m, ae, te = cfg.model, cfg.autoencoder, cfg.text_encoder
     _require(m.hidden_size > 0 and m.num_heads > 0, "model.num_heads", "hidden_size and num_heads must be positive")
-    _require(m.hidden_size % m.num_heads == 0, "model.num_heads", f"{m.num_heads} does not divide hidden_size {m.hidden_size}")
+    _require(
+        m.hidden_size % m.num_heads == 0,
+        "model.num_heads",
+        f"{m.num_heads} does not divide hidden_size {m.hidden_size}",
+    )
     _require(len(m.axes_dim) == 3, "model.axes_dim", f"needs 3 entries (t, h, w), got {list(m.axes_dim)}")
     _require(all(d % 2 == 0 for d in m.axes_dim), "model.axes_dim", f"entries must be even, got {list(m.axes_dim)}")
     _require(sum(m.axes_dim) == m.head_dim, "model.axes_dim", f"sum {sum(m.axes_dim)} != head dim {m.head_dim}")
-    _require(len(m.patch_size) == 3 and min(m.patch_size) >= 1, "model.patch_size", "needs 3 positive entries (t, h, w)")
+    _require(
+        len(m.patch_size) == 3 and min(m.patch_size) >= 1, "model.patch_size", "needs 3 positive entries (t, h, w)"
+    )
     _require(m.depth >= 0 and m.depth_single_blocks >= 0, "model.depth", "block counts must be >= 0")
     _require(m.attention_backend in BACKENDS, "model.attention_backend", f"{m.attention_backend!r} not in {BACKENDS}")
     _require(
@@ -46,7 +52,9 @@ def validate_model(cfg: Config) -> None:
         "model.latent_channels",
         f"{m.latent_channels} != autoencoder.latent_channels {ae.latent_channels}",
     )
-    _require(m.context_in_dim == te.t5.dim, "model.context_in_dim", f"{m.context_in_dim} != text_encoder.t5.dim {te.t5.dim}")
+    _require(
+        m.context_in_dim == te.t5.dim, "model.context_in_dim", f"{m.context_in_dim} != text_encoder.t5.dim {te.t5.dim}"
+    )
     _require(m.vec_in_dim == te.clip.dim, "model.vec_in_dim", f"{m.vec_in_dim} != text_encoder.clip.dim {te.clip.dim}")
 
 
@@ -54,11 +62,21 @@ def validate_components(cfg: Config) -> None:
     ae = cfg.autoencoder
     _require(ae.kind in ("pixel", "hunyuan", "wan"), "autoencoder.kind", f"unknown {ae.kind!r} (pixel | hunyuan | wan)")
     if ae.kind == "pixel":
-        _require(ae.latent_channels == 3 * ae.spatial_factor**2, "autoencoder.latent_channels", "pixel needs 3 * spatial_factor^2")
-        _require(ae.temporal_factor == 1 and not ae.causal, "autoencoder.temporal_factor", "pixel has temporal_factor 1, causal false")
+        _require(
+            ae.latent_channels == 3 * ae.spatial_factor**2,
+            "autoencoder.latent_channels",
+            "pixel needs 3 * spatial_factor^2",
+        )
+        _require(
+            ae.temporal_factor == 1 and not ae.causal,
+            "autoencoder.temporal_factor",
+            "pixel has temporal_factor 1, causal false",
+        )
     for name in ("t5", "clip"):
         tm = getattr(cfg.text_encoder, name)
-        _require(bool(tm.path) != bool(tm.tiny), f"text_encoder.{name}", "set exactly one of path (local weights) or tiny")
+        _require(
+            bool(tm.path) != bool(tm.tiny), f"text_encoder.{name}", "set exactly one of path (local weights) or tiny"
+        )
         _require(tm.max_length > 0, f"text_encoder.{name}.max_length", "must be positive")
         _require(tm.dtype in ("fp32", "bf16", "fp16"), f"text_encoder.{name}.dtype", f"unknown {tm.dtype!r}")
     d = cfg.data
@@ -70,10 +88,14 @@ def validate_components(cfg: Config) -> None:
     _require(0 <= f.sigma_min < 1, "flow.sigma_min", "must be in [0, 1)")
     _require(cfg.run.device in ("auto", "cpu", "cuda"), "run.device", f"unknown {cfg.run.device!r} (auto | cpu | cuda)")
     _require(cfg.run.dtype in ("fp32", "bf16"), "run.dtype", f"unknown {cfg.run.dtype!r} (fp32 | bf16)")
-    _require(cfg.parallel.engine in ("single", "ddp"), "parallel.engine", f"unknown {cfg.parallel.engine!r} (single | ddp)")
+    _require(
+        cfg.parallel.engine in ("single", "ddp"), "parallel.engine", f"unknown {cfg.parallel.engine!r} (single | ddp)"
+    )
     _require(cfg.eval.kind in (None, "shapes"), "eval.kind", f"unknown {cfg.eval.kind!r} (shapes | null)")
     _require(cfg.sample.num_steps > 0, "sample.num_steps", "must be positive")
-    _require(cfg.logger.wandb.mode in ("online", "offline", "disabled"), "logger.wandb.mode", "online | offline | disabled")
+    _require(
+        cfg.logger.wandb.mode in ("online", "offline", "disabled"), "logger.wandb.mode", "online | offline | disabled"
+    )
 
 
 def validate_stage(cfg: Config, name: str, stage: StageConfig, first: bool) -> None:
@@ -94,25 +116,37 @@ def validate_stage(cfg: Config, name: str, stage: StageConfig, first: bool) -> N
         for n, entry in frames.items():
             bkey = f"{key}.buckets.{res}.{n}"
             _require(n >= 1, bkey, "frame count must be >= 1")
-            _require(valid_frame_count(cfg, n), bkey, f"{n} frames do not suit the autoencoder (causal: 1 + {cfg.autoencoder.temporal_factor}k)")
+            _require(
+                valid_frame_count(cfg, n),
+                bkey,
+                f"{n} frames do not suit the autoencoder (causal: 1 + {cfg.autoencoder.temporal_factor}k)",
+            )
             ok = len(entry) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in entry)
             _require(ok, bkey, f"needs [probability, batch_size] numbers, got {list(entry)}")
             prob, batch = entry
             _require(0 < prob <= 1, bkey, f"probability must be in (0, 1], got {prob}")
-            _require(batch >= 1 and float(batch).is_integer(), bkey, f"batch size must be a positive integer, got {batch}")
+            _require(
+                batch >= 1 and float(batch).is_integer(), bkey, f"batch size must be a positive integer, got {batch}"
+            )
             if n > 1:
                 latent_t = n if not cfg.autoencoder.causal else 1 + (n - 1) // cfg.autoencoder.temporal_factor
-                _require(latent_t % cfg.model.patch_size[0] == 0, bkey, "latent frames not divisible by model.patch_size[0]")
+                _require(
+                    latent_t % cfg.model.patch_size[0] == 0, bkey, "latent frames not divisible by model.patch_size[0]"
+                )
     for task, weight in stage.tasks.items():
         _require(task in TASKS, f"{key}.tasks.{task}", f"unknown task; choose from {TASKS}")
         _require(weight >= 0, f"{key}.tasks.{task}", "weight must be >= 0")
-    _require(sum(stage.tasks.values()) > 0, f"{key}.tasks", "needs a positive weight for at least one task (e.g. {t2v: 1.0})")
+    _require(
+        sum(stage.tasks.values()) > 0, f"{key}.tasks", "needs a positive weight for at least one task (e.g. {t2v: 1.0})"
+    )
     for enc, p in stage.text_dropout.items():
         _require(enc in ("t5", "clip"), f"{key}.text_dropout.{enc}", "keys are t5 and clip")
         _require(0 <= p <= 1, f"{key}.text_dropout.{enc}", "must be in [0, 1]")
     o = stage.optim
     _require(o.lr > 0, f"{key}.optim.lr", "must be positive")
-    _require(o.schedule in ("constant", "cosine"), f"{key}.optim.schedule", f"unknown {o.schedule!r} (constant | cosine)")
+    _require(
+        o.schedule in ("constant", "cosine"), f"{key}.optim.schedule", f"unknown {o.schedule!r} (constant | cosine)"
+    )
     _require(len(o.betas) == 2, f"{key}.optim.betas", "needs two values")
     _require(0 <= stage.ema_decay < 1, f"{key}.ema_decay", "must be in [0, 1)")
     _require(stage.keep_checkpoints >= 1, f"{key}.keep_checkpoints", "must be >= 1")

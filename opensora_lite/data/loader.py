@@ -158,7 +158,9 @@ class BucketedVideoStream(IterableDataset):
                 return None
             span = (bucket.num_frames - 1) * stride + 1
             start = rng.randint(0, int(meta["num_frames"]) - span)
-            frames = decode_window(data, start, bucket.num_frames, stride, (bucket.height, bucket.width), self.decode_threads)
+            frames = decode_window(
+                data, start, bucket.num_frames, stride, (bucket.height, bucket.width), self.decode_threads
+            )
         except VideoDecodeError:
             skipped["corrupt_video"] += 1
             return None

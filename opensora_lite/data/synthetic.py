@@ -9,13 +9,12 @@ in aspect ratio, duration and fps, and are stored as real H.264 mp4 in WebDatase
 from __future__ import annotations
 
 import json
-import sys
 import math
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (225, 35, 35),

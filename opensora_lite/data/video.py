@@ -92,7 +92,9 @@ def decode_window(
     except av.error.FFmpegError as exc:
         raise VideoDecodeError(f"decode failed: {exc}") from exc
     if len(out) != num_frames:
-        raise VideoDecodeError(f"video has too few frames: got {len(out)} of {num_frames} (start {start}, stride {stride})")
+        raise VideoDecodeError(
+            f"video has too few frames: got {len(out)} of {num_frames} (start {start}, stride {stride})"
+        )
     return np.stack(out)
 
 

@@ -31,7 +31,10 @@ class LoadReport:
             prefixes = sorted({k.split(".")[0] for k in keys})
             return f"{len(keys)} ({', '.join(prefixes)})" if keys else "0"
 
-        return f"loaded {self.loaded} tensors from {self.source}; missing {short(self.missing)}; unexpected {short(self.unexpected)}"
+        return (
+            f"loaded {self.loaded} tensors from {self.source}; "
+            f"missing {short(self.missing)}; unexpected {short(self.unexpected)}"
+        )
 
 
 def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> LoadReport:

@@ -45,8 +45,14 @@ def to_uint8(video: torch.Tensor) -> np.ndarray:
 
 
 @torch.no_grad()
-def generate(rt, model: nn.Module, captions: list[str], shape: tuple[int, int, int], seed: int,
-             reference: np.ndarray | None = None) -> np.ndarray:
+def generate(
+    rt,
+    model: nn.Module,
+    captions: list[str],
+    shape: tuple[int, int, int],
+    seed: int,
+    reference: np.ndarray | None = None,
+) -> np.ndarray:
     """Sample videos for captions (optionally first-frame conditioned on uint8 references [B, H, W, 3])."""
     cfg, ae = rt.cfg, rt.ae
     frames, h, w = shape
@@ -57,7 +63,9 @@ def generate(rt, model: nn.Module, captions: list[str], shape: tuple[int, int, i
         t5, clip = rt.text.encode(chunk)
         lat_t = ae.latent_frames(frames) if ae.valid_num_frames(frames) else frames
         g = torch.Generator().manual_seed(seed + i)
-        noise = torch.randn(len(chunk), ae.latent_channels, lat_t, h // ae.spatial_factor, w // ae.spatial_factor, generator=g)
+        noise = torch.randn(
+            len(chunk), ae.latent_channels, lat_t, h // ae.spatial_factor, w // ae.spatial_factor, generator=g
+        )
         noise = noise.to(rt.device)
         cond = None
         if getattr(model, "cond_in", None) is not None:
@@ -68,14 +76,25 @@ def generate(rt, model: nn.Module, captions: list[str], shape: tuple[int, int, i
             else:
                 cond = torch.zeros(len(chunk), ae.latent_channels + 1, *noise.shape[2:], device=rt.device)
         latents = sample_latents(
-            model, noise, t5, clip, rt.text.empty(), cfg.flow, cfg.model.patch_size,
-            cfg.sample.num_steps, cfg.sample.cfg_scale, cond=cond, autocast=rt.autocast(),
+            model,
+            noise,
+            t5,
+            clip,
+            rt.text.empty(),
+            cfg.flow,
+            cfg.model.patch_size,
+            cfg.sample.num_steps,
+            cfg.sample.cfg_scale,
+            cond=cond,
+            autocast=rt.autocast(),
         )
         out.append(to_uint8(ae.decode(latents)))
     return np.concatenate(out)
 
 
-def save_samples(videos: np.ndarray, captions: list[str], folder: Path, prefix: str, limit: int, fps: float) -> list[Path]:
+def save_samples(
+    videos: np.ndarray, captions: list[str], folder: Path, prefix: str, limit: int, fps: float
+) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for i, (video, caption) in enumerate(zip(videos[:limit], captions)):

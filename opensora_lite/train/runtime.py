@@ -71,6 +71,12 @@ def build_runtime(cfg: Config, run_dir: Path, resolved: dict) -> Runtime:
     text = TextEncoders(cfg.text_encoder, engine.device)
     ae = build_autoencoder(cfg.autoencoder).to(engine.device)
     tracker = Tracker(cfg.logger, run_dir, cfg.run.name, resolved, active=engine.is_main)
-    log.info("run %s on %s (%d process%s), engine %s", run_dir, engine.device, engine.world_size,
-             "es" if engine.world_size > 1 else "", cfg.parallel.engine)
+    log.info(
+        "run %s on %s (%d process%s), engine %s",
+        run_dir,
+        engine.device,
+        engine.world_size,
+        "es" if engine.world_size > 1 else "",
+        cfg.parallel.engine,
+    )
     return Runtime(cfg, run_dir, engine, text, ae, tracker)

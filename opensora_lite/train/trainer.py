@@ -74,17 +74,24 @@ class StageTrainer:
             path = resolve_weights_path(init)
         report = load_into(model, load_weights(path), str(path))
         log.info("[%s] %s", self.name, report.summary())
-        self.rt.tracker.event("init", self.step_offset, self.name, source=str(path), missing=report.missing,
-                              unexpected=report.unexpected)
+        self.rt.tracker.event(
+            "init", self.step_offset, self.name, source=str(path), missing=report.missing, unexpected=report.unexpected
+        )
 
     def _loader(self, skip_batches: int):
         cfg, engine = self.cfg, self.engine
         multiple = cfg.autoencoder.spatial_factor * cfg.model.patch_size[1]
         table = BucketTable(self.stage.buckets, cfg.data.aspect_ratios, multiple)
         stream = BucketedVideoStream(
-            expand_shards(cfg.data.shards), table, cfg.data.target_fps, seed=cfg.run.seed * 100 + self.index,
-            rank=engine.rank, world_size=engine.world_size, shuffle_buffer=cfg.data.shuffle_buffer,
-            decode_threads=cfg.data.decode_threads, caption_key=cfg.data.caption_key,
+            expand_shards(cfg.data.shards),
+            table,
+            cfg.data.target_fps,
+            seed=cfg.run.seed * 100 + self.index,
+            rank=engine.rank,
+            world_size=engine.world_size,
+            shuffle_buffer=cfg.data.shuffle_buffer,
+            decode_threads=cfg.data.decode_threads,
+            caption_key=cfg.data.caption_key,
         )
         it = batches(build_loader(stream, cfg.data.num_workers, cfg.data.prefetch_factor, engine.device.type == "cuda"))
         for _ in range(skip_batches):  # replay to the resume point: the stream is deterministic
@@ -139,8 +146,14 @@ class StageTrainer:
                 ema.load_state_dict(ckpt["ema"])
             log.info("[%s] resumed from %s (step %d)", self.name, resume, start)
             rt.tracker.event("resume", self.step_offset + start, self.name, from_step=start, checkpoint=str(resume))
-        log.info("[%s] %s: %d steps, %.2fM parameters, image condition %s", self.name, stage.description or "stage",
-                 stage.steps, nparams / 1e6, self.image_condition)
+        log.info(
+            "[%s] %s: %d steps, %.2fM parameters, image condition %s",
+            self.name,
+            stage.description or "stage",
+            stage.steps,
+            nparams / 1e6,
+            self.image_condition,
+        )
         data = self._loader(batches)
         model.train()
         skipped: Counter = Counter()
@@ -189,8 +202,17 @@ class StageTrainer:
         }
         self.rt.tracker.log(metrics, self.step_offset + step, self.name)
         if bar.disable and self.engine.is_main and self.cfg.logger.console:
-            log.info("[%s] step %d/%d loss %.4f lr %.2e grad %.3f %.1f samples/s data wait %.3fs", self.name, step,
-                     self.stage.steps, metrics["loss"], lr, grad_norm, metrics["samples_per_s"], metrics["data_wait_s"])
+            log.info(
+                "[%s] step %d/%d loss %.4f lr %.2e grad %.3f %.1f samples/s data wait %.3fs",
+                self.name,
+                step,
+                self.stage.steps,
+                metrics["loss"],
+                lr,
+                grad_norm,
+                metrics["samples_per_s"],
+                metrics["data_wait_s"],
+            )
         bar.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{lr:.1e}", sps=f"{metrics['samples_per_s']:.1f}")
         w.update(loss=0.0, n=0, tokens=0, samples=0, wait=0.0, t0=time.perf_counter())
         return metrics["loss"]
@@ -199,8 +221,9 @@ class StageTrainer:
         weights = self.engine.full_state_dict(model)
         if self.engine.is_main:
             state = {"step": step, "batches": batches, "scheduler": sched.state_dict(), "generator": gen.get_state()}
-            path = self.dir.save_checkpoint(step, weights, opt.state_dict(), state, ema.state_dict() if ema else None,
-                                            self.stage.keep_checkpoints)
+            path = self.dir.save_checkpoint(
+                step, weights, opt.state_dict(), state, ema.state_dict() if ema else None, self.stage.keep_checkpoints
+            )
             log.info("[%s] checkpoint %s", self.name, path)
         self.engine.barrier()
 
