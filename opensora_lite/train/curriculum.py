@@ -43,9 +43,11 @@ def run_stages(rt: Runtime, names: list[str]) -> list[StageResult]:
 def format_results(results: list[StageResult]) -> str:
     """The end-of-run table the quickstart prints."""
     keys = sorted({k for r in results for k, v in r.metrics.items() if isinstance(v, float)})
-    head = f"{'stage':<10} {'steps':>6} {'time':>7} {'loss':>8} " + " ".join(f"{k:>16}" for k in keys)
+    head = f"{'stage':<10} {'steps':>6} {'train':>7} {'eval':>6} {'loss':>8} " + " ".join(f"{k:>16}" for k in keys)
     lines = [head, "-" * len(head)]
     for r in results:
         vals = " ".join(f"{r.metrics[k]:>16.3f}" if k in r.metrics else f"{'-':>16}" for k in keys)
-        lines.append(f"{r.name:<10} {r.steps:>6} {r.seconds:>6.0f}s {r.final_loss:>8.4f} {vals}")
+        lines.append(
+            f"{r.name:<10} {r.steps:>6} {r.seconds:>6.0f}s {r.eval_seconds:>5.0f}s {r.final_loss:>8.4f} {vals}"
+        )
     return "\n".join(lines)

@@ -42,11 +42,12 @@ def uses_image_condition(stage: StageConfig) -> bool:
 class StageResult:
     name: str
     steps: int
-    seconds: float
+    seconds: float  # training wall time (the end-of-stage evaluation is eval_seconds)
     final_loss: float
     metrics: dict = field(default_factory=dict)
     skipped_samples: dict = field(default_factory=dict)
     resumed_from: int = 0
+    eval_seconds: float = 0.0
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -232,17 +233,30 @@ class StageTrainer:
         seconds = time.perf_counter() - began
         weights = engine.full_state_dict(model)
         metrics, paths = {}, []
+        eval_began = time.perf_counter()
         if self.stage.evaluate and engine.is_main:
             metrics, paths = evaluate_stage(rt, engine.unwrap(model), self.stage, self.dir.samples)
-        result = StageResult(self.name, self.stage.steps, seconds, loss, metrics, dict(skipped), start)
+        eval_seconds = time.perf_counter() - eval_began
+        result = StageResult(
+            self.name, self.stage.steps, seconds, loss, metrics, dict(skipped), start, eval_seconds=eval_seconds
+        )
         if engine.is_main:
             self.dir.save_final(weights, ema.state_dict() if ema else None, result.as_dict())
             end = self.step_offset + self.stage.steps
-            rt.tracker.event("stage_end", end, self.name, seconds=seconds, final_loss=loss, **metrics)
+            rt.tracker.event(
+                "stage_end", end, self.name, seconds=seconds, eval_seconds=eval_seconds, final_loss=loss, **metrics
+            )
             rt.tracker.videos(paths, end, self.name)
             if skipped:
                 log.info("[%s] skipped samples: %s", self.name, dict(skipped))
-            log.info("[%s] done in %.0fs, final loss %.4f %s", self.name, seconds, loss, _fmt(metrics))
+            log.info(
+                "[%s] done: trained in %.0fs, evaluated in %.0fs, final loss %.4f %s",
+                self.name,
+                seconds,
+                eval_seconds,
+                loss,
+                _fmt(metrics),
+            )
         engine.barrier()
         return result
 
