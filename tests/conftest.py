@@ -16,6 +16,28 @@ os.environ.setdefault("HYDRA_FULL_ERROR", "0")
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_mmdit(**changes):
+    """A seconds-fast MMDiT config (48 wide, 2 + 2 blocks) for model-level tests, with changes."""
+    from dataclasses import replace
+
+    from opensora_lite.models.mmdit import MMDiTConfig
+
+    base = MMDiTConfig(
+        latent_channels=4,
+        patch_size=[1, 2, 2],
+        hidden_size=48,
+        num_heads=2,
+        depth=2,
+        depth_single_blocks=2,
+        axes_dim=[8, 8, 8],
+        context_in_dim=16,
+        vec_in_dim=8,
+    )
+    return replace(base, **changes)
+
+
 BIN = Path(sys.executable).parent
 
 

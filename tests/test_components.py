@@ -2,13 +2,14 @@
 
 import pytest
 import torch
+from conftest import tiny_mmdit
 
 from opensora_lite.autoencoders.base import Autoencoder
 from opensora_lite.autoencoders.pixel import PixelSpaceToDepth
 from opensora_lite.config.schema import AutoencoderConfig, TextEncoderConfig, TextModelConfig
 from opensora_lite.errors import CheckpointError
 from opensora_lite.models.flux_weights import load_into
-from opensora_lite.models.mmdit import MMDiT, MMDiTConfig
+from opensora_lite.models.mmdit import MMDiT
 from opensora_lite.text.encoders import TextEncoders
 
 TINY_TEXT = TextEncoderConfig(
@@ -107,18 +108,8 @@ def test_tiny_text_encoders_are_identical_across_builds_and_frozen():
 
 
 def test_weight_loading_reports_and_rejects_what_does_not_fit():
-    cfg = MMDiTConfig(
-        latent_channels=4,
-        patch_size=[1, 2, 2],
-        hidden_size=32,
-        num_heads=2,
-        depth=1,
-        depth_single_blocks=1,
-        axes_dim=[4, 6, 6],
-        context_in_dim=8,
-        vec_in_dim=8,
-    )
-    src = MMDiT(MMDiTConfig(**{**cfg.__dict__, "guidance_embed": True}))
+    cfg = tiny_mmdit()
+    src = MMDiT(tiny_mmdit(guidance_embed=True))
     dst = MMDiT(cfg, image_condition=True)
     report = load_into(dst, {k: v.to(torch.bfloat16) for k, v in src.state_dict().items()}, "flux.safetensors")
     assert report.missing == ["cond_in.weight", "cond_in.bias"]
@@ -126,7 +117,7 @@ def test_weight_loading_reports_and_rejects_what_does_not_fit():
     assert dst.img_in.weight.dtype == torch.float32 and torch.equal(
         dst.img_in.weight, src.img_in.weight.bfloat16().float()
     )
-    wrong = MMDiT(MMDiTConfig(**{**cfg.__dict__, "hidden_size": 48, "num_heads": 3}))
+    wrong = MMDiT(tiny_mmdit(hidden_size=72, num_heads=3))
     with pytest.raises(CheckpointError, match="do not fit the model"):
         load_into(wrong, src.state_dict(), "flux.safetensors")
     partial = {k: v for k, v in src.state_dict().items() if not k.startswith("single_blocks")}

@@ -4,22 +4,13 @@ import math
 
 import pytest
 import torch
+from conftest import tiny_mmdit
 
 from opensora_lite.models.attention import attention, available_backends
-from opensora_lite.models.mmdit import MMDiT, MMDiTConfig, patchify, unpatchify
+from opensora_lite.models.mmdit import MMDiT, patchify, unpatchify
 from opensora_lite.models.rope import apply_rope, rope_cos_sin, video_position_ids
 
-TINY = MMDiTConfig(
-    latent_channels=4,
-    patch_size=[1, 2, 2],
-    hidden_size=48,
-    num_heads=2,
-    depth=2,
-    depth_single_blocks=2,
-    axes_dim=[8, 8, 8],
-    context_in_dim=16,
-    vec_in_dim=8,
-)
+TINY = tiny_mmdit()
 
 
 def inputs(b=2, t=3, h=4, w=6, seed=0):
@@ -33,7 +24,7 @@ def inputs(b=2, t=3, h=4, w=6, seed=0):
 
 
 def test_parameter_names_follow_the_bfl_flux_checkpoint():
-    keys = set(MMDiT(MMDiTConfig(**{**TINY.__dict__, "guidance_embed": True})).state_dict())
+    keys = set(MMDiT(tiny_mmdit(guidance_embed=True)).state_dict())
     expected = {
         "img_in.weight",
         "img_in.bias",
@@ -154,4 +145,4 @@ def test_attention_backends_agree_with_the_math_reference():
 
 def test_bad_architecture_is_rejected():
     with pytest.raises(ValueError, match="axes_dim"):
-        MMDiT(MMDiTConfig(**{**TINY.__dict__, "axes_dim": [8, 8, 10]}))
+        MMDiT(tiny_mmdit(axes_dim=[8, 8, 10]))
