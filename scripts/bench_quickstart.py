@@ -1,0 +1,117 @@
+#!/usr/bin/env python3
+"""Time the README's quickstart as a new user meets it, and record the figures.
+
+Clones this repository into a fresh folder, runs `./scripts/quickstart.sh` there exactly as the README
+says, and reports the wall time of each phase (install, dataset, each stage's training and
+evaluation) with the evaluator's figures. Prints a table and appends it to docs/benchmarks.md with
+the date, commit and machine.
+
+    python3 scripts/bench_quickstart.py              # about 13 minutes on 2 CPU cores
+    python3 scripts/bench_quickstart.py --no-append  # print only
+
+Uses only the standard library: it runs before anything is installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+# The quickstart's own messages at the end of each set-up phase.
+PHASES = [("install", re.compile(r"^install: done")), ("dataset", re.compile(r"^wrote \d+ clips"))]
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{os.cpu_count()} cores ({cpu}), {mem:.0f} GiB RAM, Python {platform.python_version()}"
+
+
+def run_quickstart(folder: Path) -> tuple[float, dict[str, float], str]:
+    """Run the quickstart in folder; return total seconds, when each set-up phase ended, the output."""
+    marks: dict[str, float] = {}
+    out = []
+    start = time.perf_counter()
+    proc = subprocess.Popen(
+        ["./scripts/quickstart.sh"], cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    for line in proc.stdout:
+        out.append(line)
+        for name, pattern in PHASES:
+            if name not in marks and pattern.search(line):
+                marks[name] = time.perf_counter() - start
+    proc.wait()
+    total = time.perf_counter() - start
+    if proc.returncode != 0:
+        sys.exit(f"quickstart failed (exit {proc.returncode}):\n{''.join(out[-30:])}")
+    return total, marks, "".join(out)
+
+
+def report(folder: Path, total: float, marks: dict[str, float]) -> str:
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=folder, capture_output=True, text=True)
+    run_dir = folder / "runs" / "tiny_cpu"
+    summaries = [json.loads(p.read_text()) for p in sorted(run_dir.glob("*/final/summary.json"))]
+    order = {"image": 0, "t2v": 1, "i2v": 2, "hires": 3}
+    summaries.sort(key=lambda s: order.get(s["name"], 9))
+    lines = [
+        f"### Quickstart, {dt.date.today().isoformat()}, commit {commit.stdout.strip()}",
+        "",
+        f"Machine: {machine()}. Command: `python3 scripts/bench_quickstart.py` (a fresh clone, "
+        "`./scripts/quickstart.sh`).",
+        "",
+        "| phase | seconds | steps | colour_acc | direction_acc | i2v_colour_keep |",
+        "|---|---|---|---|---|---|",
+        f"| install | {marks['install']:.0f} | | | | |",
+        f"| dataset | {marks['dataset'] - marks['install']:.0f} | | | | |",
+    ]
+    for s in summaries:
+        m = s.get("metrics", {})
+        figs = " | ".join(f"{m[k]:.3f}" if k in m else "-" for k in ("colour_acc", "direction_acc", "i2v_colour_keep"))
+        lines.append(f"| {s['name']} train | {s['seconds']:.0f} | {s['steps']} | | | |")
+        lines.append(f"| {s['name']} eval | {s.get('eval_seconds', 0):.0f} | | {figs} |")
+    lines += [f"| **total** | **{total:.0f}** ({total / 60:.1f} min) | | | | |", ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--no-append", action="store_true", help="print the table, do not touch docs/benchmarks.md")
+    p.add_argument("--keep", action="store_true", help="keep the clone (its path is printed)")
+    a = p.parse_args()
+    folder = Path(tempfile.mkdtemp(prefix="osl-quickstart-")) / "repo"
+    subprocess.run(["git", "clone", "-q", str(REPO), str(folder)], check=True)
+    try:
+        total, marks, _ = run_quickstart(folder)
+        table = report(folder, total, marks)
+    finally:
+        if not a.keep:
+            shutil.rmtree(folder.parent, ignore_errors=True)
+    print(table)
+    if not a.no_append:
+        with open(REPO / "docs" / "benchmarks.md", "a") as f:
+            f.write("\n" + table)
+        print(f"appended to {REPO / 'docs' / 'benchmarks.md'}")
+    if a.keep:
+        print(f"clone kept at {folder}")
+
+
+if __name__ == "__main__":
+    main()
