@@ -1,4 +1,9 @@
-"""Load BFL-named weights (a FLUX.1 checkpoint, or a previous stage) into the MMDiT, with a report.
+"""Load Flux weights (a FLUX.1 checkpoint, or a previous stage) into the MMDiT, with a report.
+
+Both Flux formats are read and told apart automatically: the BFL single file (flux1-dev.safetensors,
+the names our model uses) and diffusers' layout (a FluxTransformer2DModel folder with sharded
+safetensors and an index, a pipeline folder holding one under transformer/, or a single file with
+diffusers names), which is converted by `flux_convert`.
 
 Keys the video model adds on purpose (`cond_in`, zero-initialised) may be missing, and `guidance_in`
 may be absent on either side (Open-Sora's video model drops Flux-dev's guidance distillation). Any
@@ -8,13 +13,19 @@ bf16 checkpoints load into the model's fp32 parameters.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
 from opensora_lite.errors import CheckpointError
+from opensora_lite.models.flux_convert import diffusers_to_bfl, is_diffusers_state
 
+DIFFUSERS_INDEX = "diffusion_pytorch_model.safetensors.index.json"
+DIFFUSERS_FILE = "diffusion_pytorch_model.safetensors"
 NEW_IN_VIDEO = ("cond_in.",)
 OPTIONAL = ("guidance_in.",)
 
@@ -56,3 +67,34 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> 
     model.load_state_dict(usable, strict=False)
     report.loaded = len(usable)
     return report
+
+
+def diffusers_folder(path: Path) -> Path | None:
+    """The FluxTransformer2DModel folder at path (or at path/transformer for a pipeline), if any."""
+    for folder in (path, path / "transformer"):
+        if (folder / DIFFUSERS_INDEX).is_file() or (folder / DIFFUSERS_FILE).is_file():
+            return folder
+    return None
+
+
+def read_flux_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], str]:
+    """Weights in BFL names from a safetensors file or a diffusers folder, and the format found."""
+    path = Path(path)
+    folder = diffusers_folder(path) if path.is_dir() else None
+    if path.is_dir() and folder is None:
+        raise CheckpointError(f"{path}: a folder without {DIFFUSERS_INDEX} or {DIFFUSERS_FILE}")
+    try:
+        if folder is None:
+            state = load_file(str(path))
+        elif (folder / DIFFUSERS_INDEX).is_file():
+            shards = sorted(set(json.loads((folder / DIFFUSERS_INDEX).read_text())["weight_map"].values()))
+            state = {}
+            for shard in shards:
+                state.update(load_file(str(folder / shard)))
+        else:
+            state = load_file(str(folder / DIFFUSERS_FILE))
+    except (OSError, ValueError, KeyError) as e:  # a missing shard, a truncated file, a bad index
+        raise CheckpointError(f"cannot read Flux weights at {path}: {e}") from None
+    if folder is not None or is_diffusers_state(state):
+        return diffusers_to_bfl(state), "diffusers"
+    return state, "bfl"

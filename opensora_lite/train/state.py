@@ -21,6 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from opensora_lite.errors import CheckpointError
+from opensora_lite.models.flux_weights import diffusers_folder
 
 _STEP = re.compile(r"^step_(\d{8})$")
 MODEL_FILE = "model.safetensors"
@@ -131,8 +132,11 @@ class StageDir:
 
 
 def resolve_weights_path(spec: str) -> Path:
-    """A weights file from a path that may name the file, a stage dir, or a stage's final/ dir."""
+    """A weights file from a path that may name the file, a stage dir, or a stage's final/ dir; or a
+    diffusers Flux folder (read by models.flux_weights.read_flux_weights)."""
     path = Path(spec)
+    if path.is_dir() and diffusers_folder(path) is not None:
+        return path
     for candidate in (path, path / MODEL_FILE, path / "final" / MODEL_FILE):
         if candidate.is_file():
             return candidate

@@ -22,13 +22,13 @@ from opensora_lite.data.buckets import BucketTable
 from opensora_lite.data.loader import BucketedVideoStream, batches, build_loader, expand_shards
 from opensora_lite.diffusion.conditioning import build_condition, sample_tasks
 from opensora_lite.diffusion.objective import drop_text, flow_loss
-from opensora_lite.models.flux_weights import load_into
+from opensora_lite.models.flux_weights import load_into, read_flux_weights
 from opensora_lite.models.mmdit import MMDiT
 from opensora_lite.train.ema import EMA
 from opensora_lite.train.evaluation import evaluate_stage
 from opensora_lite.train.optim import build_optimizer, build_scheduler
 from opensora_lite.train.runtime import Runtime
-from opensora_lite.train.state import StageDir, load_weights, resolve_weights_path
+from opensora_lite.train.state import StageDir, resolve_weights_path
 
 log = logging.getLogger("opensora_lite")
 
@@ -73,7 +73,8 @@ class StageTrainer:
             path = resolve_weights_path(str(self.rt.run_dir / prev))
         else:
             path = resolve_weights_path(init)
-        report = load_into(model, load_weights(path), str(path))
+        state, fmt = read_flux_weights(path)
+        report = load_into(model, state, f"{path} ({fmt})")
         log.info("[%s] %s", self.name, report.summary())
         self.rt.tracker.event(
             "init", self.step_offset, self.name, source=str(path), missing=report.missing, unexpected=report.unexpected

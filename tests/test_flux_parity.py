@@ -1,0 +1,124 @@
+"""Our MMDiT is Flux: diffusers' FluxTransformer2DModel with random weights, converted to BFL names and
+loaded into our model, gives the same output for the same tokens, positions, text and timestep."""
+
+import pytest
+import torch
+from diffusers import FluxTransformer2DModel
+from safetensors.torch import save_file
+
+from opensora_lite.errors import CheckpointError
+from opensora_lite.models.flux_convert import bfl_to_diffusers, diffusers_to_bfl, is_diffusers_state
+from opensora_lite.models.flux_weights import load_into, read_flux_weights
+from opensora_lite.models.mmdit import MMDiT, MMDiTConfig
+from opensora_lite.models.rope import video_position_ids
+
+CONFIGS = [  # (double blocks, single blocks, heads, head dim, RoPE axes, guidance)
+    (1, 1, 2, 16, (4, 6, 6), False),
+    (2, 3, 3, 24, (8, 8, 8), True),
+    (0, 2, 4, 8, (2, 2, 4), False),
+]
+
+
+def _diffusers_model(depth, single, heads, head_dim, axes, guidance, seed=0):
+    torch.manual_seed(seed)
+    model = FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=16,
+        num_layers=depth,
+        num_single_layers=single,
+        attention_head_dim=head_dim,
+        num_attention_heads=heads,
+        joint_attention_dim=12,
+        pooled_projection_dim=10,
+        guidance_embeds=guidance,
+        axes_dims_rope=axes,
+    )
+    with torch.no_grad():  # diffusers zero-initialises some layers; random everywhere tests more
+        for p in model.parameters():
+            p.copy_(torch.randn_like(p) * 0.2)
+    return model.eval()
+
+
+def _ours(depth, single, heads, head_dim, axes, guidance) -> MMDiT:
+    cfg = MMDiTConfig(
+        latent_channels=4,
+        patch_size=[1, 2, 2],
+        hidden_size=heads * head_dim,
+        num_heads=heads,
+        depth=depth,
+        depth_single_blocks=single,
+        axes_dim=list(axes),
+        context_in_dim=12,
+        vec_in_dim=10,
+        guidance_embed=guidance,
+        attention_backend="math",
+    )
+    return MMDiT(cfg).eval()
+
+
+@pytest.mark.parametrize("spec", CONFIGS, ids=lambda s: f"d{s[0]}s{s[1]}h{s[2]}g{int(s[5])}")
+def test_same_output_as_diffusers(spec):
+    ref = _diffusers_model(*spec)
+    ours = _ours(*spec)
+    state = ref.state_dict()
+    assert is_diffusers_state(state)
+    report = load_into(ours, diffusers_to_bfl(state), "diffusers")
+    assert report.missing == [] and report.unexpected == []
+
+    g = torch.Generator().manual_seed(1)
+    b, txt_len = 2, 7
+    img_ids = video_position_ids(3, 4, 5)  # video positions: time on Flux's unused axis 0
+    img = torch.randn(b, img_ids.shape[0], 16, generator=g)
+    txt = torch.randn(b, txt_len, 12, generator=g)
+    txt_ids = torch.zeros(txt_len, 3)
+    y = torch.randn(b, 10, generator=g)
+    t = torch.rand(b, generator=g)
+    guidance = torch.full((b,), 3.5) if spec[5] else None
+    with torch.no_grad():
+        expected = ref(
+            hidden_states=img,
+            encoder_hidden_states=txt,
+            pooled_projections=y,
+            timestep=t,
+            img_ids=img_ids,
+            txt_ids=txt_ids,
+            guidance=guidance,
+            return_dict=False,
+        )[0]
+        got = ours.forward_tokens(img, img_ids, txt, txt_ids, t, y, guidance=guidance)
+    rel = ((got - expected).norm() / expected.norm()).item()
+    assert rel <= 1e-5, rel
+
+
+@pytest.mark.parametrize("spec", CONFIGS[:2], ids=["plain", "guidance"])
+def test_conversion_round_trips_exactly(spec):
+    state = _diffusers_model(*spec).state_dict()
+    back = bfl_to_diffusers(diffusers_to_bfl(state))
+    assert back.keys() == state.keys()
+    assert all(torch.equal(back[k], state[k]) for k in state)
+    ours = _ours(*spec)
+    bfl = ours.state_dict()
+    again = diffusers_to_bfl(bfl_to_diffusers(bfl))
+    assert again.keys() == bfl.keys() and all(torch.equal(again[k], bfl[k]) for k in bfl)
+
+
+def test_diffusers_folders_load_sharded_or_inside_a_pipeline(tmp_path):
+    spec = CONFIGS[1]
+    ref = _diffusers_model(*spec)
+    ref.save_pretrained(tmp_path / "pipe" / "transformer", max_shard_size="20KB")  # several shards + index
+    assert len(list((tmp_path / "pipe" / "transformer").glob("*.safetensors"))) > 1
+    for where in (tmp_path / "pipe" / "transformer", tmp_path / "pipe"):
+        state, fmt = read_flux_weights(where)
+        assert fmt == "diffusers"
+        report = load_into(_ours(*spec), state, str(where))
+        assert report.missing == [] and report.unexpected == []
+    single = tmp_path / "flux1-tiny.safetensors"  # our BFL export of the same weights reads as BFL
+    save_file({k: v.contiguous() for k, v in diffusers_to_bfl(ref.state_dict()).items()}, str(single))
+    assert read_flux_weights(single)[1] == "bfl"
+
+    shard = sorted((tmp_path / "pipe" / "transformer").glob("*.safetensors"))[0]
+    shard.unlink()
+    with pytest.raises(CheckpointError, match="cannot read Flux weights"):
+        read_flux_weights(tmp_path / "pipe")
+    with pytest.raises(CheckpointError, match="a folder without"):
+        read_flux_weights(tmp_path)
