@@ -78,7 +78,7 @@ class TextEncoders(nn.Module):
         if todo:
             t5, clip = self._encode(todo)
             for i, text in enumerate(todo):
-                self._memo[text] = (t5[i], clip[i])
+                self._memo[text] = (t5[i].clone(), clip[i].clone())  # not views pinning the batch
         for text in texts:
             self._memo.move_to_end(text)
         out = [self._memo[t] for t in texts]
