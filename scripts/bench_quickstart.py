@@ -15,10 +15,7 @@ Uses only the standard library: it runs before anything is installed.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import os
-import platform
 import re
 import shutil
 import subprocess
@@ -27,22 +24,10 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from benchlib import BENCHMARKS, REPO, heading
+
 # The quickstart's own messages at the end of each set-up phase.
 PHASES = [("install", re.compile(r"^install: done")), ("dataset", re.compile(r"^wrote \d+ clips"))]
-
-
-def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{os.cpu_count()} cores ({cpu}), {mem:.0f} GiB RAM, Python {platform.python_version()}"
 
 
 def run_quickstart(folder: Path) -> tuple[float, dict[str, float], str]:
@@ -66,17 +51,14 @@ def run_quickstart(folder: Path) -> tuple[float, dict[str, float], str]:
 
 
 def report(folder: Path, total: float, marks: dict[str, float]) -> str:
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=folder, capture_output=True, text=True)
     run_dir = folder / "runs" / "tiny_cpu"
     summaries = [json.loads(p.read_text()) for p in sorted(run_dir.glob("*/final/summary.json"))]
     order = {"image": 0, "t2v": 1, "i2v": 2, "hires": 3}
     summaries.sort(key=lambda s: order.get(s["name"], 9))
-    lines = [
-        f"### Quickstart, {dt.date.today().isoformat()}, commit {commit.stdout.strip()}",
-        "",
-        f"Machine: {machine()}. Command: `python3 scripts/bench_quickstart.py` (a fresh clone, "
-        "`./scripts/quickstart.sh`).",
-        "",
+    lines = heading(
+        "Quickstart", "python3 scripts/bench_quickstart.py", folder, " (a fresh clone, `./scripts/quickstart.sh`)"
+    )
+    lines += [
         "| phase | seconds | steps | colour_acc | direction_acc | i2v_colour_keep |",
         "|---|---|---|---|---|---|",
         f"| install | {marks['install']:.0f} | | | | |",
@@ -106,9 +88,9 @@ def main() -> None:
             shutil.rmtree(folder.parent, ignore_errors=True)
     print(table)
     if not a.no_append:
-        with open(REPO / "docs" / "benchmarks.md", "a") as f:
+        with open(BENCHMARKS, "a") as f:
             f.write("\n" + table)
-        print(f"appended to {REPO / 'docs' / 'benchmarks.md'}")
+        print(f"appended to {BENCHMARKS}")
     if a.keep:
         print(f"clone kept at {folder}")
 

@@ -5,12 +5,20 @@ import shutil
 from pathlib import Path
 
 import av
+import pytest
 import torch
 from conftest import cli, compose, mini_overrides
+from omegaconf import OmegaConf
 from safetensors import safe_open
 
 from opensora_lite.cli.curriculum import run
+from opensora_lite.models.flops import mmdit_flops
+from opensora_lite.models.mmdit import MMDiTConfig
 from opensora_lite.train.state import load_weights
+
+
+def typed_model(cfg) -> MMDiTConfig:
+    return MMDiTConfig(**OmegaConf.to_container(cfg.model, resolve=True))
 
 
 def test_run_directory_layout_and_metrics(mini_run):
@@ -20,8 +28,15 @@ def test_run_directory_layout_and_metrics(mini_run):
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in records if "loss" in r and "event" not in r]
     assert {r["stage"] for r in steps} == {"image", "t2v", "i2v"}
-    for key in ("loss", "lr", "grad_norm", "samples_per_s", "tokens_per_s", "data_wait_s"):
+    for key in ("loss", "lr", "grad_norm", "samples_per_s", "tokens_per_s", "data_wait_s", "tflops_per_device"):
         assert all(r[key] is not None for r in steps), key
+    # MFU: the analytic FLOPs at each step's real shapes (one bucket per batch; 40 T5 tokens)
+    model_cfg = typed_model(compose(mini_overrides(Path("."), Path("."))))
+    for r in (r for r in steps if r["stage"] == "t2v"):
+        tokens = round(r["tokens_per_s"] / r["samples_per_s"])  # video tokens per sample
+        per_sample = mmdit_flops(model_cfg, tokens, 40).train
+        assert r["tflops_per_device"] * 1e12 / r["samples_per_s"] == pytest.approx(per_sample, rel=1e-6)
+        assert r["mfu"] == pytest.approx(r["tflops_per_device"] / 0.002)
     # the global step runs on across stages (W&B's x axis)
     assert [r["global_step"] for r in steps if r["stage"] == "t2v"] == [5, 6, 7]
     ends = {r["stage"]: r for r in records if r.get("event") == "stage_end"}

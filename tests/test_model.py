@@ -6,9 +6,11 @@ import pytest
 import torch
 from conftest import tiny_mmdit
 
-from opensora_lite.models.attention import attention, available_backends
+from opensora_lite.models.attention import attention, available_backends, resolve_backend
+from opensora_lite.models.flux_weights import clean_key
 from opensora_lite.models.mmdit import MMDiT, patchify, unpatchify
 from opensora_lite.models.rope import apply_rope, rope_cos_sin, video_position_ids
+from opensora_lite.parallel.checkpointing import apply_activation_checkpointing
 
 TINY = tiny_mmdit()
 
@@ -132,15 +134,79 @@ def test_rope_matches_complex_rotation_and_is_relative():
     assert dot([3, 1, 2], [1, 1, 0]) == pytest.approx(dot([5, 4, 7], [3, 4, 5]), abs=1e-4)
 
 
-def test_attention_backends_agree_with_the_math_reference():
-    q, k, v = (torch.randn(2, 3, 37, 16) for _ in range(3))
-    ref = attention(q, k, v, "math")
-    for backend in available_backends():
-        assert torch.allclose(attention(q, k, v, backend), ref, atol=1e-5), backend
-    manual = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(16), -1) @ v
-    assert torch.allclose(ref, manual, atol=1e-5)
+@pytest.mark.parametrize("shape", [(2, 3, 37, 16), (1, 4, 130, 64), (3, 1, 5, 8)])
+def test_attention_backends_agree_with_the_math_reference(shape):
+    """Every kernel this process can run (on CPU: SDPA) matches the plain softmax(QK^T)V, values and
+    gradients; `auto` resolves to SDPA on CPU; a flash kernel asked for explicitly fails clearly."""
+    g = torch.Generator().manual_seed(0)
+    leaves = [torch.randn(*shape, generator=g, requires_grad=True) for _ in range(3)]
+    manual = torch.softmax(leaves[0] @ leaves[1].transpose(-1, -2) / math.sqrt(shape[-1]), -1) @ leaves[2]
+    assert torch.allclose(attention(*leaves, "math"), manual, atol=1e-5)
+    ref_grads = torch.autograd.grad(manual.pow(2).sum(), leaves)
+    backends = available_backends() + ["auto"]
+    assert "sdpa" in backends
+    for backend in backends:
+        out = attention(*leaves, backend)
+        assert torch.allclose(out, manual, atol=1e-5), backend
+        grads = torch.autograd.grad(out.pow(2).sum(), leaves)
+        assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(grads, ref_grads)), backend
+    assert resolve_backend("auto", leaves[0]) == "sdpa"
     with pytest.raises(ValueError, match="unknown attention backend"):
-        attention(q, k, v, "nope")
+        attention(*leaves, "nope")
+    for flash in ("flash2", "flash3"):
+        with pytest.raises(RuntimeError, match=f"attention backend {flash}"):
+            attention(*leaves, flash)
+
+
+def test_whole_model_sdpa_equals_math():
+    torch.manual_seed(0)
+    fast, slow = MMDiT(tiny_mmdit(attention_backend="sdpa")), MMDiT(tiny_mmdit(attention_backend="math"))
+    for p in fast.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    slow.load_state_dict(fast.state_dict())
+    x, t, txt, y = inputs()
+    a, b = fast(x, t, txt, y), slow(x, t, txt, y)
+    assert torch.allclose(a, b, atol=1e-5)
+    a.pow(2).mean().backward()
+    b.pow(2).mean().backward()
+    for (name, p), q in zip(fast.named_parameters(), slow.parameters()):
+        assert torch.allclose(p.grad, q.grad, atol=1e-5, rtol=1e-4), name
+
+
+def test_video_positions_put_time_on_rope_axis_0_and_text_at_zero():
+    """forward() on latents is forward_tokens() on packed tokens with ids (frame, row, col) and text ids 0;
+    at one frame this is Flux's image layout (axis 0 unused)."""
+    torch.manual_seed(0)
+    model = MMDiT(TINY)
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    x, t, txt, y = inputs(t=3, h=4, w=6)
+    ids = torch.tensor([[f, r, c] for f in range(3) for r in range(2) for c in range(3)], dtype=torch.float32)
+    tokens = model.forward_tokens(patchify(x, [1, 2, 2]), ids, txt, torch.zeros(5, 3), t, y)
+    assert torch.allclose(model(x, t, txt, y), unpatchify(tokens, [1, 2, 2], (3, 2, 3)), atol=1e-6)
+    flat = ids.clone()  # frames matter: a constant time axis gives another output
+    flat[:, 0] = 0
+    assert not torch.allclose(model.forward_tokens(patchify(x, [1, 2, 2]), flat, txt, torch.zeros(5, 3), t, y), tokens)
+
+
+def test_activation_checkpointing_keeps_values_gradients_and_names():
+    torch.manual_seed(0)
+    plain = MMDiT(tiny_mmdit(depth=2, depth_single_blocks=3))
+    for p in plain.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    ckpt = MMDiT(plain.cfg)
+    ckpt.load_state_dict(plain.state_dict())
+    assert apply_activation_checkpointing(ckpt, 1, 99) == 4  # one double block, every single block
+    assert type(ckpt.double_blocks[1]) is type(plain.double_blocks[1])  # the second double block stays plain
+    assert {clean_key(k) for k in ckpt.state_dict()} == set(plain.state_dict())
+    x, t, txt, y = inputs()
+    a, b = plain(x, t, txt, y), ckpt(x, t, txt, y)
+    assert torch.equal(a, b)
+    a.pow(2).mean().backward()
+    b.pow(2).mean().backward()
+    grads = {clean_key(n): p.grad for n, p in ckpt.named_parameters()}
+    for name, p in plain.named_parameters():
+        assert torch.allclose(p.grad, grads[name], atol=1e-6), name
 
 
 def test_bad_architecture_is_rejected():

@@ -9,6 +9,7 @@ from typing import Callable
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
 
 from opensora_lite.config import config_dir, register, to_config
 from opensora_lite.config.schema import Config
@@ -27,6 +28,10 @@ def hydra_entry(config_name: str, validate_on_print: bool = False) -> Callable:
                 fn(cfg)
             except UserError as exc:
                 print(f"error: {exc}", file=sys.stderr, flush=True)
+                sys.exit(2)
+            except MissingMandatoryValue as exc:
+                key = exc.full_key or "?"
+                print(f"error: {key}: a value is required (add {key}=...)", file=sys.stderr, flush=True)
                 sys.exit(2)
 
         def main() -> None:

@@ -19,12 +19,12 @@ from opensora_lite.autoencoders import build_autoencoder
 from opensora_lite.cli.common import hydra_entry
 from opensora_lite.config.schema import Config, SampleJobConfig
 from opensora_lite.errors import CheckpointError
-from opensora_lite.models.flux_weights import load_into
+from opensora_lite.models.flux_weights import load_into, read_flux_weights
 from opensora_lite.models.mmdit import MMDiT
 from opensora_lite.parallel.engine import pick_device
 from opensora_lite.text.encoders import TextEncoders
 from opensora_lite.train.evaluation import generate, save_samples
-from opensora_lite.train.state import load_weights, resolve_weights_path
+from opensora_lite.train.state import resolve_weights_path
 
 
 @dataclass
@@ -65,12 +65,12 @@ def read_first_frame(path: str, size: tuple[int, int]) -> np.ndarray:
 @hydra_entry("sample")
 def main(cfg: DictConfig) -> None:
     job: SampleJobConfig = OmegaConf.to_object(cfg)
-    weights = resolve_weights_path(job.checkpoint)
+    weights = resolve_weights_path(job.checkpoint, latest=True)
     run_cfg = run_config_for(weights)
     for key in ("num_steps", "cfg_scale", "resolution", "num_frames", "aspect_ratio", "seed"):
         setattr(run_cfg.sample, key, getattr(job, key))
     device = pick_device(job.device, 0)
-    state = load_weights(weights)
+    state, _ = read_flux_weights(weights)
     model = MMDiT(run_cfg.model, image_condition="cond_in.weight" in state)
     print(load_into(model, state, str(weights)).summary())
     model.to(device).eval()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from opensora_lite.config.schema import BuildDataConfig, Config, SampleJobConfig
+from opensora_lite.config.schema import BuildDataConfig, Config, ExportJobConfig, SampleJobConfig
 from opensora_lite.config.validate import ConfigError, validate
 
 __all__ = ["Config", "ConfigError", "config_dir", "register", "to_config"]
@@ -33,6 +33,7 @@ def register() -> None:
     cs.store(name="osl_schema", node=Config)
     cs.store(name="osl_build_data_schema", node=BuildDataConfig)
     cs.store(name="osl_sample_schema", node=SampleJobConfig)
+    cs.store(name="osl_export_schema", node=ExportJobConfig)
 
 
 def reject_unknown_keys(node: DictConfig, path: str = "") -> None:

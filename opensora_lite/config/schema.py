@@ -22,6 +22,7 @@ class RunConfig:
     device: str = "auto"  # auto | cpu | cuda
     dtype: str = "fp32"  # compute dtype: fp32 | bf16 (bf16 is 20-35x slower on CPUs without AVX512-BF16)
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default
+    peak_tflops: Optional[float] = None  # per-device peak for MFU; null: the datasheet figure of known GPUs
 
 
 @dataclass
@@ -179,6 +180,19 @@ class BuildDataConfig:
     out: str = "data/shapes"
     overwrite: bool = False
     shapes: ShapesConfig = field(default_factory=ShapesConfig)
+
+
+@dataclass
+class ExportJobConfig:
+    """`osl-export`: write a checkpoint as FLUX.1 weights (BFL single file and/or diffusers folder)."""
+
+    checkpoint: str = "???"  # stage dir, checkpoint folder, model .safetensors or a sharded DCP folder
+    out: str = "???"  # folder to write into: <out>/<name>.safetensors (BFL), <out>/transformer/ (diffusers)
+    formats: List[str] = field(default_factory=lambda: ["bfl", "diffusers"])
+    name: str = "flux_video"
+    dtype: str = "bf16"  # bf16 | fp16 | fp32
+    ema: bool = False  # export the EMA weights
+    axes_dim: Optional[List[int]] = None  # RoPE split; default: model.axes_dim of the run that wrote the checkpoint
 
 
 @dataclass

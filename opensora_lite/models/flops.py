@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 from opensora_lite.models.mmdit import MMDiTConfig
 
 TIME_DIM = 256  # sinusoidal timestep / guidance embedding width
@@ -64,3 +66,22 @@ def mmdit_flops(cfg: MMDiTConfig, img_tokens: int, txt_tokens: int, image_condit
     attn = (cfg.depth + cfg.depth_single_blocks) * attention
     forward = inputs + rest + attn
     return FlopCount(forward=forward, backward=inputs + 2 * rest + 2 * attn)
+
+
+# Dense (no sparsity) tensor-core peaks per GPU, TFLOP/s, from the vendors' datasheets, by compute dtype.
+PEAK_TFLOPS = {
+    "H200": {"bf16": 989.4, "fp32": 494.7},  # fp32 counted as TF32 tensor-core work
+    "H100": {"bf16": 989.4, "fp32": 494.7},  # SXM; the PCIe card is lower: set run.peak_tflops
+    "A100": {"bf16": 312.0, "fp32": 156.0},
+}
+
+
+def peak_tflops(device: torch.device, dtype: str) -> float | None:
+    """The datasheet peak of this device for MFU, or None where unknown (CPUs, unlisted GPUs)."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, peaks in PEAK_TFLOPS.items():
+        if key in name:
+            return peaks.get(dtype)
+    return None

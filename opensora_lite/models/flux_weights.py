@@ -3,7 +3,8 @@
 Both Flux formats are read and told apart automatically: the BFL single file (flux1-dev.safetensors,
 the names our model uses) and diffusers' layout (a FluxTransformer2DModel folder with sharded
 safetensors and an index, a pipeline folder holding one under transformer/, or a single file with
-diffusers names), which is converted by `flux_convert`.
+diffusers names), which is converted by `flux_convert`. Sharded engines' checkpoints (a
+torch.distributed.checkpoint folder written by every rank) are consolidated on read.
 
 Keys the video model adds on purpose (`cond_in`, zero-initialised) may be missing, and `guidance_in`
 may be absent on either side (Open-Sora's video model drops Flux-dev's guidance distillation). Any
@@ -14,11 +15,12 @@ bf16 checkpoints load into the model's fp32 parameters.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from opensora_lite.errors import CheckpointError
@@ -26,8 +28,19 @@ from opensora_lite.models.flux_convert import diffusers_to_bfl, is_diffusers_sta
 
 DIFFUSERS_INDEX = "diffusion_pytorch_model.safetensors.index.json"
 DIFFUSERS_FILE = "diffusion_pytorch_model.safetensors"
+DCP_METADATA = ".metadata"
 NEW_IN_VIDEO = ("cond_in.",)
 OPTIONAL = ("guidance_in.",)
+
+
+_WRAPPER_PARTS = ("_orig_mod.", "_checkpoint_wrapped_module.", "_fsdp_wrapped_module.")
+
+
+def clean_key(key: str) -> str:
+    """A parameter name without the prefixes compile / checkpoint / FSDP wrappers insert."""
+    for part in _WRAPPER_PARTS:
+        key = key.replace(part, "")
+    return key
 
 
 @dataclass
@@ -77,12 +90,60 @@ def diffusers_folder(path: Path) -> Path | None:
     return None
 
 
+def write_safetensors(state: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+    """save_file, with the permissions the user's umask gives (safetensors creates files 0600, which
+    teammates on a shared cluster filesystem cannot read)."""
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path), metadata=metadata or {"format": "pt"})
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
+def is_dcp_folder(path: Path) -> bool:
+    """A torch.distributed.checkpoint folder (what sharded engines write: one file per rank + .metadata)."""
+    return (path / DCP_METADATA).is_file()
+
+
+def read_dcp_folder(path: Path) -> dict[str, torch.Tensor]:
+    """Consolidate a sharded DCP checkpoint of model weights into full tensors on this process.
+
+    Works from any world size to one process, with no process group: the metadata gives each tensor's
+    full shape and dtype, and DCP reads every rank's pieces into it."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    reader = dcp.FileSystemReader(str(path))
+    meta = reader.read_metadata()
+    needed: dict[str, int] = {}  # each rank's file and the bytes the metadata says it holds
+    for info in (meta.storage_data or {}).values():
+        needed[info.relative_path] = max(needed.get(info.relative_path, 0), info.offset + info.length)
+    for name, size in sorted(needed.items()):
+        if not (path / name).is_file():
+            raise CheckpointError(f"{name} is missing (the checkpoint was written by {len(needed)} ranks)")
+        if (path / name).stat().st_size < size:
+            raise CheckpointError(f"{name} is truncated ({(path / name).stat().st_size} of {size} bytes)")
+    state = {
+        name: torch.empty(m.size, dtype=m.properties.dtype)
+        for name, m in meta.state_dict_metadata.items()
+        if isinstance(m, TensorStorageMetadata)
+    }
+    dcp.load(state, storage_reader=reader, planner=dcp.DefaultLoadPlanner(allow_partial_load=True))
+    return {clean_key(k): v for k, v in state.items()}
+
+
 def read_flux_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], str]:
-    """Weights in BFL names from a safetensors file or a diffusers folder, and the format found."""
+    """Weights in BFL names from a safetensors file, a diffusers folder or a sharded DCP folder, and the
+    format found ("bfl", "diffusers" or "dcp")."""
     path = Path(path)
+    if path.is_dir() and is_dcp_folder(path):
+        try:
+            return read_dcp_folder(path), "dcp"
+        except Exception as e:  # a missing or truncated rank file, unreadable metadata
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise CheckpointError(f"cannot read the sharded checkpoint at {path}: {first}") from None
     folder = diffusers_folder(path) if path.is_dir() else None
     if path.is_dir() and folder is None:
-        raise CheckpointError(f"{path}: a folder without {DIFFUSERS_INDEX} or {DIFFUSERS_FILE}")
+        raise CheckpointError(f"{path}: a folder without {DIFFUSERS_INDEX}, {DIFFUSERS_FILE} or {DCP_METADATA}")
     try:
         if folder is None:
             state = load_file(str(path))

@@ -16,6 +16,7 @@ import torch.distributed as dist
 from torch import nn
 
 from opensora_lite.config.schema import ParallelConfig
+from opensora_lite.models.flux_weights import clean_key
 
 
 def launch_env() -> tuple[int, int, int]:
@@ -25,16 +26,6 @@ def launch_env() -> tuple[int, int, int]:
     if "SLURM_NTASKS" in os.environ and "SLURM_PROCID" in os.environ and int(os.environ["SLURM_NTASKS"]) > 1:
         return int(os.environ["SLURM_PROCID"]), int(os.environ["SLURM_NTASKS"]), int(os.environ.get("SLURM_LOCALID", 0))
     return 0, 1, 0
-
-
-_WRAPPER_PARTS = ("_orig_mod.", "_checkpoint_wrapped_module.", "_fsdp_wrapped_module.")
-
-
-def clean_key(key: str) -> str:
-    """A parameter name without the prefixes compile / checkpoint / FSDP wrappers insert."""
-    for part in _WRAPPER_PARTS:
-        key = key.replace(part, "")
-    return key
 
 
 def pick_device(preference: str, local_rank: int) -> torch.device:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from opensora_lite.parallel.engine import clean_key
+from opensora_lite.models.flux_weights import clean_key
 
 
 class EMA:

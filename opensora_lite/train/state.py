@@ -4,6 +4,8 @@ Layout of a stage directory (runs/<run>/<stage>/):
     checkpoints/step_00000100/   model.safetensors, optimizer.pt, trainer_state.pt [, ema.safetensors]
     final/                       model.safetensors [, ema.safetensors], summary.json
     samples/                     mp4s from the end-of-stage sampling
+Engines that shard the model may write the weights as a torch.distributed.checkpoint folder
+(`model_dcp/`, `ema_dcp/`) in place of the .safetensors file; every reader takes either.
 A checkpoint is written into a hidden temporary folder and renamed into place, so it is either
 complete or absent; `final/` existing is what marks a stage as done.
 """
@@ -18,14 +20,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from opensora_lite.errors import CheckpointError
-from opensora_lite.models.flux_weights import diffusers_folder
+from opensora_lite.models.flux_weights import diffusers_folder, is_dcp_folder, write_safetensors
 
 _STEP = re.compile(r"^step_(\d{8})$")
 MODEL_FILE = "model.safetensors"
 EMA_FILE = "ema.safetensors"
+MODEL_DCP = "model_dcp"
+EMA_DCP = "ema_dcp"
 
 
 def _fsync_dir(path: Path) -> None:
@@ -53,7 +57,7 @@ def _publish(tmp: Path, final: Path) -> None:
 
 
 def save_weights(path: Path, state: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
-    save_file({k: v.contiguous() for k, v in state.items()}, str(path), metadata=metadata or {"format": "pt"})
+    write_safetensors(state, path, metadata)
 
 
 def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
@@ -131,13 +135,23 @@ class StageDir:
         return self.final
 
 
-def resolve_weights_path(spec: str) -> Path:
-    """A weights file from a path that may name the file, a stage dir, or a stage's final/ dir; or a
-    diffusers Flux folder (read by models.flux_weights.read_flux_weights)."""
+def resolve_weights_path(spec: str, ema: bool = False, latest: bool = False) -> Path:
+    """The weights behind a path that may name them directly (a .safetensors file, a diffusers Flux folder,
+    a DCP folder), a checkpoint folder (final/ or checkpoints/step_N), or a stage directory (its final/
+    weights; with `latest`, else its newest mid-stage checkpoint's). `ema`: the EMA weights."""
     path = Path(spec)
-    if path.is_dir() and diffusers_folder(path) is not None:
+    if path.is_dir() and (diffusers_folder(path) is not None or is_dcp_folder(path)):
         return path
-    for candidate in (path, path / MODEL_FILE, path / "final" / MODEL_FILE):
-        if candidate.is_file():
-            return candidate
-    raise CheckpointError(f"no weights at {spec} (looked for the file, {MODEL_FILE}, final/{MODEL_FILE})")
+    if path.is_file():
+        return path
+    names = (EMA_FILE, EMA_DCP) if ema else (MODEL_FILE, MODEL_DCP)
+    folders = [path, path / "final"]
+    newest = StageDir(path).latest_checkpoint() if latest and path.is_dir() else None
+    if newest is not None:
+        folders.append(newest)
+    for folder in folders:
+        for name in names:
+            if (folder / name).is_file() or (folder / name).is_dir():
+                return folder / name
+    looked = ", ".join(f"{f.name if f != path else '.'}/{n}" for f in folders for n in names)
+    raise CheckpointError(f"no {'EMA ' if ema else ''}weights at {spec} (looked for {looked})")

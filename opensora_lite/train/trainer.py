@@ -22,6 +22,7 @@ from opensora_lite.data.buckets import BucketTable
 from opensora_lite.data.loader import BucketedVideoStream, batches, build_loader, expand_shards
 from opensora_lite.diffusion.conditioning import build_condition, sample_tasks
 from opensora_lite.diffusion.objective import drop_text, flow_loss
+from opensora_lite.models.flops import mmdit_flops, peak_tflops
 from opensora_lite.models.flux_weights import load_into, read_flux_weights
 from opensora_lite.models.mmdit import MMDiT
 from opensora_lite.train.ema import EMA
@@ -61,6 +62,7 @@ class StageTrainer:
         self.index = list(rt.cfg.curriculum.stages).index(name)
         self.dir = StageDir(rt.run_dir / name)
         self.engine = rt.engine
+        self.peak_tflops = rt.cfg.run.peak_tflops or peak_tflops(rt.device, rt.cfg.run.dtype)
 
     # -- set-up ----------------------------------------------------------------------------------
     def _init_weights(self, model: MMDiT) -> None:
@@ -101,7 +103,8 @@ class StageTrainer:
         return it
 
     # -- one optimizer step ----------------------------------------------------------------------
-    def _micro_step(self, model, batch: dict, gen: torch.Generator) -> tuple[torch.Tensor, int]:
+    def _micro_step(self, model, batch: dict, gen: torch.Generator) -> tuple[torch.Tensor, int, float]:
+        """One forward + backward; returns the loss, the video tokens and the model FLOPs it took."""
         rt = self.rt
         video = batch["video"].to(rt.device, non_blocking=True)
         with torch.no_grad():
@@ -116,8 +119,9 @@ class StageTrainer:
         loss = flow_loss(model, x0, t5, clip, cond, self.cfg.flow, self.cfg.model.patch_size, gen, rt.autocast())
         self.engine.backward(loss / self.stage.grad_accum)
         pt, ph, pw = self.cfg.model.patch_size
-        tokens = x0.shape[0] * (x0.shape[2] // pt) * (x0.shape[3] // ph) * (x0.shape[4] // pw)
-        return loss.detach(), tokens
+        per_sample = (x0.shape[2] // pt) * (x0.shape[3] // ph) * (x0.shape[4] // pw)
+        flops = mmdit_flops(self.cfg.model, per_sample, t5.shape[1], self.image_condition).train * x0.shape[0]
+        return loss.detach(), x0.shape[0] * per_sample, flops
 
     # -- the loop --------------------------------------------------------------------------------
     def run(self) -> StageResult:
@@ -161,7 +165,7 @@ class StageTrainer:
         skipped: Counter = Counter()
         show_bar = engine.is_main and cfg.logger.progress_bar and sys.stderr.isatty()
         bar = tqdm(total=stage.steps, initial=start, desc=self.name, disable=not show_bar, dynamic_ncols=True)
-        window = {"loss": 0.0, "n": 0, "tokens": 0, "samples": 0, "wait": 0.0, "t0": time.perf_counter()}
+        window = {"loss": 0.0, "n": 0, "tokens": 0, "samples": 0, "flops": 0.0, "wait": 0.0, "t0": time.perf_counter()}
         began, loss_value = time.perf_counter(), float("nan")
         for step in range(start, stage.steps):
             for _ in range(stage.grad_accum):
@@ -170,7 +174,8 @@ class StageTrainer:
                 window["wait"] += time.perf_counter() - t_wait
                 batches += 1
                 skipped.update(batch["skipped"])
-                loss, tokens = self._micro_step(model, batch, gen)
+                loss, tokens, flops = self._micro_step(model, batch, gen)
+                window["flops"] += flops
                 window["loss"] += float(loss) / stage.grad_accum
                 window["tokens"] += tokens
                 window["samples"] += len(batch["captions"])
@@ -200,12 +205,16 @@ class StageTrainer:
             "tokens_per_s": w["tokens"] * self.engine.world_size / elapsed,
             "data_wait_s": w["wait"] / w["n"],
             "step_time_s": elapsed / w["n"],
+            "tflops_per_device": w["flops"] / elapsed / 1e12,  # model FLOPs (recomputation not counted)
             "step": step,
         }
+        if self.peak_tflops:
+            metrics["mfu"] = metrics["tflops_per_device"] / self.peak_tflops
         self.rt.tracker.log(metrics, self.step_offset + step, self.name)
         if bar.disable and self.engine.is_main and self.cfg.logger.console:
+            mfu = f" MFU {metrics['mfu']:.1%}" if "mfu" in metrics else ""
             log.info(
-                "[%s] step %d/%d loss %.4f lr %.2e grad %.3f %.1f samples/s data wait %.3fs",
+                "[%s] step %d/%d loss %.4f lr %.2e grad %.3f %.1f samples/s %.3g TFLOP/s/device%s data wait %.3fs",
                 self.name,
                 step,
                 self.stage.steps,
@@ -213,10 +222,12 @@ class StageTrainer:
                 lr,
                 grad_norm,
                 metrics["samples_per_s"],
+                metrics["tflops_per_device"],
+                mfu,
                 metrics["data_wait_s"],
             )
         bar.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{lr:.1e}", sps=f"{metrics['samples_per_s']:.1f}")
-        w.update(loss=0.0, n=0, tokens=0, samples=0, wait=0.0, t0=time.perf_counter())
+        w.update(loss=0.0, n=0, tokens=0, samples=0, flops=0.0, wait=0.0, t0=time.perf_counter())
         return metrics["loss"]
 
     def _checkpoint(self, model, opt, sched, gen, ema, step: int, batches: int) -> None:

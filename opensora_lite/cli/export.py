@@ -1,0 +1,63 @@
+"""`osl-export`: a checkpoint of any stage (any engine, sharded or not) as FLUX.1 weights.
+
+osl-export checkpoint=runs/tiny_cpu/hires out=exports/tiny            # BFL file + diffusers folder
+osl-export checkpoint=runs/os2/hires_768px out=exports/os2 formats=[bfl] ema=true
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from opensora_lite.cli.common import hydra_entry
+from opensora_lite.config.schema import ExportJobConfig
+from opensora_lite.config.validate import ConfigError
+from opensora_lite.models.flux_export import flux_tensors, read_architecture, write_bfl_file, write_diffusers_folder
+from opensora_lite.models.flux_weights import read_flux_weights
+from opensora_lite.train.state import resolve_weights_path
+
+FORMATS = ("bfl", "diffusers")
+
+
+def _run_axes(weights: Path) -> list[int] | None:
+    """model.axes_dim of the run that wrote these weights (its config.yaml), if there is one."""
+    for parent in weights.parents:
+        if (parent / "config.yaml").is_file():
+            axes = OmegaConf.select(OmegaConf.load(parent / "config.yaml"), "model.axes_dim")
+            return list(axes) if axes is not None else None
+    return None
+
+
+def export(job: ExportJobConfig) -> list[Path]:
+    unknown = sorted(set(job.formats) - set(FORMATS))
+    if unknown or not job.formats:
+        raise ConfigError("formats", f"{list(job.formats)}: choose one or more of {list(FORMATS)}")
+    weights = resolve_weights_path(job.checkpoint, ema=job.ema, latest=True)
+    state, fmt = read_flux_weights(weights)
+    print(f"read {len(state)} tensors from {weights} ({fmt})")
+    arch = read_architecture(state, job.axes_dim if job.axes_dim is not None else _run_axes(weights))
+    tensors, dropped = flux_tensors(state, job.dtype)
+    if dropped:
+        print(f"left out {len(dropped)} tensors FLUX.1 has no place for: {', '.join(dropped)} (the I2V input)")
+    out, written = Path(job.out), []
+    if "bfl" in job.formats:
+        written.append(write_bfl_file(tensors, out / f"{job.name}.safetensors", arch))
+    if "diffusers" in job.formats:
+        written.append(write_diffusers_folder(tensors, out / "transformer", arch))
+    summary = (
+        f"{arch.depth} double + {arch.depth_single_blocks} single blocks, hidden {arch.hidden_size}, "
+        f"{arch.num_heads} heads, guidance {arch.guidance_embed}, {job.dtype}"
+    )
+    for path in written:
+        print(f"wrote {path} ({summary})")
+    return written
+
+
+@hydra_entry("export")
+def main(cfg: DictConfig) -> None:
+    export(OmegaConf.to_object(cfg))
+
+
+if __name__ == "__main__":
+    main()

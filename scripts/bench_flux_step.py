@@ -1,0 +1,163 @@
+#!/usr/bin/env python3
+"""Training-step time of our MMDiT against diffusers' FluxTransformer2DModel, side by side.
+
+Both models get the same architecture, the same weights (diffusers' random init converted to BFL
+names), the same tokens, positions, text and timesteps, and the same attention kernel (torch SDPA).
+One step is forward + backward of a mean-square loss. The two are timed in alternating rounds in one
+process, so machine noise hits both alike; the ratio is the figure.
+
+    python3 scripts/bench_flux_step.py                 # ~2 min on 2 CPU cores, appends to docs/benchmarks.md
+    python3 scripts/bench_flux_step.py --no-append --rounds 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from benchlib import heading, publish, table
+from diffusers import FluxTransformer2DModel
+
+from opensora_lite.models.flux_convert import diffusers_to_bfl
+from opensora_lite.models.flux_weights import load_into
+from opensora_lite.models.mmdit import MMDiT, MMDiTConfig
+from opensora_lite.models.rope import video_position_ids
+
+
+def build(a) -> tuple[MMDiT, FluxTransformer2DModel]:
+    head_dim = a.hidden // a.heads
+    rope_t = head_dim // 8
+    axes = [rope_t, (head_dim - rope_t) // 2, (head_dim - rope_t) // 2]
+    torch.manual_seed(0)
+    ref = FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=64,
+        num_layers=a.double,
+        num_single_layers=a.single,
+        attention_head_dim=head_dim,
+        num_attention_heads=a.heads,
+        joint_attention_dim=a.text_dim,
+        pooled_projection_dim=64,
+        guidance_embeds=False,
+        axes_dims_rope=axes,
+    )
+    with torch.no_grad():  # diffusers zero-initialises the output layers; random weights everywhere
+        for param in ref.parameters():
+            param.copy_(torch.randn_like(param) * 0.02)
+    cfg = MMDiTConfig(
+        latent_channels=16,
+        patch_size=[1, 2, 2],
+        hidden_size=a.hidden,
+        num_heads=a.heads,
+        depth=a.double,
+        depth_single_blocks=a.single,
+        axes_dim=axes,
+        context_in_dim=a.text_dim,
+        vec_in_dim=64,
+        attention_backend="sdpa",
+    )
+    ours = MMDiT(cfg)
+    report = load_into(ours, diffusers_to_bfl(ref.state_dict()), "diffusers model")
+    assert not report.missing and not report.unexpected, report.summary()
+    return ours.train(), ref.train()
+
+
+def inputs(a) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    t, h, w = a.grid
+    return {
+        "img": torch.randn(a.batch, t * h * w, 64, generator=g),
+        "img_ids": video_position_ids(t, h, w),
+        "txt": torch.randn(a.batch, a.text_tokens, a.text_dim, generator=g),
+        "txt_ids": torch.zeros(a.text_tokens, 3),
+        "t": torch.rand(a.batch, generator=g),
+        "y": torch.randn(a.batch, 64, generator=g),
+    }
+
+
+def forward_ours(model: MMDiT, x: dict) -> torch.Tensor:
+    return model.forward_tokens(x["img"], x["img_ids"], x["txt"], x["txt_ids"], x["t"], x["y"])
+
+
+def forward_ref(model: FluxTransformer2DModel, x: dict) -> torch.Tensor:
+    return model(
+        hidden_states=x["img"],
+        encoder_hidden_states=x["txt"],
+        pooled_projections=x["y"],
+        timestep=x["t"],
+        img_ids=x["img_ids"],
+        txt_ids=x["txt_ids"],
+        return_dict=False,
+    )[0]
+
+
+def step_ours(model: MMDiT, x: dict) -> None:
+    forward_ours(model, x).pow(2).mean().backward()
+
+
+def step_ref(model: FluxTransformer2DModel, x: dict) -> None:
+    forward_ref(model, x).pow(2).mean().backward()
+
+
+def timed(fn, model, x, iters: int) -> float:
+    times = []
+    for _ in range(iters):
+        model.zero_grad(set_to_none=True)
+        start = time.perf_counter()
+        fn(model, x)
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--hidden", type=int, default=512)
+    p.add_argument("--heads", type=int, default=8)
+    p.add_argument("--double", type=int, default=2)
+    p.add_argument("--single", type=int, default=4)
+    p.add_argument("--grid", type=int, nargs=3, default=[4, 16, 16], help="latent tokens (t, h, w) after patching")
+    p.add_argument("--text-tokens", type=int, default=128)
+    p.add_argument("--text-dim", type=int, default=256)
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--rounds", type=int, default=6, help="alternating rounds; each takes the best of --iters")
+    p.add_argument("--iters", type=int, default=3)
+    p.add_argument("--no-append", action="store_true")
+    a = p.parse_args()
+
+    ours, ref = build(a)
+    x = inputs(a)
+    with torch.no_grad():  # same function before timing anything
+        a_out, b_out = forward_ours(ours, x), forward_ref(ref, x)
+        diff = ((a_out - b_out).abs().max() / b_out.abs().max()).item()
+    for fn, model in ((step_ours, ours), (step_ref, ref)):  # warm-up
+        timed(fn, model, x, 1)
+    per_round = []
+    for _ in range(a.rounds):
+        t_ours = timed(step_ours, ours, x, a.iters)
+        t_ref = timed(step_ref, ref, x, a.iters)
+        per_round.append((t_ours, t_ref))
+    ours_med = statistics.median(r[0] for r in per_round)
+    ref_med = statistics.median(r[1] for r in per_round)
+    ratios = [r[0] / r[1] for r in per_round]
+
+    tokens = a.grid[0] * a.grid[1] * a.grid[2]
+    shape = (
+        f"hidden {a.hidden}, {a.heads} heads, {a.double} double + {a.single} single blocks, batch {a.batch}, "
+        f"{tokens} video + {a.text_tokens} text tokens, fp32, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads; max output difference {diff:.1e} (relative to max |output|)"
+    )
+    rows = [
+        ["opensora_lite MMDiT", f"{ours_med * 1000:.0f}", f"{ours_med / ref_med:.3f}"],
+        ["diffusers FluxTransformer2DModel", f"{ref_med * 1000:.0f}", "1.000"],
+    ]
+    lines = heading("Flux step time vs diffusers (CPU)", "python3 scripts/bench_flux_step.py")
+    lines += [f"Shape: {shape}.", ""]
+    lines += table(["model", "fwd+bwd ms (median of rounds)", "ratio"], rows)
+    lines += ["", f"Per-round ratios: {', '.join(f'{r:.3f}' for r in ratios)} (target: at most 0.9)."]
+    publish(lines, not a.no_append)
+
+
+if __name__ == "__main__":
+    main()

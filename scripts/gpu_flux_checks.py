@@ -1,0 +1,236 @@
+#!/usr/bin/env python3
+"""GPU checks for the Flux MMDiT: bf16 parity with diffusers, and MFU at Flux-dev width.
+
+1. Parity: for several small random configs, diffusers' FluxTransformer2DModel and our MMDiT with the
+   same (converted) weights, both in bf16 on the GPU, against an fp32 reference of the same weights.
+   Reports each model's relative error to fp32 and their distance from each other.
+2. MFU: a stack of FLUX.1-dev-width blocks (3072 hidden, 24 heads) at 256px x 33 latent frames
+   (16 x 16 x 33 = 8448 video tokens + 512 T5 tokens), bf16, forward + backward timed with CUDA events.
+   FLOPs from the analytic counter (models/flops.py), MFU against the device's datasheet peak. Our model
+   and diffusers' side by side, same weights, same step.
+
+    python3 scripts/gpu_flux_checks.py                    # on an H100/H200: ~3 min, appends to docs/benchmarks.md
+    python3 scripts/gpu_flux_checks.py --smoke --no-append  # tiny shapes on CPU: checks the script runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+from benchlib import heading, publish, table
+from diffusers import FluxTransformer2DModel
+from diffusers.utils import logging as diffusers_logging
+
+from opensora_lite.models.attention import resolve_backend
+from opensora_lite.models.flops import mmdit_flops, peak_tflops
+from opensora_lite.models.flux_convert import diffusers_to_bfl
+from opensora_lite.models.flux_weights import load_into
+from opensora_lite.models.mmdit import MMDiT, MMDiTConfig
+from opensora_lite.models.rope import video_position_ids
+
+PARITY_CONFIGS = [  # (double, single, heads, head_dim, axes, guidance)
+    (1, 1, 2, 64, (8, 28, 28), False),
+    (2, 2, 4, 128, (16, 56, 56), True),
+    (2, 4, 8, 128, (16, 56, 56), False),
+]
+
+
+def pair(double, single, heads, head_dim, axes, guidance, text_dim, vec_dim, seed=0, std=0.02):
+    """A diffusers Flux model with random weights, and ours with the same weights (both fp32, CPU)."""
+    torch.manual_seed(seed)
+    ref = FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=64,
+        num_layers=double,
+        num_single_layers=single,
+        attention_head_dim=head_dim,
+        num_attention_heads=heads,
+        joint_attention_dim=text_dim,
+        pooled_projection_dim=vec_dim,
+        guidance_embeds=guidance,
+        axes_dims_rope=axes,
+    )
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.copy_(torch.randn_like(p) * std)
+    cfg = MMDiTConfig(
+        latent_channels=16,
+        hidden_size=heads * head_dim,
+        num_heads=heads,
+        depth=double,
+        depth_single_blocks=single,
+        axes_dim=list(axes),
+        context_in_dim=text_dim,
+        vec_in_dim=vec_dim,
+        guidance_embed=guidance,
+    )
+    ours = MMDiT(cfg)
+    report = load_into(ours, diffusers_to_bfl(ref.state_dict()), "diffusers")
+    assert not report.missing and not report.unexpected, report.summary()
+    return ours, ref
+
+
+def make_inputs(grid, text_tokens, text_dim, vec_dim, guidance, device, dtype, batch=1):
+    g = torch.Generator().manual_seed(1)
+    ids = video_position_ids(*grid)
+    x = {
+        "img": torch.randn(batch, ids.shape[0], 64, generator=g),
+        "txt": torch.randn(batch, text_tokens, text_dim, generator=g),
+        "y": torch.randn(batch, vec_dim, generator=g),
+        "t": torch.rand(batch, generator=g),
+    }
+    x = {k: v.to(device, dtype if k != "t" else torch.float32) for k, v in x.items()}
+    x["img_ids"], x["txt_ids"] = ids.to(device), torch.zeros(text_tokens, 3, device=device)
+    x["guidance"] = torch.full((batch,), 3.5, device=device) if guidance else None
+    return x
+
+
+def run_ours(model, x):
+    return model.forward_tokens(x["img"], x["img_ids"], x["txt"], x["txt_ids"], x["t"], x["y"], guidance=x["guidance"])
+
+
+def run_ref(model, x):
+    return model(
+        hidden_states=x["img"],
+        encoder_hidden_states=x["txt"],
+        pooled_projections=x["y"],
+        timestep=x["t"],
+        img_ids=x["img_ids"],
+        txt_ids=x["txt_ids"],
+        guidance=x["guidance"],
+        return_dict=False,
+    )[0]
+
+
+def rel(a, b) -> float:
+    return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
+def parity(device, dtype, grid, text_tokens) -> list[list[str]]:
+    rows = []
+    for spec in PARITY_CONFIGS:
+        ours, ref = pair(*spec, text_dim=256, vec_dim=64)
+        x32 = make_inputs(grid, text_tokens, 256, 64, spec[5], device, torch.float32)
+        xlo = make_inputs(grid, text_tokens, 256, 64, spec[5], device, dtype)
+        with torch.no_grad():
+            ours.to(device), ref.to(device)
+            gold = run_ref(ref, x32)
+            ours_fp32 = run_ours(ours, x32)
+            ours.to(dtype), ref.to(dtype)
+            o, r = run_ours(ours, xlo), run_ref(ref, xlo)
+        d, s, h, hd, _, gd = spec
+        rows.append(
+            [
+                f"{d}+{s} blocks, {h} heads x {hd}, guidance {gd}",
+                f"{rel(ours_fp32, gold):.1e}",
+                f"{rel(o, gold):.2e}",
+                f"{rel(r, gold):.2e}",
+                f"{rel(o, r):.2e}",
+            ]
+        )
+        del ours, ref
+    return rows
+
+
+def timed_step(fn, model, x, iters, device) -> float:
+    """Median seconds of forward + backward (loss = mean square of the output)."""
+    times = []
+    for i in range(iters + 2):
+        model.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn(model, x).float().pow(2).mean().backward()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if i >= 2:  # two warm-up steps
+            times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
+def mfu(device, dtype, a) -> tuple[list[list[str]], str]:
+    text_dim, vec_dim = (4096, 768) if not a.smoke else (64, 32)
+    heads, head_dim, axes = (24, 128, (16, 56, 56)) if not a.smoke else (2, 32, (8, 12, 12))
+    ours, ref = pair(a.double, a.single, heads, head_dim, axes, False, text_dim, vec_dim)
+    x = make_inputs(a.grid, a.text_tokens, text_dim, vec_dim, False, device, dtype)
+    tokens = a.grid[0] * a.grid[1] * a.grid[2]
+    flops = mmdit_flops(ours.cfg, tokens, a.text_tokens).train
+    peak = peak_tflops(device, "bf16" if dtype == torch.bfloat16 else "fp32")
+    kernel = resolve_backend("auto", x["img"].new_empty(1, 1, 1, 1))
+    rows = []
+    results = {}
+    for name, fn, model in (("opensora_lite", run_ours, ours), ("diffusers", run_ref, ref)):
+        model.to(device, dtype).train()
+        if name == "opensora_lite" and a.ac:
+            from opensora_lite.parallel.checkpointing import apply_activation_checkpointing
+
+            apply_activation_checkpointing(model, a.double, a.single)
+        seconds = timed_step(fn, model, x, a.iters, device)
+        model.to("cpu")
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        results[name] = seconds
+        tflops = flops / seconds / 1e12
+        rows.append(
+            [
+                name,
+                f"{seconds * 1000:.1f}",
+                f"{tflops:.3g}",
+                f"{tflops / peak:.1%}" if peak else "n/a",
+            ]
+        )
+    rows.append(["ratio ours/diffusers", f"{results['opensora_lite'] / results['diffusers']:.3f}", "", ""])
+    shape = (
+        f"{a.double} double + {a.single} single blocks at hidden {heads * head_dim}, {tokens} video "
+        f"({'x'.join(map(str, a.grid))}) + {a.text_tokens} text tokens, batch 1, {dtype}, our attention kernel "
+        f"{kernel}, {flops / 1e12:.3g} TFLOPs per step (analytic), peak {peak} TFLOP/s"
+    )
+    return rows, shape
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--smoke", action="store_true", help="tiny shapes, CPU allowed: checks that the script runs")
+    p.add_argument("--double", type=int, default=2)
+    p.add_argument("--single", type=int, default=4)
+    p.add_argument("--grid", type=int, nargs=3, default=[33, 16, 16], help="video tokens (t, h, w)")
+    p.add_argument("--text-tokens", type=int, default=512)
+    p.add_argument("--iters", type=int, default=5)
+    p.add_argument("--ac", action="store_true", help="activation checkpointing on our model's blocks")
+    p.add_argument("--no-append", action="store_true")
+    a = p.parse_args()
+    diffusers_logging.set_verbosity_error()  # its dtype-cast advice repeats for every model
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type != "cuda" and not a.smoke:
+        raise SystemExit("no CUDA device: run on a GPU machine, or pass --smoke to check the script on CPU")
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    if a.smoke:
+        a.grid, a.text_tokens, a.iters, a.double, a.single = [2, 4, 4], 8, 1, 1, 1
+    parity_grid, parity_text = ([3, 8, 8], 64) if not a.smoke else ([1, 2, 2], 4)
+
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU (smoke)"
+    lines = heading(f"Flux MMDiT on {name}: bf16 parity and MFU", "python3 scripts/gpu_flux_checks.py")
+    lines += [
+        f"torch {torch.__version__}. Parity: {'x'.join(map(str, parity_grid))} video + {parity_text} text tokens.",
+        "",
+    ]
+    lines += table(
+        [
+            "config",
+            "ours fp32 vs diffusers fp32",
+            "ours bf16 vs fp32",
+            "diffusers bf16 vs fp32",
+            "ours vs diffusers (bf16)",
+        ],
+        parity(device, dtype, parity_grid, parity_text),
+    )
+    rows, shape = mfu(device, dtype, a)
+    lines += ["", f"MFU: {shape}.", ""]
+    lines += table(["model", "fwd+bwd ms (median)", "TFLOP/s", "MFU"], rows)
+    publish(lines, not a.no_append)
+
+
+if __name__ == "__main__":
+    main()
