@@ -67,7 +67,11 @@ class ModulationOut:
     gate: Tensor
 
     def modulate(self, x: Tensor) -> Tensor:
-        return (1 + self.scale) * x + self.shift
+        return torch.addcmul(self.shift, x, 1 + self.scale)
+
+    def residual(self, x: Tensor, out: Tensor) -> Tensor:
+        """x + gate * out, in one pass."""
+        return torch.addcmul(x, self.gate, out)
 
 
 class Modulation(nn.Module):

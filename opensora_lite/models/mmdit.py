@@ -107,10 +107,10 @@ class DoubleStreamBlock(nn.Module):
         out = rearrange(self.attn_core(q, k, v), "b h l d -> b l (h d)")
         txt_out, img_out = out[:, : txt.shape[1]], out[:, txt.shape[1] :]
 
-        img = img + img_mod1.gate * self.img_attn.proj(img_out)
-        img = img + img_mod2.gate * self.img_mlp(img_mod2.modulate(self.img_norm2(img)))
-        txt = txt + txt_mod1.gate * self.txt_attn.proj(txt_out)
-        txt = txt + txt_mod2.gate * self.txt_mlp(txt_mod2.modulate(self.txt_norm2(txt)))
+        img = img_mod1.residual(img, self.img_attn.proj(img_out))
+        img = img_mod2.residual(img, self.img_mlp(img_mod2.modulate(self.img_norm2(img))))
+        txt = txt_mod1.residual(txt, self.txt_attn.proj(txt_out))
+        txt = txt_mod2.residual(txt, self.txt_mlp(txt_mod2.modulate(self.txt_norm2(txt))))
         return img, txt
 
 
@@ -137,7 +137,7 @@ class SingleStreamBlock(nn.Module):
         q, k = self.norm(q, k, v)
         attn = self.attn_core(apply_rope(q, cos, sin), apply_rope(k, cos, sin), v)
         out = self.linear2(torch.cat((rearrange(attn, "b h l d -> b l (h d)"), self.mlp_act(mlp)), dim=2))
-        return x + mod.gate * out
+        return mod.residual(x, out)
 
 
 class LastLayer(nn.Module):
