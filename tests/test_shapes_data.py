@@ -4,9 +4,10 @@ import json
 import tarfile
 
 import numpy as np
+import pytest
 
 from opensora_lite.data.synthetic import COLOURS, DIRECTIONS, ShapesConfig, render_clip, write_shapes_shards
-from opensora_lite.data.video import decode_window, probe, temporal_stride
+from opensora_lite.data.video import VideoDecodeError, decode_window, encode_mp4, probe, temporal_stride
 from opensora_lite.eval.shapes import eval_prompts, read_clip, score_t2v
 
 
@@ -66,6 +67,26 @@ def test_windowed_decode_picks_strided_frames(tmp_path):
     assert stride == 3
     window = decode_window(mp4, 4, 5, stride, (info.height, info.width))
     assert np.array_equal(window, full[4 : 4 + 5 * stride : stride])
+
+
+@pytest.mark.parametrize("bframes", [False, True], ids=["ip", "ipb"])
+def test_seeking_decode_gives_the_frames_of_a_decode_from_the_start(bframes):
+    """With keyframes every 12 frames the decoder seeks; timestamps must place frames exactly."""
+    t = np.arange(72)
+    frames = np.zeros((72, 32, 48, 3), np.uint8)
+    frames[..., 0] = (t * 3)[:, None, None]  # every frame distinct
+    frames[:, :, :, 1] = np.arange(48)[None, None, :] * 5
+    for i in t:
+        frames[i, 8:16, (i % 40) : (i % 40) + 8, 2] = 255
+    mp4 = encode_mp4(frames, 24.0, crf=10, gop=12, bframes=bframes)
+    info = probe(mp4)
+    assert info.num_frames == 72
+    plain = decode_window(mp4, 0, 72, 1, (32, 48), seek=False)
+    for start, n, stride in [(0, 5, 3), (13, 8, 2), (24, 6, 1), (37, 5, 7), (59, 13, 1), (71, 1, 1)]:
+        window = decode_window(mp4, start, n, stride, (32, 48))
+        assert np.array_equal(window, plain[start : start + n * stride : stride]), (start, n, stride)
+    with pytest.raises(VideoDecodeError, match="too few frames"):
+        decode_window(mp4, 60, 7, 2, (32, 48))
 
 
 def test_evaluator_reads_real_decoded_clips_correctly(shapes_dir):

@@ -2,11 +2,14 @@
 
 osl-data                                  # the Shapes set into data/shapes (the tiny default)
 osl-data out=/tmp/shapes shapes.num_clips=200
+osl-data kind=videos videos.source=/data/clips out=/data/shards           # folder + caption sidecars
+osl-data kind=videos videos.source=/data/index.csv out=/data/shards       # path,text index
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -14,14 +17,18 @@ from omegaconf import DictConfig, OmegaConf
 from opensora_lite.cli.common import hydra_entry
 from opensora_lite.config import ConfigError
 from opensora_lite.config.schema import BuildDataConfig
+from opensora_lite.data.ingest import list_folder, read_index, write_shards
 from opensora_lite.data.synthetic import write_shapes_shards
+from opensora_lite.errors import DataError
 
 
 @hydra_entry("build_data")
 def main(cfg: DictConfig) -> None:
     job: BuildDataConfig = OmegaConf.to_object(cfg)
-    if job.kind != "shapes":
-        raise ConfigError("kind", f"unknown dataset kind {job.kind!r} (shapes)")
+    if job.kind not in ("shapes", "videos"):
+        raise ConfigError("kind", f"unknown dataset kind {job.kind!r} (shapes | videos)")
+    if job.kind == "videos" and not job.videos.source:
+        raise ConfigError("videos.source", "give a folder of videos or a .csv/.parquet index")
     out = Path(job.out)
     existing = sorted(out.glob("*.tar")) if out.is_dir() else []
     if existing and not job.overwrite:
@@ -32,8 +39,22 @@ def main(cfg: DictConfig) -> None:
         return
     for old in existing:
         old.unlink()
-    paths = write_shapes_shards(out, job.shapes)
-    print(f"wrote {job.shapes.num_clips} clips in {len(paths)} shards to {out}")
+    if job.kind == "shapes":
+        paths = write_shapes_shards(out, job.shapes)
+        print(f"wrote {job.shapes.num_clips} clips in {len(paths)} shards to {out}")
+        return
+    v = job.videos
+    src = Path(v.source)
+    if src.is_dir():
+        items = list_folder(src)
+    elif src.is_file():
+        items = read_index(src, v.path_column, v.caption_column, v.root)
+    else:
+        raise DataError(f"videos.source {src} does not exist")
+    report = write_shards(items, out, v.samples_per_shard, v.workers, v.prefix, progress=sys.stderr.isatty())
+    print(f"wrote {report.written} of {len(items)} inputs in {len(report.shards)} shards to {out}")
+    if report.skipped:
+        print(f"skipped {sum(report.skipped.values())}: {dict(report.skipped)} (listed in {out / 'skipped.tsv'})")
 
 
 if __name__ == "__main__":

@@ -67,6 +67,10 @@ class DataConfig:
     aspect_ratios: List[float] = field(default_factory=lambda: [0.5625, 0.75, 1.0, 1.3333, 1.7778])  # h / w
     decode_threads: int = 1
     caption_key: str = "txt"
+    # The caption the model sees, from the stored caption and the sample's json metadata (fps,
+    # motion_score, num_frames, duration, width, height). Open-Sora 2.0's:
+    # "{caption} {fps:.0f} FPS, {motion_score:.1f} motion score."
+    caption_template: str = "{caption}"
 
 
 @dataclass
@@ -173,13 +177,27 @@ class Config:
 
 
 @dataclass
+class VideoSourceConfig:
+    """`osl-data kind=videos`: shards from your own videos (data/ingest.py)."""
+
+    source: Optional[str] = None  # a folder (caption sidecars .txt/.json) or a .csv/.tsv/.parquet index
+    path_column: str = "path"
+    caption_column: str = "text"
+    root: Optional[str] = None  # relative index paths resolve against this (default: the index's folder)
+    samples_per_shard: int = 256
+    workers: int = 0  # probing processes; 0: one per CPU
+    prefix: str = "data"  # shard names: <prefix>-000000.tar
+
+
+@dataclass
 class BuildDataConfig:
     """`osl-data`: build WebDataset shards."""
 
-    kind: str = "shapes"
+    kind: str = "shapes"  # shapes (synthetic) | videos (your own, see `videos`)
     out: str = "data/shapes"
     overwrite: bool = False
     shapes: ShapesConfig = field(default_factory=ShapesConfig)
+    videos: VideoSourceConfig = field(default_factory=VideoSourceConfig)
 
 
 @dataclass

@@ -152,10 +152,24 @@ def validate_stage(cfg: Config, name: str, stage: StageConfig, first: bool) -> N
     _require(stage.keep_checkpoints >= 1, f"{key}.keep_checkpoints", "must be >= 1")
 
 
+CAPTION_FIELDS = ("caption", "fps", "motion_score", "num_frames", "duration", "width", "height")
+
+
+def validate_data(cfg: Config) -> None:
+    sample = dict.fromkeys(CAPTION_FIELDS, 1.0) | {"caption": "a caption"}
+    try:
+        cfg.data.caption_template.format_map(sample)
+    except (KeyError, ValueError, IndexError) as exc:
+        raise ConfigError(
+            "data.caption_template", f"{cfg.data.caption_template!r}: {exc!r}; fields: {', '.join(CAPTION_FIELDS)}"
+        ) from None
+
+
 def validate(cfg: Config) -> Config:
     """Raise ConfigError for the first inconsistency; return cfg unchanged otherwise."""
     validate_model(cfg)
     validate_components(cfg)
+    validate_data(cfg)
     stages = list(cfg.curriculum.stages)
     _require(len(stages) > 0, "curriculum.stages", "the curriculum has no stages")
     for i, name in enumerate(stages):

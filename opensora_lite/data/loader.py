@@ -76,12 +76,14 @@ class BucketedVideoStream(IterableDataset):
         decode_threads: int = 1,
         caption_key: str = "txt",
         start_epoch: int = 0,
+        caption_template: str = "{caption}",
     ):
         super().__init__()
         self.urls, self.table, self.target_fps, self.seed = list(urls), table, target_fps, seed
         self.rank, self.world_size = rank, world_size
         self.shuffle_buffer, self.decode_threads, self.caption_key = shuffle_buffer, decode_threads, caption_key
         self.start_epoch = start_epoch
+        self.caption_template = caption_template
 
     # -- samples -------------------------------------------------------------------------------
     def _my_shards(self, epoch: int) -> list[str]:
@@ -135,6 +137,12 @@ class BucketedVideoStream(IterableDataset):
         if not caption:
             skipped["missing_caption"] += 1
             return None
+        if self.caption_template != "{caption}":
+            try:
+                caption = self.caption_template.format_map({**meta, "caption": caption})
+            except (KeyError, ValueError, IndexError):  # metadata lacks a field the template names
+                skipped["caption_template_field"] += 1
+                return None
         rng = _rng_for(self.seed, epoch, key)
         video_ext = next((e for e in VIDEO_EXTS if e in sample), None)
         if video_ext is not None:

@@ -15,8 +15,10 @@ class VideoDecodeError(ValueError):
     """A video that cannot be decoded into the requested window (corrupt, empty, too short)."""
 
 
-def encode_mp4(frames: np.ndarray, fps: float, crf: int = 18) -> bytes:
-    """H.264 mp4 bytes from uint8 frames [T, H, W, 3] (H and W even, as yuv420p requires)."""
+def encode_mp4(frames: np.ndarray, fps: float, crf: int = 18, gop: int | None = None, bframes: bool = False) -> bytes:
+    """H.264 mp4 bytes from uint8 frames [T, H, W, 3] (H and W even, as yuv420p requires). `gop`: frames
+    between keyframes (x264's default 250 otherwise); `bframes`: reordered frames, as cameras and web
+    encoders produce (the default low-latency setting has none)."""
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"expected uint8 [T, H, W, 3] frames, got {frames.dtype} {frames.shape}")
     t, h, w, _ = frames.shape
@@ -26,7 +28,11 @@ def encode_mp4(frames: np.ndarray, fps: float, crf: int = 18) -> bytes:
     with av.open(buf, mode="w", format="mp4") as container:
         stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1000))
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        stream.options = {"crf": str(crf), "preset": "veryfast", "tune": "zerolatency"}
+        stream.options = {"crf": str(crf), "preset": "veryfast"}
+        if not bframes:
+            stream.options["tune"] = "zerolatency"
+        if gop:
+            stream.codec_context.gop_size = gop
         for frame in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
         container.mux(stream.encode())
@@ -72,9 +78,14 @@ def decode_window(
     stride: int,
     size: tuple[int, int],
     threads: int = 1,
+    seek: bool = True,
 ) -> np.ndarray:
     """Decode frames start, start+stride, ... (num_frames of them), resized (area filter) and centre
-    cropped to `size` = (h, w). Stops decoding after the last wanted frame. Returns uint8 [T, h, w, 3]."""
+    cropped to `size` = (h, w). Returns uint8 [T, h, w, 3].
+
+    With `seek`, decoding starts at the keyframe before `start` and frame positions come from
+    timestamps; without, it starts at frame 0 and counts. Either way only the wanted frames are
+    converted to RGB (at the reduced size), and decoding stops after the last one."""
     wanted = {start + i * stride for i in range(num_frames)}
     last = start + (num_frames - 1) * stride
     out: list[np.ndarray] = []
@@ -82,11 +93,20 @@ def decode_window(
         with av.open(io.BytesIO(data)) as container:
             stream = container.streams.video[0]
             stream.thread_count = threads
+            fps = float(stream.average_rate or stream.guessed_rate or 0)
             nh, nw, top, left = resize_crop_size(stream.height, stream.width, size)
-            for index, frame in enumerate(container.decode(stream)):
+            t0, base = stream.start_time or 0, stream.time_base
+            by_pts = seek and start > 0 and fps > 0 and base is not None
+            if by_pts:  # lands on the last keyframe at or before the first wanted frame
+                container.seek(t0 + int(start / fps / base), stream=stream, backward=True, any_frame=False)
+            for count, frame in enumerate(container.decode(stream)):
+                if by_pts and frame.pts is None:  # cannot place frames after a seek: count from 0 instead
+                    return decode_window(data, start, num_frames, stride, size, threads, seek=False)
+                index = round(float((frame.pts - t0) * base) * fps) if by_pts else count
                 if index in wanted:
                     rgb = frame.to_ndarray(width=nw, height=nh, format="rgb24", interpolation="AREA")
                     out.append(rgb[top : top + size[0], left : left + size[1]])
+                    wanted.discard(index)
                 if index >= last:
                     break
     except av.error.FFmpegError as exc:

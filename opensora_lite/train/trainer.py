@@ -96,6 +96,7 @@ class StageTrainer:
             shuffle_buffer=cfg.data.shuffle_buffer,
             decode_threads=cfg.data.decode_threads,
             caption_key=cfg.data.caption_key,
+            caption_template=cfg.data.caption_template,
         )
         it = batches(build_loader(stream, cfg.data.num_workers, cfg.data.prefetch_factor, engine.device.type == "cuda"))
         for _ in range(skip_batches):  # replay to the resume point: the stream is deterministic

@@ -1,0 +1,225 @@
+"""Turn videos (and images) with captions into WebDataset shards for training.
+
+Sources: a folder (searched recursively; a caption sidecar `<name>.txt`, or `<name>.json` with a
+`caption` or `text` field, beside each file) or an index (`.csv`, or `.parquet` with pyarrow installed)
+with a path column and a caption column; relative paths resolve against the index's folder.
+
+Each sample in a shard is `<key>.<ext>` (the file's bytes, untouched), `<key>.json` (probed metadata:
+num_frames, fps, width, height, duration, motion_score, source path) and `<key>.txt` (the caption).
+Probing runs in a process pool; shards are written by the parent in input order, each to a temporary
+name renamed when complete. Unreadable inputs are skipped, counted by reason and listed in
+`<out>/skipped.tsv`.
+
+Motion score: the mean absolute difference of luma (0-255) between frames a quarter of a second apart,
+on thumbnails 64 pixels high, averaged over up to 16 pairs spread over the clip. 0 is a still shot;
+camera pans and fast action give 10-40. Images get 0. Open-Sora's caption suffix ("{fps} FPS,
+{motion} motion score.") is applied when training reads the shards (`data.caption_template`), so it
+can change without rebuilding them.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+import re
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import av
+import numpy as np
+
+from opensora_lite.data.video import VideoDecodeError, probe
+from opensora_lite.errors import DataError
+
+log = logging.getLogger(__name__)
+VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+
+
+@dataclass
+class SourceItem:
+    path: str
+    caption: str | None  # None: read the sidecar
+
+
+@dataclass
+class Prepared:
+    ok: bool
+    path: str
+    reason: str = ""  # why it was skipped
+    ext: str = ""
+    data: bytes = b""
+    meta: dict | None = None
+    caption: str = ""
+
+
+def list_folder(folder: Path) -> list[SourceItem]:
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES + IMAGE_SUFFIXES)
+    return [SourceItem(str(p), None) for p in files]
+
+
+def read_index(path: Path, path_column: str, caption_column: str, root: str | None) -> list[SourceItem]:
+    if path.suffix.lower() == ".parquet":
+        try:
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise DataError(f"{path}: reading parquet needs pyarrow (pip install pyarrow)") from None
+        rows = pq.read_table(path).to_pylist()
+    elif path.suffix.lower() in (".csv", ".tsv"):
+        with open(path, newline="", encoding="utf-8") as fh:
+            rows = list(csv.DictReader(fh, delimiter="\t" if path.suffix.lower() == ".tsv" else ","))
+    else:
+        raise DataError(f"{path}: an index must be .csv, .tsv or .parquet")
+    if rows and (path_column not in rows[0] or caption_column not in rows[0]):
+        raise DataError(f"{path}: needs columns {path_column!r} and {caption_column!r}, has {sorted(rows[0])}")
+    base = Path(root) if root else path.parent
+    return [
+        SourceItem(
+            str(base / r[path_column]) if not os.path.isabs(r[path_column]) else r[path_column], r[caption_column]
+        )
+        for r in rows
+    ]
+
+
+def _sidecar_caption(path: Path) -> str | None:
+    txt, js = path.with_suffix(".txt"), path.with_suffix(".json")
+    if txt.is_file():
+        return txt.read_text(encoding="utf-8", errors="replace").strip()
+    if js.is_file():
+        try:
+            meta = json.loads(js.read_text(encoding="utf-8"))
+        except ValueError:
+            return None
+        return str(meta.get("caption") or meta.get("text") or "").strip()
+    return None
+
+
+def motion_score(data: bytes, info_fps: float, max_pairs: int = 16, gap_s: float = 0.25) -> float:
+    """Mean absolute luma difference between frames gap_s apart (64-pixel-high thumbnails)."""
+    gap = max(1, round(info_fps * gap_s)) if info_fps > 0 else 1
+    with av.open(io.BytesIO(data)) as container:
+        stream = container.streams.video[0]
+        scale = 64 / max(1, stream.height)
+        size = (max(2, round(stream.width * scale)), 64)
+        frames = [f.to_ndarray(format="gray", width=size[0], height=size[1]) for f in container.decode(stream)]
+    if len(frames) <= gap:
+        return 0.0
+    starts = np.linspace(0, len(frames) - 1 - gap, num=min(max_pairs, len(frames) - gap)).round().astype(int)
+    diffs = [np.abs(frames[i + gap].astype(np.float32) - frames[i].astype(np.float32)).mean() for i in starts]
+    return float(np.mean(diffs))
+
+
+def prepare(item: SourceItem) -> Prepared:
+    """Read, probe and score one input (runs in a worker process)."""
+    path = Path(item.path)
+    if not path.is_file():
+        return Prepared(False, item.path, "missing_file")
+    caption = item.caption if item.caption is not None else _sidecar_caption(path)
+    if not caption or not str(caption).strip():
+        return Prepared(False, item.path, "missing_caption")
+    data = path.read_bytes()
+    if not data:
+        return Prepared(False, item.path, "empty_file")
+    suffix = path.suffix.lower()
+    try:
+        if suffix in IMAGE_SUFFIXES:
+            with av.open(io.BytesIO(data)) as container:
+                frame = next(container.decode(video=0))
+            meta = dict(num_frames=1, fps=0.0, width=frame.width, height=frame.height, duration=0.0, motion_score=0.0)
+        elif suffix in VIDEO_SUFFIXES:
+            info = probe(data)
+            if info.num_frames < 1 or info.fps <= 0:
+                return Prepared(False, item.path, "no_frames")
+            meta = dict(
+                num_frames=info.num_frames,
+                fps=info.fps,
+                width=info.width,
+                height=info.height,
+                duration=info.duration,
+                motion_score=round(motion_score(data, info.fps), 3),
+            )
+        else:
+            return Prepared(False, item.path, "unknown_extension")
+    except (VideoDecodeError, av.error.FFmpegError, StopIteration, IndexError):
+        return Prepared(False, item.path, "unreadable_media")
+    meta["source"] = item.path
+    return Prepared(True, item.path, ext=suffix.lstrip("."), data=data, meta=meta, caption=str(caption).strip())
+
+
+def _key(index: int, path: str) -> str:
+    stem = re.sub(r"[^A-Za-z0-9_-]+", "_", Path(path).stem)[:60]
+    return f"{index:08d}_{stem}"  # no dots: webdataset splits keys from extensions at the first one
+
+
+@dataclass
+class IngestReport:
+    written: int
+    shards: list[Path]
+    skipped: Counter
+
+
+def write_shards(
+    items: list[SourceItem],
+    out: Path,
+    samples_per_shard: int,
+    workers: int,
+    prefix: str = "data",
+    progress: bool = True,
+) -> IngestReport:
+    import webdataset as wds
+    from tqdm import tqdm
+
+    if not items:
+        raise DataError("no inputs found (videos: " + ", ".join(VIDEO_SUFFIXES) + ")")
+    out.mkdir(parents=True, exist_ok=True)
+    skipped: Counter = Counter()
+    skipped_rows: list[tuple[str, str]] = []
+    shards: list[Path] = []
+    sink, tmp, count, written = None, None, 0, 0
+
+    def close() -> None:
+        nonlocal sink
+        if sink is not None:
+            sink.close()
+            final = out / tmp.name.removeprefix(".tmp-")
+            tmp.rename(final)
+            shards.append(final)
+            sink = None
+
+    workers = workers or (os.cpu_count() or 1)
+    with ProcessPoolExecutor(workers) as pool:
+        results = pool.map(prepare, items, chunksize=4)
+        for i, res in enumerate(tqdm(results, total=len(items), disable=not progress, desc="shards", unit="file")):
+            if not res.ok:
+                skipped[res.reason] += 1
+                skipped_rows.append((res.path, res.reason))
+                continue
+            if sink is None:
+                tmp = out / f".tmp-{prefix}-{len(shards):06d}.tar"
+                sink = wds.TarWriter(str(tmp))
+                count = 0
+            sink.write(
+                {
+                    "__key__": _key(i, res.path),
+                    res.ext: res.data,
+                    "json": json.dumps(res.meta).encode(),
+                    "txt": res.caption.encode(),
+                }
+            )
+            count += 1
+            written += 1
+            if count == samples_per_shard:
+                close()
+    close()
+    if skipped_rows:
+        with open(out / "skipped.tsv", "w", encoding="utf-8") as fh:
+            fh.write("path\treason\n")
+            fh.writelines(f"{p}\t{r}\n" for p, r in skipped_rows)
+    if written == 0:
+        raise DataError(f"none of {len(items)} inputs could be used (skipped: {dict(skipped)})")
+    return IngestReport(written, shards, skipped)

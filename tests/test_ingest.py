@@ -1,0 +1,128 @@
+"""osl-data kind=videos: real mp4s/images with captions -> real tar shards with probed metadata and a
+motion score; unreadable inputs skipped and listed; the shards train through the loader."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import tarfile
+from collections import Counter
+
+import numpy as np
+from conftest import cli
+
+from opensora_lite.data.buckets import BucketTable
+from opensora_lite.data.loader import BucketedVideoStream, expand_shards
+from opensora_lite.data.video import encode_mp4
+
+
+def _clip(n: int, h: int, w: int, moving: bool, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    frames = np.full((n, h, w, 3), rng.integers(20, 200, size=3), np.uint8)
+    for t in range(n):
+        x = (4 * t) % (w - 16) if moving else w // 2
+        frames[t, h // 3 : h // 3 + 16, x : x + 16] = 255
+    return frames
+
+
+def _png(h: int, w: int) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.full((h, w, 3), 120, np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _folder(root):
+    (root / "sub").mkdir(parents=True)
+    (root / "moving.mp4").write_bytes(encode_mp4(_clip(24, 48, 64, True, 0), 24.0))
+    (root / "moving.txt").write_text("a white square moving right")
+    (root / "sub" / "still.mp4").write_bytes(encode_mp4(_clip(30, 64, 48, False, 1), 30.0))
+    (root / "sub" / "still.json").write_text(json.dumps({"caption": "a white square, still"}))
+    (root / "photo.png").write_bytes(_png(40, 56))
+    (root / "photo.txt").write_text("a grey photo")
+    (root / "corrupt.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 8)
+    (root / "corrupt.txt").write_text("never read")
+    (root / "empty.mp4").write_bytes(b"")
+    (root / "empty.txt").write_text("never read")
+    (root / "uncaptioned.mp4").write_bytes(encode_mp4(_clip(8, 32, 32, True, 2), 8.0))
+    return root
+
+
+def _samples(shard_dir):
+    out = {}
+    for shard in sorted(shard_dir.glob("*.tar")):
+        with tarfile.open(shard) as tar:
+            for m in tar.getmembers():
+                key, ext = m.name.split(".", 1)
+                out.setdefault(key, {})[ext] = tar.extractfile(m).read()
+    return out
+
+
+def test_folder_to_shards_with_metadata_motion_and_skip_report(tmp_path):
+    src = _folder(tmp_path / "videos")
+    out = tmp_path / "shards"
+    proc = cli("osl-data", "kind=videos", f"videos.source={src}", f"out={out}", "videos.samples_per_shard=2")
+    assert proc.returncode == 0, proc.stderr
+    assert "wrote 3 of 6 inputs in 2 shards" in proc.stdout
+    assert "'unreadable_media': 1" in proc.stdout and "'empty_file': 1" in proc.stdout
+    assert "'missing_caption': 1" in proc.stdout
+    rows = (out / "skipped.tsv").read_text().splitlines()[1:]
+    assert sorted(r.split("\t")[1] for r in rows) == ["empty_file", "missing_caption", "unreadable_media"]
+    assert not list(out.glob(".tmp-*"))
+
+    samples = {json.loads(s["json"])["source"].split("/")[-1]: s for s in _samples(out).values()}
+    assert set(samples) == {"moving.mp4", "still.mp4", "photo.png"}
+    moving, still, photo = (json.loads(samples[k]["json"]) for k in ("moving.mp4", "still.mp4", "photo.png"))
+    assert (moving["num_frames"], moving["fps"], moving["height"], moving["width"]) == (24, 24.0, 48, 64)
+    assert moving["duration"] == 1.0 and still["num_frames"] == 30 and still["fps"] == 30.0
+    assert still["motion_score"] < 0.5 < moving["motion_score"]  # a still shot scores ~0
+    assert photo["num_frames"] == 1 and photo["motion_score"] == 0.0 and "png" in samples["photo.png"]
+    assert samples["still.mp4"]["txt"] == b"a white square, still"  # from the json sidecar
+    assert samples["moving.mp4"]["mp4"] == (src / "moving.mp4").read_bytes()  # bytes untouched
+
+    # The shards feed the loader, with Open-Sora's caption suffix applied at read time.
+    stream = BucketedVideoStream(
+        expand_shards(str(out)),
+        BucketTable({"16px": {1: [1.0, 1], 5: [1.0, 1]}}, [0.75, 1.0, 1.3333], 4),
+        target_fps=8.0,
+        seed=0,
+        shuffle_buffer=1,
+        caption_template="{caption} {fps:.0f} FPS, {motion_score:.1f} motion score.",
+    )
+    it = iter(stream)
+    captions = Counter()
+    for _ in range(6):
+        batch = next(it)
+        captions.update(batch["captions"])
+    assert any(c.startswith("a white square moving right 24 FPS, ") and c.endswith(" motion score.") for c in captions)
+    assert "a grey photo 0 FPS, 0.0 motion score." in captions
+
+
+def test_csv_index_with_relative_paths_and_missing_files(tmp_path):
+    _folder(tmp_path / "videos")
+    index = tmp_path / "videos" / "index.csv"
+    with open(index, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path", "text", "extra"])
+        w.writerow(["moving.mp4", "from the index", "x"])
+        w.writerow(["sub/still.mp4", "still, from the index", "y"])
+        w.writerow(["gone.mp4", "a file that is not there", "z"])
+    out = tmp_path / "shards"
+    proc = cli("osl-data", "kind=videos", f"videos.source={index}", f"out={out}", "videos.workers=1")
+    assert proc.returncode == 0, proc.stderr
+    assert "wrote 2 of 3 inputs in 1 shards" in proc.stdout and "'missing_file': 1" in proc.stdout
+    captions = sorted(s["txt"] for s in _samples(out).values())
+    assert captions == [b"from the index", b"still, from the index"]
+
+    bad = tmp_path / "bad.csv"
+    bad.write_text("file,caption\nmoving.mp4,x\n")
+    proc = cli("osl-data", "kind=videos", f"videos.source={bad}", f"out={tmp_path / 'o'}")
+    assert proc.returncode == 2 and "needs columns 'path' and 'text'" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_bad_caption_template_is_a_config_error(tmp_path):
+    proc = cli("osl-curriculum", "data.caption_template='{caption} {fsp} FPS'", "--cfg", "job")
+    assert proc.returncode == 2 and "data.caption_template" in proc.stderr and "fsp" in proc.stderr
