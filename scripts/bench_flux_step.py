@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Training-step time of our MMDiT against diffusers' FluxTransformer2DModel, side by side.
 
-Both models get the same architecture, the same weights (diffusers' random init converted to BFL
-names), the same tokens, positions, text and timesteps, and the same attention kernel (torch SDPA).
+Both models get the same architecture, the same random weights (converted to BFL names), the same
+tokens, positions, text and timesteps, and the same attention kernel (torch SDPA, what `auto` picks
+on a CPU).
 One step is forward + backward of a mean-square loss. The two are timed in alternating rounds in one
 process, so machine noise hits both alike; the ratio is the figure.
 
@@ -18,87 +19,15 @@ import time
 
 import torch
 from benchlib import heading, publish, table
-from diffusers import FluxTransformer2DModel
-
-from opensora_lite.models.flux_convert import diffusers_to_bfl
-from opensora_lite.models.flux_weights import load_into
-from opensora_lite.models.mmdit import MMDiT, MMDiTConfig
-from opensora_lite.models.rope import video_position_ids
+from fluxpair import make_inputs, pair, run_ours, run_ref
 
 
-def build(a) -> tuple[MMDiT, FluxTransformer2DModel]:
-    head_dim = a.hidden // a.heads
-    rope_t = head_dim // 8
-    axes = [rope_t, (head_dim - rope_t) // 2, (head_dim - rope_t) // 2]
-    torch.manual_seed(0)
-    ref = FluxTransformer2DModel(
-        patch_size=1,
-        in_channels=64,
-        num_layers=a.double,
-        num_single_layers=a.single,
-        attention_head_dim=head_dim,
-        num_attention_heads=a.heads,
-        joint_attention_dim=a.text_dim,
-        pooled_projection_dim=64,
-        guidance_embeds=False,
-        axes_dims_rope=axes,
-    )
-    with torch.no_grad():  # diffusers zero-initialises the output layers; random weights everywhere
-        for param in ref.parameters():
-            param.copy_(torch.randn_like(param) * 0.02)
-    cfg = MMDiTConfig(
-        latent_channels=16,
-        patch_size=[1, 2, 2],
-        hidden_size=a.hidden,
-        num_heads=a.heads,
-        depth=a.double,
-        depth_single_blocks=a.single,
-        axes_dim=axes,
-        context_in_dim=a.text_dim,
-        vec_in_dim=64,
-        attention_backend="sdpa",
-    )
-    ours = MMDiT(cfg)
-    report = load_into(ours, diffusers_to_bfl(ref.state_dict()), "diffusers model")
-    assert not report.missing and not report.unexpected, report.summary()
-    return ours.train(), ref.train()
+def step_ours(model, x: dict) -> None:
+    run_ours(model, x).pow(2).mean().backward()
 
 
-def inputs(a) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(1)
-    t, h, w = a.grid
-    return {
-        "img": torch.randn(a.batch, t * h * w, 64, generator=g),
-        "img_ids": video_position_ids(t, h, w),
-        "txt": torch.randn(a.batch, a.text_tokens, a.text_dim, generator=g),
-        "txt_ids": torch.zeros(a.text_tokens, 3),
-        "t": torch.rand(a.batch, generator=g),
-        "y": torch.randn(a.batch, 64, generator=g),
-    }
-
-
-def forward_ours(model: MMDiT, x: dict) -> torch.Tensor:
-    return model.forward_tokens(x["img"], x["img_ids"], x["txt"], x["txt_ids"], x["t"], x["y"])
-
-
-def forward_ref(model: FluxTransformer2DModel, x: dict) -> torch.Tensor:
-    return model(
-        hidden_states=x["img"],
-        encoder_hidden_states=x["txt"],
-        pooled_projections=x["y"],
-        timestep=x["t"],
-        img_ids=x["img_ids"],
-        txt_ids=x["txt_ids"],
-        return_dict=False,
-    )[0]
-
-
-def step_ours(model: MMDiT, x: dict) -> None:
-    forward_ours(model, x).pow(2).mean().backward()
-
-
-def step_ref(model: FluxTransformer2DModel, x: dict) -> None:
-    forward_ref(model, x).pow(2).mean().backward()
+def step_ref(model, x: dict) -> None:
+    run_ref(model, x).pow(2).mean().backward()
 
 
 def timed(fn, model, x, iters: int) -> float:
@@ -126,10 +55,14 @@ def main() -> None:
     p.add_argument("--no-append", action="store_true")
     a = p.parse_args()
 
-    ours, ref = build(a)
-    x = inputs(a)
+    head_dim = a.hidden // a.heads
+    rope_t = head_dim // 8
+    axes = (rope_t, (head_dim - rope_t) // 2, (head_dim - rope_t) // 2)
+    ours, ref = pair(a.double, a.single, a.heads, head_dim, axes, False, a.text_dim, 64)
+    ours.train(), ref.train()
+    x = make_inputs(a.grid, a.text_tokens, a.text_dim, 64, False, "cpu", torch.float32, a.batch)
     with torch.no_grad():  # same function before timing anything
-        a_out, b_out = forward_ours(ours, x), forward_ref(ref, x)
+        a_out, b_out = run_ours(ours, x), run_ref(ref, x)
         diff = ((a_out - b_out).abs().max() / b_out.abs().max()).item()
     for fn, model in ((step_ours, ours), (step_ref, ref)):  # warm-up
         timed(fn, model, x, 1)

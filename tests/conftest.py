@@ -18,6 +18,23 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 REPO = Path(__file__).resolve().parents[1]
 
 
+def both_flux_outputs(ours, ref, img, img_ids, txt, txt_ids, t, y, guidance=None):
+    """(our output, diffusers' FluxTransformer2DModel output) for the same packed tokens and positions."""
+    with torch.no_grad():
+        got = ours.forward_tokens(img, img_ids, txt, txt_ids, t, y, guidance=guidance)
+        expected = ref(
+            hidden_states=img,
+            encoder_hidden_states=txt,
+            pooled_projections=y,
+            timestep=t,
+            img_ids=img_ids,
+            txt_ids=txt_ids,
+            guidance=guidance,
+            return_dict=False,
+        )[0]
+    return got, expected
+
+
 def tiny_mmdit(**changes):
     """A seconds-fast MMDiT config (48 wide, 2 + 2 blocks) for model-level tests, with changes."""
     from dataclasses import replace

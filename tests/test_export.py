@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import cli, tiny_mmdit
+from conftest import both_flux_outputs, cli, tiny_mmdit
 from diffusers import FluxTransformer2DModel
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
@@ -55,19 +55,7 @@ def _compare(ours: MMDiT, ref: FluxTransformer2DModel, txt_len: int = 5) -> floa
     txt = torch.randn(2, txt_len, cfg.context_in_dim, generator=g)
     y, t = torch.randn(2, cfg.vec_in_dim, generator=g), torch.rand(2, generator=g)
     guidance = torch.full((2,), 3.5) if cfg.guidance_embed else None
-    txt_ids = torch.zeros(txt_len, 3)
-    with torch.no_grad():
-        got = ours.forward_tokens(img, ids, txt, txt_ids, t, y, guidance=guidance)
-        expected = ref(
-            hidden_states=img,
-            encoder_hidden_states=txt,
-            pooled_projections=y,
-            timestep=t,
-            img_ids=ids,
-            txt_ids=txt_ids,
-            guidance=guidance,
-            return_dict=False,
-        )[0]
+    got, expected = both_flux_outputs(ours, ref, img, ids, txt, torch.zeros(txt_len, 3), t, y, guidance)
     return ((got - expected).norm() / expected.norm()).item()
 
 

@@ -3,6 +3,7 @@ loaded into our model, gives the same output for the same tokens, positions, tex
 
 import pytest
 import torch
+from conftest import both_flux_outputs
 from diffusers import FluxTransformer2DModel
 from safetensors.torch import save_file
 
@@ -74,18 +75,7 @@ def test_same_output_as_diffusers(spec):
     y = torch.randn(b, 10, generator=g)
     t = torch.rand(b, generator=g)
     guidance = torch.full((b,), 3.5) if spec[5] else None
-    with torch.no_grad():
-        expected = ref(
-            hidden_states=img,
-            encoder_hidden_states=txt,
-            pooled_projections=y,
-            timestep=t,
-            img_ids=img_ids,
-            txt_ids=txt_ids,
-            guidance=guidance,
-            return_dict=False,
-        )[0]
-        got = ours.forward_tokens(img, img_ids, txt, txt_ids, t, y, guidance=guidance)
+    got, expected = both_flux_outputs(ours, ref, img, img_ids, txt, txt_ids, t, y, guidance)
     rel = ((got - expected).norm() / expected.norm()).item()
     assert rel <= 1e-5, rel
 

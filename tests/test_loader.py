@@ -6,9 +6,10 @@ from collections import Counter
 
 import numpy as np
 import pytest
+import torch
 
 from opensora_lite.data.buckets import BucketTable
-from opensora_lite.data.loader import BucketedVideoStream, batches, build_loader, expand_shards
+from opensora_lite.data.loader import BucketedVideoStream, LoaderState, batches, build_loader, expand_shards
 from opensora_lite.errors import DataError
 
 TABLE = {"16px": {5: [1.0, 4]}}
@@ -90,3 +91,65 @@ def test_unusable_data_raises_one_clear_error(tmp_path):
     _shard(bad, [("x1.mp4", b"junk"), ("x1.txt", b"a caption")])
     with pytest.raises(DataError, match="no usable sample"):
         take(batches(build_loader(stream([str(bad)]), num_workers=1, prefetch_factor=2, pin_memory=False)), 1)
+
+
+def test_two_ranks_by_two_workers_split_every_epoch_disjoint_and_complete(shapes_dir):
+    urls = expand_shards(str(shapes_dir))
+    for epoch in range(3):
+        dealt = [stream(urls, rank=r, world_size=2).shards_for(epoch, w, 2) for r in range(2) for w in range(2)]
+        assert sorted(s for part in dealt for s in part) == sorted(urls) and all(len(p) == 1 for p in dealt)
+    # real worker processes: each rank's batches come only from its own two shards
+    owner = {}
+    for url in urls:
+        with tarfile.open(url) as tar:
+            owner.update({m.name.split(".")[0]: url for m in tar.getmembers()})
+    seen = []
+    for rank in range(2):
+        s = stream(urls, rank=rank, world_size=2)
+        loader = build_loader(s, num_workers=2, prefetch_factor=2, pin_memory=False)
+        keys = {k for bt in take(loader, 6) for k in bt["keys"]}
+        assert {owner[k] for k in keys} <= set(s.shards_for(0, 0, 2) + s.shards_for(0, 1, 2))
+        seen.append(keys)
+    assert seen[0] and seen[1] and not seen[0] & seen[1]
+
+
+def _with_undecodable_clips(shapes_dir, tmp_path):
+    """The Shapes shards plus one whose clips have valid metadata but cut-off video bytes."""
+    good = sorted(shapes_dir.glob("*.tar"))[0]
+    with tarfile.open(good) as tar:
+        files = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+    keys = sorted({n.split(".")[0] for n in files})[:12]
+    samples = []
+    for i, key in enumerate(keys):
+        cut = files[f"{key}.mp4"][: len(files[f"{key}.mp4"]) // 3] if i % 2 else files[f"{key}.mp4"]
+        samples += [(f"cut{i}.mp4", cut), (f"cut{i}.json", files[f"{key}.json"]), (f"cut{i}.txt", files[f"{key}.txt"])]
+    _shard(tmp_path / "cut.tar", samples)
+    return expand_shards(str(shapes_dir)) + [str(tmp_path / "cut.tar")]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resume_continues_the_exact_batch_sequence_without_decoding_the_past(shapes_dir, tmp_path, workers):
+    urls = _with_undecodable_clips(shapes_dir, tmp_path)
+    kw = dict(shuffle_buffer=8, world_size=1)
+
+    def loader(resume=None):
+        s = stream(urls, resume=resume, **kw)
+        return s, (build_loader(s, workers, 2, False) if workers else s)
+
+    _, full = loader()
+    reference = take(full, 30)
+    consumed = 17
+    failed = [k for b in reference[:consumed] for k in b["failed"]]
+    assert failed and sum(b["skipped"].get("corrupt_video", 0) for b in reference[:consumed]) == len(failed)
+
+    resumed_stream, resumed = loader(LoaderState(consumed, failed))
+    rest = take(resumed, 30 - consumed)
+    assert [b["keys"] for b in rest] == [b["keys"] for b in reference[consumed:]]
+    for a, b in zip(rest, reference[consumed:]):
+        assert torch.equal(a["video"], b["video"])
+    if not workers:  # only samples still waiting in bucket buffers were decoded for the replay
+        assert resumed_stream.replayed_decodes < 8 < consumed * 4
+
+    state = LoaderState.from_dict(LoaderState(consumed, failed + failed).as_dict())
+    assert state.batches == consumed and state.failed == sorted(set(failed))
+    assert [state.worker_share(w, 2) for w in range(2)] == [9, 8]

@@ -7,6 +7,12 @@
 Every random choice for a sample (bucket, temporal crop) comes from a generator seeded by
 (seed, epoch, sample key), so results do not depend on the number of workers. Bad samples are
 skipped and counted by reason; the counts travel with the batches to the trainer.
+
+Exact resume without decoding the past: a `LoaderState` (batches consumed, and the samples whose
+decode failed) goes into every checkpoint. On resume each worker replays its share of those batches
+from metadata alone -- bucket and window choices need no pixels, and the recorded failures stand in
+for decode errors -- so buffers and shuffles reach exactly the same point, and only the samples still
+waiting in bucket buffers are decoded.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import json
 import logging
 import random
 from collections import Counter, defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -56,9 +62,30 @@ def _rng_for(seed: int, epoch: int, key: str) -> random.Random:
 @dataclass
 class Item:
     bucket: Bucket
-    frames: np.ndarray  # uint8 [T, H, W, 3]
+    frames: np.ndarray | None  # uint8 [T, H, W, 3]; None until a replayed item is decoded
     caption: str
     key: str
+    pending: tuple | None = None  # decode_window arguments of a replayed item
+
+
+@dataclass
+class LoaderState:
+    """Where one rank's stream stands: batches it consumed, and the samples ("epoch/key") whose decode
+    failed before that point (gathered over ranks: decoding fails the same way wherever it runs)."""
+
+    batches: int = 0
+    failed: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {"batches": self.batches, "failed": sorted(set(self.failed))}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> LoaderState:
+        return cls(int(d.get("batches", 0)), list(d.get("failed", [])))
+
+    def worker_share(self, worker: int, workers: int) -> int:
+        """Batches worker produced among the first `batches` (DataLoader takes workers in turn)."""
+        return max(0, (self.batches - worker + workers - 1) // workers)
 
 
 class BucketedVideoStream(IterableDataset):
@@ -77,6 +104,7 @@ class BucketedVideoStream(IterableDataset):
         caption_key: str = "txt",
         start_epoch: int = 0,
         caption_template: str = "{caption}",
+        resume: LoaderState | None = None,
     ):
         super().__init__()
         self.urls, self.table, self.target_fps, self.seed = list(urls), table, target_fps, seed
@@ -84,11 +112,12 @@ class BucketedVideoStream(IterableDataset):
         self.shuffle_buffer, self.decode_threads, self.caption_key = shuffle_buffer, decode_threads, caption_key
         self.start_epoch = start_epoch
         self.caption_template = caption_template
+        self.resume = resume or LoaderState()
+        self.replayed_decodes = 0  # decodes done while replaying (0 unless an item waits in a buffer)
 
     # -- samples -------------------------------------------------------------------------------
-    def _my_shards(self, epoch: int) -> list[str]:
-        info = get_worker_info()
-        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+    def shards_for(self, epoch: int, worker: int, workers: int) -> list[str]:
+        """This rank's `worker`'s shards in `epoch`: a seeded shuffle, dealt over ranks x workers."""
         shards = list(self.urls)
         random.Random(self.seed * 1_000_003 + epoch).shuffle(shards)
         return shards[self.rank * workers + worker :: self.world_size * workers]
@@ -123,7 +152,7 @@ class BucketedVideoStream(IterableDataset):
         yield from buf
 
     # -- one sample -> one bucketed item -----------------------------------------------------------
-    def _prepare(self, sample: dict, epoch: int, skipped: Counter) -> Item | None:
+    def _prepare(self, sample: dict, epoch: int, skipped: Counter, replay: bool = False) -> Item | None:
         key = sample.get("__key__", "?")
         meta = {}
         if "json" in sample:
@@ -146,14 +175,16 @@ class BucketedVideoStream(IterableDataset):
         rng = _rng_for(self.seed, epoch, key)
         video_ext = next((e for e in VIDEO_EXTS if e in sample), None)
         if video_ext is not None:
-            return self._prepare_video(sample[video_ext], meta, caption, key, rng, skipped)
+            return self._prepare_video(sample[video_ext], meta, caption, key, rng, skipped, epoch, replay)
         image_ext = next((e for e in IMAGE_EXTS if e in sample), None)
         if image_ext is not None:
             return self._prepare_image(sample[image_ext], caption, key, rng, skipped)
         skipped["no_media"] += 1
         return None
 
-    def _prepare_video(self, data: bytes, meta: dict, caption: str, key: str, rng, skipped: Counter) -> Item | None:
+    def _prepare_video(
+        self, data: bytes, meta: dict, caption: str, key: str, rng, skipped: Counter, epoch: int, replay: bool
+    ) -> Item | None:
         try:
             if not all(k in meta for k in ("num_frames", "fps", "height", "width")):
                 info = probe(data)
@@ -166,11 +197,16 @@ class BucketedVideoStream(IterableDataset):
                 return None
             span = (bucket.num_frames - 1) * stride + 1
             start = rng.randint(0, int(meta["num_frames"]) - span)
-            frames = decode_window(
-                data, start, bucket.num_frames, stride, (bucket.height, bucket.width), self.decode_threads
-            )
+            window = (data, start, bucket.num_frames, stride, (bucket.height, bucket.width), self.decode_threads)
+            if replay:
+                if f"{epoch}/{key}" in self._failed:
+                    raise VideoDecodeError("failed before the checkpoint")
+                return Item(bucket, None, caption, key, pending=window)
+            frames = decode_window(*window)
         except VideoDecodeError:
             skipped["corrupt_video"] += 1
+            if not replay:
+                self._new_failures.append(f"{epoch}/{key}")
             return None
         return Item(bucket, frames, caption, key)
 
@@ -195,7 +231,7 @@ class BucketedVideoStream(IterableDataset):
 
     # -- batches -------------------------------------------------------------------------------
     @staticmethod
-    def collate(items: list[Item], skipped: Counter) -> dict:
+    def collate(items: list[Item], skipped: Counter, failed: list[str]) -> dict:
         video = torch.from_numpy(np.stack([it.frames for it in items])).permute(0, 4, 1, 2, 3)
         return {
             "video": video.float().div_(127.5).sub_(1.0),
@@ -203,14 +239,37 @@ class BucketedVideoStream(IterableDataset):
             "keys": [it.key for it in items],
             "bucket": items[0].bucket.key,
             "skipped": dict(skipped),
+            "failed": failed,
         }
 
+    def _decode_pending(self, buf: list[Item], skipped: Counter) -> list[Item]:
+        """Decode the replayed items of a buffer about to be emitted; drop any that fail."""
+        ready = []
+        for it in buf:
+            if it.pending is not None:
+                self.replayed_decodes += 1
+                try:
+                    it.frames, it.pending = decode_window(*it.pending), None
+                except VideoDecodeError:
+                    skipped["corrupt_video"] += 1
+                    continue
+            ready.append(it)
+        return ready
+
     def __iter__(self):
+        info = get_worker_info()
+        workers = info.num_workers if info else 1
+        # The DataLoader asks workers in turn starting from worker 0; batch i of the stage came from
+        # stream (i mod workers). A resumed loader's worker p therefore plays stream (p + batches) mod workers.
+        worker = ((info.id if info else 0) + self.resume.batches) % workers
+        to_replay = self.resume.worker_share(worker, workers)
+        self._failed = set(self.resume.failed)
+        self._new_failures: list[str] = []
         epoch = self.start_epoch
         skipped: Counter = Counter()
         buffers: dict[str, list[Item]] = defaultdict(list)  # partial batches carry over epochs
         while True:
-            shards = self._my_shards(epoch)
+            shards = self.shards_for(epoch, worker, workers)
             if not shards:
                 raise DataError(
                     f"{len(self.urls)} shards cannot feed {self.world_size} ranks x workers: "
@@ -219,16 +278,28 @@ class BucketedVideoStream(IterableDataset):
             usable = 0
             order_rng = random.Random(self.seed * 7919 + epoch * 104729 + self.rank)
             for sample in self._shuffled(self._samples(shards, skipped), order_rng):
-                item = self._prepare(sample, epoch, skipped)
+                item = self._prepare(sample, epoch, skipped, replay=to_replay > 0)
                 if item is None:
                     continue
                 usable += 1
                 buf = buffers[item.bucket.key]
                 buf.append(item)
-                if len(buf) == item.bucket.batch_size:
-                    yield self.collate(buf, skipped)
-                    skipped.clear()  # in place: the shard reader holds this same counter
+                if len(buf) < item.bucket.batch_size:
+                    continue
+                if to_replay > 0:  # consumed before the checkpoint: drop it, undecoded
+                    to_replay -= 1
                     buffers[item.bucket.key] = []
+                    if to_replay == 0:
+                        skipped.clear()  # counted and reported before the checkpoint
+                    continue
+                ready = self._decode_pending(buf, skipped)
+                if len(ready) < len(buf):
+                    buffers[item.bucket.key] = ready
+                    continue
+                yield self.collate(buf, skipped, self._new_failures)
+                skipped.clear()  # in place: the shard reader holds this same counter
+                self._new_failures = []
+                buffers[item.bucket.key] = []
             if usable == 0:
                 raise DataError(f"no usable sample in {len(shards)} shards (skipped: {dict(skipped)})")
             epoch += 1

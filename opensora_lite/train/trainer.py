@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from opensora_lite.config.schema import StageConfig
 from opensora_lite.data.buckets import BucketTable
-from opensora_lite.data.loader import BucketedVideoStream, batches, build_loader, expand_shards
+from opensora_lite.data.loader import BucketedVideoStream, LoaderState, batches, build_loader, expand_shards
 from opensora_lite.diffusion.conditioning import build_condition, sample_tasks
 from opensora_lite.diffusion.objective import drop_text, flow_loss
 from opensora_lite.models.flops import mmdit_flops, peak_tflops
@@ -82,7 +82,7 @@ class StageTrainer:
             "init", self.step_offset, self.name, source=str(path), missing=report.missing, unexpected=report.unexpected
         )
 
-    def _loader(self, skip_batches: int):
+    def _loader(self, resume: LoaderState):
         cfg, engine = self.cfg, self.engine
         multiple = cfg.autoencoder.spatial_factor * cfg.model.patch_size[1]
         table = BucketTable(self.stage.buckets, cfg.data.aspect_ratios, multiple)
@@ -97,11 +97,11 @@ class StageTrainer:
             decode_threads=cfg.data.decode_threads,
             caption_key=cfg.data.caption_key,
             caption_template=cfg.data.caption_template,
+            resume=resume,
         )
-        it = batches(build_loader(stream, cfg.data.num_workers, cfg.data.prefetch_factor, engine.device.type == "cuda"))
-        for _ in range(skip_batches):  # replay to the resume point: the stream is deterministic
-            next(it)
-        return it
+        return batches(
+            build_loader(stream, cfg.data.num_workers, cfg.data.prefetch_factor, engine.device.type == "cuda")
+        )
 
     # -- one optimizer step ----------------------------------------------------------------------
     def _micro_step(self, model, batch: dict, gen: torch.Generator) -> tuple[torch.Tensor, int, float]:
@@ -142,13 +142,14 @@ class StageTrainer:
         sched = build_scheduler(opt, stage.optim, stage.steps)
         ema = EMA(engine.unwrap(model), stage.ema_decay) if stage.ema_decay > 0 else None
         gen = torch.Generator().manual_seed(cfg.run.seed * 1_000_003 + self.index * 7919 + engine.rank)
-        start, batches = 0, 0
+        start, data_state = 0, LoaderState()
         if ckpt:
             opt.load_state_dict(ckpt["optimizer"])
             state = ckpt["trainer_state"]
             sched.load_state_dict(state["scheduler"])
             gen.set_state(state["generator"])
-            start, batches = state["step"], state["batches"]
+            start = state["step"]
+            data_state = LoaderState.from_dict(state.get("data", {"batches": state.get("batches", 0)}))
             if ema and "ema" in ckpt:
                 ema.load_state_dict(ckpt["ema"])
             log.info("[%s] resumed from %s (step %d)", self.name, resume, start)
@@ -161,7 +162,7 @@ class StageTrainer:
             nparams / 1e6,
             self.image_condition,
         )
-        data = self._loader(batches)
+        data = self._loader(data_state)
         model.train()
         skipped: Counter = Counter()
         show_bar = engine.is_main and cfg.logger.progress_bar and sys.stderr.isatty()
@@ -173,7 +174,8 @@ class StageTrainer:
                 t_wait = time.perf_counter()
                 batch = next(data)
                 window["wait"] += time.perf_counter() - t_wait
-                batches += 1
+                data_state.batches += 1
+                data_state.failed.extend(batch["failed"])
                 skipped.update(batch["skipped"])
                 loss, tokens, flops = self._micro_step(model, batch, gen)
                 window["flops"] += flops
@@ -192,7 +194,7 @@ class StageTrainer:
                 loss_value = self._log(window, done, grad_norm, opt.param_groups[0]["lr"], bar)
             bar.update(1)
             if stage.checkpoint_every and done % stage.checkpoint_every == 0 and done < stage.steps:
-                self._checkpoint(model, opt, sched, gen, ema, done, batches)
+                self._checkpoint(model, opt, sched, gen, ema, done, data_state)
         bar.close()
         return self._finish(model, ema, start, began, loss_value, skipped)
 
@@ -231,10 +233,12 @@ class StageTrainer:
         w.update(loss=0.0, n=0, tokens=0, samples=0, flops=0.0, wait=0.0, t0=time.perf_counter())
         return metrics["loss"]
 
-    def _checkpoint(self, model, opt, sched, gen, ema, step: int, batches: int) -> None:
+    def _checkpoint(self, model, opt, sched, gen, ema, step: int, data_state: LoaderState) -> None:
         weights = self.engine.full_state_dict(model)
+        failed = [key for rank in self.engine.all_gather_object(data_state.failed) for key in rank]
         if self.engine.is_main:
-            state = {"step": step, "batches": batches, "scheduler": sched.state_dict(), "generator": gen.get_state()}
+            data = LoaderState(data_state.batches, failed).as_dict()
+            state = {"step": step, "data": data, "scheduler": sched.state_dict(), "generator": gen.get_state()}
             path = self.dir.save_checkpoint(
                 step, weights, opt.state_dict(), state, ema.state_dict() if ema else None, self.stage.keep_checkpoints
             )
