@@ -10,6 +10,7 @@ import torch
 
 from opensora_lite.data.buckets import BucketTable
 from opensora_lite.data.loader import BucketedVideoStream, LoaderState, batches, build_loader, expand_shards
+from opensora_lite.data.video import encode_mp4
 from opensora_lite.errors import DataError
 
 TABLE = {"16px": {5: [1.0, 4]}}
@@ -61,11 +62,12 @@ def _shard(path, samples):
             tar.addfile(info, io.BytesIO(data))
 
 
-def test_bad_samples_are_skipped_and_counted(shapes_dir, tmp_path):
+def test_bad_samples_are_skipped_and_counted(shapes_dir, tmp_path, caplog):
     good = sorted(shapes_dir.glob("*.tar"))[0]
     with tarfile.open(good) as tar:
         files = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
     key = sorted(files)[0].split(".")[0]
+    short = encode_mp4(np.zeros((2, 32, 32, 3), np.uint8), 8.0)  # 2 frames: shorter than every bucket
     bad = tmp_path / "bad.tar"
     _shard(
         bad,
@@ -74,16 +76,30 @@ def test_bad_samples_are_skipped_and_counted(shapes_dir, tmp_path):
             ("x1.txt", b"a red circle"),
             ("x2.mp4", files[f"{key}.mp4"]),  # no caption
             ("x3.txt", b"caption without media"),
+            ("x4.mp4", b""),  # zero-length
+            ("x4.txt", b"a red circle"),
+            ("x5.xyz", files[f"{key}.mp4"]),  # unknown extension
+            ("x5.txt", b"a red circle"),
+            ("x6.mp4", short),
+            ("x6.txt", b"a red circle"),
         ],
     )
     truncated = tmp_path / "truncated.tar"
     truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
-    urls = [str(good), str(bad), str(truncated)]
+    urls = [str(good), str(bad), str(truncated), str(tmp_path / "missing.tar"), "pipe:exit 3"]
     skipped = Counter()
-    for batch in take(stream(urls, shuffle_buffer=1), 12):
-        skipped.update(batch["skipped"])
-    assert skipped["corrupt_video"] >= 1 and skipped["missing_caption"] >= 1 and skipped["no_media"] >= 1
-    assert skipped["truncated_shard"] >= 1
+    with caplog.at_level("WARNING", logger="opensora_lite.data.loader"):
+        for batch in take(stream(urls, shuffle_buffer=1, retry_delay_s=0.01), 12):
+            skipped.update(batch["skipped"])
+    assert skipped["corrupt_video"] >= 2  # not a video, zero-length
+    assert skipped["missing_caption"] >= 1 and skipped["no_media"] >= 2  # caption only, unknown extension
+    assert skipped["no_bucket"] >= 1 and skipped["truncated_shard"] >= 1
+    assert skipped["unreadable_shard"] >= 2  # the missing file and the failing pipe, each after 3 tries
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("after 3 tries" in m for m in messages)
+    # bounded: at most one warning per reason per minute here, however many samples were skipped
+    assert len(messages) <= len({"corrupt_video", "missing_caption", "no_media", "no_bucket"}) + 2 + 1
+    assert sum(skipped.values()) > len(messages)
 
 
 def test_unusable_data_raises_one_clear_error(tmp_path):

@@ -71,6 +71,7 @@ class DataConfig:
     # motion_score, num_frames, duration, width, height). Open-Sora 2.0's:
     # "{caption} {fps:.0f} FPS, {motion_score:.1f} motion score."
     caption_template: str = "{caption}"
+    open_retries: int = 2  # a shard that cannot be opened is retried (1 s, 2 s, ... apart), then skipped
 
 
 @dataclass

@@ -23,6 +23,7 @@ import io
 import json
 import logging
 import random
+import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,6 +106,8 @@ class BucketedVideoStream(IterableDataset):
         start_epoch: int = 0,
         caption_template: str = "{caption}",
         resume: LoaderState | None = None,
+        open_retries: int = 2,
+        retry_delay_s: float = 1.0,
     ):
         super().__init__()
         self.urls, self.table, self.target_fps, self.seed = list(urls), table, target_fps, seed
@@ -113,6 +116,8 @@ class BucketedVideoStream(IterableDataset):
         self.start_epoch = start_epoch
         self.caption_template = caption_template
         self.resume = resume or LoaderState()
+        self.open_retries, self.retry_delay_s = open_retries, retry_delay_s
+        self._warned: dict[str, tuple[float, int]] = {}
         self.replayed_decodes = 0  # decodes done while replaying (0 unless an item waits in a buffer)
 
     # -- samples -------------------------------------------------------------------------------
@@ -127,20 +132,42 @@ class BucketedVideoStream(IterableDataset):
         from webdataset.tariterators import group_by_keys, tar_file_iterator
 
         for url in shards:
-            try:
-                stream = wds.gopen(url, "rb")
-            except Exception as exc:  # missing file, failing pipe
-                skipped["unreadable_shard"] += 1
-                log.warning("cannot open shard %s: %s", url, exc)
-                continue
-            try:
-                files = (dict(f, __url__=url) for f in tar_file_iterator(stream))
-                yield from group_by_keys(files)
-            except Exception as exc:  # truncated or corrupt tar: keep what was read, move on
-                skipped["truncated_shard"] += 1
-                log.warning("shard %s is damaged after some samples: %s", url, exc)
-            finally:
-                stream.close()
+            for attempt in range(self.open_retries + 1):
+                read = 0
+                try:
+                    stream = wds.gopen(url, "rb")
+                    try:
+                        for sample in group_by_keys(dict(f, __url__=url) for f in tar_file_iterator(stream)):
+                            read += 1
+                            yield sample
+                    finally:
+                        stream.close()
+                    break
+                except Exception as exc:  # cannot open / read (network, missing file), or a damaged tar
+                    if read:  # samples already went out: a retry would repeat them; keep what was read
+                        skipped["truncated_shard"] += 1
+                        self._warn("truncated_shard", "shard %s is damaged after %d samples: %s", url, read, exc)
+                        break
+                    if attempt == self.open_retries:
+                        skipped["unreadable_shard"] += 1
+                        self._warn("unreadable_shard", "skipping shard %s after %d tries: %s", url, attempt + 1, exc)
+                        break
+                    time.sleep(self.retry_delay_s * 2**attempt)
+
+    def _skip(self, skipped: Counter, reason: str, key: str) -> None:
+        skipped[reason] += 1
+        self._warn(reason, "skipped sample %s: %s", key, reason)
+
+    def _warn(self, reason: str, msg: str, *args) -> None:
+        """A warning per reason at most every 60 s; the ones held back are counted in the next."""
+        now = time.monotonic()
+        last, held = self._warned.get(reason, (-1e9, 0))
+        if now - last < 60:
+            self._warned[reason] = (last, held + 1)
+            return
+        suffix = f" (+{held} more like it since the last report)" if held else ""
+        log.warning(msg + suffix, *args)
+        self._warned[reason] = (now, 0)
 
     def _shuffled(self, samples, rng: random.Random):
         buf = []
@@ -159,18 +186,18 @@ class BucketedVideoStream(IterableDataset):
             try:
                 meta = json.loads(sample["json"])
             except ValueError:
-                skipped["bad_metadata"] += 1
+                self._skip(skipped, "bad_metadata", key)
                 return None
         caption = sample.get(self.caption_key)
         caption = caption.decode("utf-8", "replace").strip() if caption else str(meta.get("caption", "")).strip()
         if not caption:
-            skipped["missing_caption"] += 1
+            self._skip(skipped, "missing_caption", key)
             return None
         if self.caption_template != "{caption}":
             try:
                 caption = self.caption_template.format_map({**meta, "caption": caption})
             except (KeyError, ValueError, IndexError):  # metadata lacks a field the template names
-                skipped["caption_template_field"] += 1
+                self._skip(skipped, "caption_template_field", key)
                 return None
         rng = _rng_for(self.seed, epoch, key)
         video_ext = next((e for e in VIDEO_EXTS if e in sample), None)
@@ -179,7 +206,7 @@ class BucketedVideoStream(IterableDataset):
         image_ext = next((e for e in IMAGE_EXTS if e in sample), None)
         if image_ext is not None:
             return self._prepare_image(sample[image_ext], caption, key, rng, skipped)
-        skipped["no_media"] += 1
+        self._skip(skipped, "no_media", key)
         return None
 
     def _prepare_video(
@@ -193,7 +220,7 @@ class BucketedVideoStream(IterableDataset):
             usable = (int(meta["num_frames"]) - 1) // stride + 1
             bucket = self.table.assign(int(meta["height"]), int(meta["width"]), usable, rng)
             if bucket is None:
-                skipped["no_bucket"] += 1
+                self._skip(skipped, "no_bucket", key)
                 return None
             span = (bucket.num_frames - 1) * stride + 1
             start = rng.randint(0, int(meta["num_frames"]) - span)
@@ -204,7 +231,7 @@ class BucketedVideoStream(IterableDataset):
                 return Item(bucket, None, caption, key, pending=window)
             frames = decode_window(*window)
         except VideoDecodeError:
-            skipped["corrupt_video"] += 1
+            self._skip(skipped, "corrupt_video", key)
             if not replay:
                 self._new_failures.append(f"{epoch}/{key}")
             return None
@@ -217,11 +244,11 @@ class BucketedVideoStream(IterableDataset):
             with av.open(io.BytesIO(data)) as container:
                 frame = next(container.decode(video=0))
         except Exception:
-            skipped["corrupt_image"] += 1
+            self._skip(skipped, "corrupt_image", key)
             return None
         bucket = self.table.assign(frame.height, frame.width, 1, rng)
         if bucket is None:
-            skipped["no_bucket"] += 1
+            self._skip(skipped, "no_bucket", key)
             return None
         from opensora_lite.data.video import resize_crop_size
 

@@ -98,6 +98,7 @@ class StageTrainer:
             caption_key=cfg.data.caption_key,
             caption_template=cfg.data.caption_template,
             resume=resume,
+            open_retries=cfg.data.open_retries,
         )
         return batches(
             build_loader(stream, cfg.data.num_workers, cfg.data.prefetch_factor, engine.device.type == "cuda")
