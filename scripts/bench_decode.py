@@ -57,7 +57,8 @@ def whole_clip(data: bytes, start: int, n: int, stride: int, size: tuple[int, in
     window = torch.from_numpy(frames[start : start + n * stride : stride]).permute(0, 3, 1, 2).float()
     nh, nw, top, left = resize_crop_size(window.shape[2], window.shape[3], size)
     resized = F.interpolate(window, size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)
-    return resized[:, :, top : top + size[0], left : left + size[1]].round().clamp(0, 255).byte().numpy()
+    cropped = resized[:, :, top : top + size[0], left : left + size[1]]
+    return cropped.round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
 
 
 def main() -> None:

@@ -32,3 +32,8 @@ def test_step_time_and_checkpointing_benchmarks_run():
     assert float(re.search(r"max output difference ([0-9.e+-]+)", out).group(1)) <= 1e-5  # same function timed
     out = _script("bench_activation_checkpointing.py", "--hidden", "64", "--heads", "2", "--grid", "1", "4", "4")
     assert out.count("\n| ") == 6  # header + five settings
+
+
+def test_decode_benchmark_runs():
+    out = _script("bench_decode.py", "--clips", "1", "--windows", "1", "--seconds", "3", "--frames", "9")
+    assert out.count("\n| ") == 4 and "| windowed + keyframe seek (ours) |" in out
