@@ -123,6 +123,28 @@ def test_csv_index_with_relative_paths_and_missing_files(tmp_path):
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
+def test_parquet_index_and_pipe_urls(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    _folder(tmp_path / "videos")
+    index = tmp_path / "index.parquet"
+    pq.write_table(pa.table({"video": ["videos/moving.mp4"], "caption": ["from parquet"]}), index)
+    out = tmp_path / "shards"
+    proc = cli(
+        "osl-data", "kind=videos", f"videos.source={index}", f"out={out}",
+        "videos.path_column=video", "videos.caption_column=caption", "videos.prefix=pq",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    shard = out / "pq-000000.tar"
+    assert [s["txt"] for s in _samples(out).values()] == [b"from parquet"]
+    # a `pipe:` URL streams the same shard through a command, as for object storage
+    stream = BucketedVideoStream(
+        [f"pipe:cat {shard}"], BucketTable({"16px": {5: [1.0, 1]}}, [0.75, 1.0, 1.3333], 4), 8.0, seed=0
+    )
+    assert next(iter(stream))["captions"] == ["from parquet"]
+
+
 def test_bad_caption_template_is_a_config_error(tmp_path):
     proc = cli("osl-curriculum", "data.caption_template='{caption} {fsp} FPS'", "--cfg", "job")
     assert proc.returncode == 2 and "data.caption_template" in proc.stderr and "fsp" in proc.stderr
