@@ -116,12 +116,14 @@ class CurriculumConfig:
 
 @dataclass
 class ParallelConfig:
-    engine: str = "single"  # single | ddp
+    engine: str = "single"  # single | ddp | fsdp2
     backend: str = "auto"  # process-group backend: auto (nccl on GPU, gloo on CPU) | nccl | gloo
     timeout_s: int = 600  # collective timeout: a dead rank makes the others fail within this
     compile: bool = False
     ac_double_blocks: int = 0  # activation checkpointing: how many double / single blocks
     ac_single_blocks: int = 0
+    hsdp_replicas: int = 1  # fsdp2: >1 shards within groups of world/replicas ranks, replicates across them
+    param_dtype: str = "auto"  # fsdp2 compute dtype of gathered weights: auto (bf16 on GPU, fp32 on CPU) | bf16 | fp32
 
 
 @dataclass

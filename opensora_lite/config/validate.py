@@ -89,8 +89,12 @@ def validate_components(cfg: Config) -> None:
     _require(cfg.run.device in ("auto", "cpu", "cuda"), "run.device", f"unknown {cfg.run.device!r} (auto | cpu | cuda)")
     _require(cfg.run.dtype in ("fp32", "bf16"), "run.dtype", f"unknown {cfg.run.dtype!r} (fp32 | bf16)")
     _require(
-        cfg.parallel.engine in ("single", "ddp"), "parallel.engine", f"unknown {cfg.parallel.engine!r} (single | ddp)"
+        cfg.parallel.engine in ("single", "ddp", "fsdp2"),
+        "parallel.engine",
+        f"unknown {cfg.parallel.engine!r} (single | ddp | fsdp2)",
     )
+    _require(cfg.parallel.hsdp_replicas >= 1, "parallel.hsdp_replicas", "must be at least 1")
+    _require(cfg.parallel.param_dtype in ("auto", "bf16", "fp32"), "parallel.param_dtype", "auto | bf16 | fp32")
     _require(cfg.eval.kind in (None, "shapes"), "eval.kind", f"unknown {cfg.eval.kind!r} (shapes | null)")
     _require(cfg.sample.num_steps > 0, "sample.num_steps", "must be positive")
     _require(

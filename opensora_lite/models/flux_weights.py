@@ -14,8 +14,10 @@ bf16 checkpoints load into the model's fp32 parameters.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -99,6 +101,14 @@ def write_safetensors(state: dict[str, torch.Tensor], path: Path, metadata: dict
     os.chmod(path, 0o666 & ~umask)
 
 
+@contextlib.contextmanager
+def single_process_dcp():
+    """Silence DCP's notice that it runs without a process group (on purpose, in that case)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled", category=UserWarning)
+        yield
+
+
 def is_dcp_folder(path: Path) -> bool:
     """A torch.distributed.checkpoint folder (what sharded engines write: one file per rank + .metadata)."""
     return (path / DCP_METADATA).is_file()
@@ -127,7 +137,9 @@ def read_dcp_folder(path: Path) -> dict[str, torch.Tensor]:
         for name, m in meta.state_dict_metadata.items()
         if isinstance(m, TensorStorageMetadata)
     }
-    dcp.load(state, storage_reader=reader, planner=dcp.DefaultLoadPlanner(allow_partial_load=True))
+    planner = dcp.DefaultLoadPlanner(allow_partial_load=True)
+    with single_process_dcp():
+        dcp.load(state, storage_reader=reader, planner=planner, no_dist=True)  # each caller reads it all
     return {clean_key(k): v for k, v in state.items()}
 
 

@@ -10,13 +10,15 @@ from __future__ import annotations
 import datetime
 import os
 from abc import ABC, abstractmethod
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from opensora_lite.config.schema import ParallelConfig
-from opensora_lite.models.flux_weights import clean_key
+from opensora_lite.models.flux_weights import clean_key, single_process_dcp, write_safetensors
+from opensora_lite.train.state import MODEL_FILE, OPTIM_DCP
 
 
 def launch_env() -> tuple[int, int, int]:
@@ -38,7 +40,7 @@ def pick_device(preference: str, local_rank: int) -> torch.device:
 
 
 class Engine(ABC):
-    """Distributed context + model wrapping. Subclasses: LocalEngine (single, ddp)."""
+    """Distributed context + model wrapping. Subclasses: LocalEngine (single, ddp), FSDP2Engine."""
 
     def __init__(self, cfg: ParallelConfig, device_preference: str):
         self.cfg = cfg
@@ -78,9 +80,34 @@ class Engine(ABC):
         return float(torch.nn.utils.get_total_norm([p.grad for p in params]))
 
     def full_state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
-        """Complete fp32 weights on CPU with BFL names (meaningful on rank 0)."""
+        """Complete fp32 weights on CPU with BFL names (meaningful on rank 0; every rank must call it)."""
         sd = self.unwrap(model).state_dict()
         return {clean_key(k): v.detach().float().cpu().contiguous() for k, v in sd.items()}
+
+    # -- checkpoints: every rank calls these; `folder` exists on every rank's view of the filesystem --
+    def save_model(self, folder: Path, model: nn.Module) -> None:
+        """The weights of a mid-stage checkpoint: full safetensors from rank 0 (sharded engines: DCP)."""
+        weights = self.full_state_dict(model)
+        if self.is_main:
+            write_safetensors(weights, folder / MODEL_FILE)
+
+    def save_optimizer(self, folder: Path, model: nn.Module, opt: torch.optim.Optimizer) -> None:
+        """Optimizer state as a DCP folder keyed by parameter names: loads on any engine and world size."""
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+        state = {"optim": get_optimizer_state_dict(model, opt)}
+        with single_process_dcp():
+            dcp.save(state, checkpoint_id=str(folder / OPTIM_DCP), no_dist=not dist.is_initialized())
+
+    def load_optimizer(self, folder: Path, model: nn.Module, opt: torch.optim.Optimizer) -> None:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
+
+        state = {"optim": get_optimizer_state_dict(model, opt)}
+        with single_process_dcp():
+            dcp.load(state, checkpoint_id=str(folder / OPTIM_DCP), no_dist=not dist.is_initialized())
+        set_optimizer_state_dict(model, opt, state["optim"])
 
     def all_reduce_mean(self, value: float) -> float:
         if self.world_size == 1:

@@ -22,9 +22,15 @@ class EMA:
                 shadow.lerp_(p.detach().float(), 1 - self.decay)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {k: v.cpu() for k, v in self.shadow.items()}
+        """Full tensors on CPU (sharded shadows are gathered: every rank must call this)."""
+        return {k: (v.full_tensor() if hasattr(v, "full_tensor") else v).cpu() for k, v in self.shadow.items()}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         for k, v in state.items():
             if k in self.shadow:
-                self.shadow[k].copy_(v)
+                shadow = self.shadow[k]
+                if hasattr(shadow, "device_mesh"):  # a shard: take this rank's piece of the full tensor
+                    from torch.distributed.tensor import distribute_tensor
+
+                    v = distribute_tensor(v.to(shadow.device), shadow.device_mesh, shadow.placements)
+                shadow.copy_(v)

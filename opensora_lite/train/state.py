@@ -1,11 +1,12 @@
 """Checkpoints: atomic, resumable, BFL-named weights.
 
 Layout of a stage directory (runs/<run>/<stage>/):
-    checkpoints/step_00000100/   model.safetensors, optimizer.pt, trainer_state.pt [, ema.safetensors]
+    checkpoints/step_00000100/   model.safetensors (or model_dcp/), optim_dcp/, trainer_state.pt [, ema.safetensors]
     final/                       model.safetensors [, ema.safetensors], summary.json
     samples/                     mp4s from the end-of-stage sampling
-Engines that shard the model may write the weights as a torch.distributed.checkpoint folder
-(`model_dcp/`, `ema_dcp/`) in place of the .safetensors file; every reader takes either.
+Engines that shard the model write its weights as a torch.distributed.checkpoint folder (`model_dcp/`)
+in place of the .safetensors file; every reader takes either. The optimizer state is always a DCP
+folder keyed by parameter names, so a checkpoint resumes on another world size or engine.
 A checkpoint is written into a hidden temporary folder and renamed into place, so it is either
 complete or absent; `final/` existing is what marks a stage as done.
 """
@@ -29,6 +30,7 @@ _STEP = re.compile(r"^step_(\d{8})$")
 MODEL_FILE = "model.safetensors"
 EMA_FILE = "ema.safetensors"
 MODEL_DCP = "model_dcp"
+OPTIM_DCP = "optim_dcp"
 EMA_DCP = "ema_dcp"
 
 
@@ -42,9 +44,12 @@ def _fsync_dir(path: Path) -> None:
 
 def _publish(tmp: Path, final: Path) -> None:
     """Rename a fully written folder into place (replacing an older one of the same name)."""
-    for f in tmp.iterdir():
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
+    for f in tmp.rglob("*"):
+        if f.is_file():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        else:
+            _fsync_dir(f)
     if final.exists():
         old = final.with_name(f".old-{final.name}")
         shutil.rmtree(old, ignore_errors=True)
@@ -88,34 +93,38 @@ class StageDir:
         found = self.list_checkpoints()
         return found[-1] if found else None
 
-    def save_checkpoint(
-        self,
-        step: int,
-        model: dict[str, torch.Tensor],
-        optimizer: dict,
-        trainer_state: dict[str, Any],
-        ema: dict[str, torch.Tensor] | None,
-        keep: int,
-    ) -> Path:
-        self.checkpoints.mkdir(parents=True, exist_ok=True)
-        final = self.checkpoints / f"step_{step:08d}"
-        tmp = self.checkpoints / f".tmp-step_{step:08d}"
+    def checkpoint_tmp(self, step: int) -> Path:
+        """Where the checkpoint of `step` is written (by every rank) before it is published."""
+        return self.checkpoints / f".tmp-step_{step:08d}"
+
+    def prepare_checkpoint(self, step: int) -> Path:
+        """(rank 0) An empty temporary folder for the checkpoint of `step`."""
+        tmp = self.checkpoint_tmp(step)
         shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        save_weights(tmp / MODEL_FILE, model)
+        tmp.mkdir(parents=True)
+        return tmp
+
+    def publish_checkpoint(
+        self, step: int, trainer_state: dict[str, Any], ema: dict[str, torch.Tensor] | None, keep: int
+    ) -> Path:
+        """(rank 0, after every rank wrote its part) Add the trainer state, rename into place, prune."""
+        tmp = self.checkpoint_tmp(step)
         if ema is not None:
             save_weights(tmp / EMA_FILE, ema)
-        torch.save(optimizer, tmp / "optimizer.pt")
         torch.save(trainer_state, tmp / "trainer_state.pt")
+        final = self.checkpoints / f"step_{step:08d}"
         _publish(tmp, final)
         for old in self.list_checkpoints()[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
         return final
 
     def load_checkpoint(self, path: Path) -> dict[str, Any]:
+        """Model weights (full, from either layout), trainer state and EMA; the optimizer is the engine's."""
+        from opensora_lite.models.flux_weights import read_flux_weights
+
+        weights = path / MODEL_FILE if (path / MODEL_FILE).is_file() else path / MODEL_DCP
         out = {
-            "model": load_weights(path / MODEL_FILE),
-            "optimizer": torch.load(path / "optimizer.pt", weights_only=False),
+            "model": read_flux_weights(weights)[0],
             "trainer_state": torch.load(path / "trainer_state.pt", weights_only=False),
         }
         if (path / EMA_FILE).is_file():

@@ -29,7 +29,7 @@ from opensora_lite.train.ema import EMA
 from opensora_lite.train.evaluation import evaluate_stage
 from opensora_lite.train.optim import build_optimizer, build_scheduler
 from opensora_lite.train.runtime import Runtime
-from opensora_lite.train.state import StageDir, resolve_weights_path
+from opensora_lite.train.state import OPTIM_DCP, StageDir, resolve_weights_path
 
 log = logging.getLogger("opensora_lite")
 
@@ -145,14 +145,7 @@ class StageTrainer:
         gen = torch.Generator().manual_seed(cfg.run.seed * 1_000_003 + self.index * 7919 + engine.rank)
         start, data_state = 0, LoaderState()
         if ckpt:
-            opt.load_state_dict(ckpt["optimizer"])
-            state = ckpt["trainer_state"]
-            sched.load_state_dict(state["scheduler"])
-            gen.set_state(state["generator"])
-            start = state["step"]
-            data_state = LoaderState.from_dict(state.get("data", {"batches": state.get("batches", 0)}))
-            if ema and "ema" in ckpt:
-                ema.load_state_dict(ckpt["ema"])
+            start, data_state = self._restore(resume, ckpt, model, opt, sched, gen, ema)
             log.info("[%s] resumed from %s (step %d)", self.name, resume, start)
             rt.tracker.event("resume", self.step_offset + start, self.name, from_step=start, checkpoint=str(resume))
         log.info(
@@ -235,31 +228,73 @@ class StageTrainer:
         return metrics["loss"]
 
     def _checkpoint(self, model, opt, sched, gen, ema, step: int, data_state: LoaderState) -> None:
-        weights = self.engine.full_state_dict(model)
-        failed = [key for rank in self.engine.all_gather_object(data_state.failed) for key in rank]
-        if self.engine.is_main:
-            data = LoaderState(data_state.batches, failed).as_dict()
-            state = {"step": step, "data": data, "scheduler": sched.state_dict(), "generator": gen.get_state()}
-            path = self.dir.save_checkpoint(
-                step, weights, opt.state_dict(), state, ema.state_dict() if ema else None, self.stage.keep_checkpoints
-            )
+        """Every rank writes its part (weights, optimizer), rank 0 the rest; then rank 0 publishes."""
+        engine = self.engine
+        if engine.is_main:
+            self.dir.prepare_checkpoint(step)
+        engine.barrier()
+        tmp = self.dir.checkpoint_tmp(step)
+        engine.save_model(tmp, model)
+        engine.save_optimizer(tmp, model, opt)
+        ema_state = ema.state_dict() if ema else None
+        failed = [key for rank in engine.all_gather_object(data_state.failed) for key in rank]
+        generators = engine.all_gather_object(gen.get_state())
+        if engine.is_main:
+            state = {
+                "step": step,
+                "data": LoaderState(data_state.batches, failed).as_dict(),
+                "scheduler": sched.state_dict(),
+                "generators": generators,  # one per rank
+            }
+            path = self.dir.publish_checkpoint(step, state, ema_state, self.stage.keep_checkpoints)
             log.info("[%s] checkpoint %s", self.name, path)
-        self.engine.barrier()
+        engine.barrier()
+
+    def _eval_model(self, model, weights: dict) -> MMDiT:
+        """The model to sample from on rank 0: the trained one, or a local copy where it is sharded."""
+        plain = self.engine.unwrap(model)
+        if not any(hasattr(p, "device_mesh") for p in plain.parameters()):
+            return plain
+        local = MMDiT(self.cfg.model, image_condition=self.image_condition)
+        load_into(local, weights, "gathered weights")
+        return local.to(self.engine.device)
+
+    def _restore(self, resume, ckpt: dict, model, opt, sched, gen, ema) -> tuple[int, LoaderState]:
+        engine, state = self.engine, ckpt["trainer_state"]
+        if (resume / OPTIM_DCP).is_dir():
+            engine.load_optimizer(resume, model, opt)
+        else:  # checkpoints written before optimizer state moved to DCP
+            opt.load_state_dict(torch.load(resume / "optimizer.pt", weights_only=False))
+        sched.load_state_dict(state["scheduler"])
+        generators = state.get("generators") or [state.get("generator")]
+        start = state["step"]
+        if len(generators) == engine.world_size:
+            gen.set_state(generators[engine.rank])
+        else:  # another world size: per-rank noise streams cannot continue; start new ones, reproducibly
+            gen.manual_seed(self.cfg.run.seed * 1_000_003 + self.index * 7919 + start * 104729 + engine.rank)
+            log.warning(
+                "[%s] resumed on %d ranks from %d: new noise streams", self.name, engine.world_size, len(generators)
+            )
+        if ema and "ema" in ckpt:
+            ema.load_state_dict(ckpt["ema"])
+        data = LoaderState.from_dict(state.get("data", {"batches": state.get("batches", 0)}))
+        return start, data
 
     def _finish(self, model, ema, start: int, began: float, loss: float, skipped: Counter) -> StageResult:
         engine, rt = self.engine, self.rt
         seconds = time.perf_counter() - began
         weights = engine.full_state_dict(model)
+        ema_state = ema.state_dict() if ema else None
         metrics, paths = {}, []
         eval_began = time.perf_counter()
         if self.stage.evaluate and engine.is_main:
-            metrics, paths = evaluate_stage(rt, engine.unwrap(model), self.stage, self.dir.samples)
+            metrics, paths = evaluate_stage(rt, self._eval_model(model, weights), self.stage, self.dir.samples)
         eval_seconds = time.perf_counter() - eval_began
         result = StageResult(
             self.name, self.stage.steps, seconds, loss, metrics, dict(skipped), start, eval_seconds=eval_seconds
         )
         if engine.is_main:
-            self.dir.save_final(weights, ema.state_dict() if ema else None, result.as_dict())
+            self.dir.save_final(weights, ema_state, result.as_dict())
             end = self.step_offset + self.stage.steps
             rt.tracker.event(
                 "stage_end", end, self.name, seconds=seconds, eval_seconds=eval_seconds, final_loss=loss, **metrics
