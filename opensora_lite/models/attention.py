@@ -36,11 +36,14 @@ def available_backends() -> list[str]:
     return names
 
 
-def math_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    """Reference softmax(QK^T/sqrt(d))V in fp32, [B, H, L, D] layout. For tests and debugging."""
+def math_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Reference softmax(QK^T/sqrt(d))V in fp32, [B, H, L, D] layout; `mask` [Lk] bool keeps keys. For
+    tests and debugging."""
     scale = q.shape[-1] ** -0.5
-    weights = torch.softmax((q.float() @ k.float().transpose(-1, -2)) * scale, dim=-1)
-    return (weights @ v.float()).to(q.dtype)
+    scores = (q.float() @ k.float().transpose(-1, -2)) * scale
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return (torch.softmax(scores, dim=-1) @ v.float()).to(q.dtype)
 
 
 def _flash_usable(q: Tensor) -> bool:
@@ -66,13 +69,14 @@ def resolve_backend(requested: str, q: Tensor) -> str:
     return requested
 
 
-def attention(q: Tensor, k: Tensor, v: Tensor, backend: str = "auto") -> Tensor:
-    """Multi-head attention on [B, H, L, D] tensors, returning [B, H, L, D]."""
+def attention(q: Tensor, k: Tensor, v: Tensor, backend: str = "auto", mask: Tensor | None = None) -> Tensor:
+    """Multi-head attention on [B, H, L, D] tensors, returning [B, H, L, D]. `mask` [Lk] (bool, True =
+    attend) drops keys, e.g. sequence-parallel padding; flash kernels take no mask, so SDPA runs then."""
     kind = resolve_backend(backend, q)
-    if kind == "sdpa":
-        return F.scaled_dot_product_attention(q, k, v)
     if kind == "math":
-        return math_attention(q, k, v)
+        return math_attention(q, k, v, mask)
+    if kind == "sdpa" or mask is not None:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=None if mask is None else mask[None, :])
     out = _flash_fn(kind)(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
     out = out[0] if isinstance(out, tuple) else out  # flash-attn 3 may also return the LSE
     return out.transpose(1, 2)
@@ -84,6 +88,11 @@ class AttentionCore(nn.Module):
     def __init__(self, backend: str = "auto"):
         super().__init__()
         self.backend = backend
+        self.sp = None  # a parallel.sequence.SPContext when sequence parallelism is on
+        self.txt_len = 0  # set by the model for each forward (sequence parallelism needs the layout)
+        self.valid_img = 0
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        return attention(q, k, v, self.backend)
+        if self.sp is None:
+            return attention(q, k, v, self.backend)
+        return self.sp.attention(q, k, v, self.txt_len, self.valid_img, self.backend)

@@ -180,11 +180,23 @@ class MMDiT(nn.Module):
         # I2V condition: mask (1 channel) + masked latents, patchified, added to img_in's output.
         pt, ph, pw = cfg.patch_size
         self.cond_in = nn.Linear((cfg.latent_channels + 1) * pt * ph * pw, hidden) if image_condition else None
+        self.sp = None
         self.reset_parameters()
 
     @property
     def image_condition(self) -> bool:
         return self.cond_in is not None
+
+    def set_sequence_parallel(self, sp) -> None:
+        """Split video tokens over an SP group (parallel/sequence.py); None turns it off."""
+        if sp is not None and self.cfg.num_heads % sp.size:
+            raise ValueError(f"sequence parallel size {sp.size} does not divide the {self.cfg.num_heads} heads")
+        self.sp = sp
+        for core in self._attention_cores():
+            core.sp = sp
+
+    def _attention_cores(self) -> list[AttentionCore]:
+        return [m for m in self.modules() if isinstance(m, AttentionCore)]
 
     def reset_parameters(self) -> None:
         """From-scratch init: small normal linears; modulations, final layer and cond_in at zero.
@@ -222,6 +234,11 @@ class MMDiT(nn.Module):
             if self.cond_in is None:
                 raise ValueError("an image condition was given but the model was built without cond_in")
             img = img + self.cond_in(cond)
+        n_img = img.shape[1]
+        if self.sp is not None:  # this rank's share of the video tokens
+            img, img_ids = self.sp.split(img, 1), self.sp.split(img_ids, img_ids.dim() - 2)
+            for core in self._attention_cores():
+                core.txt_len, core.valid_img = txt.shape[1], n_img
         vec = self.time_in(timestep_embedding(timesteps, 256).to(img.dtype))
         if self.guidance_in is not None:
             if guidance is None:
@@ -237,7 +254,8 @@ class MMDiT(nn.Module):
         x = torch.cat((txt, img), dim=1)
         for block in self.single_blocks:
             x = block(x, vec, cos, sin)
-        return self.final_layer(x[:, txt.shape[1] :], vec)
+        out = self.final_layer(x[:, txt.shape[1] :], vec)
+        return out if self.sp is None else self.sp.gather(out, n_img, 1)
 
     def forward(
         self,
