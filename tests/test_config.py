@@ -80,6 +80,10 @@ def test_unknown_key_and_wrong_type_fail_at_composition_naming_the_key(override,
         ("+model.hidden_sizee=3", "model.hidden_sizee"),  # '+' forces a key past the schema: still refused
         ("+curriculum.stages.t2v.optim.lr_max=3", "curriculum.stages.t2v.optim.lr_max"),
         ("parallel.engine=megatron", "parallel.engine"),
+        ("parallel.sp_size=3", "parallel.sp_size"),  # does not divide the 4 heads
+        ("parallel.param_dtype=fp8", "parallel.param_dtype"),
+        ("parallel.hsdp_replicas=0", "parallel.hsdp_replicas"),
+        ("data.caption_template='{caption} {fsp}'", "data.caption_template"),
     ],
 )
 def test_inconsistent_values_raise_config_error_naming_the_key(override, key):

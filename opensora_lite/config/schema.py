@@ -122,6 +122,7 @@ class ParallelConfig:
     compile: bool = False
     ac_double_blocks: int = 0  # activation checkpointing: how many double / single blocks
     ac_single_blocks: int = 0
+    sp_size: int = 1  # sequence parallelism: ranks per group sharing one batch, video tokens split among them
     hsdp_replicas: int = 1  # fsdp2: >1 shards within groups of world/replicas ranks, replicates across them
     param_dtype: str = "auto"  # fsdp2 compute dtype of gathered weights: auto (bf16 on GPU, fp32 on CPU) | bf16 | fp32
 

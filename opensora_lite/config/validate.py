@@ -94,6 +94,13 @@ def validate_components(cfg: Config) -> None:
         f"unknown {cfg.parallel.engine!r} (single | ddp | fsdp2)",
     )
     _require(cfg.parallel.hsdp_replicas >= 1, "parallel.hsdp_replicas", "must be at least 1")
+    sp = cfg.parallel.sp_size
+    _require(sp >= 1, "parallel.sp_size", "must be at least 1")
+    _require(
+        cfg.model.num_heads % sp == 0,
+        "parallel.sp_size",
+        f"{sp} does not divide model.num_heads={cfg.model.num_heads} (Ulysses splits heads)",
+    )
     _require(cfg.parallel.param_dtype in ("auto", "bf16", "fp32"), "parallel.param_dtype", "auto | bf16 | fp32")
     _require(cfg.eval.kind in (None, "shapes"), "eval.kind", f"unknown {cfg.eval.kind!r} (shapes | null)")
     _require(cfg.sample.num_steps > 0, "sample.num_steps", "must be positive")

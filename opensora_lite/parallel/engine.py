@@ -58,6 +58,34 @@ class Engine(ABC):
                 timeout=datetime.timedelta(seconds=cfg.timeout_s),
             )
 
+        self.sp = self._sequence_parallel_groups()
+
+    def _sequence_parallel_groups(self):
+        """Consecutive ranks form SP groups of parallel.sp_size; data parallelism runs across groups."""
+        size = self.cfg.sp_size
+        if size == 1:
+            return None
+        from opensora_lite.config.validate import ConfigError
+        from opensora_lite.parallel.sequence import SPContext
+
+        if self.world_size % size:
+            raise ConfigError("parallel.sp_size", f"{size} does not divide the {self.world_size} processes")
+        mine = None
+        for start in range(0, self.world_size, size):  # every rank creates every group
+            group = dist.new_group(list(range(start, start + size)))
+            if start <= self.rank < start + size:
+                mine = group
+        return SPContext(mine, size, self.rank % size)
+
+    @property
+    def dp_rank(self) -> int:
+        """Which batch this rank trains on (ranks of one SP group share it)."""
+        return self.rank // self.cfg.sp_size
+
+    @property
+    def dp_size(self) -> int:
+        return self.world_size // self.cfg.sp_size
+
     @property
     def is_main(self) -> bool:
         return self.rank == 0

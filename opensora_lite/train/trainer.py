@@ -91,8 +91,8 @@ class StageTrainer:
             table,
             cfg.data.target_fps,
             seed=cfg.run.seed * 100 + self.index,
-            rank=engine.rank,
-            world_size=engine.world_size,
+            rank=engine.dp_rank,  # ranks of one sequence-parallel group read the same batches
+            world_size=engine.dp_size,
             shuffle_buffer=cfg.data.shuffle_buffer,
             decode_threads=cfg.data.decode_threads,
             caption_key=cfg.data.caption_key,
@@ -119,7 +119,8 @@ class StageTrainer:
                 head, tail = rt.ae.encode(video[:, :, :1]), rt.ae.encode(video[:, :, -1:])
                 cond = build_condition(tasks, head, tail, x0.shape[2])
         loss = flow_loss(model, x0, t5, clip, cond, self.cfg.flow, self.cfg.model.patch_size, gen, rt.autocast())
-        self.engine.backward(loss / self.stage.grad_accum)
+        scale = self.engine.sp.loss_scale if self.engine.sp else 1.0  # SP: partial gradients summed, not averaged
+        self.engine.backward(loss * scale / self.stage.grad_accum)
         pt, ph, pw = self.cfg.model.patch_size
         per_sample = (x0.shape[2] // pt) * (x0.shape[3] // ph) * (x0.shape[4] // pw)
         flops = mmdit_flops(self.cfg.model, per_sample, t5.shape[1], self.image_condition).train * x0.shape[0]
@@ -131,6 +132,7 @@ class StageTrainer:
         self.image_condition = uses_image_condition(stage)
         torch.manual_seed(cfg.run.seed * 1000 + self.index)  # model init: identical on every rank
         model = MMDiT(cfg.model, image_condition=self.image_condition)
+        model.set_sequence_parallel(engine.sp)
         resume = self.dir.latest_checkpoint()
         ckpt = self.dir.load_checkpoint(resume) if resume else None
         if ckpt:
@@ -142,7 +144,7 @@ class StageTrainer:
         opt = build_optimizer(model, stage.optim, engine.device)
         sched = build_scheduler(opt, stage.optim, stage.steps)
         ema = EMA(engine.unwrap(model), stage.ema_decay) if stage.ema_decay > 0 else None
-        gen = torch.Generator().manual_seed(cfg.run.seed * 1_000_003 + self.index * 7919 + engine.rank)
+        gen = torch.Generator().manual_seed(cfg.run.seed * 1_000_003 + self.index * 7919 + engine.dp_rank)
         start, data_state = 0, LoaderState()
         if ckpt:
             start, data_state = self._restore(resume, ckpt, model, opt, sched, gen, ema)
@@ -198,11 +200,12 @@ class StageTrainer:
             "loss": self.engine.all_reduce_mean(w["loss"] / w["n"]),
             "lr": lr,
             "grad_norm": grad_norm,
-            "samples_per_s": w["samples"] * self.engine.world_size / elapsed,
-            "tokens_per_s": w["tokens"] * self.engine.world_size / elapsed,
+            "samples_per_s": w["samples"] * self.engine.dp_size / elapsed,
+            "tokens_per_s": w["tokens"] * self.engine.dp_size / elapsed,
             "data_wait_s": w["wait"] / w["n"],
             "step_time_s": elapsed / w["n"],
-            "tflops_per_device": w["flops"] / elapsed / 1e12,  # model FLOPs (recomputation not counted)
+            # model FLOPs per device (an SP group shares each sample; recomputation not counted)
+            "tflops_per_device": w["flops"] / self.engine.cfg.sp_size / elapsed / 1e12,
             "step": step,
         }
         if self.peak_tflops:
@@ -253,7 +256,7 @@ class StageTrainer:
     def _eval_model(self, model, weights: dict) -> MMDiT:
         """The model to sample from on rank 0: the trained one, or a local copy where it is sharded."""
         plain = self.engine.unwrap(model)
-        if not any(hasattr(p, "device_mesh") for p in plain.parameters()):
+        if self.engine.sp is None and not any(hasattr(p, "device_mesh") for p in plain.parameters()):
             return plain
         local = MMDiT(self.cfg.model, image_condition=self.image_condition)
         load_into(local, weights, "gathered weights")
@@ -271,7 +274,7 @@ class StageTrainer:
         if len(generators) == engine.world_size:
             gen.set_state(generators[engine.rank])
         else:  # another world size: per-rank noise streams cannot continue; start new ones, reproducibly
-            gen.manual_seed(self.cfg.run.seed * 1_000_003 + self.index * 7919 + start * 104729 + engine.rank)
+            gen.manual_seed(self.cfg.run.seed * 1_000_003 + self.index * 7919 + start * 104729 + engine.dp_rank)
             log.warning(
                 "[%s] resumed on %d ranks from %d: new noise streams", self.name, engine.world_size, len(generators)
             )
