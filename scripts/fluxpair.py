@@ -4,47 +4,15 @@ same random weights, inputs for both, and each model's forward on them."""
 from __future__ import annotations
 
 import torch
-from diffusers import FluxTransformer2DModel
 
-from opensora_lite.models.flux_convert import diffusers_to_bfl
-from opensora_lite.models.flux_weights import load_into
-from opensora_lite.models.mmdit import MMDiT, MMDiTConfig
+from opensora_lite.models.flux_reference import diffusers_forward, matching_mmdit, random_diffusers_flux
 from opensora_lite.models.rope import video_position_ids
 
 
 def pair(double, single, heads, head_dim, axes, guidance, text_dim, vec_dim, seed=0, std=0.02):
     """A diffusers Flux model with random weights, and ours with the same weights (both fp32, CPU)."""
-    torch.manual_seed(seed)
-    ref = FluxTransformer2DModel(
-        patch_size=1,
-        in_channels=64,
-        num_layers=double,
-        num_single_layers=single,
-        attention_head_dim=head_dim,
-        num_attention_heads=heads,
-        joint_attention_dim=text_dim,
-        pooled_projection_dim=vec_dim,
-        guidance_embeds=guidance,
-        axes_dims_rope=axes,
-    )
-    with torch.no_grad():
-        for p in ref.parameters():
-            p.copy_(torch.randn_like(p) * std)
-    cfg = MMDiTConfig(
-        latent_channels=16,
-        hidden_size=heads * head_dim,
-        num_heads=heads,
-        depth=double,
-        depth_single_blocks=single,
-        axes_dim=list(axes),
-        context_in_dim=text_dim,
-        vec_in_dim=vec_dim,
-        guidance_embed=guidance,
-    )
-    ours = MMDiT(cfg)
-    report = load_into(ours, diffusers_to_bfl(ref.state_dict()), "diffusers")
-    assert not report.missing and not report.unexpected, report.summary()
-    return ours, ref
+    ref = random_diffusers_flux(double, single, heads, head_dim, axes, guidance, text_dim, vec_dim, std=std, seed=seed)
+    return matching_mmdit(ref), ref
 
 
 def make_inputs(grid, text_tokens, text_dim, vec_dim, guidance, device, dtype, batch=1):
@@ -67,13 +35,4 @@ def run_ours(model, x):
 
 
 def run_ref(model, x):
-    return model(
-        hidden_states=x["img"],
-        encoder_hidden_states=x["txt"],
-        pooled_projections=x["y"],
-        timestep=x["t"],
-        img_ids=x["img_ids"],
-        txt_ids=x["txt_ids"],
-        guidance=x["guidance"],
-        return_dict=False,
-    )[0]
+    return diffusers_forward(model, x["img"], x["img_ids"], x["txt"], x["txt_ids"], x["t"], x["y"], x["guidance"])

@@ -20,19 +20,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 def both_flux_outputs(ours, ref, img, img_ids, txt, txt_ids, t, y, guidance=None):
     """(our output, diffusers' FluxTransformer2DModel output) for the same packed tokens and positions."""
+    from opensora_lite.models.flux_reference import diffusers_forward
+
     with torch.no_grad():
         got = ours.forward_tokens(img, img_ids, txt, txt_ids, t, y, guidance=guidance)
-        expected = ref(
-            hidden_states=img,
-            encoder_hidden_states=txt,
-            pooled_projections=y,
-            timestep=t,
-            img_ids=img_ids,
-            txt_ids=txt_ids,
-            guidance=guidance,
-            return_dict=False,
-        )[0]
-    return got, expected
+        return got, diffusers_forward(ref, img, img_ids, txt, txt_ids, t, y, guidance)
 
 
 def tiny_mmdit(**changes):

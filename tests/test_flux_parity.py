@@ -4,13 +4,13 @@ loaded into our model, gives the same output for the same tokens, positions, tex
 import pytest
 import torch
 from conftest import both_flux_outputs
-from diffusers import FluxTransformer2DModel
 from safetensors.torch import save_file
 
 from opensora_lite.errors import CheckpointError
 from opensora_lite.models.flux_convert import bfl_to_diffusers, diffusers_to_bfl, is_diffusers_state
+from opensora_lite.models.flux_reference import matching_mmdit, random_diffusers_flux
 from opensora_lite.models.flux_weights import load_into, read_flux_weights
-from opensora_lite.models.mmdit import MMDiT, MMDiTConfig
+from opensora_lite.models.mmdit import MMDiT
 from opensora_lite.models.rope import video_position_ids
 
 CONFIGS = [  # (double blocks, single blocks, heads, head dim, RoPE axes, guidance)
@@ -21,40 +21,12 @@ CONFIGS = [  # (double blocks, single blocks, heads, head dim, RoPE axes, guidan
 
 
 def _diffusers_model(depth, single, heads, head_dim, axes, guidance, seed=0):
-    torch.manual_seed(seed)
-    model = FluxTransformer2DModel(
-        patch_size=1,
-        in_channels=16,
-        num_layers=depth,
-        num_single_layers=single,
-        attention_head_dim=head_dim,
-        num_attention_heads=heads,
-        joint_attention_dim=12,
-        pooled_projection_dim=10,
-        guidance_embeds=guidance,
-        axes_dims_rope=axes,
-    )
-    with torch.no_grad():  # diffusers zero-initialises some layers; random everywhere tests more
-        for p in model.parameters():
-            p.copy_(torch.randn_like(p) * 0.2)
-    return model.eval()
+    return random_diffusers_flux(depth, single, heads, head_dim, axes, guidance, 12, 10, 16, std=0.2, seed=seed).eval()
 
 
 def _ours(depth, single, heads, head_dim, axes, guidance) -> MMDiT:
-    cfg = MMDiTConfig(
-        latent_channels=4,
-        patch_size=[1, 2, 2],
-        hidden_size=heads * head_dim,
-        num_heads=heads,
-        depth=depth,
-        depth_single_blocks=single,
-        axes_dim=list(axes),
-        context_in_dim=12,
-        vec_in_dim=10,
-        guidance_embed=guidance,
-        attention_backend="math",
-    )
-    return MMDiT(cfg).eval()
+    """Our model with the architecture of the spec (not its weights)."""
+    return matching_mmdit(_diffusers_model(depth, single, heads, head_dim, axes, guidance), "math", load=False).eval()
 
 
 @pytest.mark.parametrize("spec", CONFIGS, ids=lambda s: f"d{s[0]}s{s[1]}h{s[2]}g{int(s[5])}")
