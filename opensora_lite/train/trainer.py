@@ -246,6 +246,7 @@ class StageTrainer:
             state = {
                 "step": step,
                 "data": LoaderState(data_state.batches, failed).as_dict(),
+                "data_layout": {"dp_size": engine.dp_size, "num_workers": self.cfg.data.num_workers},
                 "scheduler": sched.state_dict(),
                 "generators": generators,  # one per rank
             }
@@ -281,6 +282,15 @@ class StageTrainer:
         if ema and "ema" in ckpt:
             ema.load_state_dict(ckpt["ema"])
         data = LoaderState.from_dict(state.get("data", {"batches": state.get("batches", 0)}))
+        layout = {"dp_size": engine.dp_size, "num_workers": self.cfg.data.num_workers}
+        if state.get("data_layout", layout) != layout:  # shards are dealt over ranks x workers
+            log.warning(
+                "[%s] data-parallel size / loader workers changed %s -> %s: the data order after resume will "
+                "differ from an uninterrupted run",
+                self.name,
+                state["data_layout"],
+                layout,
+            )
         return start, data
 
     def _finish(self, model, ema, start: int, began: float, loss: float, skipped: Counter) -> StageResult:
