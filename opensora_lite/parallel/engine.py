@@ -104,8 +104,10 @@ class Engine(ABC):
     def clip_grad_norm(self, model: nn.Module, max_norm: float) -> float:
         params = [p for p in model.parameters() if p.grad is not None]
         if max_norm > 0:
-            return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
-        return float(torch.nn.utils.get_total_norm([p.grad for p in params]))
+            norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        else:
+            norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+        return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # sharded grads: a DTensor
 
     def full_state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
         """Complete fp32 weights on CPU with BFL names (meaningful on rank 0; every rank must call it)."""

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from opensora_lite.models.flux_weights import clean_key
 from opensora_lite.parallel.checkpointing import apply_activation_checkpointing
 from opensora_lite.parallel.engine import Engine
 from opensora_lite.train.state import MODEL_DCP
@@ -58,22 +59,12 @@ class FSDP2Engine(Engine):
     def unwrap(self, model: nn.Module) -> nn.Module:
         return model
 
-    def clip_grad_norm(self, model: nn.Module, max_norm: float) -> float:
-        params = [p for p in model.parameters() if p.grad is not None]
-        if max_norm > 0:
-            norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-        else:
-            norm = torch.nn.utils.get_total_norm([p.grad for p in params])
-        return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
-
     def full_state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
         if self.world_size == 1:
             return super().full_state_dict(model)
         sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        from opensora_lite.models.flux_weights import clean_key
-
         return {clean_key(k): v.detach().float().contiguous() for k, v in sd.items()}
 
     def save_model(self, folder: Path, model: nn.Module) -> None:
