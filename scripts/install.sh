@@ -2,7 +2,8 @@
 # Install opensora_lite (editable) into a virtual environment.
 #
 #   scripts/install.sh          core dependencies
-#   scripts/install.sh dev      + test tools          (extras: dev, deepspeed, slurm, flash-attn; comma-separated)
+#   scripts/install.sh dev      + test tools and every engine's package
+#                               (extras: dev, deepspeed, colossalai, slurm, parquet, flash-attn; comma-separated)
 #
 # torch is installed first and only when the environment has none, so a CUDA build already present
 # (a cluster's own) is never replaced. Settings:
@@ -28,4 +29,8 @@ fi
 spec="."
 [ -n "$extras" ] && spec=".[$extras]"
 "$py" -m pip install -q -e "$spec"
+case ",$extras," in
+  *,dev,*|*,colossalai,*)  # its declared pins (torch<=2.5.1, ...) would replace torch: install it alone
+    "$py" -m pip install -q --no-deps "${OSL_COLOSSALAI:-colossalai==0.5.0}" ;;
+esac
 echo "install: done ($("$py" -c 'import torch; print("torch", torch.__version__)'))"

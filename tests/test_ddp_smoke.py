@@ -1,7 +1,6 @@
-"""Engines under torchrun with 2 gloo processes, started by slurm/stage_1node.sbatch (run by bash on
-this node, as a Slurm node would run it): the stage trains, checkpoints, evaluates and writes one
-result; an interrupted fsdp2 stage resumes from its sharded checkpoint to the same weights.
-(Loss parity with a single-process reference: tests/test_fsdp2.py.)"""
+"""Every engine under torchrun with 2 gloo processes running the mini curriculum; an fsdp2 stage started
+by slurm/stage_1node.sbatch resumes from its sharded checkpoint to the same weights; sequence-parallel
+stages match one process. (Loss parity of each engine with a single-process reference: test_engines.py.)"""
 
 import json
 import os
@@ -30,31 +29,72 @@ def _launch(overrides, cwd):
     assert out.returncode == 0, out.stderr[-3000:]
 
 
-@pytest.mark.parametrize("engine", ["ddp", "fsdp2"])
-def test_two_process_stage(shapes_dir, tmp_path, engine):
+ENGINES = {  # engine -> (extra overrides, optimizer-state folder in its checkpoints)
+    "ddp": ([], "optim_dcp"),
+    "fsdp2": ([], "optim_dcp"),
+    "deepspeed_zero2": ([], "optim_deepspeed"),
+    "deepspeed_zero3": ([], "optim_deepspeed"),
+    "colossalai_zero2": ([], "optim_colossalai"),
+    "colossalai_hybrid_sp": (["parallel.sp_size=2"], "optim_colossalai"),
+}
+
+
+def _torchrun(module: str, overrides: list[str], cwd, engine: str) -> str:
+    """`torchrun --nproc-per-node=2 -m <module> parallel=<engine> ...`, the command docs/engines/*.md give."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    if engine.startswith("colossalai"):  # test-only: ColossalAI's ZeRO on a CPU (see the shim's docstring)
+        env["PYTHONPATH"] = os.pathsep.join(
+            filter(None, [str(REPO / "tests" / "colossalai_cpu"), env.get("PYTHONPATH")])
+        )
+    cmd = [str(BIN / "torchrun"), "--nproc-per-node=2", f"--master-port={_free_port()}", "-m", module]
+    out = subprocess.run(
+        [*cmd, f"parallel={engine}", *overrides], cwd=cwd, env=env, capture_output=True, text=True, timeout=420
+    )
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    return out.stdout
+
+
+@pytest.mark.parametrize("engine", list(ENGINES))
+def test_mini_curriculum_under_torchrun(shapes_dir, tmp_path, engine):
+    """The (mini) tiny curriculum, all its stages, with 2 processes on each engine: every stage trains,
+    checkpoints with the engine's optimizer state, evaluates on rank 0 and hands its weights on."""
+    extra, optim = ENGINES[engine]
+    stdout = _torchrun(
+        "opensora_lite.cli.curriculum", [*mini_overrides(shapes_dir, tmp_path, name=engine), *extra], tmp_path, engine
+    )
+    run_dir = tmp_path / engine
+    assert "run directory" in stdout
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    for stage, steps in (("image", 4), ("t2v", 3), ("i2v", 2)):
+        summary = json.loads((run_dir / stage / "final" / "summary.json").read_text())
+        assert summary["steps"] == steps and torch.isfinite(torch.tensor(summary["final_loss"]))
+        assert "colour_acc" in summary["metrics"]  # sampled from the gathered weights on rank 0
+        assert any(r.get("event") == "init" and r["stage"] == stage for r in rows) or stage == "image"
+    logged = [r for r in rows if r.get("stage") == "t2v" and "loss" in r and "event" not in r]
+    assert [r["step"] for r in logged] == [1, 2, 3]  # rank 0 alone writes metrics
+    ckpt = run_dir / "image" / "checkpoints" / "step_00000002"
+    assert (ckpt / optim).is_dir()
+    assert "2 processes" in (run_dir / "logs" / "train.log").read_text()
+    weights = load_weights(run_dir / "i2v" / "final" / "model.safetensors")
+    assert "cond_in.weight" in weights and all(torch.isfinite(v).all() for v in weights.values())
+
+
+def test_fsdp2_stage_resumes_to_the_same_weights(shapes_dir, tmp_path):
+    """slurm/stage_1node.sbatch (run by bash as a Slurm node would) trains a stage with fsdp2 and
+    sharded checkpoints; interrupted after the step-2 checkpoint, the resumed run reaches bitwise the
+    same final weights."""
+    engine = "fsdp2"
     overrides = [
         *mini_overrides(shapes_dir, tmp_path, name=engine),
         f"parallel={engine}",
         "run.stage=image",
-        "curriculum.stages.image.log_every=1",
-        "curriculum.stages.image.checkpoint_every=2",
-        "sample.batch_size=4",
+        "curriculum.stages.image.evaluate=false",
     ]
     _launch(overrides, tmp_path)
     run_dir = tmp_path / engine
     final = run_dir / "image" / "final"
-    assert (final / "model.safetensors").is_file()
-    steps = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
-    assert [s["step"] for s in steps if "event" not in s] == [1, 2, 3, 4]  # rank 0 alone writes metrics
-    assert "2 processes" in (run_dir / "logs" / "train.log").read_text()
-    summary = json.loads((final / "summary.json").read_text())
-    assert "colour_acc" in summary["metrics"]  # sampled from the gathered weights on rank 0
     ckpt = run_dir / "image" / "checkpoints" / "step_00000002"
-    assert (ckpt / "optim_dcp" / ".metadata").is_file()
-    if engine == "ddp":
-        return
     assert (ckpt / "model_dcp" / ".metadata").is_file() and not (ckpt / "model.safetensors").exists()
-    # interrupt after the step-2 checkpoint: the resumed run reaches the same final weights
     copy = tmp_path / "copy"
     shutil.copytree(run_dir, copy / engine)
     shutil.rmtree(copy / engine / "image" / "final")
@@ -98,3 +138,55 @@ def test_sequence_parallel_stage_matches_one_process(shapes_dir, tmp_path, engin
     a = load_weights(tmp_path / "one" / "one" / "image" / "final" / "model.safetensors")
     b = load_weights(tmp_path / "sp" / "image" / "final" / "model.safetensors")
     assert all(torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6) for k in a)
+
+
+@pytest.mark.parametrize("how", ["killed", "hung"])
+def test_a_lost_rank_makes_the_other_exit_in_bounded_time(shapes_dir, tmp_path, how):
+    """Two processes started as srun starts them (RANK/WORLD_SIZE, no torchrun agent to clean up): rank 1
+    is killed (SIGKILL) or stopped (SIGSTOP, a hang) mid-training; rank 0 exits with one error line
+    within parallel.timeout_s plus a margin, never waits forever."""
+    import signal
+    import time
+
+    timeout_s = 12
+    overrides = [
+        *mini_overrides(shapes_dir, tmp_path, name=how),
+        "parallel=ddp",
+        f"parallel.timeout_s={timeout_s}",
+        "run.stage=image",
+        "curriculum.stages.image.steps=100000",
+        "curriculum.stages.image.checkpoint_every=0",
+        "curriculum.stages.image.log_every=1",
+    ]
+    env = dict(os.environ, WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), OMP_NUM_THREADS="1")
+    procs = [
+        subprocess.Popen(
+            [str(BIN / "osl-train"), *overrides],
+            cwd=tmp_path,
+            env=dict(env, RANK=str(r), LOCAL_RANK=str(r)),
+            stdout=subprocess.PIPE if r == 0 else subprocess.DEVNULL,
+            stderr=subprocess.PIPE if r == 0 else subprocess.DEVNULL,
+            text=True,
+        )
+        for r in range(2)
+    ]
+    try:
+        metrics = tmp_path / how / "metrics.jsonl"
+        deadline = time.monotonic() + 120
+        while not (metrics.is_file() and '"loss"' in metrics.read_text()):  # training is under way
+            assert time.monotonic() < deadline and procs[0].poll() is None, "training did not start"
+            time.sleep(0.5)
+        procs[1].send_signal(signal.SIGKILL if how == "killed" else signal.SIGSTOP)
+        lost = time.monotonic()
+        _, err = procs[0].communicate(timeout=timeout_s + 60)
+        waited = time.monotonic() - lost
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+    assert procs[0].returncode == 1
+    assert waited < timeout_s + 30
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "rank 0 of 2: a collective failed" in lines[0], err[-2000:]
+    assert "Traceback" not in err

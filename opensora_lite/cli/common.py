@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import sys
 from pathlib import Path
 from typing import Callable
@@ -33,6 +34,13 @@ def hydra_entry(config_name: str, validate_on_print: bool = False) -> Callable:
                 key = exc.full_key or "?"
                 print(f"error: {key}: a value is required (add {key}=...)", file=sys.stderr, flush=True)
                 sys.exit(2)
+            except Exception as exc:
+                lost = collective_failure(exc)
+                if lost is None:
+                    raise
+                logging.getLogger("opensora_lite").debug("collective failure", exc_info=True)  # into train.log
+                print(f"error: {lost}", file=sys.stderr, flush=True)
+                sys.exit(1)
 
         def main() -> None:
             register()
@@ -43,6 +51,27 @@ def hydra_entry(config_name: str, validate_on_print: bool = False) -> Callable:
         return main
 
     return decorate
+
+
+def collective_failure(exc: BaseException) -> str | None:
+    """A one-line report when exc is a failed collective (a peer died, hung past parallel.timeout_s, or
+    the network broke), else None: the other processes then exit instead of waiting forever."""
+    import torch.distributed as dist
+
+    from opensora_lite.parallel.engine import launch_env
+
+    rank, world, _ = launch_env()  # the process group itself may be gone by now (shut down on the way out)
+    if world == 1:
+        return None
+    text = str(exc)
+    markers = ("gloo", "NCCL", "Connection closed by peer", "Connection reset", "Timed out", "timed out")
+    if not (isinstance(exc, dist.DistError) or (isinstance(exc, RuntimeError) and any(m in text for m in markers))):
+        return None
+    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    return (
+        f"rank {rank} of {world}: a collective failed ({first[:300]}). Another process "
+        "died or stopped responding for parallel.timeout_s; its own log has the cause"
+    )
 
 
 def _validate_argv(config_name: str) -> None:

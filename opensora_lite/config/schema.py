@@ -116,7 +116,7 @@ class CurriculumConfig:
 
 @dataclass
 class ParallelConfig:
-    engine: str = "single"  # single | ddp | fsdp2
+    engine: str = "single"  # single | ddp | fsdp2 | colossalai_zero2 | colossalai_hybrid_sp | deepspeed_zero2 | _zero3
     backend: str = "auto"  # process-group backend: auto (nccl on GPU, gloo on CPU) | nccl | gloo
     timeout_s: int = 600  # collective timeout: a dead rank makes the others fail within this
     compile: bool = False
@@ -124,7 +124,9 @@ class ParallelConfig:
     ac_single_blocks: int = 0
     sp_size: int = 1  # sequence parallelism: ranks per group sharing one batch, video tokens split among them
     hsdp_replicas: int = 1  # fsdp2: >1 shards within groups of world/replicas ranks, replicates across them
-    param_dtype: str = "auto"  # fsdp2 compute dtype of gathered weights: auto (bf16 on GPU, fp32 on CPU) | bf16 | fp32
+    param_dtype: str = "auto"  # compute dtype of the weights: auto (bf16 on GPU, fp32 on CPU) | bf16 | fp32
+    # backend settings merged last: DeepSpeed config keys (deepspeed_*), Booster plugin arguments (colossalai_*)
+    options: Dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

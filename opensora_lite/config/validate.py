@@ -88,12 +88,27 @@ def validate_components(cfg: Config) -> None:
     _require(0 <= f.sigma_min < 1, "flow.sigma_min", "must be in [0, 1)")
     _require(cfg.run.device in ("auto", "cpu", "cuda"), "run.device", f"unknown {cfg.run.device!r} (auto | cpu | cuda)")
     _require(cfg.run.dtype in ("fp32", "bf16"), "run.dtype", f"unknown {cfg.run.dtype!r} (fp32 | bf16)")
-    _require(
-        cfg.parallel.engine in ("single", "ddp", "fsdp2"),
-        "parallel.engine",
-        f"unknown {cfg.parallel.engine!r} (single | ddp | fsdp2)",
-    )
+    from opensora_lite.parallel import ENGINES, require_package
+
+    engine = cfg.parallel.engine
+    _require(engine in ENGINES, "parallel.engine", f"unknown {engine!r} ({' | '.join(ENGINES)})")
+    require_package(engine)
     _require(cfg.parallel.hsdp_replicas >= 1, "parallel.hsdp_replicas", "must be at least 1")
+    _require(
+        cfg.parallel.hsdp_replicas == 1 or engine == "fsdp2",
+        "parallel.hsdp_replicas",
+        f"only fsdp2 has HSDP, not {engine}",
+    )
+    _require(
+        engine != "colossalai_zero2" or cfg.parallel.sp_size == 1,
+        "parallel.sp_size",
+        "colossalai_zero2 has no sequence-parallel axis; use parallel=colossalai_hybrid_sp",
+    )
+    _require(
+        not cfg.parallel.options or engine.startswith(("deepspeed", "colossalai")),
+        "parallel.options",
+        f"{engine} takes no backend options (DeepSpeed and ColossalAI engines do)",
+    )
     sp = cfg.parallel.sp_size
     _require(sp >= 1, "parallel.sp_size", "must be at least 1")
     _require(
@@ -116,6 +131,11 @@ def validate_stage(cfg: Config, name: str, stage: StageConfig, first: bool) -> N
     _require(bool(stage.init), f"{key}.init", "must be previous, none, or a checkpoint path")
     _require(not (first and stage.init == "previous"), f"{key}.init", "'previous' but this is the first stage")
     _require(len(stage.buckets) > 0, f"{key}.buckets", "needs at least one resolution")
+    _require(
+        not (stage.ema_decay > 0 and cfg.parallel.engine == "deepspeed_zero3"),
+        f"{key}.ema_decay",
+        "EMA is not supported with deepspeed_zero3 (its weights are partitioned); use fsdp2 or deepspeed_zero2",
+    )
     multiple = cfg.autoencoder.spatial_factor * cfg.model.patch_size[1]
     for res, frames in stage.buckets.items():
         try:

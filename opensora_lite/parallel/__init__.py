@@ -5,12 +5,35 @@ from __future__ import annotations
 from opensora_lite.config.schema import ParallelConfig
 from opensora_lite.parallel.engine import Engine
 
-ENGINES = ("single", "ddp", "fsdp2")
+ENGINES = ("single", "ddp", "fsdp2", "colossalai_zero2", "colossalai_hybrid_sp", "deepspeed_zero2", "deepspeed_zero3")
+_PACKAGES = {"colossalai": "docs/engines/colossalai.md", "deepspeed": "docs/engines/deepspeed.md"}
+
+
+def require_package(engine: str) -> None:
+    """One clear error when an engine's package is missing (before any process group is made)."""
+    import importlib.util
+
+    from opensora_lite.config.validate import ConfigError
+
+    for package, doc in _PACKAGES.items():
+        if engine.startswith(package) and importlib.util.find_spec(package) is None:
+            raise ConfigError(
+                "parallel.engine", f"{engine} needs the {package} package, which is not installed (see {doc})"
+            )
 
 
 def build_engine(cfg: ParallelConfig, device: str) -> Engine:
     from opensora_lite.config.validate import ConfigError
 
+    require_package(cfg.engine)
+    if cfg.engine.startswith("deepspeed"):
+        from opensora_lite.parallel.deepspeed_engine import DeepSpeedEngine
+
+        return DeepSpeedEngine(cfg, device)
+    if cfg.engine.startswith("colossalai"):
+        from opensora_lite.parallel.colossalai_engine import ColossalAIEngine
+
+        return ColossalAIEngine(cfg, device)
     if cfg.engine == "fsdp2":
         from opensora_lite.parallel.fsdp2 import FSDP2Engine
 

@@ -1,8 +1,16 @@
 """The engine interface the trainer talks to, and process-group set-up.
 
-An engine owns the distributed context (ranks, device, groups) and wraps the model from outside:
-sharding or replication, activation checkpointing, compile. The trainer calls only these methods,
-so engines are swappable by `parallel.engine`.
+An engine owns the distributed context (ranks, device, groups), wraps the model from outside
+(sharding or replication, activation checkpointing, compile) together with its optimizer, and owns
+the update: backward with gradient accumulation, clipping, the optimizer step, and checkpoint state.
+The trainer calls only these methods, so engines are swappable by `parallel.engine`:
+
+    model, opt = engine.prepare(model, make_optimizer, grad_clip)
+    for each micro-batch: engine.backward(model, loss, sync=<last micro-batch>)
+    grad_norm = engine.step(model, opt)
+
+`opt` is always the plain torch optimizer the engine steps (its param_groups carry the learning rate
+the schedule sets), whatever wrapper the engine puts around it.
 """
 
 from __future__ import annotations
@@ -10,6 +18,7 @@ from __future__ import annotations
 import datetime
 import os
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
@@ -19,6 +28,8 @@ from torch import nn
 from opensora_lite.config.schema import ParallelConfig
 from opensora_lite.models.flux_weights import clean_key, single_process_dcp, write_safetensors
 from opensora_lite.train.state import MODEL_FILE, OPTIM_DCP
+
+MakeOptimizer = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 
 
 def launch_env() -> tuple[int, int, int]:
@@ -40,7 +51,11 @@ def pick_device(preference: str, local_rank: int) -> torch.device:
 
 
 class Engine(ABC):
-    """Distributed context + model wrapping. Subclasses: LocalEngine (single, ddp), FSDP2Engine."""
+    """Distributed context + model wrapping + the update. Subclasses: LocalEngine (single, ddp),
+    FSDP2Engine, DeepSpeedEngine, ColossalAIEngine."""
+
+    # True where the module's parameters are not complete on every rank (sampling then uses a gathered copy)
+    shards_parameters = False
 
     def __init__(self, cfg: ParallelConfig, device_preference: str):
         self.cfg = cfg
@@ -98,8 +113,25 @@ class Engine(ABC):
     def unwrap(self, model: nn.Module) -> nn.Module:
         """The plain module inside whatever wrap() returned."""
 
-    def backward(self, loss: torch.Tensor) -> None:
+    def prepare(
+        self, model: nn.Module, make_optimizer: MakeOptimizer, grad_clip: float
+    ) -> tuple[nn.Module, torch.optim.Optimizer]:
+        """Wrap the model, build its optimizer over the wrapped parameters; returns (model, optimizer)."""
+        model = self.wrap(model)
+        self.grad_clip = grad_clip
+        return model, make_optimizer([p for p in model.parameters() if p.requires_grad])
+
+    def backward(self, model: nn.Module, loss: torch.Tensor, sync: bool = True) -> None:
+        """Gradients of one micro-batch. sync=False on all but the last micro-batch of a step: engines
+        that can defer the gradient reduction do (DDP, DeepSpeed); the result is the same."""
         loss.backward()
+
+    def step(self, model: nn.Module, opt: torch.optim.Optimizer) -> float:
+        """Clip (parallel-aware), update, zero the gradients; returns the gradient norm before clipping."""
+        norm = self.clip_grad_norm(model, self.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return norm
 
     def clip_grad_norm(self, model: nn.Module, max_norm: float) -> float:
         params = [p for p in model.parameters() if p.grad is not None]
@@ -111,8 +143,17 @@ class Engine(ABC):
 
     def full_state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
         """Complete fp32 weights on CPU with BFL names (meaningful on rank 0; every rank must call it)."""
-        sd = self.unwrap(model).state_dict()
-        return {clean_key(k): v.detach().float().cpu().contiguous() for k, v in sd.items()}
+        return self.gather_weights(model, lambda p: None)
+
+    def gather_weights(self, model: nn.Module, full_param: Callable[[nn.Parameter], torch.Tensor | None]):
+        """The module's state dict with each parameter replaced by full_param(p) where that is not None
+        (the engine's gathered fp32 master copy); called on every rank, kept on rank 0."""
+        out = {}
+        for name, value in self.unwrap(model).state_dict(keep_vars=True).items():
+            full = full_param(value) if isinstance(value, nn.Parameter) else None
+            if self.is_main:
+                out[clean_key(name)] = (value if full is None else full).detach().float().cpu().contiguous()
+        return out
 
     # -- checkpoints: every rank calls these; `folder` exists on every rank's view of the filesystem --
     def save_model(self, folder: Path, model: nn.Module) -> None:
@@ -134,6 +175,7 @@ class Engine(ABC):
         import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
 
+        require_optimizer_state(folder, OPTIM_DCP, self.cfg.engine)
         state = {"optim": get_optimizer_state_dict(model, opt)}
         with single_process_dcp():
             dcp.load(state, checkpoint_id=str(folder / OPTIM_DCP), no_dist=not dist.is_initialized())
@@ -169,3 +211,17 @@ class Engine(ABC):
     def shutdown(self) -> None:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def require_optimizer_state(folder: Path, name: str, engine: str) -> None:
+    """One clear error when a checkpoint's optimizer state is not in the form this engine reads."""
+    from opensora_lite.train.state import OPTIMIZER_FOLDERS, CheckpointError
+
+    if (folder / name).is_dir():
+        return
+    found = [f"{f} (parallel={owner})" for f, owner in OPTIMIZER_FOLDERS.items() if (folder / f).exists()]
+    raise CheckpointError(
+        f"{folder} has no {name}/ optimizer state for parallel={engine}"
+        + (f"; it holds {', '.join(found)}" if found else "")
+        + ". Resume with the engine that wrote it, or start a new stage from its weights (stage.init=<checkpoint>)"
+    )

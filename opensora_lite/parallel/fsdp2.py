@@ -24,6 +24,10 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 class FSDP2Engine(Engine):
+    @property
+    def shards_parameters(self) -> bool:
+        return self.world_size > 1
+
     def _mesh(self):
         from torch.distributed.device_mesh import init_device_mesh
 

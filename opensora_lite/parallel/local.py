@@ -23,5 +23,12 @@ class LocalEngine(Engine):
             model = DistributedDataParallel(model, device_ids=ids)
         return model
 
+    def backward(self, model: nn.Module, loss: torch.Tensor, sync: bool = True) -> None:
+        if sync or not isinstance(model, DistributedDataParallel):
+            loss.backward()
+            return
+        with model.no_sync():  # gradients accumulate locally; the last micro-batch's backward reduces them
+            loss.backward()
+
     def unwrap(self, model: nn.Module) -> nn.Module:
         return model.module if isinstance(model, DistributedDataParallel) else model

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import torch
 from torch import nn
@@ -10,10 +11,9 @@ from torch import nn
 from opensora_lite.config.schema import OptimConfig
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig, device: torch.device) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
+def build_optimizer(params: Iterable[nn.Parameter], cfg: OptimConfig, device: torch.device) -> torch.optim.Optimizer:
     return torch.optim.AdamW(
-        params,
+        list(params),
         lr=cfg.lr,
         betas=tuple(cfg.betas),
         eps=cfg.eps,

@@ -30,7 +30,14 @@ _STEP = re.compile(r"^step_(\d{8})$")
 MODEL_FILE = "model.safetensors"
 EMA_FILE = "ema.safetensors"
 MODEL_DCP = "model_dcp"
-OPTIM_DCP = "optim_dcp"
+OPTIM_DCP = "optim_dcp"  # single, ddp, fsdp2: by parameter name, any world size
+OPTIM_DEEPSPEED = "optim_deepspeed"  # DeepSpeed's own checkpoint: same world size
+OPTIM_COLOSSALAI = "optim_colossalai"  # the Booster's sharded optimizer checkpoint: any world size
+OPTIMIZER_FOLDERS = {
+    OPTIM_DCP: "single|ddp|fsdp2",
+    OPTIM_DEEPSPEED: "deepspeed_zero2|deepspeed_zero3",
+    OPTIM_COLOSSALAI: "colossalai_zero2|colossalai_hybrid_sp",
+}
 EMA_DCP = "ema_dcp"
 
 

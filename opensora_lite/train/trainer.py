@@ -29,7 +29,7 @@ from opensora_lite.train.ema import EMA
 from opensora_lite.train.evaluation import evaluate_stage
 from opensora_lite.train.optim import build_optimizer, build_scheduler
 from opensora_lite.train.runtime import Runtime
-from opensora_lite.train.state import OPTIM_DCP, StageDir, resolve_weights_path
+from opensora_lite.train.state import StageDir, resolve_weights_path
 
 log = logging.getLogger("opensora_lite")
 
@@ -105,8 +105,9 @@ class StageTrainer:
         )
 
     # -- one optimizer step ----------------------------------------------------------------------
-    def _micro_step(self, model, batch: dict, gen: torch.Generator) -> tuple[torch.Tensor, int, float]:
-        """One forward + backward; returns the loss, the video tokens and the model FLOPs it took."""
+    def _micro_step(self, model, batch: dict, gen: torch.Generator, last: bool) -> tuple[torch.Tensor, int, float]:
+        """One forward + backward (`last`: the step's final micro-batch); returns the loss, the video tokens
+        and the model FLOPs it took."""
         rt = self.rt
         video = batch["video"].to(rt.device, non_blocking=True)
         with torch.no_grad():
@@ -120,7 +121,7 @@ class StageTrainer:
                 cond = build_condition(tasks, head, tail, x0.shape[2])
         loss = flow_loss(model, x0, t5, clip, cond, self.cfg.flow, self.cfg.model.patch_size, gen, rt.autocast())
         scale = self.engine.sp.loss_scale if self.engine.sp else 1.0  # SP: partial gradients summed, not averaged
-        self.engine.backward(loss * scale / self.stage.grad_accum)
+        self.engine.backward(model, loss * scale / self.stage.grad_accum, sync=last)
         pt, ph, pw = self.cfg.model.patch_size
         per_sample = (x0.shape[2] // pt) * (x0.shape[3] // ph) * (x0.shape[4] // pw)
         flops = mmdit_flops(self.cfg.model, per_sample, t5.shape[1], self.image_condition).train * x0.shape[0]
@@ -140,8 +141,9 @@ class StageTrainer:
         else:
             self._init_weights(model)
         nparams = sum(p.numel() for p in model.parameters())
-        model = engine.wrap(model)
-        opt = build_optimizer(model, stage.optim, engine.device)
+        model, opt = engine.prepare(
+            model, lambda params: build_optimizer(params, stage.optim, engine.device), stage.optim.grad_clip
+        )
         sched = build_scheduler(opt, stage.optim, stage.steps)
         ema = EMA(engine.unwrap(model), stage.ema_decay) if stage.ema_decay > 0 else None
         gen = torch.Generator().manual_seed(cfg.run.seed * 1_000_003 + self.index * 7919 + engine.dp_rank)
@@ -166,21 +168,19 @@ class StageTrainer:
         window = {"loss": 0.0, "n": 0, "tokens": 0, "samples": 0, "flops": 0.0, "wait": 0.0, "t0": time.perf_counter()}
         began, loss_value = time.perf_counter(), float("nan")
         for step in range(start, stage.steps):
-            for _ in range(stage.grad_accum):
+            for micro in range(stage.grad_accum):
                 t_wait = time.perf_counter()
                 batch = next(data)
                 window["wait"] += time.perf_counter() - t_wait
                 data_state.batches += 1
                 data_state.failed.extend(batch["failed"])
                 skipped.update(batch["skipped"])
-                loss, tokens, flops = self._micro_step(model, batch, gen)
+                loss, tokens, flops = self._micro_step(model, batch, gen, last=micro == stage.grad_accum - 1)
                 window["flops"] += flops
                 window["loss"] += float(loss) / stage.grad_accum
                 window["tokens"] += tokens
                 window["samples"] += len(batch["captions"])
-            grad_norm = engine.clip_grad_norm(model, stage.optim.grad_clip)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+            grad_norm = engine.step(model, opt)
             sched.step()
             if ema:
                 ema.update(engine.unwrap(model))
@@ -257,7 +257,7 @@ class StageTrainer:
     def _eval_model(self, model, weights: dict) -> MMDiT:
         """The model to sample from on rank 0: the trained one, or a local copy where it is sharded."""
         plain = self.engine.unwrap(model)
-        if self.engine.sp is None and not any(hasattr(p, "device_mesh") for p in plain.parameters()):
+        if self.engine.sp is None and not self.engine.shards_parameters:
             return plain
         local = MMDiT(self.cfg.model, image_condition=self.image_condition)
         load_into(local, weights, "gathered weights")
@@ -265,10 +265,7 @@ class StageTrainer:
 
     def _restore(self, resume, ckpt: dict, model, opt, sched, gen, ema) -> tuple[int, LoaderState]:
         engine, state = self.engine, ckpt["trainer_state"]
-        if (resume / OPTIM_DCP).is_dir():
-            engine.load_optimizer(resume, model, opt)
-        else:  # checkpoints written before optimizer state moved to DCP
-            opt.load_state_dict(torch.load(resume / "optimizer.pt", weights_only=False))
+        engine.load_optimizer(resume, model, opt)
         sched.load_state_dict(state["scheduler"])
         generators = state.get("generators") or [state.get("generator")]
         start = state["step"]
