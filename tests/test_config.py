@@ -83,13 +83,26 @@ def test_unknown_key_and_wrong_type_fail_at_composition_naming_the_key(override,
         ("parallel.sp_size=3", "parallel.sp_size"),  # does not divide the 4 heads
         ("parallel.param_dtype=fp8", "parallel.param_dtype"),
         ("parallel.hsdp_replicas=0", "parallel.hsdp_replicas"),
+        (("parallel=deepspeed_zero2", "parallel.hsdp_replicas=2"), "parallel.hsdp_replicas"),  # fsdp2 only
+        (("parallel=fsdp2", "+parallel.options.stage=2"), "parallel.options"),  # fsdp2 takes no backend options
+        (("parallel=colossalai_zero2", "parallel.sp_size=2"), "parallel.sp_size"),  # no sequence axis: hybrid_sp
+        (("parallel=deepspeed_zero3", "curriculum.stages.t2v.ema_decay=0.99"), "curriculum.stages.t2v.ema_decay"),
         ("data.caption_template='{caption} {fsp}'", "data.caption_template"),
     ],
 )
 def test_inconsistent_values_raise_config_error_naming_the_key(override, key):
     with pytest.raises(ConfigError) as info:
-        typed([override])
+        typed(list(override) if isinstance(override, tuple) else [override])
     assert info.value.key == key and str(info.value).startswith(key + ":")
+
+
+@pytest.mark.parametrize("engine", ["deepspeed_zero2", "colossalai_hybrid_sp"])
+def test_an_engine_whose_package_is_missing_is_one_error(monkeypatch, engine):
+    import sys
+
+    monkeypatch.setitem(sys.modules, engine.split("_")[0], None)  # how Python marks a module unimportable
+    with pytest.raises(ConfigError, match=rf"parallel.engine: {engine} needs the .* package, which is not installed"):
+        typed([f"parallel={engine}"])
 
 
 def test_hunyuan_frame_counts_must_be_4k_plus_1():

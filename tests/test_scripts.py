@@ -1,6 +1,7 @@
 """The benchmark and GPU-check scripts run (tiny shapes, nothing appended): they stay ready to use.
 No timing is asserted; the figures they print are checked for shape only."""
 
+import os
 import re
 import subprocess
 import sys
@@ -8,13 +9,14 @@ import sys
 from conftest import REPO
 
 
-def _script(name: str, *args: str) -> str:
+def _script(name: str, *args: str, env: dict | None = None) -> str:
     proc = subprocess.run(
         [sys.executable, str(REPO / "scripts" / name), *args, "--no-append"],
         capture_output=True,
         text=True,
         timeout=300,
         cwd=REPO,
+        env=env,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc.stdout
@@ -37,3 +39,13 @@ def test_step_time_and_checkpointing_benchmarks_run():
 def test_decode_benchmark_runs():
     out = _script("bench_decode.py", "--clips", "1", "--windows", "1", "--seconds", "3", "--frames", "9")
     assert out.count("\n| ") == 4 and "| windowed + keyframe seek (ours) |" in out
+
+
+def test_gpu_engine_step_script_runs_in_smoke_mode():
+    """Both engines the GPU measurement compares step through the engine interface (ColossalAI with the
+    CPU shim of tests/colossalai_cpu)."""
+    env = dict(os.environ, PYTHONPATH=str(REPO / "tests" / "colossalai_cpu"))
+    out = _script("gpu_engine_step.py", "--smoke", env=env)
+    assert re.search(r"\| fsdp2 \| 0M \| [0-9.]+ \|", out) and re.search(
+        r"\| colossalai_zero2 \| 0M \| [0-9.]+ \|", out
+    )

@@ -16,7 +16,13 @@ def require_package(engine: str) -> None:
     from opensora_lite.config.validate import ConfigError
 
     for package, doc in _PACKAGES.items():
-        if engine.startswith(package) and importlib.util.find_spec(package) is None:
+        if not engine.startswith(package):
+            continue
+        try:
+            found = importlib.util.find_spec(package) is not None
+        except (ImportError, ValueError):  # present in sys.modules but unusable
+            found = False
+        if not found:
             raise ConfigError(
                 "parallel.engine", f"{engine} needs the {package} package, which is not installed (see {doc})"
             )

@@ -52,6 +52,8 @@ def _no_shard_policy():
 
 
 class ColossalAIEngine(Engine):
+    needs_process_group = True
+
     def __init__(self, cfg, device_preference: str):
         super().__init__(cfg, device_preference)
         self.hybrid = cfg.engine == "colossalai_hybrid_sp"

@@ -17,6 +17,7 @@ resumes on the same number of ranks.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -41,11 +42,15 @@ def merge(base: dict, extra: dict) -> dict:
 
 
 class DeepSpeedEngine(Engine):
+    needs_process_group = True
+
     def __init__(self, cfg, device_preference: str):
         super().__init__(cfg, device_preference)
         import deepspeed
 
         self.stage = 3 if cfg.engine == "deepspeed_zero3" else 2
+        for key, value in (("RANK", self.rank), ("WORLD_SIZE", self.world_size), ("LOCAL_RANK", self.local_rank)):
+            os.environ.setdefault(key, str(value))  # DeepSpeed reads these (srun and single-process launches lack them)
         # the process group exists already (Engine): DeepSpeed's communication layer attaches to it
         deepspeed.init_distributed(dist_backend=dist.get_backend() if dist.is_initialized() else "gloo")
 

@@ -41,6 +41,14 @@ def launch_env() -> tuple[int, int, int]:
     return 0, 1, 0
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def pick_device(preference: str, local_rank: int) -> torch.device:
     if preference == "cuda" or (preference == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
@@ -56,16 +64,18 @@ class Engine(ABC):
 
     # True where the module's parameters are not complete on every rank (sampling then uses a gathered copy)
     shards_parameters = False
+    # True where the backend needs a process group even for one process (DeepSpeed, ColossalAI)
+    needs_process_group = False
 
     def __init__(self, cfg: ParallelConfig, device_preference: str):
         self.cfg = cfg
         self.rank, self.world_size, self.local_rank = launch_env()
         self.device = pick_device(device_preference, self.local_rank)
-        if self.world_size > 1 and not dist.is_initialized():
+        if (self.world_size > 1 or self.needs_process_group) and not dist.is_initialized():
             backend = cfg.backend if cfg.backend != "auto" else ("nccl" if self.device.type == "cuda" else "gloo")
             if "MASTER_ADDR" not in os.environ:  # srun without torchrun: all tasks on one node by default
                 os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-                os.environ.setdefault("MASTER_PORT", "29500")
+                os.environ.setdefault("MASTER_PORT", "29500" if self.world_size > 1 else str(_free_port()))
             dist.init_process_group(
                 backend,
                 rank=self.rank,
