@@ -26,7 +26,6 @@ import torch.distributed as dist
 from torch import nn
 
 from opensora_lite.config.validate import ConfigError
-from opensora_lite.parallel.checkpointing import apply_activation_checkpointing
 from opensora_lite.parallel.engine import Engine, MakeOptimizer, require_optimizer_state
 from opensora_lite.train.state import OPTIM_COLOSSALAI
 
@@ -58,14 +57,10 @@ class ColossalAIEngine(Engine):
         super().__init__(cfg, device_preference)
         self.hybrid = cfg.engine == "colossalai_hybrid_sp"
 
-    def precision(self) -> str:
-        name = self.cfg.param_dtype
-        return "bf16" if name == "bf16" or (name == "auto" and self.device.type == "cuda") else "fp32"
-
     def plugin(self, grad_clip: float):
         from colossalai.booster.plugin import HybridParallelPlugin, LowLevelZeroPlugin
 
-        common = {"precision": self.precision(), "max_norm": grad_clip}
+        common = {"precision": self.compute_dtype(), "max_norm": grad_clip}
         common["overlap_communication"] = self.device.type == "cuda"  # side streams exist only on GPUs
         if not self.hybrid:
             return LowLevelZeroPlugin(stage=2, **{**common, **self.cfg.options})
@@ -86,15 +81,6 @@ class ColossalAIEngine(Engine):
                 "parallel.param_dtype", "colossalai_hybrid_sp with ZeRO needs bf16 (or options.zero_stage=0 for fp32)"
             )
         return HybridParallelPlugin(**kwargs)
-
-    def wrap(self, model: nn.Module) -> nn.Module:
-        apply_activation_checkpointing(model, self.cfg.ac_double_blocks, self.cfg.ac_single_blocks)
-        model = model.to(self.device)
-        if self.cfg.compile:
-            for blocks in (model.double_blocks, model.single_blocks):
-                for block in blocks:
-                    block.compile()
-        return model
 
     def prepare(self, model: nn.Module, make_optimizer: MakeOptimizer, grad_clip: float):
         from colossalai.booster import Booster

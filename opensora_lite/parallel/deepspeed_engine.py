@@ -25,7 +25,6 @@ import torch.distributed as dist
 from torch import nn
 
 from opensora_lite.errors import CheckpointError
-from opensora_lite.parallel.checkpointing import apply_activation_checkpointing
 from opensora_lite.parallel.engine import Engine, MakeOptimizer, require_optimizer_state
 from opensora_lite.train.state import OPTIM_DEEPSPEED
 
@@ -58,10 +57,6 @@ class DeepSpeedEngine(Engine):
     def shards_parameters(self) -> bool:
         return self.stage == 3 and self.world_size > 1
 
-    def bf16(self) -> bool:
-        name = self.cfg.param_dtype
-        return name == "bf16" or (name == "auto" and self.device.type == "cuda")  # bf16 is slow on CPUs
-
     def ds_config(self, grad_clip: float) -> dict:
         config = {
             # the trainer feeds micro-batches and marks accumulation boundaries itself
@@ -69,21 +64,12 @@ class DeepSpeedEngine(Engine):
             "gradient_accumulation_steps": 1,
             "gradient_clipping": grad_clip,
             "zero_optimization": {"stage": self.stage, "overlap_comm": self.device.type == "cuda"},
-            "bf16": {"enabled": self.bf16()},
+            "bf16": {"enabled": self.compute_dtype() == "bf16"},
             "zero_allow_untested_optimizer": True,  # torch AdamW as the client optimizer
             "steps_per_print": 2**31 - 1,
             "wall_clock_breakdown": False,
         }
         return merge(config, dict(self.cfg.options))
-
-    def wrap(self, model: nn.Module) -> nn.Module:
-        apply_activation_checkpointing(model, self.cfg.ac_double_blocks, self.cfg.ac_single_blocks)
-        model = model.to(self.device)
-        if self.cfg.compile:
-            for blocks in (model.double_blocks, model.single_blocks):
-                for block in blocks:
-                    block.compile()
-        return model
 
     def prepare(self, model: nn.Module, make_optimizer: MakeOptimizer, grad_clip: float):
         import deepspeed

@@ -27,6 +27,7 @@ from torch import nn
 
 from opensora_lite.config.schema import ParallelConfig
 from opensora_lite.models.flux_weights import clean_key, single_process_dcp, write_safetensors
+from opensora_lite.parallel.checkpointing import apply_activation_checkpointing
 from opensora_lite.train.state import MODEL_FILE, OPTIM_DCP
 
 MakeOptimizer = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
@@ -115,9 +116,22 @@ class Engine(ABC):
     def is_main(self) -> bool:
         return self.rank == 0
 
-    @abstractmethod
+    def compute_dtype(self) -> str:
+        """parallel.param_dtype resolved: auto = bf16 on GPUs, fp32 on CPUs (bf16 is 20-35x slower there)."""
+        name = self.cfg.param_dtype
+        if name == "auto":
+            return "bf16" if self.device.type == "cuda" else "fp32"
+        return name
+
     def wrap(self, model: nn.Module) -> nn.Module:
-        """Prepare the model for training (AC, compile, replication/sharding)."""
+        """Prepare the model for training from outside: activation checkpointing, device, compile per block.
+        Engines that replicate or shard do that on top."""
+        apply_activation_checkpointing(model, self.cfg.ac_double_blocks, self.cfg.ac_single_blocks)
+        model = model.to(self.device)
+        if self.cfg.compile:
+            for block in [*model.double_blocks, *model.single_blocks]:
+                block.compile()
+        return model
 
     @abstractmethod
     def unwrap(self, model: nn.Module) -> nn.Module:

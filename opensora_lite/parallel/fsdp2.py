@@ -16,7 +16,6 @@ import torch
 from torch import nn
 
 from opensora_lite.models.flux_weights import clean_key
-from opensora_lite.parallel.checkpointing import apply_activation_checkpointing
 from opensora_lite.parallel.engine import Engine
 from opensora_lite.train.state import MODEL_DCP
 
@@ -38,24 +37,15 @@ class FSDP2Engine(Engine):
             )
         return init_device_mesh(self.device.type, (self.world_size,), mesh_dim_names=("shard",))
 
-    def param_dtype(self) -> torch.dtype:
-        name = self.cfg.param_dtype
-        if name == "auto":
-            name = "bf16" if self.device.type == "cuda" else "fp32"  # bf16 is 20-35x slower on these CPUs
-        return DTYPES[name]
-
     def wrap(self, model: nn.Module) -> nn.Module:
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-        apply_activation_checkpointing(model, self.cfg.ac_double_blocks, self.cfg.ac_single_blocks)
-        model = model.to(self.device)
+        model = super().wrap(model)  # AC, device, compile per block
         if self.world_size == 1:  # nothing to shard: plain training, same code paths
             return model
         mesh = self._mesh()
-        policy = MixedPrecisionPolicy(param_dtype=self.param_dtype(), reduce_dtype=torch.float32)
+        policy = MixedPrecisionPolicy(param_dtype=DTYPES[self.compute_dtype()], reduce_dtype=torch.float32)
         for block in [*model.double_blocks, *model.single_blocks]:
-            if self.cfg.compile:
-                block.compile()
             fully_shard(block, mesh=mesh, mp_policy=policy)
         fully_shard(model, mesh=mesh, mp_policy=policy)
         return model

@@ -6,18 +6,12 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from opensora_lite.parallel.checkpointing import apply_activation_checkpointing
 from opensora_lite.parallel.engine import Engine
 
 
 class LocalEngine(Engine):
     def wrap(self, model: nn.Module) -> nn.Module:
-        apply_activation_checkpointing(model, self.cfg.ac_double_blocks, self.cfg.ac_single_blocks)
-        model = model.to(self.device)
-        if self.cfg.compile:
-            for blocks in (model.double_blocks, model.single_blocks):
-                for i, block in enumerate(blocks):
-                    blocks[i] = torch.compile(block)
+        model = super().wrap(model)  # AC, device, compile per block
         if self.cfg.engine == "ddp" and self.world_size > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
             model = DistributedDataParallel(model, device_ids=ids)
