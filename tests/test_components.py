@@ -1,5 +1,7 @@
 """Autoencoders, text encoders, weight loading: the pieces a stage is built from."""
 
+import shutil
+
 import pytest
 import torch
 from conftest import tiny_mmdit
@@ -40,13 +42,16 @@ def test_pixel_autoencoder_is_lossless_and_follows_the_interface():
     video = torch.rand(2, 3, 5, 8, 12) * 2 - 1
     z = ae.encode(video)
     assert z.shape == (2, 12, 5, 4, 6) and torch.equal(ae.decode(z), video)
+    assert torch.equal(ae.encode(video, sample=False), z)  # deterministic either way
     assert ae.latent_frames(5) == 5 and ae.valid_num_frames(1)
+    with pytest.raises(ValueError, match="not divisible by the spatial factor 2"):
+        ae.encode(video[..., :7, :])
 
 
 class _Causal(Autoencoder):
     latent_channels, spatial_factor, temporal_factor, causal = 16, 8, 4, True
 
-    def encode(self, video):  # pragma: no cover - only the frame arithmetic is tested
+    def encode(self, video, sample=True, generator=None):  # pragma: no cover - only the frame arithmetic is tested
         raise NotImplementedError
 
     def decode(self, latents):  # pragma: no cover
@@ -57,17 +62,28 @@ def test_causal_frame_rules():
     ae = _Causal()
     assert [ae.valid_num_frames(n) for n in (1, 5, 33, 32, 129)] == [True, True, True, False, True]
     assert ae.latent_frames(33) == 9 and ae.latent_frames(1) == 1
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"cannot encode 32 frames \(causal: 1 \+ 4k frames\)"):
         ae.latent_frames(32)
 
 
-def test_hunyuan_vae_wrapper_on_a_tiny_diffusers_model():
-    from diffusers import AutoencoderKLHunyuanVideo
+# Tiny diffusers video VAEs (4 latent channels, causal 4x in time) and the configs that describe them.
+WAN_MEAN, WAN_STD = [0.3, -0.2, 0.1, 0.0], [0.5, 1.5, 2.0, 1.0]
+_CAUSAL_4 = dict(latent_channels=4, temporal_factor=4, causal=True, dtype="fp32")
+VAE_CFG = {
+    "hunyuan": dict(kind="hunyuan", spatial_factor=4, scaling_factor=0.476986, shift_factor=0.1, **_CAUSAL_4),
+    "wan": dict(kind="wan", spatial_factor=8, **_CAUSAL_4),
+}
 
-    from opensora_lite.autoencoders.diffusers_vae import DiffusersVideoVAE
+
+def tiny_vae(kind: str):
+    from diffusers import AutoencoderKLHunyuanVideo, AutoencoderKLWan
 
     torch.manual_seed(0)
-    tiny = AutoencoderKLHunyuanVideo(
+    if kind == "wan":
+        return AutoencoderKLWan(
+            base_dim=8, z_dim=4, dim_mult=[1, 1, 1, 1], num_res_blocks=1, latents_mean=WAN_MEAN, latents_std=WAN_STD
+        )
+    return AutoencoderKLHunyuanVideo(
         in_channels=3,
         out_channels=3,
         latent_channels=4,
@@ -80,19 +96,120 @@ def test_hunyuan_vae_wrapper_on_a_tiny_diffusers_model():
         temporal_compression_ratio=4,
         mid_block_add_attention=False,
     )
-    cfg = AutoencoderConfig(
-        kind="hunyuan",
-        latent_channels=4,
-        spatial_factor=4,
-        temporal_factor=4,
-        causal=True,
-        scaling_factor=0.476986,
-        dtype="fp32",
+
+
+def wrap(kind: str, vae=None, **changes):
+    from opensora_lite.autoencoders.diffusers_vae import DiffusersVideoVAE
+
+    return DiffusersVideoVAE(AutoencoderConfig(**{**VAE_CFG[kind], **changes}), vae=vae)
+
+
+@pytest.mark.parametrize("kind", ["hunyuan", "wan"])
+def test_diffusers_vae_shapes_scaling_sampling_and_round_trip(kind):
+    tiny = tiny_vae(kind)
+    ae = wrap(kind, tiny)
+    s = ae.spatial_factor
+    video = torch.rand(1, 3, 5, 2 * s, 3 * s, generator=torch.Generator().manual_seed(0)) * 2 - 1
+
+    z = ae.encode(video, sample=False)
+    assert z.shape == (1, 4, 2, 2, 3) and z.dtype == torch.float32  # causal 4x: 1 + 4k frames -> 1 + k
+    assert ae.encode(video[:, :, :1], sample=False).shape == (1, 4, 1, 2, 3)  # an image is one latent frame
+    raw = tiny.encode(video).latent_dist.mode()
+    if kind == "hunyuan":
+        want = (raw - 0.1) * 0.476986
+    else:
+        want = (raw - torch.tensor(WAN_MEAN).view(1, 4, 1, 1, 1)) / torch.tensor(WAN_STD).view(1, 4, 1, 1, 1)
+    torch.testing.assert_close(z, want)
+    decoded = ae.decode(z)
+    assert decoded.shape == video.shape and decoded.dtype == torch.float32
+    torch.testing.assert_close(decoded, tiny.decode(raw).sample)  # decode undoes the scaling
+
+    seeded = [ae.encode(video, generator=torch.Generator().manual_seed(1)) for _ in range(2)]
+    free = ae.encode(video)  # the trainer's call: a posterior sample from the global RNG
+    assert torch.equal(seeded[0], seeded[1]) and not torch.equal(seeded[0], z) and not torch.equal(free, seeded[0])
+    assert free.shape == z.shape
+
+    with pytest.raises(ValueError, match=r"cannot encode 6 frames \(causal: 1 \+ 4k frames\)"):
+        ae.encode(torch.cat([video, video[:, :, :1]], dim=2))
+    assert not any(p.requires_grad for p in ae.parameters())
+    assert not ae.train().training and not any(m.training for m in ae.modules())  # frozen: always eval
+
+
+@pytest.mark.parametrize("kind", ["hunyuan", "wan"])
+def test_diffusers_vae_loads_from_a_local_folder_only(kind, tmp_path):
+    from opensora_lite.autoencoders import build_autoencoder
+
+    tiny = tiny_vae(kind)
+    tiny.save_pretrained(tmp_path / "vae")
+    video = torch.rand(1, 3, 5, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    loaded = build_autoencoder(AutoencoderConfig(**VAE_CFG[kind], path=str(tmp_path / "vae")))
+    assert torch.equal(loaded.encode(video, sample=False), wrap(kind, tiny).encode(video, sample=False))
+
+    half = build_autoencoder(AutoencoderConfig(**{**VAE_CFG[kind], "dtype": "bf16"}, path=str(tmp_path / "vae")))
+    assert {p.dtype for p in half.parameters()} == {torch.bfloat16}
+    z = half.encode(video)
+    assert z.dtype == torch.float32 and half.decode(z).shape == video.shape and half.decode(z).dtype == torch.float32
+
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "no_weights").mkdir()
+    shutil.copy(tmp_path / "vae" / "config.json", tmp_path / "no_weights")
+    (tmp_path / "file.safetensors").touch()
+    for path, problem in [
+        (tmp_path / "missing", "does not exist"),
+        (None, "does not exist"),
+        (tmp_path / "file.safetensors", "is a file"),
+        (tmp_path / "empty", "has no config.json"),
+        (tmp_path / "no_weights", "has no weights"),
+    ]:
+        cfg = AutoencoderConfig(**VAE_CFG[kind], path=None if path is None else str(path))
+        with pytest.raises(CheckpointError, match=f"autoencoder.path: .*{problem}"):
+            build_autoencoder(cfg)
+    with pytest.raises(CheckpointError, match=r"has \(latent_channels, spatial_factor, temporal_factor\) \(4,"):
+        build_autoencoder(AutoencoderConfig(**{**VAE_CFG[kind], "latent_channels": 16}, path=str(tmp_path / "vae")))
+
+
+@pytest.mark.parametrize("kind", ["hunyuan", "wan"])
+def test_vae_tiling_encodes_and_decodes_above_the_tile_size(kind):
+    ae = wrap(kind, tiny_vae(kind), tiling=True)
+    s = ae.spatial_factor
+    tile, stride = 4 * s, 3 * s  # pixels; the frame below is 6 latents = two overlapping tiles each way
+    ae.vae.enable_tiling(
+        tile_sample_min_height=tile,
+        tile_sample_min_width=tile,
+        tile_sample_stride_height=stride,
+        tile_sample_stride_width=stride,
     )
-    ae = DiffusersVideoVAE(cfg, vae=tiny)
-    z = ae.encode(torch.rand(1, 3, 5, 16, 16) * 2 - 1)
-    assert z.shape == (1, 4, 2, 4, 4) and ae.latent_frames(5) == 2  # causal 4x: 1 + 4k frames -> 1 + k
-    assert ae.decode(z).shape == (1, 3, 5, 16, 16)
+    seen = {"encoder": [], "decoder": []}
+    for name in seen:
+        getattr(ae.vae, name).register_forward_pre_hook(lambda m, args, n=name: seen[n].append(args[0].shape[-2:]))
+    video = torch.rand(1, 3, 5, 6 * s, 6 * s, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    z = ae.encode(video, sample=False)
+    assert ae.vae.use_tiling and z.shape == (1, 4, 2, 6, 6)
+    assert ae.decode(z).shape == video.shape
+    assert max(max(hw) for hw in seen["encoder"]) == tile and max(max(hw) for hw in seen["decoder"]) == 4
+
+
+def test_decoder_offload_keeps_the_decoder_off_the_device():
+    """Device moves skip the decoder (meta stands in for a GPU here); dtype changes reach it; decode runs."""
+    ae = wrap("hunyuan", tiny_vae("hunyuan"))
+    video = torch.rand(1, 3, 5, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    z = ae.encode(video, sample=False)
+    want = ae.decode(z)
+    decoder = {p for m in (ae.vae.decoder, ae.vae.post_quant_conv) for p in m.parameters()}
+    assert all(p.device.type == "cpu" for p in ae.parameters())
+
+    ae.to("meta").to(torch.float64)
+    for p in ae.parameters():
+        assert p.device.type == ("cpu" if p in decoder else "meta") and p.dtype == torch.float64
+    got = ae.decode(z)  # the encoder sits on meta: decode uses the decoder parts only
+    assert got.dtype == torch.float32 and torch.allclose(got, want, atol=1e-5)
+    assert all(p.device.type == "cpu" for p in decoder) and not any(p.requires_grad for p in ae.parameters())
+
+    kept = wrap("wan", tiny_vae("wan"), offload_decoder=False).to("meta")
+    assert all(p.device.type == "meta" for p in kept.parameters())
+    parked = wrap("wan", tiny_vae("wan")).to("meta")
+    assert {p.device.type for p in parked.vae.decoder.parameters()} == {"cpu"} and parked.mean.is_meta
+    assert {p.device.type for p in parked.vae.encoder.parameters()} == {"meta"}
 
 
 def test_tiny_text_encoders_are_identical_across_builds_and_frozen():
@@ -105,6 +222,120 @@ def test_tiny_text_encoders_are_identical_across_builds_and_frozen():
     assert all(not p.requires_grad for p in a.parameters())
     empty = a.empty()
     assert empty is a.empty() and torch.equal(empty[0], a.encode([""])[0])
+
+
+@pytest.fixture(scope="module")
+def text_folders(tmp_path_factory):
+    """A tiny T5 encoder and CLIP text model saved as transformers folders, each with a byte tokenizer."""
+    import transformers as tf
+
+    root = tmp_path_factory.mktemp("text")
+    torch.manual_seed(0)
+    t5 = tf.T5EncoderModel(tf.T5Config(vocab_size=384, d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=4))
+    clip = tf.CLIPTextModel(
+        tf.CLIPTextConfig(
+            vocab_size=384,
+            hidden_size=48,
+            intermediate_size=96,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            max_position_embeddings=32,
+            pad_token_id=0,
+            eos_token_id=1,
+            bos_token_id=0,
+        )
+    )
+    for name, model in (("t5", t5), ("clip", clip)):
+        model.save_pretrained(root / name)
+        tf.ByT5Tokenizer().save_pretrained(root / name)
+    return root, t5.eval(), clip.eval()
+
+
+def local_text(root, dtype="fp32", **t5):
+    return TextEncoderConfig(
+        t5=TextModelConfig(path=str(root / "t5"), **{"max_length": 24, "dim": 32, "dtype": dtype, **t5}),
+        clip=TextModelConfig(path=str(root / "clip"), max_length=12, dim=48, dtype=dtype),
+    )
+
+
+def test_text_encoders_load_from_local_folders(text_folders):
+    import transformers as tf
+
+    root, t5, clip = text_folders
+    enc = TextEncoders(local_text(root))
+    texts = ["a red circle moving left", "a red circle moving right"]  # equal in their first 20 bytes
+    t5_out, clip_out = enc.encode(texts)
+    assert t5_out.shape == (2, 24, 32) and clip_out.shape == (2, 48) and t5_out.dtype == clip_out.dtype == torch.float32
+    ids = tf.ByT5Tokenizer()(texts, padding="max_length", max_length=24, truncation=True, return_tensors="pt")
+    with torch.no_grad():
+        assert torch.allclose(t5_out, t5(input_ids=ids.input_ids).last_hidden_state, atol=1e-6)  # the saved weights
+    assert not torch.allclose(t5_out[0], t5_out[1])  # T5 reads 24 bytes, CLIP 12: only T5 sees the direction
+    assert torch.equal(clip_out[0], clip_out[1])
+    assert not any(p.requires_grad for p in enc.parameters())
+    assert TextEncoders(local_text(root, max_length=40)).encode(texts)[0].shape == (2, 40, 32)
+
+
+def test_text_encoders_read_whole_t5_and_clip_checkpoints(tmp_path):
+    """T5-v1.1-XXL and CLIP-L are published as the whole models (T5 encoder-decoder, CLIP text + vision):
+    the encoders take the text encoder's weights out of such folders."""
+    import transformers as tf
+
+    torch.manual_seed(0)
+    t5 = tf.T5ForConditionalGeneration(tf.T5Config(vocab_size=384, d_model=32, d_kv=8, d_ff=64, num_layers=1))
+    text = tf.CLIPTextConfig(
+        vocab_size=384,
+        hidden_size=48,
+        intermediate_size=96,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        max_position_embeddings=32,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=0,
+    )
+    vision = tf.CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
+    clip = tf.CLIPModel(tf.CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=8))
+    for name, model in (("t5", t5), ("clip", clip)):
+        model.save_pretrained(tmp_path / name)
+        tf.ByT5Tokenizer().save_pretrained(tmp_path / name)
+    got = TextEncoders(local_text(tmp_path)).encode(["a red circle"])
+    tokenize = tf.ByT5Tokenizer()
+    ids = {
+        n: tokenize(["a red circle"], padding="max_length", max_length=n, truncation=True).input_ids for n in (24, 12)
+    }
+    with torch.no_grad():
+        want_t5 = t5.eval().encoder(input_ids=torch.tensor(ids[24])).last_hidden_state
+        want_clip = clip.eval().text_model(input_ids=torch.tensor(ids[12])).pooler_output
+    assert torch.allclose(got[0], want_t5, atol=1e-6) and torch.allclose(got[1], want_clip, atol=1e-6)
+
+
+def test_text_encoders_honour_bf16_and_encode_native_keeps_it(text_folders):
+    root, _, _ = text_folders
+    enc = TextEncoders(local_text(root, dtype="bf16"))
+    assert {p.dtype for p in enc.parameters()} == {torch.bfloat16}
+    texts = ["a blue square", "a green star moving up"]
+    native, plain = enc.encode_native(texts), enc.encode(texts)
+    assert native[0].dtype == native[1].dtype == torch.bfloat16 and plain[0].dtype == plain[1].dtype == torch.float32
+    assert torch.equal(native[0].float(), plain[0]) and torch.equal(native[1].float(), plain[1])
+
+
+def test_text_encoder_paths_that_cannot_load_are_one_error(text_folders, tmp_path):
+    root, _, _ = text_folders
+    missing = local_text(root)
+    missing.t5.path = str(tmp_path / "missing")
+    with pytest.raises(CheckpointError, match="text_encoder.t5.path: .* does not exist"):
+        TextEncoders(missing)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "no_tokenizer").mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(root / "clip" / name, tmp_path / "no_tokenizer" / name)
+    for folder, problem in (("empty", "has no config.json"), ("no_tokenizer", "cannot load from")):
+        cfg = local_text(root)
+        cfg.clip.path = str(tmp_path / folder)
+        with pytest.raises(CheckpointError, match=f"text_encoder.clip.path: .*{problem}"):
+            TextEncoders(cfg)
+    with pytest.raises(CheckpointError, match="text_encoder.t5.dim: 64, but the model at .* outputs 32"):
+        TextEncoders(local_text(root, dim=64))
 
 
 def test_weight_loading_reports_and_rejects_what_does_not_fit():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 
+import torch
 from torch import Tensor, nn
 
 
@@ -20,14 +21,16 @@ class Autoencoder(nn.Module, ABC):
     causal: bool
 
     @abstractmethod
-    def encode(self, video: Tensor) -> Tensor: ...
+    def encode(self, video: Tensor, sample: bool = True, generator: torch.Generator | None = None) -> Tensor:
+        """Scaled latents of `video`. A VAE draws from its posterior when `sample`, else returns its mean;
+        a deterministic autoencoder ignores both arguments."""
 
     @abstractmethod
     def decode(self, latents: Tensor) -> Tensor: ...
 
     def latent_frames(self, num_frames: int) -> int:
         if not self.valid_num_frames(num_frames):
-            raise ValueError(f"{type(self).__name__} cannot encode {num_frames} frames")
+            raise ValueError(f"{type(self).__name__} cannot encode {num_frames} frames ({self._frame_rule()})")
         if self.causal:
             return 1 + (num_frames - 1) // self.temporal_factor
         return num_frames // self.temporal_factor
@@ -38,3 +41,17 @@ class Autoencoder(nn.Module, ABC):
         if self.causal:
             return (num_frames - 1) % self.temporal_factor == 0
         return num_frames % self.temporal_factor == 0
+
+    def _frame_rule(self) -> str:
+        k = self.temporal_factor
+        return f"causal: 1 + {k}k frames" if self.causal else f"a multiple of {k} frames"
+
+    def check_video(self, video: Tensor) -> None:
+        """Raise ValueError unless `video` is [B, 3, T, H, W] with a valid T and H, W divisible by the factor."""
+        if video.ndim != 5 or video.shape[1] != 3:
+            raise ValueError(f"{type(self).__name__} encodes video [B, 3, T, H, W], got shape {tuple(video.shape)}")
+        t, h, w = video.shape[2:]
+        self.latent_frames(t)
+        s = self.spatial_factor
+        if h % s or w % s:
+            raise ValueError(f"{type(self).__name__}: frame size {h}x{w} is not divisible by the spatial factor {s}")

@@ -6,6 +6,7 @@ every code path the real recipe uses runs, with no weights to download and nothi
 
 from __future__ import annotations
 
+import torch
 from einops import rearrange
 from torch import Tensor
 
@@ -23,7 +24,9 @@ class PixelSpaceToDepth(Autoencoder):
         self.temporal_factor = 1
         self.causal = False
 
-    def encode(self, video: Tensor) -> Tensor:
+    def encode(self, video: Tensor, sample: bool = True, generator: torch.Generator | None = None) -> Tensor:
+        """Exact and deterministic: `sample` and `generator` are accepted for the interface and ignored."""
+        self.check_video(video)
         f = self.factor
         z = rearrange(video, "b c t (h f1) (w f2) -> b (c f1 f2) t h w", f1=f, f2=f)
         return (z - self.shift_factor) * self.scaling_factor

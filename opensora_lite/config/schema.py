@@ -28,15 +28,16 @@ class RunConfig:
 @dataclass
 class AutoencoderConfig:
     kind: str = "pixel"  # pixel | hunyuan | wan
-    path: Optional[str] = None  # local diffusers folder or single file (hunyuan, wan)
+    path: Optional[str] = None  # local diffusers folder: config.json + weights (hunyuan, wan)
     latent_channels: int = 12
     spatial_factor: int = 2
     temporal_factor: int = 1
     causal: bool = False
     scaling_factor: float = 1.0
     shift_factor: float = 0.0
-    tiling: bool = False
+    tiling: bool = False  # diffusers spatial tiling: frames larger than a tile are encoded/decoded in tiles
     dtype: str = "fp32"
+    offload_decoder: bool = True  # the VAE decoder stays on the CPU and visits the device only inside decode()
 
 
 @dataclass

@@ -11,26 +11,46 @@ from collections import OrderedDict
 from pathlib import Path
 
 import torch
+from packaging.version import Version
 from torch import Tensor, nn
 
 from opensora_lite.config.schema import TextEncoderConfig, TextModelConfig
+from opensora_lite.errors import CheckpointError
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def _check_path(path: str, what: str) -> None:
-    if not Path(path).exists():
-        raise FileNotFoundError(f"text_encoder.{what}.path: {path} does not exist (weights load from local paths only)")
+def _load(kind: str, cfg: TextModelConfig) -> tuple[nn.Module, object]:
+    import transformers as tf
+
+    path = Path(cfg.path)
+    if not path.is_dir():
+        problem = "is not a folder" if path.exists() else "does not exist"
+        raise CheckpointError(
+            f"text_encoder.{kind}.path: {path} {problem} (a local folder with config.json, weights and "
+            "tokenizer files: nothing is downloaded)"
+        )
+    if not (path / "config.json").is_file():
+        raise CheckpointError(f"text_encoder.{kind}.path: {path} has no config.json (a transformers model folder)")
+    cls = tf.T5EncoderModel if kind == "t5" else tf.CLIPTextModel
+    dtype_kw = "dtype" if Version(tf.__version__) >= Version("4.56") else "torch_dtype"  # renamed in 4.56
+    try:
+        tokenizer = tf.AutoTokenizer.from_pretrained(path, local_files_only=True)
+        model = cls.from_pretrained(path, local_files_only=True, **{dtype_kw: _DTYPES[cfg.dtype]})
+    except (OSError, ValueError) as e:  # weights or tokenizer files missing or unreadable
+        detail = " ".join(str(e).split())
+        raise CheckpointError(f"text_encoder.{kind}.path: cannot load from {path}: {detail}") from e
+    width = model.config.d_model if kind == "t5" else model.config.hidden_size
+    if width != cfg.dim:
+        raise CheckpointError(f"text_encoder.{kind}.dim: {cfg.dim}, but the model at {path} outputs {width}")
+    return model, tokenizer
 
 
 def _build(kind: str, cfg: TextModelConfig, seed: int) -> tuple[nn.Module, object]:
     import transformers as tf
 
     if cfg.path:
-        _check_path(cfg.path, kind)
-        tokenizer = tf.AutoTokenizer.from_pretrained(cfg.path)
-        cls = tf.T5EncoderModel if kind == "t5" else tf.CLIPTextModel
-        return cls.from_pretrained(cfg.path, torch_dtype=_DTYPES[cfg.dtype]), tokenizer
+        return _load(kind, cfg)
     if not cfg.tiny:
         raise ValueError(f"text_encoder.{kind}: set either path (local weights) or tiny (a config to build)")
     with torch.random.fork_rng(devices=[]):
@@ -64,14 +84,23 @@ class TextEncoders(nn.Module):
         return out.input_ids.to(self.device)
 
     @torch.no_grad()
-    def _encode(self, texts: list[str]) -> tuple[Tensor, Tensor]:
+    def encode_native(self, texts: list[str]) -> tuple[Tensor, Tensor]:
+        """(T5 tokens [B, L, D], CLIP pooled [B, D]) in each encoder's own dtype, not memoised.
+
+        `encode` is this followed by `.float()`: storing these (a latent cache) and converting at training
+        time gives bitwise what `encode` returns for the same batch.
+        """
         # No attention mask on T5, as Flux and Open-Sora: padding tokens are part of the sequence.
         t5 = self.t5(input_ids=self._ids(self.t5_tokenizer, texts, self.cfg.t5.max_length)).last_hidden_state
         clip = self.clip(input_ids=self._ids(self.clip_tokenizer, texts, self.cfg.clip.max_length)).pooler_output
+        return t5, clip
+
+    def _encode(self, texts: list[str]) -> tuple[Tensor, Tensor]:
+        t5, clip = self.encode_native(texts)
         return t5.float(), clip.float()
 
     def encode(self, texts: list[str]) -> tuple[Tensor, Tensor]:
-        """(T5 tokens [B, L, D], CLIP pooled [B, D]) for a batch of captions."""
+        """(T5 tokens [B, L, D], CLIP pooled [B, D]) for a batch of captions, float32."""
         if not self.cfg.cache_size:
             return self._encode(texts)
         todo = list(dict.fromkeys(t for t in texts if t not in self._memo))
