@@ -394,3 +394,34 @@ def test_caption_memo_returns_what_encoding_returns_and_stays_bounded():
         got, want = memo.encode(batch), plain.encode(batch)
         assert torch.allclose(got[0], want[0], atol=1e-6) and torch.allclose(got[1], want[1], atol=1e-6)
     assert len(memo._memo) == 3
+
+
+def test_empty_prompt_embeddings_are_cached_with_the_run(mini_run, tmp_path):
+    """The run directory keeps the empty prompt's embeddings (CFG dropout, unconditional branch); a later
+    start reads them instead of encoding again, and only when the encoder settings are the same."""
+    from dataclasses import replace
+
+    from conftest import typed
+    from safetensors.torch import load_file, save_file
+
+    from opensora_lite.train.runtime import EMPTY_PROMPT_FILE
+
+    run_dir, _ = mini_run
+    cfg = typed([]).text_encoder  # the settings the run used
+    saved = load_file(run_dir / EMPTY_PROMPT_FILE)
+    fresh = TextEncoders(cfg).empty()
+    assert torch.equal(saved["t5"], fresh[0]) and torch.equal(saved["clip"], fresh[1])
+    path = tmp_path / EMPTY_PROMPT_FILE
+    TextEncoders(cfg).keep_empty_with(path, write=True)
+    marked = {"t5": torch.full_like(saved["t5"], 7.0), "clip": torch.full_like(saved["clip"], 7.0)}
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+    save_file(marked, str(path), metadata=meta)
+    reader = TextEncoders(cfg)
+    reader.keep_empty_with(path, write=False)
+    assert torch.equal(reader.empty()[0], marked["t5"])  # read from the run, not encoded again
+    other = TextEncoders(replace(cfg, t5=replace(cfg.t5, max_length=cfg.t5.max_length + 1)))
+    other.keep_empty_with(path, write=False)
+    assert not torch.equal(other.empty()[0][:, :1], marked["t5"][:, :1])  # other settings: encoded afresh

@@ -49,3 +49,8 @@ def test_gpu_engine_step_script_runs_in_smoke_mode():
     assert re.search(r"\| fsdp2 \| 0M \| [0-9.]+ \|", out) and re.search(
         r"\| colossalai_zero2 \| 0M \| [0-9.]+ \|", out
     )
+
+
+def test_cache_benchmark_runs():
+    out = _script("bench_cache.py", "--steps", "2", "--rounds", "1", "--clips", "32")
+    assert re.search(r"\| video \| [0-9.]+ \|", out) and re.search(r"\| cached \| [0-9.]+ \|", out)

@@ -73,6 +73,11 @@ class DataConfig:
     # "{caption} {fps:.0f} FPS, {motion_score:.1f} motion score."
     caption_template: str = "{caption}"
     open_retries: int = 2  # a shard that cannot be opened is retried (1 s, 2 s, ... apart), then skipped
+    # video: decode and encode on the fly. cached: train from precomputed latents + text embeddings, built
+    # once per stage under cache_dir (in a folder named by everything they depend on) by the run itself
+    # or by `osl-data kind=cache` (docs/data.md#latent-cache)
+    kind: str = "video"
+    cache_dir: str = "data/cache"
 
 
 @dataclass

@@ -82,6 +82,7 @@ def validate_components(cfg: Config) -> None:
     d = cfg.data
     _require(d.target_fps > 0, "data.target_fps", "must be positive")
     _require(d.num_workers >= 0, "data.num_workers", "must be >= 0")
+    _require(d.kind in ("video", "cached"), "data.kind", f"unknown {d.kind!r} (video | cached)")
     _require(len(d.aspect_ratios) > 0 and min(d.aspect_ratios) > 0, "data.aspect_ratios", "need positive h/w ratios")
     f = cfg.flow
     _require(f.max_tokens > f.base_tokens, "flow.max_tokens", "must exceed flow.base_tokens")

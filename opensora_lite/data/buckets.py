@@ -81,6 +81,13 @@ class BucketTable:
                 return Bucket(res, frames, h, w, batch)
         return None
 
+    def batch_size(self, resolution: str, num_frames: int) -> int | None:
+        """The batch size of a (resolution, frames) entry, or None when the table has no such entry."""
+        for _, frames, _, batch, res in self.entries:
+            if res == resolution and frames == num_frames:
+                return batch
+        return None
+
     def all_buckets(self) -> list[Bucket]:
         """Every (resolution, frames, aspect) bucket, for reports and shape checks."""
         return [

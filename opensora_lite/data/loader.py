@@ -27,6 +27,7 @@ import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -63,7 +64,7 @@ def _rng_for(seed: int, epoch: int, key: str) -> random.Random:
 @dataclass
 class Item:
     bucket: Bucket
-    frames: np.ndarray | None  # uint8 [T, H, W, 3]; None until a replayed item is decoded
+    frames: Any  # uint8 [T, H, W, 3] (cached stream: a dict of tensors); None until a replayed item is decoded
     caption: str
     key: str
     pending: tuple | None = None  # decode_window arguments of a replayed item
@@ -256,6 +257,15 @@ class BucketedVideoStream(IterableDataset):
         rgb = frame.to_ndarray(width=nw, height=nh, format="rgb24", interpolation="AREA")
         return Item(bucket, rgb[None, top : top + bucket.height, left : left + bucket.width], caption, key)
 
+    def items(self, shard: str, epoch: int, skipped: Counter):
+        """Every usable item of one shard in shard order, decoded, bucketed and cropped exactly as the
+        training stream does in `epoch` (what the latent cache precomputes)."""
+        self._failed, self._new_failures = set(), []
+        for sample in self._samples([shard], skipped):
+            item = self._prepare(sample, epoch, skipped)
+            if item is not None:
+                yield item
+
     # -- batches -------------------------------------------------------------------------------
     @staticmethod
     def collate(items: list[Item], skipped: Counter, failed: list[str]) -> dict:
@@ -269,6 +279,12 @@ class BucketedVideoStream(IterableDataset):
             "failed": failed,
         }
 
+    corrupt_reason = "corrupt_video"
+
+    def _materialize(self, pending: tuple):
+        """The content of a replayed item (decode_window arguments -> frames); raises VideoDecodeError."""
+        return decode_window(*pending)
+
     def _decode_pending(self, buf: list[Item], skipped: Counter) -> list[Item]:
         """Decode the replayed items of a buffer about to be emitted; drop any that fail."""
         ready = []
@@ -276,9 +292,9 @@ class BucketedVideoStream(IterableDataset):
             if it.pending is not None:
                 self.replayed_decodes += 1
                 try:
-                    it.frames, it.pending = decode_window(*it.pending), None
+                    it.frames, it.pending = self._materialize(it.pending), None
                 except VideoDecodeError:
-                    skipped["corrupt_video"] += 1
+                    skipped[self.corrupt_reason] += 1
                     continue
             ready.append(it)
         return ready

@@ -121,5 +121,26 @@ class TextEncoders(nn.Module):
             self._empty = self.encode([""])
         return self._empty
 
+    def keep_empty_with(self, path: Path, write: bool) -> None:
+        """Cache the empty-prompt embeddings with the run: read them from `path` when it holds those of
+        these same encoder settings, else compute them once and (where `write`) save them there."""
+        import dataclasses
+        import json
+
+        from safetensors import safe_open
+        from safetensors.torch import save_file
+
+        settings = json.dumps(dataclasses.asdict(self.cfg), sort_keys=True, default=str)
+        if path.is_file():
+            with safe_open(str(path), "pt") as f:
+                if (f.metadata() or {}).get("text_encoder") == settings:
+                    self._empty = (f.get_tensor("t5").to(self.device), f.get_tensor("clip").to(self.device))
+                    return
+        t5, clip = self.empty()
+        if write:
+            tmp = path.with_name(path.name + ".partial")
+            save_file({"t5": t5.cpu(), "clip": clip.cpu()}, str(tmp), metadata={"text_encoder": settings})
+            tmp.replace(path)
+
     def train(self, mode: bool = True) -> "TextEncoders":
         return super().train(False)  # always frozen

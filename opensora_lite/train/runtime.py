@@ -18,6 +18,7 @@ from opensora_lite.text.encoders import TextEncoders
 from opensora_lite.tracking import Tracker
 
 log = logging.getLogger("opensora_lite")
+EMPTY_PROMPT_FILE = "empty_prompt.safetensors"
 
 
 @dataclass
@@ -69,6 +70,7 @@ def build_runtime(cfg: Config, run_dir: Path, resolved: dict) -> Runtime:
     engine.barrier()
     setup_logging(run_dir, engine.is_main)
     text = TextEncoders(cfg.text_encoder, engine.device)
+    text.keep_empty_with(run_dir / EMPTY_PROMPT_FILE, write=engine.is_main)  # CFG's empty prompt, once per run
     ae = build_autoencoder(cfg.autoencoder).to(engine.device)
     tracker = Tracker(cfg.logger, run_dir, cfg.run.name, resolved, active=engine.is_main)
     log.info(

@@ -18,7 +18,7 @@ import torch
 from tqdm import tqdm
 
 from opensora_lite.config.schema import StageConfig
-from opensora_lite.data.buckets import BucketTable
+from opensora_lite.data.cache import CachedStream, bucket_table, build_cache, cached_shards, stage_seed
 from opensora_lite.data.loader import BucketedVideoStream, LoaderState, batches, build_loader, expand_shards
 from opensora_lite.diffusion.conditioning import build_condition, sample_tasks
 from opensora_lite.diffusion.objective import drop_text, flow_loss
@@ -84,13 +84,16 @@ class StageTrainer:
 
     def _loader(self, resume: LoaderState):
         cfg, engine = self.cfg, self.engine
-        multiple = cfg.autoencoder.spatial_factor * cfg.model.patch_size[1]
-        table = BucketTable(self.stage.buckets, cfg.data.aspect_ratios, multiple)
-        stream = BucketedVideoStream(
-            expand_shards(cfg.data.shards),
-            table,
+        stream_cls, shards = BucketedVideoStream, expand_shards(cfg.data.shards)
+        if cfg.data.kind == "cached":  # build this stage's latent cache once (all ranks), then read it
+            folder = build_cache(cfg, self.name, self.image_condition, self.rt.ae, self.rt.text, engine)
+            stream_cls, shards = CachedStream, cached_shards(folder)
+            log.info("[%s] training from the latent cache %s", self.name, folder)
+        stream = stream_cls(
+            shards,
+            bucket_table(cfg, self.stage),
             cfg.data.target_fps,
-            seed=cfg.run.seed * 100 + self.index,
+            seed=stage_seed(cfg, self.index),
             rank=engine.dp_rank,  # ranks of one sequence-parallel group read the same batches
             world_size=engine.dp_size,
             shuffle_buffer=cfg.data.shuffle_buffer,
@@ -109,15 +112,21 @@ class StageTrainer:
         """One forward + backward (`last`: the step's final micro-batch); returns the loss, the video tokens
         and the model FLOPs it took."""
         rt = self.rt
-        video = batch["video"].to(rt.device, non_blocking=True)
         with torch.no_grad():
-            x0 = rt.ae.encode(video)
-            t5, clip = rt.text.encode(batch["captions"])
+            if "x0" in batch:  # latent cache: the encoders' outputs, precomputed
+                x0, t5, clip = (batch[k].to(rt.device, non_blocking=True).float() for k in ("x0", "t5", "clip"))
+            else:
+                video = batch["video"].to(rt.device, non_blocking=True)
+                x0 = rt.ae.encode(video)
+                t5, clip = rt.text.encode(batch["captions"])
             t5, clip = drop_text(t5, clip, rt.text.empty(), self.stage.text_dropout, gen)
             cond = None
             if self.image_condition:
                 tasks = sample_tasks(self.stage.tasks, x0.shape[0], gen)
-                head, tail = rt.ae.encode(video[:, :, :1]), rt.ae.encode(video[:, :, -1:])
+                if "x0" in batch:
+                    head, tail = (batch[k].to(rt.device, non_blocking=True).float() for k in ("head", "tail"))
+                else:
+                    head, tail = rt.ae.encode(video[:, :, :1]), rt.ae.encode(video[:, :, -1:])
                 cond = build_condition(tasks, head, tail, x0.shape[2])
         loss = flow_loss(model, x0, t5, clip, cond, self.cfg.flow, self.cfg.model.patch_size, gen, rt.autocast())
         scale = self.engine.sp.loss_scale if self.engine.sp else 1.0  # SP: partial gradients summed, not averaged

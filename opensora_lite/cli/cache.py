@@ -1,0 +1,53 @@
+"""`osl-cache`: precompute the latent cache of a curriculum's stages ahead of training.
+
+osl-cache data=cached                                   # every stage of the tiny curriculum
+osl-cache experiment=opensora2 data.kind=cached run.stage=t2v_256px data.cache_dir=/fs/cache
+torchrun --nproc-per-node 8 -m opensora_lite.cli.cache experiment=opensora2 data.kind=cached
+
+Each rank encodes its share of the source shards; a rerun keeps the finished shards. Training with
+the same config then reads the cache (docs/data.md#latent-cache).
+"""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+from opensora_lite.autoencoders import build_autoencoder
+from opensora_lite.cli.common import hydra_entry, load
+from opensora_lite.data.cache import build_cache
+from opensora_lite.parallel import build_engine
+from opensora_lite.text.encoders import TextEncoders
+from opensora_lite.train.preflight import check_data
+from opensora_lite.train.runtime import setup_logging
+from opensora_lite.train.trainer import uses_image_condition
+
+
+def run(cfg: DictConfig) -> list:
+    """Build (or find) the cache of every stage, or of `run.stage`; returns the folders."""
+    typed, _ = load(cfg)
+    names = [typed.run.stage] if typed.run.stage else list(typed.curriculum.stages)
+    check_data(typed)
+    engine = build_engine(typed.parallel, typed.run.device)  # no run directory: the cache is not a run
+    setup_logging(None, engine.is_main)
+    try:
+        text = TextEncoders(typed.text_encoder, engine.device)
+        ae = build_autoencoder(typed.autoencoder).to(engine.device)
+        folders = []
+        for name in names:
+            stage = typed.curriculum.stages[name]
+            folders.append(build_cache(typed, name, uses_image_condition(stage), ae, text, engine))
+        if engine.is_main:
+            for name, folder in zip(names, folders):
+                print(f"{name}: {folder}", flush=True)
+        return folders
+    finally:
+        engine.shutdown()
+
+
+@hydra_entry("config", validate_on_print=True)
+def main(cfg: DictConfig) -> None:
+    run(cfg)
+
+
+if __name__ == "__main__":
+    main()
