@@ -15,6 +15,9 @@ from omegaconf.errors import MissingMandatoryValue
 from opensora_lite.config import config_dir, register, to_config
 from opensora_lite.config.schema import Config
 from opensora_lite.errors import UserError
+from opensora_lite.train.preemption import Preempted, requeue_slurm_job
+
+PREEMPTED_EXIT = 3  # stopped early on a signal after a checkpoint: rerunning resumes
 
 
 def hydra_entry(config_name: str, validate_on_print: bool = False) -> Callable:
@@ -34,6 +37,12 @@ def hydra_entry(config_name: str, validate_on_print: bool = False) -> Callable:
                 key = exc.full_key or "?"
                 print(f"error: {key}: a value is required (add {key}=...)", file=sys.stderr, flush=True)
                 sys.exit(2)
+            except Preempted as exc:  # the checkpoint is written: requeue (Slurm) and stop
+                from opensora_lite.parallel.engine import launch_env
+
+                if launch_env()[0] == 0:
+                    print(f"preempted: {exc}; {requeue_slurm_job(exc.signame)}", file=sys.stderr, flush=True)
+                sys.exit(PREEMPTED_EXIT)
             except Exception as exc:
                 lost = collective_failure(exc)
                 if lost is None:

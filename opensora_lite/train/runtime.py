@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -16,6 +16,7 @@ from opensora_lite.config.schema import Config
 from opensora_lite.parallel import Engine, build_engine
 from opensora_lite.text.encoders import TextEncoders
 from opensora_lite.tracking import Tracker
+from opensora_lite.train.preemption import PreemptionWatch
 
 log = logging.getLogger("opensora_lite")
 EMPTY_PROMPT_FILE = "empty_prompt.safetensors"
@@ -29,6 +30,7 @@ class Runtime:
     text: TextEncoders
     ae: Autoencoder
     tracker: Tracker
+    preemption: PreemptionWatch = field(default_factory=PreemptionWatch)
 
     @property
     def device(self) -> torch.device:
@@ -39,7 +41,18 @@ class Runtime:
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return nullcontext()
 
+    def place_encoders(self, device: torch.device | str) -> None:
+        """Move the frozen encoders (and the autoencoder's encoder) to `device`: training from a latent
+        cache parks them on the CPU, sampling brings them back. No-op when training runs on the CPU."""
+        if self.device.type == "cpu":
+            return
+        self.text.to(device)
+        self.ae.to(device)
+        if str(device) == "cpu":
+            torch.cuda.empty_cache()
+
     def close(self) -> None:
+        self.preemption.restore()
         self.tracker.close()
         self.engine.shutdown()
 

@@ -28,6 +28,7 @@ from opensora_lite.models.mmdit import MMDiT
 from opensora_lite.train.ema import EMA
 from opensora_lite.train.evaluation import evaluate_stage
 from opensora_lite.train.optim import build_optimizer, build_scheduler
+from opensora_lite.train.preemption import Preempted
 from opensora_lite.train.runtime import Runtime
 from opensora_lite.train.state import StageDir, resolve_weights_path
 
@@ -170,6 +171,9 @@ class StageTrainer:
             self.image_condition,
         )
         data = self._loader(data_state)
+        if cfg.data.kind == "cached":
+            rt.text.empty()  # kept where training runs (CFG dropout) while the encoders are parked
+            rt.place_encoders("cpu")  # the cache holds their outputs: free the device until sampling
         model.train()
         skipped: Counter = Counter()
         show_bar = engine.is_main and cfg.logger.progress_bar and sys.stderr.isatty()
@@ -198,8 +202,16 @@ class StageTrainer:
             if done % stage.log_every == 0 or done == stage.steps:
                 loss_value = self._log(window, done, grad_norm, opt.param_groups[0]["lr"], bar)
             bar.update(1)
-            if stage.checkpoint_every and done % stage.checkpoint_every == 0 and done < stage.steps:
+            saved = stage.checkpoint_every and done % stage.checkpoint_every == 0 and done < stage.steps
+            if saved:
                 self._checkpoint(model, opt, sched, gen, ema, done, data_state)
+            signame = rt.preemption.should_stop(engine.world_size, engine.device) if done < stage.steps else None
+            if signame:  # every rank stops here: checkpoint, then the entry point requeues
+                if not saved:
+                    self._checkpoint(model, opt, sched, gen, ema, done, data_state)
+                bar.close()
+                rt.tracker.event("preempted", self.step_offset + done, self.name, at_step=done, signal=signame)
+                raise Preempted(self.name, done, signame)
         bar.close()
         return self._finish(model, ema, start, began, loss_value, skipped)
 
@@ -306,6 +318,7 @@ class StageTrainer:
         ema_state = ema.state_dict() if ema else None
         metrics, paths = {}, []
         eval_began = time.perf_counter()
+        rt.place_encoders(engine.device)
         if self.stage.evaluate and engine.is_main:
             metrics, paths = evaluate_stage(rt, self._eval_model(model, weights), self.stage, self.dir.samples)
         eval_seconds = time.perf_counter() - eval_began

@@ -1,0 +1,79 @@
+"""Preemption: a signal becomes a checkpoint at the next step boundary, then a requeue.
+
+Slurm warns a job before its time limit with `--signal=USR1@<seconds>` and preempts with SIGTERM
+(then SIGKILL after KillWait). Each rank notes the signal in its handler (nothing else happens inside
+a handler); after every optimizer step the ranks agree (one max all-reduce of a flag) whether any of
+them was signalled, so all of them stop at the same step. The trainer then writes a checkpoint and
+raises `Preempted`; the entry point requeues the Slurm job (rank 0, `scontrol requeue`) and exits.
+The requeued job resumes from that checkpoint, into the same run directory and W&B run.
+
+A SIGTERM from `scancel` is told apart from a preemption by the job's state: a cancelled job is
+checkpointed but not requeued.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+
+import torch
+import torch.distributed as dist
+
+log = logging.getLogger("opensora_lite")
+SIGNALS = ("SIGUSR1", "SIGTERM")
+
+
+class Preempted(Exception):
+    """Raised after the preemption checkpoint was written; the job should requeue and exit."""
+
+    def __init__(self, stage: str, step: int, signame: str):
+        super().__init__(f"{stage}: stopped at step {step} on {signame}, checkpoint written")
+        self.stage, self.step, self.signame = stage, step, signame
+
+
+class PreemptionWatch:
+    """Installs the handlers (main thread only) and answers, collectively, whether to stop now."""
+
+    def __init__(self, signals=SIGNALS):
+        self.received: str | None = None
+        self._previous = {}
+        for name in signals:
+            sig = getattr(signal, name)
+            try:
+                self._previous[sig] = signal.signal(sig, self._note)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+
+    def _note(self, signum, frame) -> None:
+        self.received = signal.Signals(signum).name
+
+    def should_stop(self, world_size: int, device: torch.device) -> str | None:
+        """The signal some rank received (the same answer on every rank), else None."""
+        code = SIGNALS.index(self.received) + 1 if self.received in SIGNALS else 0
+        if world_size > 1 and dist.is_initialized():
+            flag = torch.tensor([code], device=device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            code = int(flag.item())
+        return SIGNALS[code - 1] if code else None
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+
+def requeue_slurm_job(signame: str) -> str:
+    """Requeue this Slurm job (call on one rank); returns what was done, for the log."""
+    job = os.environ.get("SLURM_JOB_ID")
+    if not job:
+        return "not a Slurm job: not requeued (rerun the same command to resume)"
+    if signame == "SIGTERM":
+        state = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True).stdout
+        if "JobState=CANCELLED" in state:
+            return f"job {job} was cancelled: not requeued"
+    out = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
+    if out.returncode != 0:
+        return f"scontrol requeue {job} failed: {out.stderr.strip()}"
+    return f"job {job} requeued"

@@ -1,0 +1,113 @@
+"""A real Slurm cluster on this machine (scripts/local_slurm.sh: munge, slurmctld, two slurmd as nodes n1
+and n2): the mini curriculum submitted with slurm/multinode.sbatch over 2 nodes x 1 task, and a job that
+is signalled as Slurm signals before a time limit (USR1), checkpoints, requeues itself and finishes with
+the weights of an uninterrupted run. Skipped, with the reason, only where Slurm cannot run (not root,
+no apt)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+
+import pytest
+import torch
+from conftest import BIN, REPO, mini_overrides
+
+from opensora_lite.train.state import load_weights
+
+
+@pytest.fixture(scope="module")
+def slurm():
+    out = subprocess.run([str(REPO / "scripts" / "local_slurm.sh")], capture_output=True, text=True, timeout=300)
+    if out.returncode == 3:
+        pytest.skip(f"no local Slurm here: {out.stderr.strip()}")
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout.strip()
+
+
+def _submit(tmp_path, overrides: list[str], name: str) -> str:
+    cmd = [
+        "sbatch",
+        "--parsable",
+        "--nodes=2",
+        "--ntasks-per-node=1",
+        "--gpus-per-node=0",
+        "--cpus-per-task=1",
+        f"--job-name={name}",
+        f"--output={tmp_path}/slurm-%j.out",
+        str(REPO / "slurm" / "multinode.sbatch"),
+        *overrides,
+    ]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    env.update(OSL_VENV=str(BIN.parent), OMP_NUM_THREADS="1")
+    out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip().split(";")[0]
+
+
+def _job(job: str) -> dict:
+    text = subprocess.run(["scontrol", "-o", "show", "job", job], capture_output=True, text=True).stdout
+    return dict(part.split("=", 1) for part in text.split() if "=" in part)
+
+
+def _wait(job: str, timeout: float) -> dict:
+    """Poll until the job has ended for good (sbatch --wait notices slowly); its final record."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        info = _job(job)
+        if info.get("JobState") in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"):
+            return info
+        time.sleep(1)
+    subprocess.run(["scancel", job])
+    raise AssertionError(f"job {job} still {_job(job).get('JobState')} after {timeout} s")
+
+
+def _log(tmp_path, job: str) -> str:
+    return (tmp_path / f"slurm-{job}.out").read_text()
+
+
+def test_mini_curriculum_over_two_nodes(slurm, shapes_dir, tmp_path):
+    job = _submit(tmp_path, mini_overrides(shapes_dir, tmp_path, name="two_nodes"), "osl-two-nodes")
+    info = _wait(job, 400)
+    log = _log(tmp_path, job)
+    assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", log[-3000:]
+    assert "on n[1-2] (2 processes)" in log
+    run_dir = tmp_path / "two_nodes"
+    for stage in ("image", "t2v", "i2v"):
+        summary = json.loads((run_dir / stage / "final" / "summary.json").read_text())
+        assert "colour_acc" in summary["metrics"]
+    assert "(2 processes), engine fsdp2" in (run_dir / "logs" / "train.log").read_text()
+
+
+def test_usr1_checkpoints_requeues_and_resumes_to_the_same_weights(slurm, shapes_dir, tmp_path):
+    stage = [
+        "run.stage=image",
+        "curriculum.stages.image.steps=30",
+        "curriculum.stages.image.log_every=1",
+        "curriculum.stages.image.checkpoint_every=0",
+        "curriculum.stages.image.evaluate=false",
+    ]
+    job = _submit(tmp_path, [*mini_overrides(shapes_dir, tmp_path, name="preempted"), *stage], "osl-preempt")
+    metrics = tmp_path / "preempted" / "metrics.jsonl"
+    deadline = time.monotonic() + 300
+    while not (metrics.is_file() and metrics.read_text().count('"loss"') >= 3):
+        assert time.monotonic() < deadline and _job(job).get("JobState") in ("PENDING", "RUNNING"), _job(job)
+        time.sleep(0.5)
+    subprocess.run(["scancel", "--signal=USR1", job], check=True)  # what --signal=USR1@N sends
+    info = _wait(job, 400)
+    log = _log(tmp_path, job)
+    assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", log[-3000:]
+    assert int(info["Restarts"]) == 1 and "restart 1 on" in log
+    assert "preempted: image: stopped at step" in log and f"job {job} requeued" in log
+    rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+    stopped = [r for r in rows if r.get("event") == "preempted"]
+    resumed = [r for r in rows if r.get("event") == "resume"]
+    assert len(stopped) == 1 and resumed and resumed[0]["from_step"] == stopped[0]["at_step"] > 0
+
+    reference = _submit(tmp_path, [*mini_overrides(shapes_dir, tmp_path, name="straight"), *stage], "osl-straight")
+    assert _wait(reference, 400)["JobState"] == "COMPLETED"
+    a = load_weights(tmp_path / "preempted" / "image" / "final" / "model.safetensors")
+    b = load_weights(tmp_path / "straight" / "image" / "final" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a), "the requeued run diverged from the uninterrupted one"
