@@ -224,6 +224,23 @@ def test_tiny_text_encoders_are_identical_across_builds_and_frozen():
     assert empty is a.empty() and torch.equal(empty[0], a.encode([""])[0])
 
 
+def _tiny_clip_text_config():
+    """A 48-wide, one-layer CLIP text config reading the byte tokenizer's ids (pad 0, eos 1)."""
+    import transformers as tf
+
+    return tf.CLIPTextConfig(
+        vocab_size=384,
+        hidden_size=48,
+        intermediate_size=96,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        max_position_embeddings=32,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=0,
+    )
+
+
 @pytest.fixture(scope="module")
 def text_folders(tmp_path_factory):
     """A tiny T5 encoder and CLIP text model saved as transformers folders, each with a byte tokenizer."""
@@ -232,19 +249,7 @@ def text_folders(tmp_path_factory):
     root = tmp_path_factory.mktemp("text")
     torch.manual_seed(0)
     t5 = tf.T5EncoderModel(tf.T5Config(vocab_size=384, d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=4))
-    clip = tf.CLIPTextModel(
-        tf.CLIPTextConfig(
-            vocab_size=384,
-            hidden_size=48,
-            intermediate_size=96,
-            num_hidden_layers=1,
-            num_attention_heads=4,
-            max_position_embeddings=32,
-            pad_token_id=0,
-            eos_token_id=1,
-            bos_token_id=0,
-        )
-    )
+    clip = tf.CLIPTextModel(_tiny_clip_text_config())
     for name, model in (("t5", t5), ("clip", clip)):
         model.save_pretrained(root / name)
         tf.ByT5Tokenizer().save_pretrained(root / name)
@@ -282,17 +287,7 @@ def test_text_encoders_read_whole_t5_and_clip_checkpoints(tmp_path):
 
     torch.manual_seed(0)
     t5 = tf.T5ForConditionalGeneration(tf.T5Config(vocab_size=384, d_model=32, d_kv=8, d_ff=64, num_layers=1))
-    text = tf.CLIPTextConfig(
-        vocab_size=384,
-        hidden_size=48,
-        intermediate_size=96,
-        num_hidden_layers=1,
-        num_attention_heads=4,
-        max_position_embeddings=32,
-        pad_token_id=0,
-        eos_token_id=1,
-        bos_token_id=0,
-    )
+    text = _tiny_clip_text_config()
     vision = tf.CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
     clip = tf.CLIPModel(tf.CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=8))
     for name, model in (("t5", t5), ("clip", clip)):

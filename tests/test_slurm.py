@@ -68,17 +68,32 @@ def _log(tmp_path, job: str) -> str:
     return (tmp_path / f"slurm-{job}.out").read_text()
 
 
-def test_mini_curriculum_over_two_nodes(slurm, shapes_dir, tmp_path):
-    job = _submit(tmp_path, mini_overrides(shapes_dir, tmp_path, name="two_nodes"), "osl-two-nodes")
-    info = _wait(job, 400)
-    log = _log(tmp_path, job)
-    assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", log[-3000:]
-    assert "on n[1-2] (2 processes)" in log
-    run_dir = tmp_path / "two_nodes"
-    for stage in ("image", "t2v", "i2v"):
-        summary = json.loads((run_dir / stage / "final" / "summary.json").read_text())
+def test_mini_curriculum_as_a_stage_chain_over_two_nodes(slurm, shapes_dir, tmp_path):
+    """osl-submit queues one job per stage, each after the previous one succeeded; each job runs over
+    2 nodes x 1 process; the chain completes in order and every stage evaluated its final weights."""
+    sbatch = ["--ntasks-per-node=1", "--gpus-per-node=0", "--cpus-per-task=1", f"--output={tmp_path}/slurm-%j.out"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    env.update(OSL_VENV=str(BIN.parent), OMP_NUM_THREADS="1")
+    out = subprocess.run(
+        [str(BIN / "osl-submit"), "--nodes", "2", *[f"--sbatch={o}" for o in sbatch],
+         *mini_overrides(shapes_dir, tmp_path, name="chain")],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    jobs = dict(line.split(": job ") for line in out.stdout.strip().splitlines())
+    assert list(jobs) == ["image", "t2v", "i2v"]
+    assert _job(jobs["t2v"])["Dependency"].startswith(f"afterok:{jobs['image']}")
+    infos = {stage: _wait(job, 400) for stage, job in jobs.items()}
+    for stage, info in infos.items():
+        log = _log(tmp_path, jobs[stage])
+        assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", log[-3000:]
+        assert "on n[1-2] (2 processes)" in log
+        summary = json.loads((tmp_path / "chain" / stage / "final" / "summary.json").read_text())
         assert "colour_acc" in summary["metrics"]
-    assert "(2 processes), engine fsdp2" in (run_dir / "logs" / "train.log").read_text()
+    assert (
+        infos["image"]["EndTime"] <= infos["t2v"]["StartTime"] and infos["t2v"]["EndTime"] <= infos["i2v"]["StartTime"]
+    )
+    assert "(2 processes), engine fsdp2" in (tmp_path / "chain" / "logs" / "train.log").read_text()
 
 
 def test_usr1_checkpoints_requeues_and_resumes_to_the_same_weights(slurm, shapes_dir, tmp_path):

@@ -29,6 +29,7 @@ def run(cfg: DictConfig) -> list:
     check_data(typed)
     engine = build_engine(typed.parallel, typed.run.device)  # no run directory: the cache is not a run
     setup_logging(None, engine.is_main)
+    clean = False
     try:
         text = TextEncoders(typed.text_encoder, engine.device)
         ae = build_autoencoder(typed.autoencoder).to(engine.device)
@@ -39,9 +40,10 @@ def run(cfg: DictConfig) -> list:
         if engine.is_main:
             for name, folder in zip(names, folders):
                 print(f"{name}: {folder}", flush=True)
+        clean = True
         return folders
     finally:
-        engine.shutdown()
+        engine.shutdown(clean)
 
 
 @hydra_entry("config", validate_on_print=True)

@@ -24,14 +24,16 @@ def run(cfg: DictConfig, only: str | None = None) -> list:
     check_data(typed)
     check_inits(typed, run_dir, names)
     rt = build_runtime(typed, run_dir, resolved)
+    clean = False
     try:
         results = run_stages(rt, names)
         if rt.engine.is_main:
             print("\n" + format_results(results), flush=True)
             print(f"\nrun directory: {run_dir}", flush=True)
+        clean = True
         return results
     finally:
-        rt.close()
+        rt.close(clean)
 
 
 @hydra_entry("config", validate_on_print=True)

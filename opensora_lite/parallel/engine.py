@@ -232,8 +232,13 @@ class Engine(ABC):
         if self.world_size > 1:
             dist.barrier()
 
-    def shutdown(self) -> None:
+    def shutdown(self, clean: bool = True) -> None:
+        """Leave the process group. After a clean run all ranks first meet, so that no rank tears its
+        connections down while a peer still uses them (gloo can abort the peer's process at exit);
+        after a failure there may be no peer to meet."""
         if dist.is_initialized():
+            if clean:
+                dist.barrier()
             dist.destroy_process_group()
 
 

@@ -51,10 +51,10 @@ class Runtime:
         if str(device) == "cpu":
             torch.cuda.empty_cache()
 
-    def close(self) -> None:
+    def close(self, clean: bool = True) -> None:
         self.preemption.restore()
         self.tracker.close()
-        self.engine.shutdown()
+        self.engine.shutdown(clean)
 
 
 def setup_logging(run_dir: Path | None, is_main: bool) -> None:

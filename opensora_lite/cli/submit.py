@@ -1,0 +1,79 @@
+"""`osl-submit`: submit a curriculum to Slurm as a chain, one job per stage, each after the previous one
+succeeded (`--dependency=afterok`). A requeued job keeps its id, so the chain waits for it.
+
+    osl-submit experiment=opensora2 run.name=os2_a                       # slurm/multinode.sbatch, 2 nodes
+    osl-submit --nodes 4 --stage-nodes hires_768px=8 experiment=opensora2 run.name=os2_a
+    osl-submit --sbatch=--partition=h200 --sbatch=--time=48:00:00 experiment=opensora2 run.name=os2_a
+
+Everything that is not an osl-submit option is a Hydra override for every stage; the config is composed
+and validated here first, so a typo fails before anything is queued. Prints one line per job.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+from opensora_lite.config import config_dir, register, to_config
+from opensora_lite.errors import UserError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    p = argparse.ArgumentParser(prog="osl-submit", description=__doc__.split("\n\n")[0])
+    p.add_argument("--template", default=str(REPO / "slurm" / "multinode.sbatch"), help="the sbatch script per stage")
+    p.add_argument("--nodes", type=int, default=None, help="nodes per stage (default: the template's)")
+    p.add_argument("--stage-nodes", action="append", default=[], metavar="STAGE=N", help="nodes for one stage")
+    p.add_argument("--sbatch", action="append", default=[], metavar="OPTION", help="an extra sbatch option, repeatable")
+    p.add_argument("--after", default=None, help="a job id the first stage waits for (afterok)")
+    p.add_argument("--dry-run", action="store_true", help="print the sbatch commands only")
+    return p.parse_known_args(argv)
+
+
+def stages_of(overrides: list[str]) -> list[str]:
+    from hydra import compose, initialize_config_dir
+
+    register()
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        cfg = to_config(compose("config", overrides=overrides))
+    return [cfg.run.stage] if cfg.run.stage else list(cfg.curriculum.stages)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args, overrides = parse(sys.argv[1:] if argv is None else argv)
+    unknown = [o for o in overrides if o.startswith("-")]
+    if unknown:
+        sys.exit(f"error: unknown option {unknown[0]} (sbatch options go in --sbatch=...)")
+    try:
+        names = stages_of(overrides)
+    except UserError as exc:
+        sys.exit(f"error: {exc}")
+    per_stage = dict(item.split("=", 1) for item in args.stage_nodes)
+    missing = sorted(set(per_stage) - set(names))
+    if missing:
+        sys.exit(f"error: --stage-nodes names {missing[0]}, not a stage of this curriculum ({', '.join(names)})")
+    previous = args.after
+    for name in names:
+        cmd = ["sbatch", "--parsable", f"--job-name=osl-{name}", *args.sbatch]
+        nodes = per_stage.get(name, args.nodes)
+        if nodes:
+            cmd.append(f"--nodes={nodes}")
+        if previous:
+            cmd.append(f"--dependency=afterok:{previous}")
+        cmd += [args.template, *overrides, f"run.stage={name}"]
+        if args.dry_run:
+            print(" ".join(cmd))
+            previous = f"<{name}>"
+            continue
+        out = subprocess.run(cmd, capture_output=True, text=True)
+        if out.returncode != 0:
+            sys.exit(f"error: sbatch for stage {name} failed: {out.stderr.strip()}")
+        previous = out.stdout.strip().split(";")[0]
+        print(f"{name}: job {previous}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
