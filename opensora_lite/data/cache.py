@@ -76,8 +76,9 @@ def describe(cfg, name: str, image_condition: bool) -> dict:
         "caption_key": cfg.data.caption_key,
         "caption_template": cfg.data.caption_template,
         "patch": list(cfg.model.patch_size),
-        "autoencoder": asdict(cfg.autoencoder),
-        "text_encoder": asdict(cfg.text_encoder),
+        # settings that change no output (memory placement, memo size) stay out: toggling them reuses the cache
+        "autoencoder": {k: v for k, v in asdict(cfg.autoencoder).items() if k != "offload_decoder"},
+        "text_encoder": {k: v for k, v in asdict(cfg.text_encoder).items() if k != "cache_size"},
         "image_condition": image_condition,
     }
 
