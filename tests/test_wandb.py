@@ -12,6 +12,7 @@ def test_metrics_config_samples_and_resume_land_in_one_wandb_run(shapes_dir, tmp
         "logger.wandb.mode=offline",
         "logger.progress_bar=false",
         "curriculum.stages.image.log_every=1",
+        "run.peak_tflops=0.002",
     ]
     run(compose(overrides + ["run.stage=image"]))
     run(compose(overrides + ["run.stage=t2v"]))  # a second job on the same run directory
@@ -24,8 +25,12 @@ def test_metrics_config_samples_and_resume_land_in_one_wandb_run(shapes_dir, tmp
     assert first["config"]["model"]["hidden_size"] == 128  # the resolved config
     steps = [h for h in first["history"] if "loss" in h]
     assert [h["_step"] for h in steps] == [1, 2, 3, 4]
-    for key in ("loss", "lr", "grad_norm", "samples_per_s", "tokens_per_s", "data_wait_s"):
-        assert all(isinstance(h[key], float) for h in steps), key
+    for key in ("loss", "lr", "grad_norm", "samples_per_s", "tokens_per_s", "mfu", "host_rss_gib"):
+        assert all(isinstance(h[key], float) and h[key] > 0 for h in steps), key
+    assert all(0 <= h["data_stall_frac"] < 1 and h["data_wait_s"] >= 0 for h in steps)
+    assert all(0.05 < h["host_rss_gib"] < 24 for h in steps)  # this process's resident memory, in GiB
+    events = [k for h in first["history"] for k in h if k.startswith("event/")]
+    assert events == ["event/stage_start", "event/stage_end"]  # stage boundaries
     videos = [h for h in first["history"] if h.get("image/samples/_type") == "videos"]  # sample mp4s
     assert len(videos) == 1 and videos[0]["image/samples/count"] == 8
     assert "image/colour_acc" in first["summary"]  # stage-end figures

@@ -206,11 +206,15 @@ class Engine(ABC):
         set_optimizer_state_dict(model, opt, state["optim"])
 
     def all_reduce_mean(self, value: float) -> float:
+        return self.all_reduce_floats([value], "mean")[0]
+
+    def all_reduce_floats(self, values: list[float], op: str) -> list[float]:
+        """values reduced over all ranks in one collective; op: "mean" or "max"."""
         if self.world_size == 1:
-            return value
-        t = torch.tensor([value], dtype=torch.float64, device=self.device)
-        dist.all_reduce(t)
-        return float(t.item()) / self.world_size
+            return list(values)
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
+        return [v / self.world_size if op == "mean" else v for v in t.tolist()]
 
     def broadcast_object(self, obj):
         """Rank 0's value of obj on every rank (rank-0 decisions are made explicit)."""

@@ -121,9 +121,21 @@ class StageDir:
         torch.save(trainer_state, tmp / "trainer_state.pt")
         final = self.checkpoints / f"step_{step:08d}"
         _publish(tmp, final)
-        for old in self.list_checkpoints()[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+        for old in self.list_checkpoints()[:-keep]:  # out of sight first: a kill mid-delete leaves no torso
+            gone = old.with_name(f".del-{old.name}")
+            old.rename(gone)
+            shutil.rmtree(gone, ignore_errors=True)
         return final
+
+    def discard_incomplete(self) -> list[str]:
+        """(rank 0, before a stage starts) Remove what a killed job left half-written: checkpoints not yet
+        renamed into place, old ones being deleted. Returns their names, for the log."""
+        if not self.checkpoints.is_dir():
+            return []
+        leftovers = [p for p in self.checkpoints.iterdir() if p.name.startswith((".tmp-", ".del-"))]
+        for path in leftovers:
+            shutil.rmtree(path, ignore_errors=True)
+        return sorted(p.name for p in leftovers)
 
     def load_checkpoint(self, path: Path) -> dict[str, Any]:
         """Model weights (full, from either layout), trainer state and EMA; the optimizer is the engine's."""

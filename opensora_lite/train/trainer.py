@@ -9,6 +9,7 @@ unexpected keys. The loop is the data flow of docs/design.md: batch -> encoders 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from collections import Counter
@@ -144,6 +145,8 @@ class StageTrainer:
         torch.manual_seed(cfg.run.seed * 1000 + self.index)  # model init: identical on every rank
         model = MMDiT(cfg.model, image_condition=self.image_condition)
         model.set_sequence_parallel(engine.sp)
+        if engine.is_main and (leftovers := self.dir.discard_incomplete()):
+            log.warning("[%s] removed incomplete checkpoint folders of an interrupted job: %s", self.name, leftovers)
         resume = self.dir.latest_checkpoint()
         ckpt = self.dir.load_checkpoint(resume) if resume else None
         if ckpt:
@@ -216,17 +219,21 @@ class StageTrainer:
         return self._finish(model, ema, start, began, loss_value, skipped)
 
     def _log(self, w: dict, step: int, grad_norm: float, lr: float, bar) -> float:
+        engine = self.engine
         elapsed = time.perf_counter() - w["t0"]
+        # the slowest rank's data wait and the largest memory: what stalls a job or runs it out of memory
+        worst = {"data_wait_s": w["wait"] / w["n"], "data_stall_frac": w["wait"] / elapsed, **memory_gib(engine.device)}
+        worst = dict(zip(worst, engine.all_reduce_floats(list(worst.values()), "max")))
         metrics = {
-            "loss": self.engine.all_reduce_mean(w["loss"] / w["n"]),
+            "loss": engine.all_reduce_mean(w["loss"] / w["n"]),
             "lr": lr,
             "grad_norm": grad_norm,
-            "samples_per_s": w["samples"] * self.engine.dp_size / elapsed,
-            "tokens_per_s": w["tokens"] * self.engine.dp_size / elapsed,
-            "data_wait_s": w["wait"] / w["n"],
+            "samples_per_s": w["samples"] * engine.dp_size / elapsed,
+            "tokens_per_s": w["tokens"] * engine.dp_size / elapsed,
             "step_time_s": elapsed / w["n"],
             # model FLOPs per device (an SP group shares each sample; recomputation not counted)
-            "tflops_per_device": w["flops"] / self.engine.cfg.sp_size / elapsed / 1e12,
+            "tflops_per_device": w["flops"] / engine.cfg.sp_size / elapsed / 1e12,
+            **worst,
             "step": step,
         }
         if self.peak_tflops:
@@ -235,7 +242,8 @@ class StageTrainer:
         if bar.disable and self.engine.is_main and self.cfg.logger.console:
             mfu = f" MFU {metrics['mfu']:.1%}" if "mfu" in metrics else ""
             log.info(
-                "[%s] step %d/%d loss %.4f lr %.2e grad %.3f %.1f samples/s %.3g TFLOP/s/device%s data wait %.3fs",
+                "[%s] step %d/%d loss %.4f lr %.2e grad %.3f %.1f samples/s %.3g TFLOP/s/device%s "
+                "data wait %.3fs mem %.2f GiB",
                 self.name,
                 step,
                 self.stage.steps,
@@ -246,9 +254,12 @@ class StageTrainer:
                 metrics["tflops_per_device"],
                 mfu,
                 metrics["data_wait_s"],
+                metrics.get("gpu_mem_peak_gib", metrics["host_rss_gib"]),
             )
         bar.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{lr:.1e}", sps=f"{metrics['samples_per_s']:.1f}")
         w.update(loss=0.0, n=0, tokens=0, samples=0, flops=0.0, wait=0.0, t0=time.perf_counter())
+        if engine.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(engine.device)  # the next window's peak
         return metrics["loss"]
 
     def _checkpoint(self, model, opt, sched, gen, ema, step: int, data_state: LoaderState) -> None:
@@ -344,6 +355,27 @@ class StageTrainer:
             )
         engine.barrier()
         return result
+
+
+def memory_gib(device: torch.device) -> dict[str, float]:
+    """This process's memory: resident host memory, and on a GPU the peak allocated since the last
+    reset (per logging window) and what the caching allocator holds."""
+    out = {"host_rss_gib": _rss_bytes() / 2**30}
+    if device.type == "cuda":
+        out["gpu_mem_peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+        out["gpu_mem_reserved_gib"] = torch.cuda.memory_reserved(device) / 2**30
+    return out
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:  # not Linux: the peak instead of the current size
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak if sys.platform == "darwin" else peak * 1024
 
 
 def _fmt(metrics: dict) -> str:

@@ -1,0 +1,187 @@
+"""Interrupted jobs, as a user's job gets interrupted: `osl-train` in its own process, killed with SIGKILL at
+a random step or in the middle of writing a checkpoint, or stopped with SIGTERM (a preemption outside
+Slurm). Rerunning the same command must resume from the newest complete checkpoint and log bitwise the
+loss sequence of an uninterrupted run (one process, CPU), and end on the same weights.
+
+The step a kill lands on is random; the seed is in every failure message (OSL_TEST_SEED=... repeats it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import BIN, REPO, mini_overrides
+from wandb_records import read_run
+
+from opensora_lite.train.state import StageDir, load_weights
+
+STEPS = 12
+SEED = int(os.environ.get("OSL_TEST_SEED", time.time_ns() % 100_000))
+
+
+def _overrides(data: Path, root: Path, **stage) -> list[str]:
+    settings = {"steps": STEPS, "log_every": 1, "checkpoint_every": 1, "keep_checkpoints": 2, **stage}
+    return [
+        *mini_overrides(data, root, name="job"),
+        "run.stage=t2v",
+        "curriculum.stages.t2v.init=none",
+        "curriculum.stages.t2v.evaluate=false",
+        *(f"curriculum.stages.t2v.{k}={v}" for k, v in settings.items()),
+    ]
+
+
+def _env() -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}  # not a Slurm job here
+    return {**env, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "2"}
+
+
+def _start(overrides: list[str], log: Path) -> subprocess.Popen:
+    with open(log, "ab") as fh:
+        return subprocess.Popen([str(BIN / "osl-train"), *overrides], cwd=REPO, env=_env(), stdout=fh, stderr=fh)
+
+
+def _finish(overrides: list[str], log: Path) -> None:
+    proc = _start(overrides, log)
+    assert proc.wait(timeout=300) == 0, log.read_text()[-3000:]
+
+
+def _records(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def _losses(records: list[dict]) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in records if "loss" in r}
+
+
+def _wait_for(predicate, proc: subprocess.Popen, timeout: float = 120, poll: float = 0.005):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = predicate()
+        if found:
+            return found
+        assert proc.poll() is None, f"the job ended (status {proc.returncode}) before it could be interrupted"
+        time.sleep(poll)
+    proc.kill()
+    raise AssertionError("timed out waiting for the job")
+
+
+def _after_resume(records: list[dict]) -> list[dict]:
+    """The records the rerun wrote: those after its `resume` event."""
+    marks = [i for i, r in enumerate(records) if r.get("event") == "resume"]
+    assert len(marks) == 1, f"expected one resume, found {len(marks)}"
+    return records[marks[0] + 1 :]
+
+
+@pytest.fixture(scope="module")
+def reference(shapes_dir, tmp_path_factory):
+    """The uninterrupted job: its per-step losses and final weights."""
+    root = tmp_path_factory.mktemp("reference")
+    _finish(_overrides(shapes_dir, root), root / "job.log")
+    losses = _losses(_records(root / "job"))
+    assert sorted(losses) == list(range(1, STEPS + 1))
+    return losses, load_weights(root / "job" / "t2v" / "final" / "model.safetensors")
+
+
+def _same_end(reference, run_dir: Path, context: str) -> None:
+    losses, weights = reference
+    final = load_weights(run_dir / "t2v" / "final" / "model.safetensors")
+    assert all(torch.equal(final[k], weights[k]) for k in weights), f"final weights differ ({context})"
+    logged = _losses(_records(run_dir))  # both jobs' lines; a step logged twice must agree with itself
+    for record in _records(run_dir):
+        if "loss" in record:
+            assert record["loss"] == losses[record["step"]], f"step {record['step']} loss differs ({context})"
+    assert sorted(logged) == list(range(1, STEPS + 1)), context
+
+
+def test_sigkill_at_a_random_step_resumes_to_the_same_loss_sequence(shapes_dir, tmp_path, reference):
+    kill_after = random.Random(SEED).randint(2, STEPS - 3)
+    context = f"seed {SEED}, killed after step {kill_after} was logged"
+    overrides = _overrides(shapes_dir, tmp_path)
+    run_dir, log = tmp_path / "job", tmp_path / "job.log"
+    proc = _start(overrides, log)
+    _wait_for(lambda: len(_losses(_records(run_dir))) >= kill_after, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    newest = StageDir(run_dir / "t2v").latest_checkpoint()
+    assert newest is not None, context
+    _finish(overrides, log)
+    rerun = _after_resume(_records(run_dir))
+    from_step = int(newest.name.split("_")[1])
+    assert min(_losses(rerun)) == from_step + 1, f"the rerun did not start after step {from_step} ({context})"
+    _same_end(reference, run_dir, context)
+
+
+def test_sigkill_while_a_checkpoint_is_written_leaves_the_previous_one_usable(shapes_dir, tmp_path, reference):
+    """Kill the moment a checkpoint's temporary folder appears (plus a random few ms, so the kill lands
+    at different points of the write); retried until a kill landed before the folder was renamed."""
+    rng = random.Random(SEED)
+    for attempt in range(8):
+        run_dir, log = tmp_path / f"job{attempt}", tmp_path / f"job{attempt}.log"
+        overrides = [*_overrides(shapes_dir, tmp_path), f"run.name=job{attempt}"]
+        proc = _start(overrides, log)
+        folder = run_dir / "t2v" / "checkpoints"
+        step = rng.randint(2, STEPS - 2)  # a write that has a complete checkpoint before it
+        tmp = folder / f".tmp-step_{step:08d}"
+        _wait_for(tmp.exists, proc, poll=0.0002)
+        time.sleep(rng.uniform(0, 0.02))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        if tmp.exists():
+            break
+    else:
+        pytest.fail(f"no kill landed inside a checkpoint write in 8 attempts (seed {SEED})")
+    written = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*"))
+    context = f"seed {SEED}, killed while writing step {step}; it held {written}"
+    stage = StageDir(run_dir / "t2v")
+    newest = stage.latest_checkpoint()
+    assert newest is not None and newest.name == f"step_{step - 1:08d}", context
+    ckpt = stage.load_checkpoint(newest)  # complete: weights, optimizer, trainer state
+    assert ckpt["trainer_state"]["step"] == step - 1 and (newest / "optim_dcp" / ".metadata").is_file(), context
+    _finish(overrides, log)
+    assert not tmp.exists(), "the half-written folder was left behind"
+    assert "removed incomplete checkpoint folders" in log.read_text()
+    assert min(_losses(_after_resume(_records(run_dir)))) == step, context
+    _same_end(reference, run_dir, context)
+
+
+def test_sigterm_checkpoints_exits_3_and_resumes_into_the_same_wandb_run(shapes_dir, tmp_path, reference):
+    """SIGTERM (a preemption, outside Slurm): the job finishes its step, writes a checkpoint of it even with
+    periodic checkpoints off, exits with status 3; the rerun resumes there and logs into the same W&B run."""
+    signal_after = random.Random(SEED).randint(2, STEPS - 3)
+    overrides = [
+        *_overrides(shapes_dir, tmp_path, checkpoint_every=0),
+        "logger=wandb",
+        "logger.wandb.mode=offline",
+    ]
+    run_dir, log = tmp_path / "job", tmp_path / "job.log"
+    proc = _start(overrides, log)
+    _wait_for(lambda: len(_losses(_records(run_dir))) >= signal_after, proc)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 3, log.read_text()[-3000:]
+    text = log.read_text()
+    assert "preempted: t2v: stopped at step" in text and "not a Slurm job: not requeued" in text
+    (event,) = [r for r in _records(run_dir) if r.get("event") == "preempted"]
+    at = event["at_step"]
+    assert at >= signal_after and event["signal"] == "SIGTERM"
+    assert [p.name for p in StageDir(run_dir / "t2v").list_checkpoints()] == [f"step_{at:08d}"]
+    _finish(overrides, log)
+    assert min(_losses(_after_resume(_records(run_dir)))) == at + 1
+    _same_end(reference, run_dir, f"seed {SEED}, SIGTERM after step {signal_after}, stopped at {at}")
+    run_id = (run_dir / "wandb_id.txt").read_text().strip()
+    files = sorted((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert [f.name for f in files] == [f"run-{run_id}.wandb"] * 2  # the rerun resumed the same W&B run
+    first, second = read_run(files[0]), read_run(files[1])
+    assert "event/preempted" in {k for h in first["history"] for k in h}
+    assert "event/resume" in {k for h in second["history"] for k in h}
+    offset = [h["_step"] for h in first["history"] if "loss" in h][0] - 1  # the stages before t2v
+    resumed = [h["_step"] - offset for h in second["history"] if "loss" in h]
+    assert resumed == list(range(at + 1, STEPS + 1))  # W&B's step axis continues where the job stopped
