@@ -27,18 +27,14 @@ if ! command -v slurmctld >/dev/null || ! command -v slurmd >/dev/null || ! comm
   apt-get update -qq >/dev/null
   apt-get install -y -qq --no-install-recommends slurmctld slurmd slurm-client munge >/dev/null
 fi
-if scontrol ping 2>/dev/null | grep -q UP && [ "$(sinfo -h -N -o %t 2>/dev/null | grep -cE "idle|mix|alloc")" -ge 2 ]; then
-  echo "$dir"
-  exit 0
-fi
-
 host=$(hostname -s)
 mem=$(( $(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 / 2 ))
 mkdir -p "$dir"/{state,spool/n1,spool/n2,log}
 for n in n1 n2; do
   grep -qE "^127\.0\.0\.1[[:space:]].*\b$n\b" /etc/hosts || echo "127.0.0.1 $n" >> /etc/hosts
 done
-cat > "$dir/slurm.conf" <<EOF
+# cred_expire: a requeued job may start again after this many seconds (Slurm's default: 120)
+conf=$(cat <<EOF
 ClusterName=osl
 SlurmctldHost=$host
 SlurmUser=root
@@ -67,7 +63,15 @@ MinJobAge=600
 KillWait=10
 NodeName=n[1-2] NodeHostname=$host NodeAddr=127.0.0.1 Port=[17001-17002] CPUs=$cpus RealMemory=$mem State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+AuthInfo=cred_expire=15
 EOF
+)
+if [ "$conf" = "$(cat "$dir/slurm.conf" 2>/dev/null)" ] && scontrol ping 2>/dev/null | grep -q UP \
+  && [ "$(sinfo -h -N -o %t 2>/dev/null | grep -cE "idle|mix|alloc")" -ge 2 ]; then
+  echo "$dir"  # already running with this configuration
+  exit 0
+fi
+echo "$conf" > "$dir/slurm.conf"
 mkdir -p /etc/slurm
 ln -sf "$dir/slurm.conf" /etc/slurm/slurm.conf
 mkdir -p /run/munge && chown munge:munge /run/munge

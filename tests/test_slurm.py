@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import time
 
@@ -27,7 +28,7 @@ def slurm():
     return out.stdout.strip()
 
 
-def _submit(tmp_path, overrides: list[str], name: str) -> str:
+def _submit(tmp_path, overrides: list[str], name: str, template: str = "multinode.sbatch") -> str:
     cmd = [
         "sbatch",
         "--parsable",
@@ -37,11 +38,11 @@ def _submit(tmp_path, overrides: list[str], name: str) -> str:
         "--cpus-per-task=1",
         f"--job-name={name}",
         f"--output={tmp_path}/slurm-%j.out",
-        str(REPO / "slurm" / "multinode.sbatch"),
+        str(REPO / "slurm" / template),
         *overrides,
     ]
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
-    env.update(OSL_VENV=str(BIN.parent), OMP_NUM_THREADS="1")
+    env.update(OSL_VENV=str(BIN.parent), OMP_NUM_THREADS="1", OSL_NPROC_PER_NODE="1")
     out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     return out.stdout.strip().split(";")[0]
@@ -96,21 +97,39 @@ def test_mini_curriculum_as_a_stage_chain_over_two_nodes(slurm, shapes_dir, tmp_
     assert "(2 processes), engine fsdp2" in (tmp_path / "chain" / "logs" / "train.log").read_text()
 
 
-def test_usr1_checkpoints_requeues_and_resumes_to_the_same_weights(slurm, shapes_dir, tmp_path):
-    stage = [
-        "run.stage=image",
-        "curriculum.stages.image.steps=30",
-        "curriculum.stages.image.log_every=1",
-        "curriculum.stages.image.checkpoint_every=0",
-        "curriculum.stages.image.evaluate=false",
-    ]
-    job = _submit(tmp_path, [*mini_overrides(shapes_dir, tmp_path, name="preempted"), *stage], "osl-preempt")
+PREEMPTED_STAGE = [
+    "run.stage=image",
+    "curriculum.stages.image.steps=24",
+    "curriculum.stages.image.log_every=1",
+    "curriculum.stages.image.checkpoint_every=0",
+    "curriculum.stages.image.evaluate=false",
+]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(slurm, shapes_dir, tmp_path_factory):
+    """The stage of the preemption tests, run through without a signal (2 nodes x 1 process, fsdp2)."""
+    tmp = tmp_path_factory.mktemp("straight")
+    job = _submit(tmp, [*mini_overrides(shapes_dir, tmp, name="straight"), *PREEMPTED_STAGE], "osl-straight")
+    assert _wait(job, 400)["JobState"] == "COMPLETED", _log(tmp, job)[-3000:]
+    return load_weights(tmp / "straight" / "image" / "final" / "model.safetensors")
+
+
+@pytest.mark.parametrize("template", ["multinode.sbatch", "torchrun_multinode.sbatch"])
+def test_usr1_checkpoints_requeues_and_resumes_to_the_same_weights(
+    slurm, shapes_dir, tmp_path, uninterrupted, template
+):
+    """USR1, as `--signal=USR1@N` sends it before the time limit, to a job of either template (srun per
+    process; torchrun per node): every process stops at the same step, checkpoints, the job requeues
+    itself, restarts, resumes and ends on bitwise the weights of the uninterrupted job."""
+    overrides = [*mini_overrides(shapes_dir, tmp_path, name="preempted"), *PREEMPTED_STAGE]
+    job = _submit(tmp_path, overrides, "osl-preempt", template)
     metrics = tmp_path / "preempted" / "metrics.jsonl"
     deadline = time.monotonic() + 300
     while not (metrics.is_file() and metrics.read_text().count('"loss"') >= 3):
         assert time.monotonic() < deadline and _job(job).get("JobState") in ("PENDING", "RUNNING"), _job(job)
         time.sleep(0.5)
-    subprocess.run(["scancel", "--signal=USR1", job], check=True)  # what --signal=USR1@N sends
+    subprocess.run(["scancel", "--signal=USR1", job], check=True)
     info = _wait(job, 400)
     log = _log(tmp_path, job)
     assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", log[-3000:]
@@ -120,9 +139,44 @@ def test_usr1_checkpoints_requeues_and_resumes_to_the_same_weights(slurm, shapes
     stopped = [r for r in rows if r.get("event") == "preempted"]
     resumed = [r for r in rows if r.get("event") == "resume"]
     assert len(stopped) == 1 and resumed and resumed[0]["from_step"] == stopped[0]["at_step"] > 0
+    weights = load_weights(tmp_path / "preempted" / "image" / "final" / "model.safetensors")
+    assert all(torch.equal(weights[k], uninterrupted[k]) for k in weights), "the requeued run diverged"
 
-    reference = _submit(tmp_path, [*mini_overrides(shapes_dir, tmp_path, name="straight"), *stage], "osl-straight")
-    assert _wait(reference, 400)["JobState"] == "COMPLETED"
-    a = load_weights(tmp_path / "preempted" / "image" / "final" / "model.safetensors")
-    b = load_weights(tmp_path / "straight" / "image" / "final" / "model.safetensors")
-    assert all(torch.equal(a[k], b[k]) for k in a), "the requeued run diverged from the uninterrupted one"
+
+def _sweep(tmp_path, name: str, overrides: list[str]) -> subprocess.CompletedProcess:
+    """`osl-train --multirun hydra/launcher=slurm ...` (configs/hydra/launcher/slurm.yaml), sized for here."""
+    launcher = ["tasks_per_node=1", "gpus_per_node=0", "cpus_per_task=1", "timeout_min=10"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    env.update(OMP_NUM_THREADS="1")
+    return subprocess.run(
+        [str(BIN / "osl-train"), "--multirun", "hydra/launcher=slurm", *(f"hydra.launcher.{o}" for o in launcher),
+         *mini_overrides(tmp_path / "data", tmp_path, name=name), "run.stage=image",
+         "curriculum.stages.image.evaluate=false", *overrides],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400,
+    )  # fmt: skip
+
+
+def test_hydra_sweep_runs_one_slurm_job_per_point(slurm, shapes_dir, tmp_path):
+    """A --multirun sweep through the Slurm launcher: one Slurm job per point, each over 2 nodes x 1 process
+    (rendezvous found by the job itself), each in its own run directory; a failing point is reported in
+    one line and fails the sweep."""
+    (tmp_path / "data").symlink_to(shapes_dir)
+    out = _sweep(tmp_path, "sweep", ["hydra.launcher.nodes=2", "parallel=ddp", "run.seed=0,1"])
+    assert out.returncode == 0, out.stderr[-3000:]
+    root = tmp_path / "sweep"
+    jobs = sorted(p.name for p in (root / ".submitit").iterdir() if re.fullmatch(r"\d+_\d+", p.name))
+    assert len(jobs) == 2, jobs  # one Slurm array task per point, its logs in .submitit/<array>_<task>/
+    finals = []
+    for point in ("0_run.seed=0", "1_run.seed=1"):
+        assert "2 processes" in (root / point / "logs" / "train.log").read_text()
+        finals.append(load_weights(root / point / "image" / "final" / "model.safetensors"))
+    assert not torch.equal(finals[0]["img_in.weight"], finals[1]["img_in.weight"])  # the swept seed took effect
+    for job in jobs:  # the sweep returns on the jobs' results; Slurm may still be completing them
+        info = _wait(job, 60)
+        assert info["JobState"] == "COMPLETED" and info["NumNodes"] == "2", info
+
+    bad = _sweep(tmp_path, "bad", ["curriculum.stages.image.keep_checkpoints=1,0"])
+    assert bad.returncode == 1
+    assert "error: curriculum.stages.image.keep_checkpoints: must be >= 1" in bad.stderr
+    assert "Traceback" not in bad.stderr
+    assert (tmp_path / "bad" / "0_curriculum.stages.image.keep_checkpoints=1" / "image" / "final").is_dir()

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Callable
 
 import hydra
+from hydra.errors import CompactHydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
@@ -31,12 +33,10 @@ def hydra_entry(config_name: str, validate_on_print: bool = False) -> Callable:
             try:
                 fn(cfg)
             except UserError as exc:
-                print(f"error: {exc}", file=sys.stderr, flush=True)
-                sys.exit(2)
+                _fail(f"error: {exc}", 2)
             except MissingMandatoryValue as exc:
                 key = exc.full_key or "?"
-                print(f"error: {key}: a value is required (add {key}=...)", file=sys.stderr, flush=True)
-                sys.exit(2)
+                _fail(f"error: {key}: a value is required (add {key}=...)", 2)
             except Preempted as exc:  # the checkpoint is written: requeue (Slurm) and stop
                 from opensora_lite.parallel.engine import launch_env
 
@@ -48,18 +48,31 @@ def hydra_entry(config_name: str, validate_on_print: bool = False) -> Callable:
                 if lost is None:
                     raise
                 logging.getLogger("opensora_lite").debug("collective failure", exc_info=True)  # into train.log
-                print(f"error: {lost}", file=sys.stderr, flush=True)
-                sys.exit(1)
+                _fail(f"error: {lost}", 1)
 
         def main() -> None:
             register()
             if validate_on_print and any(a in ("--cfg", "-c") for a in sys.argv[1:]):
                 _validate_argv(config_name)
+            if any(a in ("--multirun", "-m") for a in sys.argv[1:]):  # for jobs that run elsewhere (Slurm)
+                os.environ[SWEPT_KEYS_ENV] = ",".join(sorted(_swept_keys_in_argv()))
             hydra.main(config_path=str(config_dir()), config_name=config_name, version_base="1.3")(task)()
 
         return main
 
     return decorate
+
+
+class JobFailed(CompactHydraException):
+    """A job run by submitit (a Slurm sweep) failed; raised, not exited, so submitit records the failure
+    and the sweeping command reports it (one line, exit status 1) instead of waiting for a result."""
+
+
+def _fail(message: str, status: int) -> None:
+    print(message, file=sys.stderr, flush=True)
+    if os.environ.get("SUBMITIT_EXECUTOR"):
+        raise JobFailed(message) from None
+    sys.exit(status)
 
 
 def collective_failure(exc: BaseException) -> str | None:
@@ -121,7 +134,17 @@ def run_dir_for(cfg: Config) -> Path:
     return base / f"{hc.job.num}_{tag}"
 
 
+SWEPT_KEYS_ENV = "OSL_SWEPT_KEYS"  # set by the sweeping command, inherited by its jobs (local or Slurm)
+
+
 def _swept_keys() -> set[str]:
+    """Keys given a sweep on the sweeping command line (a job on Slurm has another command line)."""
+    if SWEPT_KEYS_ENV in os.environ:
+        return {k for k in os.environ[SWEPT_KEYS_ENV].split(",") if k}
+    return _swept_keys_in_argv()
+
+
+def _swept_keys_in_argv() -> set[str]:
     """Keys given a sweep (a,b / range / choice) on this command line."""
     from hydra._internal.utils import get_args_parser
     from hydra.core.override_parser.overrides_parser import OverridesParser

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import subprocess
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -50,6 +51,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _rendezvous(world_size: int) -> dict[str, str]:
+    """Default MASTER_ADDR/PORT (torchrun sets both): under srun (slurm/multinode.sbatch, a submitit sweep
+    job) the job's first node and a port from the job id (jobs sharing a node differ); else this machine."""
+    job, nodes = os.environ.get("SLURM_JOB_ID"), os.environ.get("SLURM_JOB_NODELIST")
+    if world_size > 1 and job and nodes:
+        out = subprocess.run(["scontrol", "show", "hostnames", nodes], capture_output=True, text=True)
+        if out.returncode == 0 and out.stdout.split():
+            return {"MASTER_ADDR": out.stdout.split()[0], "MASTER_PORT": str(20000 + int(job) % 20000)}
+    return {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500" if world_size > 1 else str(_free_port())}
+
+
 def pick_device(preference: str, local_rank: int) -> torch.device:
     if preference == "cuda" or (preference == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
@@ -74,9 +86,8 @@ class Engine(ABC):
         self.device = pick_device(device_preference, self.local_rank)
         if (self.world_size > 1 or self.needs_process_group) and not dist.is_initialized():
             backend = cfg.backend if cfg.backend != "auto" else ("nccl" if self.device.type == "cuda" else "gloo")
-            if "MASTER_ADDR" not in os.environ:  # srun without torchrun: all tasks on one node by default
-                os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-                os.environ.setdefault("MASTER_PORT", "29500" if self.world_size > 1 else str(_free_port()))
+            for key, value in _rendezvous(self.world_size).items():
+                os.environ.setdefault(key, value)  # what the launcher set wins
             dist.init_process_group(
                 backend,
                 rank=self.rank,

@@ -1,6 +1,7 @@
 """Preemption: a signal becomes a checkpoint at the next step boundary, then a requeue.
 
-Slurm warns a job before its time limit with `--signal=USR1@<seconds>` and preempts with SIGTERM
+Slurm warns a job before its time limit with `--signal=USR1@<seconds>` (USR2 in a submitit sweep,
+configs/hydra/launcher/slurm.yaml) and preempts with SIGTERM
 (then SIGKILL after KillWait). Each rank notes the signal in its handler (nothing else happens inside
 a handler); after every optimizer step the ranks agree (one max all-reduce of a flag) whether any of
 them was signalled, so all of them stop at the same step. The trainer then writes a checkpoint and
@@ -22,7 +23,7 @@ import torch
 import torch.distributed as dist
 
 log = logging.getLogger("opensora_lite")
-SIGNALS = ("SIGUSR1", "SIGTERM")
+SIGNALS = ("SIGUSR1", "SIGUSR2", "SIGTERM")  # USR2: what submitit asks Slurm for (Slurm sweeps)
 
 
 class Preempted(Exception):
