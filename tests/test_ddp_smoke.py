@@ -11,6 +11,7 @@ import subprocess
 import pytest
 import torch
 from conftest import BIN, REPO, mini_overrides
+from wandb_records import read_run
 
 from opensora_lite.train.state import load_weights
 
@@ -59,6 +60,8 @@ def test_mini_curriculum_under_torchrun(shapes_dir, tmp_path, engine):
     """The (mini) tiny curriculum, all its stages, with 2 processes on each engine: every stage trains,
     checkpoints with the engine's optimizer state, evaluates on rank 0 and hands its weights on."""
     extra, optim = ENGINES[engine]
+    if engine == "ddp":  # W&B from rank 0 alone
+        extra = [*extra, "logger=wandb", "logger.wandb.mode=offline"]
     stdout = _torchrun(
         "opensora_lite.cli.curriculum", [*mini_overrides(shapes_dir, tmp_path, name=engine), *extra], tmp_path, engine
     )
@@ -72,6 +75,10 @@ def test_mini_curriculum_under_torchrun(shapes_dir, tmp_path, engine):
         assert any(r.get("event") == "init" and r["stage"] == stage for r in rows) or stage == "image"
     logged = [r for r in rows if r.get("stage") == "t2v" and "loss" in r and "event" not in r]
     assert [r["step"] for r in logged] == [1, 2, 3]  # rank 0 alone writes metrics
+    if engine == "ddp":
+        (run_file,) = (run_dir / "wandb").glob("offline-run-*/run-*.wandb")  # one W&B run, not one per rank
+        history = {h["_step"]: h["loss"] for h in read_run(run_file)["history"] if "loss" in h}
+        assert history == {r["global_step"]: r["loss"] for r in rows if "loss" in r and "event" not in r}
     ckpt = run_dir / "image" / "checkpoints" / "step_00000002"
     assert (ckpt / optim).is_dir()
     assert "2 processes" in (run_dir / "logs" / "train.log").read_text()
