@@ -33,7 +33,8 @@ mkdir -p "$dir"/{state,spool/n1,spool/n2,log}
 for n in n1 n2; do
   grep -qE "^127\.0\.0\.1[[:space:]].*\b$n\b" /etc/hosts || echo "127.0.0.1 $n" >> /etc/hosts
 done
-# cred_expire: a requeued job may start again after this many seconds (Slurm's default: 120)
+# cred_expire: a requeued job may start again after this many seconds (Slurm's default: 120);
+# sched_interval: how often pending jobs are tried (default 60 s: a released requeued job waits for it)
 conf=$(cat <<EOF
 ClusterName=osl
 SlurmctldHost=$host
@@ -58,7 +59,7 @@ SlurmctldLogFile=$dir/log/slurmctld.log
 SlurmdLogFile=$dir/log/slurmd-%n.log
 AccountingStorageType=accounting_storage/none
 JobAcctGatherType=jobacct_gather/none
-SchedulerParameters=batch_sched_delay=0
+SchedulerParameters=batch_sched_delay=0,sched_interval=2
 MinJobAge=600
 KillWait=10
 NodeName=n[1-2] NodeHostname=$host NodeAddr=127.0.0.1 Port=[17001-17002] CPUs=$cpus RealMemory=$mem State=UNKNOWN

@@ -99,7 +99,7 @@ def test_mini_curriculum_as_a_stage_chain_over_two_nodes(slurm, shapes_dir, tmp_
 
 PREEMPTED_STAGE = [
     "run.stage=image",
-    "curriculum.stages.image.steps=24",
+    "curriculum.stages.image.steps=12",
     "curriculum.stages.image.log_every=1",
     "curriculum.stages.image.checkpoint_every=0",
     "curriculum.stages.image.evaluate=false",
@@ -143,17 +143,24 @@ def test_usr1_checkpoints_requeues_and_resumes_to_the_same_weights(
     assert all(torch.equal(weights[k], uninterrupted[k]) for k in weights), "the requeued run diverged"
 
 
-def _sweep(tmp_path, name: str, overrides: list[str]) -> subprocess.CompletedProcess:
+def _sweep_command(tmp_path, name: str, overrides: list[str]) -> list[str]:
     """`osl-train --multirun hydra/launcher=slurm ...` (configs/hydra/launcher/slurm.yaml), sized for here."""
     launcher = ["tasks_per_node=1", "gpus_per_node=0", "cpus_per_task=1", "timeout_min=10"]
+    return [
+        str(BIN / "osl-train"), "--multirun", "hydra/launcher=slurm", *(f"hydra.launcher.{o}" for o in launcher),
+        *mini_overrides(tmp_path / "data", tmp_path, name=name), "run.stage=image",
+        "curriculum.stages.image.evaluate=false", *overrides,
+    ]  # fmt: skip
+
+
+def _sweep_env() -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
-    env.update(OMP_NUM_THREADS="1")
-    return subprocess.run(
-        [str(BIN / "osl-train"), "--multirun", "hydra/launcher=slurm", *(f"hydra.launcher.{o}" for o in launcher),
-         *mini_overrides(tmp_path / "data", tmp_path, name=name), "run.stage=image",
-         "curriculum.stages.image.evaluate=false", *overrides],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400,
-    )  # fmt: skip
+    return {**env, "OMP_NUM_THREADS": "1"}
+
+
+def _sweep(tmp_path, name: str, overrides: list[str]) -> subprocess.CompletedProcess:
+    cmd = _sweep_command(tmp_path, name, overrides)
+    return subprocess.run(cmd, cwd=tmp_path, env=_sweep_env(), capture_output=True, text=True, timeout=400)
 
 
 def test_hydra_sweep_runs_one_slurm_job_per_point(slurm, shapes_dir, tmp_path):
@@ -180,3 +187,27 @@ def test_hydra_sweep_runs_one_slurm_job_per_point(slurm, shapes_dir, tmp_path):
     assert "error: curriculum.stages.image.keep_checkpoints: must be >= 1" in bad.stderr
     assert "Traceback" not in bad.stderr
     assert (tmp_path / "bad" / "0_curriculum.stages.image.keep_checkpoints=1" / "image" / "final").is_dir()
+
+
+def test_a_preempted_sweep_job_requeues_and_the_sweep_completes(slurm, shapes_dir, tmp_path):
+    """Submitit asks Slurm for USR2 before a sweep job's time limit: the job checkpoints and requeues
+    itself, the restarted job resumes, and the sweeping command collects its result and succeeds."""
+    (tmp_path / "data").symlink_to(shapes_dir)
+    overrides = ["curriculum.stages.image.steps=16", "curriculum.stages.image.log_every=1"]
+    cmd = _sweep_command(tmp_path, "swept", overrides)
+    sweep = subprocess.Popen(cmd, cwd=tmp_path, env=_sweep_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    metrics = tmp_path / "swept" / "0_job" / "metrics.jsonl"
+    deadline = time.monotonic() + 300
+    while not (metrics.is_file() and metrics.read_text().count('"loss"') >= 3):
+        assert time.monotonic() < deadline and sweep.poll() is None, sweep.communicate()[0][-3000:]
+        time.sleep(0.5)
+    (task,) = [p.name for p in (tmp_path / "swept" / ".submitit").iterdir() if p.name.isdigit()]  # one point: one job
+    subprocess.run(["scancel", "--signal=USR2", task], check=True)
+    output = sweep.communicate(timeout=300)[0].decode()
+    assert sweep.returncode == 0, output[-3000:]
+    assert int(_wait(task, 60)["Restarts"]) == 1
+    rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+    (stopped,) = [r for r in rows if r.get("event") == "preempted"]
+    (resumed,) = [r for r in rows if r.get("event") == "resume"]
+    assert stopped["signal"] == "SIGUSR2" and resumed["from_step"] == stopped["at_step"]
+    assert (tmp_path / "swept" / "0_job" / "image" / "final" / "model.safetensors").is_file()
