@@ -131,7 +131,8 @@ def test_sigkill_while_a_checkpoint_is_written_leaves_the_previous_one_usable(sh
         folder = run_dir / "t2v" / "checkpoints"
         step = rng.randint(2, STEPS - 2)  # a write that has a complete checkpoint before it
         tmp = folder / f".tmp-step_{step:08d}"
-        _wait_for(tmp.exists, proc, poll=0.0002)
+        published = folder / f"step_{step:08d}"  # the write was missed by polling: kill and try again
+        _wait_for(lambda tmp=tmp, done=published: tmp.exists() or done.exists(), proc, poll=0.0002)
         time.sleep(rng.uniform(0, 0.02))
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
