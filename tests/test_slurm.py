@@ -134,7 +134,7 @@ def test_usr1_checkpoints_requeues_and_resumes_to_the_same_weights(
     log = _log(tmp_path, job)
     assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", log[-3000:]
     assert int(info["Restarts"]) == 1 and "restart 1 on" in log
-    assert "preempted: image: stopped at step" in log and f"job {job} requeued" in log
+    assert "preempted: image: stopped at step" in log and f"requeueing job {job}" in log
     assert "Traceback" not in log  # a preemption is routine: no process reports it as a crash
     rows = [json.loads(line) for line in metrics.read_text().splitlines()]
     stopped = [r for r in rows if r.get("event") == "preempted"]

@@ -41,7 +41,7 @@ def hydra_entry(config_name: str, validate_on_print: bool = False) -> Callable:
                 from opensora_lite.parallel.engine import launch_env
 
                 if launch_env()[0] == 0:
-                    print(f"preempted: {exc}; {requeue_slurm_job(exc.signame)}", file=sys.stderr, flush=True)
+                    requeue_slurm_job(exc)
                 sys.exit(PREEMPTED_EXIT)
             except Exception as exc:
                 lost = collective_failure(exc)

@@ -18,6 +18,7 @@ import logging
 import os
 import signal
 import subprocess
+import sys
 
 import torch
 import torch.distributed as dist
@@ -65,16 +66,21 @@ class PreemptionWatch:
         self._previous = {}
 
 
-def requeue_slurm_job(signame: str) -> str:
-    """Requeue this Slurm job (call on one rank); returns what was done, for the log."""
+def requeue_slurm_job(exc: Preempted) -> None:
+    """Requeue this Slurm job (call on one rank) and say so on stderr. The line is written before the
+    request: `scontrol requeue` ends the job's processes, this one included, within moments."""
+
+    def say(what: str) -> None:
+        print(f"preempted: {exc}; {what}", file=sys.stderr, flush=True)
+
     job = os.environ.get("SLURM_JOB_ID")
     if not job:
-        return "not a Slurm job: not requeued (rerun the same command to resume)"
-    if signame == "SIGTERM":
+        return say("not a Slurm job: not requeued (rerun the same command to resume)")
+    if exc.signame == "SIGTERM":
         state = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True).stdout
         if "JobState=CANCELLED" in state:
-            return f"job {job} was cancelled: not requeued"
+            return say(f"job {job} was cancelled: not requeued")
+    say(f"requeueing job {job}")
     out = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
     if out.returncode != 0:
-        return f"scontrol requeue {job} failed: {out.stderr.strip()}"
-    return f"job {job} requeued"
+        say(f"scontrol requeue {job} failed: {out.stderr.strip()}")
