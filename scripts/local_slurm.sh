@@ -34,7 +34,9 @@ for n in n1 n2; do
   grep -qE "^127\.0\.0\.1[[:space:]].*\b$n\b" /etc/hosts || echo "127.0.0.1 $n" >> /etc/hosts
 done
 # cred_expire: a requeued job may start again after this many seconds (Slurm's default: 120);
-# sched_interval: how often pending jobs are tried (default 60 s: a released requeued job waits for it)
+# sched_interval: how often pending jobs are tried (default 60 s: a released requeued job waits for it);
+# preemption as clusters set it up: a job of partition urgent takes the nodes of debug jobs, which get
+# SIGTERM, GraceTime seconds to checkpoint, and are requeued
 conf=$(cat <<EOF
 ClusterName=osl
 SlurmctldHost=$host
@@ -63,7 +65,10 @@ SchedulerParameters=batch_sched_delay=0,sched_interval=2
 MinJobAge=600
 KillWait=10
 NodeName=n[1-2] NodeHostname=$host NodeAddr=127.0.0.1 Port=[17001-17002] CPUs=$cpus RealMemory=$mem State=UNKNOWN
-PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+PreemptType=preempt/partition_prio
+PreemptMode=REQUEUE
+PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP PriorityTier=1 PreemptMode=REQUEUE GraceTime=60
+PartitionName=urgent Nodes=ALL MaxTime=INFINITE State=UP PriorityTier=2 PreemptMode=OFF
 AuthInfo=cred_expire=15
 EOF
 )

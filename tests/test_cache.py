@@ -177,3 +177,32 @@ def test_the_mini_curriculum_trains_the_same_from_the_cache(shapes_dir, mini_run
     assert caches == ["i2v", "image", "t2v"]
     summary = json.loads((tmp_path / "mini" / "i2v" / "final" / "summary.json").read_text())
     assert "i2v_colour_keep" in summary["metrics"]
+
+
+def test_a_stop_signal_ends_the_precompute_after_the_shard_in_hand_and_a_rerun_finishes(shapes_dir, tmp_path, encoders):
+    """USR1 (or TERM) while the cache is built, as in a preempted job: the shard being encoded is finished
+    and kept, the build stops with `Preempted` (the entry point exits 3 and requeues), and the next build
+    encodes only the missing shards into the cache one uninterrupted build writes."""
+    import signal
+
+    from opensora_lite.train.preemption import Preempted, PreemptionWatch
+
+    cfg = _config(shapes_dir, tmp_path, tmp_path / "cache")
+    ae, text = encoders
+    engine = build_engine(cfg.parallel, "cpu")
+    watch = PreemptionWatch()
+    try:
+        os.kill(os.getpid(), signal.SIGUSR1)  # delivered to this process's handler, as Slurm's would be
+        with pytest.raises(Preempted, match=r"t2v: stopped .* on SIGUSR1, latent cache: 1 of 4 shards"):
+            build_cache(cfg, "t2v", False, ae, text, engine, progress=False, watch=watch)
+    finally:
+        watch.restore()
+    (folder,) = (tmp_path / "cache").iterdir()
+    first = sorted(folder.glob("[0-9]*.tar"))
+    assert len(first) == 1 and not (folder / "manifest.json").exists()
+    kept = first[0].stat().st_mtime_ns
+    assert build_cache(cfg, "t2v", False, ae, text, engine, progress=False) == folder
+    assert first[0].stat().st_mtime_ns == kept and len(cached_shards(folder)) == 4
+    straight = build_cache(_config(shapes_dir, tmp_path, tmp_path / "straight"), "t2v", False, ae, text, engine)
+    a, b = _read(folder), _read(straight)
+    assert a.keys() == b.keys() and all(torch.equal(a[k][1]["x0"], b[k][1]["x0"]) for k in a)

@@ -44,8 +44,10 @@ def _env() -> dict:
 
 
 def _start(overrides: list[str], log: Path) -> subprocess.Popen:
+    """osl-train in a process group of its own (with its loader workers), as a job step or a pod is."""
     with open(log, "ab") as fh:
-        return subprocess.Popen([str(BIN / "osl-train"), *overrides], cwd=REPO, env=_env(), stdout=fh, stderr=fh)
+        cmd = [str(BIN / "osl-train"), *overrides]
+        return subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=fh, stderr=fh, start_new_session=True)
 
 
 def _finish(overrides: list[str], log: Path) -> None:
@@ -154,22 +156,28 @@ def test_sigkill_while_a_checkpoint_is_written_leaves_the_previous_one_usable(sh
     _same_end(reference, run_dir, context)
 
 
-def test_sigterm_checkpoints_exits_3_and_resumes_into_the_same_wandb_run(shapes_dir, tmp_path, reference):
-    """SIGTERM (a preemption, outside Slurm): the job finishes its step, writes a checkpoint of it even with
-    periodic checkpoints off, exits with status 3; the rerun resumes there and logs into the same W&B run."""
+def test_sigterm_to_the_process_group_checkpoints_exits_3_and_resumes_into_the_same_wandb_run(
+    shapes_dir, tmp_path, reference
+):
+    """SIGTERM to the job's whole process group, as Slurm delivers it to a step on preemption, scancel or a
+    time limit (and Kubernetes to a pod): the loader worker leaves it to the trainer, which finishes its
+    step, writes a checkpoint of it even with periodic checkpoints off, and exits with status 3; the rerun
+    resumes there and logs into the same W&B run. (One loader worker deals the shards as none does.)"""
     signal_after = random.Random(SEED).randint(2, STEPS - 3)
     overrides = [
         *_overrides(shapes_dir, tmp_path, checkpoint_every=0),
+        "data.num_workers=1",
         "logger=wandb",
         "logger.wandb.mode=offline",
     ]
     run_dir, log = tmp_path / "job", tmp_path / "job.log"
     proc = _start(overrides, log)
     _wait_for(lambda: len(_losses(_records(run_dir))) >= signal_after, proc)
-    proc.send_signal(signal.SIGTERM)
+    os.killpg(proc.pid, signal.SIGTERM)  # the trainer and its loader worker alike
     assert proc.wait(timeout=60) == 3, log.read_text()[-3000:]
     text = log.read_text()
     assert "preempted: t2v: stopped at step" in text and "not a Slurm job: not requeued" in text
+    assert "Traceback" not in text, text[-3000:]
     (event,) = [r for r in _records(run_dir) if r.get("event") == "preempted"]
     at = event["at_step"]
     assert at >= signal_after and event["signal"] == "SIGTERM"

@@ -17,6 +17,7 @@ from opensora_lite.cli.common import hydra_entry, load
 from opensora_lite.data.cache import build_cache
 from opensora_lite.parallel import build_engine
 from opensora_lite.text.encoders import TextEncoders
+from opensora_lite.train.preemption import PreemptionWatch
 from opensora_lite.train.preflight import check_data
 from opensora_lite.train.runtime import setup_logging
 from opensora_lite.train.trainer import uses_image_condition
@@ -30,19 +31,21 @@ def run(cfg: DictConfig) -> list:
     engine = build_engine(typed.parallel, typed.run.device)  # no run directory: the cache is not a run
     setup_logging(None, engine.is_main)
     clean = False
+    watch = PreemptionWatch()  # a stop signal: finish the shard in hand, exit 3 (requeued on Slurm); a rerun resumes
     try:
         text = TextEncoders(typed.text_encoder, engine.device)
         ae = build_autoencoder(typed.autoencoder).to(engine.device)
         folders = []
         for name in names:
             stage = typed.curriculum.stages[name]
-            folders.append(build_cache(typed, name, uses_image_condition(stage), ae, text, engine))
+            folders.append(build_cache(typed, name, uses_image_condition(stage), ae, text, engine, watch=watch))
         if engine.is_main:
             for name, folder in zip(names, folders):
                 print(f"{name}: {folder}", flush=True)
         clean = True
         return folders
     finally:
+        watch.restore()
         engine.shutdown(clean)
 
 

@@ -1,5 +1,7 @@
 """`osl-submit`: submit a curriculum to Slurm as a chain, one job per stage, each after the previous one
-succeeded (`--dependency=afterok`). A requeued job keeps its id, so the chain waits for it.
+succeeded (`--dependency=afterok`). A requeued job keeps its id, so the chain waits for it; a stage that
+fails makes Slurm cancel the stages after it (`--kill-on-invalid-dep=yes`, reason
+DependencyNeverSatisfied) instead of leaving them queued forever.
 
     osl-submit experiment=opensora2 run.name=os2_a                       # slurm/multinode.sbatch, 2 nodes
     osl-submit --nodes 4 --stage-nodes hires_768px=8 experiment=opensora2 run.name=os2_a
@@ -62,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
         if nodes:
             cmd.append(f"--nodes={nodes}")
         if previous:
-            cmd.append(f"--dependency=afterok:{previous}")
+            cmd += [f"--dependency=afterok:{previous}", "--kill-on-invalid-dep=yes"]
         cmd += [args.template, *overrides, f"run.stage={name}"]
         if args.dry_run:
             print(" ".join(cmd))

@@ -115,8 +115,11 @@ def encode_item(item: Item, ae, text, device, image_condition: bool, seed: int =
     return {k: v.detach().cpu().contiguous() for k, v in out.items()}
 
 
-def build_cache(cfg, name: str, image_condition: bool, ae, text, engine, progress: bool = True) -> Path:
-    """Precompute stage `name`'s cache (every rank its share; finished shards are kept). Returns its folder."""
+def build_cache(cfg, name: str, image_condition: bool, ae, text, engine, progress: bool = True, watch=None) -> Path:
+    """Precompute stage `name`'s cache (every rank its share; finished shards are kept). Returns its folder.
+
+    With a `PreemptionWatch`, a stop signal ends the work after the shard being written: the ranks meet,
+    and all raise `Preempted`; a rerun builds only the shards still missing."""
     import webdataset as wds
 
     folder, spec = cache_folder(cfg, name, image_condition)
@@ -156,8 +159,17 @@ def build_cache(cfg, name: str, image_condition: bool, ae, text, engine, progres
         (folder / f"{i:05d}.json").write_text(json.dumps({"source": url, "samples": written, "skipped": skipped}))
         os.replace(partial, folder / f"{i:05d}.tar")  # the tar last: a present tar has its record
         bar.update(1)
+        if watch is not None and watch.received:
+            break
     bar.close()
     engine.barrier()
+    signame = watch.should_stop(engine.world_size, engine.device) if watch is not None else None
+    if signame:
+        from opensora_lite.train.preemption import Preempted
+
+        done = sum(1 for i in range(len(sources)) if (folder / f"{i:05d}.tar").is_file())
+        kept = f"latent cache: {done} of {len(sources)} shards written and kept"
+        raise Preempted(name, 0, signame, kept)
     error = None
     if engine.is_main:
         records = [json.loads((folder / f"{i:05d}.json").read_text()) for i in range(len(sources))]

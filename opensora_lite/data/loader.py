@@ -17,11 +17,15 @@ waiting in bucket buffers are decoded.
 
 from __future__ import annotations
 
+import atexit
+import functools
 import glob
 import hashlib
 import io
 import json
 import logging
+import multiprocessing
+import os
 import random
 import time
 from collections import Counter, defaultdict
@@ -348,11 +352,39 @@ class BucketedVideoStream(IterableDataset):
             epoch += 1
 
 
+def _leave_signals_to_the_trainer(exiting, worker_id: int) -> None:
+    """DataLoader worker start-up. Slurm and Kubernetes signal every process of a job step, loader workers
+    included; left to torch's handler a worker dies on SIGTERM and takes the trainer down ("DataLoader
+    worker is killed by signal") before it can checkpoint. So workers ignore INT, USR1 and USR2, and TERM
+    until the trainer itself is exiting (`exiting` set): then TERM is how it ends them (multiprocessing
+    terminates daemonic children at exit and waits for them)."""
+    import signal
+
+    for sig in (signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(sig, signal.SIG_IGN)
+
+    def on_term(signum, frame) -> None:
+        if exiting.value:
+            os._exit(0)
+
+    signal.signal(signal.SIGTERM, on_term)
+
+
 def build_loader(stream: BucketedVideoStream, num_workers: int, prefetch_factor: int, pin_memory: bool) -> DataLoader:
     kwargs = dict(num_workers=num_workers, batch_size=None, pin_memory=pin_memory)
     if num_workers > 0:
-        kwargs.update(prefetch_factor=prefetch_factor, persistent_workers=True)
+        exiting = multiprocessing.RawValue("b", 0)  # shared with the workers; read without a lock
+        atexit.register(_mark_exiting, exiting)  # runs before multiprocessing's own exit handler
+        kwargs.update(
+            prefetch_factor=prefetch_factor,
+            persistent_workers=True,
+            worker_init_fn=functools.partial(_leave_signals_to_the_trainer, exiting),
+        )
     return DataLoader(stream, **kwargs)
+
+
+def _mark_exiting(exiting) -> None:
+    exiting.value = 1
 
 
 def batches(loader: DataLoader):

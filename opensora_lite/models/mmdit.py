@@ -288,4 +288,6 @@ class MMDiT(nn.Module):
             guidance=guidance,
             cond=None if cond is None else patchify(cond, patch),
         )
-        return unpatchify(out, patch, grid)
+        # a fresh tensor, not a view of the tokens: FSDP2 warns on every step about a root module that
+        # returns a view (an in-place op on it would skip its backward hook). One copy of the output.
+        return unpatchify(out, patch, grid).clone(memory_format=torch.contiguous_format)

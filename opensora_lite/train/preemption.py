@@ -9,7 +9,8 @@ raises `Preempted`; the entry point requeues the Slurm job (rank 0, `scontrol re
 The requeued job resumes from that checkpoint, into the same run directory and W&B run.
 
 A SIGTERM from `scancel` is told apart from a preemption by the job's state: a cancelled job is
-checkpointed but not requeued.
+checkpointed but not requeued; one that Slurm is requeuing itself (`scontrol requeue`) is left to it.
+Loader workers ignore these signals (data/loader.py), so the main process alone acts on them.
 """
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ SIGNALS = ("SIGUSR1", "SIGUSR2", "SIGTERM")  # USR2: what submitit asks Slurm fo
 class Preempted(Exception):
     """Raised after the preemption checkpoint was written; the job should requeue and exit."""
 
-    def __init__(self, stage: str, step: int, signame: str):
-        super().__init__(f"{stage}: stopped at step {step} on {signame}, checkpoint written")
+    def __init__(self, stage: str, step: int, signame: str, kept: str = "checkpoint written"):
+        super().__init__(f"{stage}: stopped at step {step} on {signame}, {kept}")
         self.stage, self.step, self.signame = stage, step, signame
 
 
@@ -68,7 +69,11 @@ class PreemptionWatch:
 
 def requeue_slurm_job(exc: Preempted) -> None:
     """Requeue this Slurm job (call on one rank) and say so on stderr. The line is written before the
-    request: `scontrol requeue` ends the job's processes, this one included, within moments."""
+    request: `scontrol requeue` ends the job's processes, this one included, within moments.
+
+    What the job's record says decides: a RUNNING job is requeued; a job Slurm has requeued already
+    (`scontrol requeue`, or a preemption that requeued it: its restart count went up) is left to
+    Slurm; a cancelled, timed-out or otherwise ending job is not requeued."""
 
     def say(what: str) -> None:
         print(f"preempted: {exc}; {what}", file=sys.stderr, flush=True)
@@ -76,11 +81,22 @@ def requeue_slurm_job(exc: Preempted) -> None:
     job = os.environ.get("SLURM_JOB_ID")
     if not job:
         return say("not a Slurm job: not requeued (rerun the same command to resume)")
-    if exc.signame == "SIGTERM":
-        state = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True).stdout
-        if "JobState=CANCELLED" in state:
-            return say(f"job {job} was cancelled: not requeued")
+    record = job_record(job)
+    state, restarts = record.get("JobState", "?"), record.get("Restarts", "0")
+    if restarts.isdigit() and int(restarts) > int(os.environ.get("SLURM_RESTART_COUNT") or 0):
+        return say(f"job {job} is already requeued by Slurm (restart {restarts})")
+    if state != "RUNNING":
+        return say(f"job {job} is {state}: not requeued")
     say(f"requeueing job {job}")
     out = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
     if out.returncode != 0:
         say(f"scontrol requeue {job} failed: {out.stderr.strip()}")
+
+
+def job_record(job: str) -> dict[str, str]:
+    """`scontrol show job`'s fields (empty when scontrol is missing or the job unknown)."""
+    try:
+        text = subprocess.run(["scontrol", "-o", "show", "job", job], capture_output=True, text=True).stdout
+    except OSError:
+        return {}
+    return dict(part.split("=", 1) for part in text.split() if "=" in part)

@@ -88,7 +88,9 @@ class StageTrainer:
         cfg, engine = self.cfg, self.engine
         stream_cls, shards = BucketedVideoStream, expand_shards(cfg.data.shards)
         if cfg.data.kind == "cached":  # build this stage's latent cache once (all ranks), then read it
-            folder = build_cache(cfg, self.name, self.image_condition, self.rt.ae, self.rt.text, engine)
+            folder = build_cache(
+                cfg, self.name, self.image_condition, self.rt.ae, self.rt.text, engine, watch=self.rt.preemption
+            )
             stream_cls, shards = CachedStream, cached_shards(folder)
             log.info("[%s] training from the latent cache %s", self.name, folder)
         stream = stream_cls(
