@@ -14,7 +14,7 @@ from safetensors import safe_open
 from opensora_lite.cli.curriculum import run
 from opensora_lite.models.flops import mmdit_flops
 from opensora_lite.models.mmdit import MMDiTConfig
-from opensora_lite.train.state import load_weights
+from opensora_lite.train.state import load_weights, read_trainer_state
 
 
 def typed_model(cfg) -> MMDiTConfig:
@@ -183,15 +183,46 @@ def test_resume_with_two_workers_and_undecodable_clips_is_exact(shapes_dir, tmp_
     ]
     run(compose(overrides))
     stage = tmp_path / "runs" / "w2" / "t2v"
-    state = torch.load(stage / "checkpoints" / "step_00000003" / "trainer_state.pt", weights_only=False)
+    state = read_trainer_state(stage / "checkpoints" / "step_00000003")
     assert state["data"]["batches"] == 3 and state["data"]["failed"]  # some cut clips were met
     copy = tmp_path / "copy"
     shutil.copytree(tmp_path / "runs", copy)
     shutil.rmtree(copy / "w2" / "t2v" / "final")
     for later in ("checkpoints/step_00000004", "checkpoints/step_00000005"):
         shutil.rmtree(copy / "w2" / "t2v" / later, ignore_errors=True)
+    # the copy resumes from a checkpoint as earlier versions wrote it: the trainer state as a torch pickle
+    old = copy / "w2" / "t2v" / "checkpoints" / "step_00000003"
+    torch.save(read_trainer_state(old), old / "trainer_state.pt")
+    (old / "trainer_state.json").unlink()
+    (old / "trainer_state.safetensors").unlink()
     resumed = run(compose([*overrides, f"run.root={copy}"]))
     assert resumed[0].resumed_from == 3
     a = load_weights(stage / "final" / "model.safetensors")
     b = load_weights(copy / "w2" / "t2v" / "final" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed training diverged from the uninterrupted run"
+
+
+def test_trainer_state_is_json_and_tensors_and_a_foreign_pickle_is_refused(tmp_path):
+    """The trainer state round-trips through JSON + safetensors exactly (generator states included); an old
+    `trainer_state.pt` holding anything but tensors and plain containers is refused with one error."""
+    import argparse
+
+    from opensora_lite.errors import CheckpointError
+    from opensora_lite.train.state import write_trainer_state
+
+    gen = torch.Generator().manual_seed(7)
+    state = {"step": 3, "data": {"batches": 3, "failed": ["0/a"]}, "scheduler": {"base_lrs": [1e-3], "x": None},
+             "generators": [gen.get_state(), gen.get_state()]}  # fmt: skip
+    write_trainer_state(tmp_path, state)
+    back = read_trainer_state(tmp_path)
+    assert back["step"] == 3 and back["data"] == state["data"] and back["scheduler"] == state["scheduler"]
+    assert all(torch.equal(a, b) for a, b in zip(back["generators"], state["generators"]))
+    assert not (tmp_path / "trainer_state.pt").exists()
+
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    torch.save({"step": 1, "payload": argparse.Namespace(code="runs on load")}, foreign / "trainer_state.pt")
+    with pytest.raises(CheckpointError, match="not a trainer state this version reads"):
+        read_trainer_state(foreign)
+    with pytest.raises(TypeError, match="state.x: set is not JSON"):
+        write_trainer_state(tmp_path, {"x": {1, 2}})

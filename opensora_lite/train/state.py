@@ -1,7 +1,8 @@
 """Checkpoints: atomic, resumable, BFL-named weights.
 
 Layout of a stage directory (runs/<run>/<stage>/):
-    checkpoints/step_00000100/   model.safetensors (or model_dcp/), optim_dcp/, trainer_state.pt [, ema.safetensors]
+    checkpoints/step_00000100/   model.safetensors (or model_dcp/), optim_dcp/, trainer_state.json
+                                 + trainer_state.safetensors [, ema.safetensors]
     final/                       model.safetensors [, ema.safetensors], summary.json
     samples/                     mp4s from the end-of-stage sampling
 Engines that shard the model write its weights as a torch.distributed.checkpoint folder (`model_dcp/`)
@@ -9,6 +10,10 @@ in place of the .safetensors file; every reader takes either. The optimizer stat
 folder keyed by parameter names, so a checkpoint resumes on another world size or engine.
 A checkpoint is written into a hidden temporary folder and renamed into place, so it is either
 complete or absent; `final/` existing is what marks a stage as done.
+
+The trainer state (step, scheduler, loader position, noise generators) is JSON with its tensors in a
+safetensors file beside it: reading a checkpoint copied from someone else's run runs no pickle.
+Checkpoints of earlier versions (`trainer_state.pt`) are read with `torch.load(weights_only=True)`.
 """
 
 from __future__ import annotations
@@ -118,7 +123,7 @@ class StageDir:
         tmp = self.checkpoint_tmp(step)
         if ema is not None:
             save_weights(tmp / EMA_FILE, ema)
-        torch.save(trainer_state, tmp / "trainer_state.pt")
+        write_trainer_state(tmp, trainer_state)
         final = self.checkpoints / f"step_{step:08d}"
         _publish(tmp, final)
         for old in self.list_checkpoints()[:-keep]:  # out of sight first: a kill mid-delete leaves no torso
@@ -144,7 +149,7 @@ class StageDir:
         weights = path / MODEL_FILE if (path / MODEL_FILE).is_file() else path / MODEL_DCP
         out = {
             "model": read_flux_weights(weights)[0],
-            "trainer_state": torch.load(path / "trainer_state.pt", weights_only=False),
+            "trainer_state": read_trainer_state(path),
         }
         if (path / EMA_FILE).is_file():
             out["ema"] = load_weights(path / EMA_FILE)
@@ -161,6 +166,62 @@ class StageDir:
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2))
         _publish(tmp, self.final)
         return self.final
+
+
+STATE_JSON, STATE_TENSORS, STATE_PICKLE = "trainer_state.json", "trainer_state.safetensors", "trainer_state.pt"
+
+
+def write_trainer_state(folder: Path, state: dict[str, Any]) -> None:
+    """`state` as JSON; each tensor in it (generator states) replaced by {"tensor": key} into a safetensors
+    file. Only JSON types and tensors are allowed, so what is written is what is read back."""
+    from safetensors.torch import save_file
+
+    tensors: dict[str, torch.Tensor] = {}
+
+    def plain(value: Any, where: str) -> Any:
+        if isinstance(value, torch.Tensor):
+            tensors[where] = value.detach().cpu().contiguous()
+            return {"tensor": where}
+        if isinstance(value, dict):
+            return {str(k): plain(v, f"{where}.{k}") for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [plain(v, f"{where}.{i}") for i, v in enumerate(value)]
+        if value is None or isinstance(value, (bool, int, float, str)):
+            return value
+        raise TypeError(f"trainer state {where}: {type(value).__name__} is not JSON or a tensor")
+
+    doc = plain(state, "state")
+    save_file(tensors, str(folder / STATE_TENSORS))
+    (folder / STATE_JSON).write_text(json.dumps(doc, indent=1))
+
+
+def read_trainer_state(folder: Path) -> dict[str, Any]:
+    """The trainer state of a checkpoint folder: JSON + safetensors, or an older checkpoint's pickle read
+    with weights_only=True (tensors and plain containers only)."""
+    if (folder / STATE_JSON).is_file():
+        tensors = load_file(str(folder / STATE_TENSORS)) if (folder / STATE_TENSORS).is_file() else {}
+
+        def restore(value: Any) -> Any:
+            if isinstance(value, dict):
+                if value.keys() == {"tensor"} and isinstance(value["tensor"], str):
+                    if value["tensor"] not in tensors:
+                        raise CheckpointError(f"{folder / STATE_TENSORS} lacks {value['tensor']}")
+                    return tensors[value["tensor"]]
+                return {k: restore(v) for k, v in value.items()}
+            if isinstance(value, list):
+                return [restore(v) for v in value]
+            return value
+
+        try:
+            return restore(json.loads((folder / STATE_JSON).read_text()))
+        except ValueError as exc:
+            raise CheckpointError(f"{folder / STATE_JSON} is not readable JSON ({exc})") from None
+    if (folder / STATE_PICKLE).is_file():
+        try:
+            return torch.load(folder / STATE_PICKLE, weights_only=True)
+        except Exception as exc:  # a foreign pickle (objects weights_only refuses) or a damaged file
+            raise CheckpointError(f"{folder / STATE_PICKLE}: not a trainer state this version reads ({exc})") from None
+    raise CheckpointError(f"{folder} has no trainer state ({STATE_JSON})")
 
 
 def resolve_weights_path(spec: str, ema: bool = False, latest: bool = False) -> Path:
