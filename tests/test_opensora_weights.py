@@ -224,11 +224,16 @@ def test_the_one_reader_detects_the_layout_and_loads_it(tmp_path):
     assert all(torch.equal(fresh.state_dict()[k], bf16[k]) for k in bf16)
 
     # osl-export reads it through the same reader and writes BFL names (the I2V input left out)
-    proc = cli("osl-export", f"checkpoint={path}", f"out={tmp_path / 'o'}", "axes_dim=[4,10,10]", "formats=[bfl]")
+    proc = cli(
+        "osl-export", f"checkpoint={path}", f"out={tmp_path / 'o'}", "axes_dim=[4,10,10]", "formats=[bfl,opensora]"
+    )
     assert proc.returncode == 0 and "(opensora)" in proc.stdout, proc.stderr
     exported = load_file(tmp_path / "o" / "flux_video.safetensors")
     assert exported.keys() == {k for k in bf16 if not k.startswith("cond_in.")}
     assert all(torch.equal(exported[k].float(), bf16[k]) for k in exported)
+    again = load_file(tmp_path / "o" / "flux_video_opensora.safetensors")  # their layout, cond_in kept
+    saved = load_file(path)
+    assert again.keys() == saved.keys() and all(torch.equal(again[k], saved[k]) for k in saved)
 
 
 def test_truncated_or_foreign_files_are_one_clear_error(tmp_path):
