@@ -2,6 +2,7 @@
 
 osl-export checkpoint=runs/tiny_cpu/hires out=exports/tiny            # BFL file + diffusers folder
 osl-export checkpoint=runs/os2/hires_768px out=exports/os2 formats=[bfl] ema=true
+osl-export checkpoint=runs/os2/hires_768px out=exports/os2 formats=[opensora]  # Open-Sora 2.0's layout
 """
 
 from __future__ import annotations
@@ -13,11 +14,18 @@ from omegaconf import DictConfig, OmegaConf
 from opensora_lite.cli.common import hydra_entry
 from opensora_lite.config.schema import ExportJobConfig
 from opensora_lite.config.validate import ConfigError
-from opensora_lite.models.flux_export import flux_tensors, read_architecture, write_bfl_file, write_diffusers_folder
-from opensora_lite.models.flux_weights import read_flux_weights
+from opensora_lite.models.flux_export import (
+    DTYPES,
+    flux_tensors,
+    read_architecture,
+    write_bfl_file,
+    write_diffusers_folder,
+)
+from opensora_lite.models.flux_weights import read_flux_weights, write_safetensors
+from opensora_lite.models.opensora_convert import bfl_to_opensora
 from opensora_lite.train.state import resolve_weights_path
 
-FORMATS = ("bfl", "diffusers")
+FORMATS = ("bfl", "diffusers", "opensora")
 
 
 def _run_axes(weights: Path) -> list[int] | None:
@@ -29,6 +37,15 @@ def _run_axes(weights: Path) -> list[int] | None:
     return None
 
 
+def write_opensora_file(state: dict, path: Path) -> Path:
+    """Open-Sora 2.0's single file (fused_qkv=False, Liger RoPE rows), written whole, then renamed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp-{path.name}")
+    write_safetensors(state, tmp, {"format": "pt", "naming": "opensora-2.0"})
+    tmp.replace(path)
+    return path
+
+
 def export(job: ExportJobConfig) -> list[Path]:
     unknown = sorted(set(job.formats) - set(FORMATS))
     if unknown or not job.formats:
@@ -38,13 +55,16 @@ def export(job: ExportJobConfig) -> list[Path]:
     print(f"read {len(state)} tensors from {weights} ({fmt})")
     arch = read_architecture(state, job.axes_dim if job.axes_dim is not None else _run_axes(weights))
     tensors, dropped = flux_tensors(state, job.dtype)
-    if dropped:
+    if dropped and set(job.formats) & {"bfl", "diffusers"}:
         print(f"left out {len(dropped)} tensors FLUX.1 has no place for: {', '.join(dropped)} (the I2V input)")
     out, written = Path(job.out), []
     if "bfl" in job.formats:
         written.append(write_bfl_file(tensors, out / f"{job.name}.safetensors", arch))
     if "diffusers" in job.formats:
         written.append(write_diffusers_folder(tensors, out / "transformer", arch))
+    if "opensora" in job.formats:  # Open-Sora 2.0's MMDiT keeps the I2V input
+        full = {k: v.detach().to("cpu", DTYPES[job.dtype]) for k, v in state.items()}
+        written.append(write_opensora_file(bfl_to_opensora(full), out / f"{job.name}_opensora.safetensors"))
     summary = (
         f"{arch.depth} double + {arch.depth_single_blocks} single blocks, hidden {arch.hidden_size}, "
         f"{arch.num_heads} heads, guidance {arch.guidance_embed}, {job.dtype}"

@@ -214,11 +214,12 @@ class BuildDataConfig:
 
 @dataclass
 class ExportJobConfig:
-    """`osl-export`: write a checkpoint as FLUX.1 weights (BFL single file and/or diffusers folder)."""
+    """`osl-export`: write a checkpoint as FLUX.1 weights (BFL single file and/or diffusers folder), or in
+    Open-Sora 2.0's layout (`opensora`: <out>/<name>_opensora.safetensors, cond_in kept)."""
 
     checkpoint: str = "???"  # stage dir, checkpoint folder, model .safetensors or a sharded DCP folder
     out: str = "???"  # folder to write into: <out>/<name>.safetensors (BFL), <out>/transformer/ (diffusers)
-    formats: List[str] = field(default_factory=lambda: ["bfl", "diffusers"])
+    formats: List[str] = field(default_factory=lambda: ["bfl", "diffusers"])  # and/or opensora
     name: str = "flux_video"
     dtype: str = "bf16"  # bf16 | fp16 | fp32
     ema: bool = False  # export the EMA weights

@@ -1,9 +1,10 @@
 """Load Flux weights (a FLUX.1 checkpoint, or a previous stage) into the MMDiT, with a report.
 
-Both Flux formats are read and told apart automatically: the BFL single file (flux1-dev.safetensors,
+Every format is read and told apart automatically by its tensor names: the BFL single file (flux1-dev.safetensors,
 the names our model uses) and diffusers' layout (a FluxTransformer2DModel folder with sharded
 safetensors and an index, a pipeline folder holding one under transformer/, or a single file with
-diffusers names), which is converted by `flux_convert`. Sharded engines' checkpoints (a
+diffusers names), which is converted by `flux_convert`, and Open-Sora 2.0's layout (Open_Sora_v2.safetensors: split
+q/k/v, rotate-half RoPE rows), converted by `opensora_convert`. Sharded engines' checkpoints (a
 torch.distributed.checkpoint folder written by every rank) are consolidated on read.
 
 Keys the video model adds on purpose (`cond_in`, zero-initialised) may be missing, and `guidance_in`
@@ -27,12 +28,14 @@ from torch import nn
 
 from opensora_lite.errors import CheckpointError
 from opensora_lite.models.flux_convert import diffusers_to_bfl, is_diffusers_state
+from opensora_lite.models.opensora_convert import is_opensora_state, opensora_to_bfl
 
 DIFFUSERS_INDEX = "diffusion_pytorch_model.safetensors.index.json"
 DIFFUSERS_FILE = "diffusion_pytorch_model.safetensors"
 DCP_METADATA = ".metadata"
 NEW_IN_VIDEO = ("cond_in.",)
 OPTIONAL = ("guidance_in.",)
+MMDIT_PARTS = ("img_in.", "double_blocks.", "single_blocks.")  # what any MMDiT checkpoint holds
 
 
 _WRAPPER_PARTS = ("_orig_mod.", "_checkpoint_wrapped_module.", "_fsdp_wrapped_module.")
@@ -144,8 +147,8 @@ def read_dcp_folder(path: Path) -> dict[str, torch.Tensor]:
 
 
 def read_flux_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], str]:
-    """Weights in BFL names from a safetensors file, a diffusers folder or a sharded DCP folder, and the
-    format found ("bfl", "diffusers" or "dcp")."""
+    """Weights in BFL names from a safetensors file (BFL, diffusers or Open-Sora 2.0 names), a diffusers
+    folder or a sharded DCP folder, and the format found ("bfl", "diffusers", "opensora" or "dcp")."""
     path = Path(path)
     if path.is_dir() and is_dcp_folder(path):
         try:
@@ -166,8 +169,16 @@ def read_flux_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], str]:
                 state.update(load_file(str(folder / shard)))
         else:
             state = load_file(str(folder / DIFFUSERS_FILE))
-    except (OSError, ValueError, KeyError) as e:  # a missing shard, a truncated file, a bad index
-        raise CheckpointError(f"cannot read Flux weights at {path}: {e}") from None
+    except Exception as e:  # a missing shard, a truncated file (SafetensorError), a bad index
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"cannot read Flux weights at {path}: {first}") from None
     if folder is not None or is_diffusers_state(state):
         return diffusers_to_bfl(state), "diffusers"
+    if is_opensora_state(state):
+        return opensora_to_bfl(state, str(path)), "opensora"
+    if not any(k.startswith(MMDIT_PARTS) for k in state):
+        some = ", ".join(sorted(state)[:3]) or "no tensors"
+        raise CheckpointError(
+            f"{path}: not an MMDiT checkpoint (BFL Flux, diffusers or Open-Sora 2.0 names); it holds {some}, ..."
+        )
     return state, "bfl"
