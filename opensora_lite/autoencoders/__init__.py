@@ -5,7 +5,7 @@ from __future__ import annotations
 from opensora_lite.autoencoders.base import Autoencoder
 from opensora_lite.config.schema import AutoencoderConfig
 
-KINDS = ("pixel", "hunyuan", "wan")
+KINDS = ("pixel", "hunyuan", "wan", "dc_ae")
 
 
 def build_autoencoder(cfg: AutoencoderConfig) -> Autoencoder:
@@ -17,4 +17,8 @@ def build_autoencoder(cfg: AutoencoderConfig) -> Autoencoder:
         from opensora_lite.autoencoders.diffusers_vae import DiffusersVideoVAE
 
         return DiffusersVideoVAE(cfg)
+    if cfg.kind == "dc_ae":
+        from opensora_lite.autoencoders.dc_ae import VideoDCAE
+
+        return VideoDCAE(cfg)
     raise ValueError(f"autoencoder.kind: unknown {cfg.kind!r}; choose from {KINDS}")
