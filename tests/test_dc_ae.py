@@ -167,3 +167,19 @@ def test_bucket_frame_counts_the_dc_ae_cannot_take_are_one_error_naming_the_key(
         check_frame_count(cfg, n, "some.key")
     with pytest.raises(ConfigError, match=r"^some.key: 33 frames do not suit"):
         check_frame_count(cfg, 33, "some.key")
+
+
+def test_latent_cache_key_holds_the_dc_ae_architecture_only_for_the_dc_ae():
+    from conftest import typed
+
+    from opensora_lite.data.cache import cache_folder
+
+    cfg = typed()
+    stage = next(iter(cfg.curriculum.stages))
+    pixel = cache_folder(cfg, stage, False)[0]
+    cfg.autoencoder.dc_ae.head_dim = 16
+    assert cache_folder(cfg, stage, False)[0] == pixel  # pixel caches are not invalidated by dc_ae settings
+    cfg.autoencoder = ae_config("dc_ae_tiny.yaml")
+    tiny_folder = cache_folder(cfg, stage, False)[0]
+    cfg.autoencoder.dc_ae.widths = [8, 16, 16, 64]
+    assert tiny_folder != pixel and cache_folder(cfg, stage, False)[0] != tiny_folder
