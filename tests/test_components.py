@@ -454,3 +454,39 @@ def test_wan22_vae_config_fits_a_tiny_wan22_and_normalises_48_channels(tmp_path)
         CheckpointError, match=r"has \(latent_channels, spatial_factor, temporal_factor\) \(48, 16, 4\)"
     ):
         build_autoencoder(cfg)
+
+
+def test_ltx_vae_config_fits_a_tiny_ltx_and_uses_its_stored_statistics(tmp_path):
+    """autoencoder=ltx: AutoencoderKLLTXVideo, causal 8x32x32 (1 + 8k frames), per-channel mean/std buffers."""
+    from diffusers import AutoencoderKLLTXVideo
+    from omegaconf import OmegaConf
+
+    from opensora_lite.autoencoders import build_autoencoder
+    from opensora_lite.config import config_dir
+
+    torch.manual_seed(0)
+    tiny = AutoencoderKLLTXVideo(
+        latent_channels=8, block_out_channels=(8,) * 4, decoder_block_out_channels=(8,) * 4,
+        layers_per_block=(1,) * 5, decoder_layers_per_block=(1,) * 5,
+    )  # fmt: skip
+    mean, std = torch.linspace(-0.5, 0.5, 8), torch.linspace(0.5, 2.0, 8)
+    tiny.latents_mean.copy_(mean)
+    tiny.latents_std.copy_(std)
+    tiny.save_pretrained(tmp_path / "vae")
+    yaml = OmegaConf.load(config_dir() / "autoencoder" / "ltx.yaml")
+    cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(AutoencoderConfig), yaml))
+    cfg.path, cfg.dtype, cfg.tiling, cfg.latent_channels, cfg.scaling_factor = (
+        str(tmp_path / "vae"),
+        "fp32",
+        False,
+        8,
+        2.0,
+    )
+    ae = build_autoencoder(cfg)
+    assert ae.valid_num_frames(9) and not ae.valid_num_frames(5) and ae.latent_frames(17) == 3
+    video = torch.rand(1, 3, 9, 64, 96, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    z = ae.encode(video, sample=False)
+    assert z.shape == (1, 8, 2, 2, 3)
+    raw = tiny.encode(video).latent_dist.mode()
+    torch.testing.assert_close(z, (raw - mean.view(1, -1, 1, 1, 1)) / std.view(1, -1, 1, 1, 1) * 2.0)
+    torch.testing.assert_close(ae.decode(z), tiny.decode(raw).sample)
