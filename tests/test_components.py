@@ -490,3 +490,26 @@ def test_ltx_vae_config_fits_a_tiny_ltx_and_uses_its_stored_statistics(tmp_path)
     raw = tiny.encode(video).latent_dist.mode()
     torch.testing.assert_close(z, (raw - mean.view(1, -1, 1, 1, 1)) / std.view(1, -1, 1, 1, 1) * 2.0)
     torch.testing.assert_close(ae.decode(z), tiny.decode(raw).sample)
+
+
+def test_hunyuan15_vae_config_fits_a_tiny_hunyuan15(tmp_path):
+    """autoencoder=hunyuan15: AutoencoderKLHunyuanVideo15, causal 4x16x16, z * scaling_factor."""
+    from diffusers import AutoencoderKLHunyuanVideo15
+    from omegaconf import OmegaConf
+
+    from opensora_lite.autoencoders import build_autoencoder
+    from opensora_lite.config import config_dir
+
+    torch.manual_seed(0)
+    tiny = AutoencoderKLHunyuanVideo15(latent_channels=8, block_out_channels=(16,) * 5, layers_per_block=1)
+    tiny.save_pretrained(tmp_path / "vae")
+    yaml = OmegaConf.load(config_dir() / "autoencoder" / "hunyuan15.yaml")
+    cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(AutoencoderConfig), yaml))
+    cfg.path, cfg.dtype, cfg.tiling, cfg.latent_channels = str(tmp_path / "vae"), "fp32", False, 8
+    ae = build_autoencoder(cfg)
+    video = torch.rand(1, 3, 5, 32, 48, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    z = ae.encode(video, sample=False)
+    assert z.shape == (1, 8, 2, 2, 3) and ae.valid_num_frames(5) and not ae.valid_num_frames(4)
+    raw = tiny.encode(video).latent_dist.mode()
+    torch.testing.assert_close(z, raw * 1.03682)
+    torch.testing.assert_close(ae.decode(z), tiny.decode(raw).sample)

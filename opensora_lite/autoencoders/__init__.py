@@ -5,7 +5,7 @@ from __future__ import annotations
 from opensora_lite.autoencoders.base import Autoencoder
 from opensora_lite.config.schema import AutoencoderConfig
 
-KINDS = ("pixel", "hunyuan", "wan", "ltx", "dc_ae")
+KINDS = ("pixel", "hunyuan", "hunyuan15", "wan", "ltx", "dc_ae")
 
 
 def build_autoencoder(cfg: AutoencoderConfig) -> Autoencoder:
@@ -13,7 +13,7 @@ def build_autoencoder(cfg: AutoencoderConfig) -> Autoencoder:
         from opensora_lite.autoencoders.pixel import PixelSpaceToDepth
 
         return PixelSpaceToDepth(cfg.spatial_factor, cfg.scaling_factor, cfg.shift_factor)
-    if cfg.kind in ("hunyuan", "wan", "ltx"):
+    if cfg.kind in ("hunyuan", "hunyuan15", "wan", "ltx"):
         from opensora_lite.autoencoders.diffusers_vae import DiffusersVideoVAE
 
         return DiffusersVideoVAE(cfg)

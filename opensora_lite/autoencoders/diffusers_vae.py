@@ -18,7 +18,12 @@ _DECODER_PARTS = ("post_quant_conv", "decoder")  # what decode() runs; encode() 
 def _vae_class(kind: str):
     import diffusers
 
-    classes = {"hunyuan": "AutoencoderKLHunyuanVideo", "wan": "AutoencoderKLWan", "ltx": "AutoencoderKLLTXVideo"}
+    classes = {
+        "hunyuan": "AutoencoderKLHunyuanVideo",
+        "wan": "AutoencoderKLWan",
+        "ltx": "AutoencoderKLLTXVideo",
+        "hunyuan15": "AutoencoderKLHunyuanVideo15",
+    }
     return getattr(diffusers, classes[kind])
 
 

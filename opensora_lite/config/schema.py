@@ -43,7 +43,7 @@ class DCAEConfig:
 
 @dataclass
 class AutoencoderConfig:
-    kind: str = "pixel"  # pixel | hunyuan | wan | ltx | dc_ae
+    kind: str = "pixel"  # pixel | hunyuan | hunyuan15 | wan | ltx | dc_ae
     path: Optional[str] = None  # local diffusers folder: config.json + weights (hunyuan, wan)
     latent_channels: int = 12
     spatial_factor: int = 2

@@ -18,7 +18,7 @@ class ConfigError(UserError, ValueError):
         self.key = key
 
 
-AE_KINDS = ("pixel", "hunyuan", "wan", "ltx", "dc_ae")
+AE_KINDS = ("pixel", "hunyuan", "hunyuan15", "wan", "ltx", "dc_ae")
 
 
 def _require(cond: bool, key: str, message: str) -> None:
