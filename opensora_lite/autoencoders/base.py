@@ -8,11 +8,32 @@ import torch
 from torch import Tensor, nn
 
 
+def frames_fit(num_frames: int, temporal_factor: int, causal: bool) -> bool:
+    """The frame rule, one for the interface and for config validation: a causal autoencoder takes
+    1 + k*t frames; a non-causal one takes a single image or a multiple of t frames."""
+    if num_frames < 1:
+        return False
+    if causal:
+        return (num_frames - 1) % temporal_factor == 0
+    return num_frames == 1 or num_frames % temporal_factor == 0
+
+
+def latent_frame_count(num_frames: int, temporal_factor: int, causal: bool) -> int:
+    if causal:
+        return 1 + (num_frames - 1) // temporal_factor
+    return 1 if num_frames == 1 else num_frames // temporal_factor
+
+
+def frame_rule(temporal_factor: int, causal: bool) -> str:
+    k = temporal_factor
+    return f"causal: 1 + {k}k frames" if causal else f"1 or a multiple of {k} frames"
+
+
 class Autoencoder(nn.Module, ABC):
     """Encode [B, 3, T, H, W] video in [-1, 1] to scaled latents [B, C, T', H/s, W/s] and back.
 
     Causal autoencoders (Hunyuan, Wan) map 1 + 4k frames to 1 + k latent frames and encode a single
-    image as one latent frame; non-causal ones need T divisible by the temporal factor.
+    image as one latent frame; non-causal ones (DC-AE) take one image or T divisible by the temporal factor.
     """
 
     latent_channels: int
@@ -31,20 +52,13 @@ class Autoencoder(nn.Module, ABC):
     def latent_frames(self, num_frames: int) -> int:
         if not self.valid_num_frames(num_frames):
             raise ValueError(f"{type(self).__name__} cannot encode {num_frames} frames ({self._frame_rule()})")
-        if self.causal:
-            return 1 + (num_frames - 1) // self.temporal_factor
-        return num_frames // self.temporal_factor
+        return latent_frame_count(num_frames, self.temporal_factor, self.causal)
 
     def valid_num_frames(self, num_frames: int) -> bool:
-        if num_frames < 1:
-            return False
-        if self.causal:
-            return (num_frames - 1) % self.temporal_factor == 0
-        return num_frames % self.temporal_factor == 0
+        return frames_fit(num_frames, self.temporal_factor, self.causal)
 
     def _frame_rule(self) -> str:
-        k = self.temporal_factor
-        return f"causal: 1 + {k}k frames" if self.causal else f"a multiple of {k} frames"
+        return frame_rule(self.temporal_factor, self.causal)
 
     def check_video(self, video: Tensor) -> None:
         """Raise ValueError unless `video` is [B, 3, T, H, W] with a valid T and H, W divisible by the factor."""

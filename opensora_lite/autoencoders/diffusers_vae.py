@@ -1,4 +1,4 @@
-"""Video VAEs from diffusers (Hunyuan, Wan), frozen, loaded from local diffusers folders only."""
+"""Video VAEs from diffusers (Hunyuan, Wan 2.1/2.2, LTX-Video), frozen, loaded from local diffusers folders only."""
 
 from __future__ import annotations
 
@@ -18,7 +18,13 @@ _DECODER_PARTS = ("post_quant_conv", "decoder")  # what decode() runs; encode() 
 def _vae_class(kind: str):
     import diffusers
 
-    return {"hunyuan": diffusers.AutoencoderKLHunyuanVideo, "wan": diffusers.AutoencoderKLWan}[kind]
+    classes = {
+        "hunyuan": "AutoencoderKLHunyuanVideo",
+        "wan": "AutoencoderKLWan",
+        "ltx": "AutoencoderKLLTXVideo",
+        "hunyuan15": "AutoencoderKLHunyuanVideo15",
+    }
+    return getattr(diffusers, classes[kind])
 
 
 def _load(cfg: AutoencoderConfig) -> nn.Module:
@@ -46,6 +52,8 @@ def _geometry(kind: str, vae: nn.Module) -> tuple[int, int, int]:
     c = vae.config
     if kind == "wan":
         return c.z_dim, 2 ** (len(c.dim_mult) - 1) * (c.patch_size or 1), 2 ** sum(c.temperal_downsample)
+    if kind == "ltx":
+        return c.latent_channels, vae.spatial_compression_ratio, vae.temporal_compression_ratio
     return c.latent_channels, c.spatial_compression_ratio, c.temporal_compression_ratio
 
 
@@ -109,11 +117,20 @@ class DiffusersVideoVAE(Autoencoder):
         return super().train(False)  # always frozen
 
     def _norm(self, z: Tensor) -> Tensor:
+        if self.kind == "ltx":  # per-channel statistics stored with the weights (buffers), as LTX's pipeline
+            return (
+                (z - self.vae.latents_mean.view(1, -1, 1, 1, 1).to(z))
+                / self.vae.latents_std.view(1, -1, 1, 1, 1).to(z)
+                * self.scaling_factor
+            )
         if self.kind == "wan":
             return (z - self.mean.to(z)) / self.std.to(z)
         return (z - self.shift_factor) * self.scaling_factor
 
     def _denorm(self, z: Tensor) -> Tensor:
+        if self.kind == "ltx":
+            std = self.vae.latents_std.view(1, -1, 1, 1, 1).to(z)
+            return z / self.scaling_factor * std + self.vae.latents_mean.view(1, -1, 1, 1, 1).to(z)
         if self.kind == "wan":
             return z * self.std.to(z) + self.mean.to(z)
         return z / self.scaling_factor + self.shift_factor

@@ -26,8 +26,24 @@ class RunConfig:
 
 
 @dataclass
+class DCAEConfig:
+    """Open-Sora 2.0's Video DC-AE (autoencoder.kind=dc_ae). The defaults are dc-ae-f32t4c128."""
+
+    widths: List[int] = field(default_factory=lambda: [128, 256, 512, 512, 1024, 1024])  # per stage
+    encoder_depths: List[int] = field(default_factory=lambda: [2, 2, 2, 3, 3, 3])
+    decoder_depths: List[int] = field(default_factory=lambda: [3, 3, 3, 3, 3, 3])
+    blocks: List[str] = field(default_factory=lambda: ["res", "res", "res", "evit", "evit", "evit"])  # res | evit
+    temporal: List[bool] = field(default_factory=lambda: [False, False, False, True, True, False])  # resampling
+    # after stage i also halves (encoder) / doubles (decoder) time
+    head_dim: int = 32  # linear-attention head width
+    tile_size: int = 256  # tiling: pixels per spatial tile side
+    tile_frames: int = 32  # tiling: frames per temporal tile
+    tile_overlap: float = 0.25  # tiling: fraction of a tile shared with its neighbour, blended linearly
+
+
+@dataclass
 class AutoencoderConfig:
-    kind: str = "pixel"  # pixel | hunyuan | wan
+    kind: str = "pixel"  # pixel | hunyuan | hunyuan15 | wan | ltx | dc_ae
     path: Optional[str] = None  # local diffusers folder: config.json + weights (hunyuan, wan)
     latent_channels: int = 12
     spatial_factor: int = 2
@@ -38,6 +54,7 @@ class AutoencoderConfig:
     tiling: bool = False  # diffusers spatial tiling: frames larger than a tile are encoded/decoded in tiles
     dtype: str = "fp32"
     offload_decoder: bool = True  # the VAE decoder stays on the CPU and visits the device only inside decode()
+    dc_ae: DCAEConfig = field(default_factory=DCAEConfig)  # architecture and tiles of kind dc_ae
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from opensora_lite.autoencoders.base import frame_rule, frames_fit, latent_frame_count
 from opensora_lite.config.schema import Config, StageConfig
 from opensora_lite.data.buckets import parse_resolution
 from opensora_lite.diffusion.conditioning import TASKS
@@ -17,18 +18,27 @@ class ConfigError(UserError, ValueError):
         self.key = key
 
 
+AE_KINDS = ("pixel", "hunyuan", "hunyuan15", "wan", "ltx", "dc_ae")
+
+
 def _require(cond: bool, key: str, message: str) -> None:
     if not cond:
         raise ConfigError(key, message)
 
 
 def valid_frame_count(cfg: Config, n: int) -> bool:
+    """The autoencoder's frame rule (autoencoders/base.py), for bucket tables and any other frame count."""
+    return frames_fit(n, cfg.autoencoder.temporal_factor, cfg.autoencoder.causal)
+
+
+def check_frame_count(cfg: Config, n: int, key: str) -> None:
+    """Raise one ConfigError naming `key` unless the autoencoder can encode `n` frames."""
     ae = cfg.autoencoder
-    if n == 1:
-        return True  # images: causal VAEs encode them as one latent frame; others need temporal_factor 1
-    if ae.causal:
-        return (n - 1) % ae.temporal_factor == 0
-    return n % ae.temporal_factor == 0
+    _require(
+        valid_frame_count(cfg, n),
+        key,
+        f"{n} frames do not suit autoencoder {ae.kind} ({frame_rule(ae.temporal_factor, ae.causal)})",
+    )
 
 
 def validate_model(cfg: Config) -> None:
@@ -60,7 +70,7 @@ def validate_model(cfg: Config) -> None:
 
 def validate_components(cfg: Config) -> None:
     ae = cfg.autoencoder
-    _require(ae.kind in ("pixel", "hunyuan", "wan"), "autoencoder.kind", f"unknown {ae.kind!r} (pixel | hunyuan | wan)")
+    _require(ae.kind in AE_KINDS, "autoencoder.kind", f"unknown {ae.kind!r} ({' | '.join(AE_KINDS)})")
     if ae.kind == "pixel":
         _require(
             ae.latent_channels == 3 * ae.spatial_factor**2,
@@ -148,11 +158,7 @@ def validate_stage(cfg: Config, name: str, stage: StageConfig, first: bool) -> N
         for n, entry in frames.items():
             bkey = f"{key}.buckets.{res}.{n}"
             _require(n >= 1, bkey, "frame count must be >= 1")
-            _require(
-                valid_frame_count(cfg, n),
-                bkey,
-                f"{n} frames do not suit the autoencoder (causal: 1 + {cfg.autoencoder.temporal_factor}k)",
-            )
+            check_frame_count(cfg, n, bkey)
             ok = len(entry) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in entry)
             _require(ok, bkey, f"needs [probability, batch_size] numbers, got {list(entry)}")
             prob, batch = entry
@@ -161,7 +167,7 @@ def validate_stage(cfg: Config, name: str, stage: StageConfig, first: bool) -> N
                 batch >= 1 and float(batch).is_integer(), bkey, f"batch size must be a positive integer, got {batch}"
             )
             if n > 1:
-                latent_t = n if not cfg.autoencoder.causal else 1 + (n - 1) // cfg.autoencoder.temporal_factor
+                latent_t = latent_frame_count(n, cfg.autoencoder.temporal_factor, cfg.autoencoder.causal)
                 _require(
                     latent_t % cfg.model.patch_size[0] == 0, bkey, "latent frames not divisible by model.patch_size[0]"
                 )

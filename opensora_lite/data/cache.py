@@ -77,7 +77,12 @@ def describe(cfg, name: str, image_condition: bool) -> dict:
         "caption_template": cfg.data.caption_template,
         "patch": list(cfg.model.patch_size),
         # settings that change no output (memory placement, memo size) stay out: toggling them reuses the cache
-        "autoencoder": {k: v for k, v in asdict(cfg.autoencoder).items() if k != "offload_decoder"},
+        # (the dc_ae architecture only when it is the autoencoder: other kinds keep their cache folders)
+        "autoencoder": {
+            k: v
+            for k, v in asdict(cfg.autoencoder).items()
+            if k != "offload_decoder" and (k != "dc_ae" or cfg.autoencoder.kind == "dc_ae")
+        },
         "text_encoder": {k: v for k, v in asdict(cfg.text_encoder).items() if k != "cache_size"},
         "image_condition": image_condition,
     }
