@@ -14,6 +14,7 @@ from safetensors import safe_open
 from opensora_lite.cli.curriculum import run
 from opensora_lite.models.flops import mmdit_flops
 from opensora_lite.models.mmdit import MMDiTConfig
+from opensora_lite.train.curriculum import format_results
 from opensora_lite.train.state import load_weights, read_trainer_state
 
 
@@ -50,7 +51,15 @@ def test_run_directory_layout_and_metrics(mini_run):
         assert mp4s
         with av.open(str(mp4s[0])) as container:
             assert sum(1 for _ in container.decode(video=0)) == (1 if stage == "image" else 5)
+        assert (run_dir / stage / "contact_sheet_t2v.png").is_file()  # the stage's samples at a glance
+    assert (run_dir / "i2v" / "contact_sheet_i2v.png").is_file() and not (
+        run_dir / "t2v" / "contact_sheet_i2v.png"
+    ).exists()
     assert sorted(p.name for p in (run_dir / "image" / "checkpoints").iterdir()) == ["step_00000002"]
+    # the final table: one line per stage, then each video stage's direction confusion ("static" apart)
+    table = format_results(results)
+    assert "t2v: motion direction, prompt x read (24 clips)" in table and "image: motion" not in table
+    assert table.count("static") == 2  # t2v and i2v
 
 
 def test_stage_zero_writes_a_bfl_flux_checkpoint(mini_run):

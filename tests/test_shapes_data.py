@@ -8,7 +8,7 @@ import pytest
 
 from opensora_lite.data.synthetic import COLOURS, DIRECTIONS, ShapesConfig, render_clip, write_shapes_shards
 from opensora_lite.data.video import VideoDecodeError, decode_window, encode_mp4, probe, temporal_stride
-from opensora_lite.eval.shapes import eval_prompts, read_clip, score_t2v
+from opensora_lite.eval.shapes import direction_confusion, eval_prompts, format_confusion, read_clip, score_t2v
 
 
 def test_shards_roundtrip_clips_metadata_and_captions(tmp_path):
@@ -107,6 +107,17 @@ def test_evaluator_reads_real_decoded_clips_correctly(shapes_dir):
     scores = score_t2v(clips, targets)
     assert scores["colour_acc"] == 1.0
     assert scores["direction_acc"] >= 0.95
+    # The confusion table counts every clip once, on the diagonal for these; a still clip is "static".
+    still = clips[0].copy()
+    still[:] = still[:1]
+    table = direction_confusion([read_clip(c) for c in [*clips, still]], [*targets, targets[0]])
+    assert sum(sum(row.values()) for row in table.values()) == len(clips) + 1
+    diagonal = sum(table[d][d] for d in DIRECTIONS)
+    assert diagonal == round(scores["direction_acc"] * len(clips))
+    assert table[targets[0]["direction"]]["static"] >= 1
+    text = format_confusion(table).splitlines()
+    assert len(text) == 5 and text[0].split()[-1] == "static"
+    assert [int(v) for v in text[1].split()[1:]] == list(table["left"].values())
 
 
 def test_evaluator_calls_static_and_empty_clips_wrong():

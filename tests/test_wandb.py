@@ -1,5 +1,7 @@
 """W&B in offline mode: what the trainer logged is read back from the files W&B wrote."""
 
+import json
+
 from conftest import compose, mini_overrides
 from wandb_records import read_run
 
@@ -33,7 +35,16 @@ def test_metrics_config_samples_and_resume_land_in_one_wandb_run(shapes_dir, tmp
     assert events == ["event/stage_start", "event/stage_end"]  # stage boundaries
     videos = [h for h in first["history"] if h.get("image/samples/_type") == "videos"]  # sample mp4s
     assert len(videos) == 1 and videos[0]["image/samples/count"] == 8
+    sheets = [h for h in first["history"] if h.get("image/contact_sheet_t2v/_type") == "image-file"]
+    assert len(sheets) == 1 and sheets[0]["image/contact_sheet_t2v/format"] == "png"  # the stage's picture
+    assert (run_dir / "image" / "contact_sheet_t2v.png").is_file()
     assert "image/colour_acc" in first["summary"]  # stage-end figures
     later = [h["_step"] for h in second["history"] if "loss" in h]
     assert later == [5, 6, 7]  # t2v continues the global step after image's 4
     assert "t2v/direction_acc" in second["summary"]
+    assert any(h.get("t2v/contact_sheet_t2v/_type") == "image-file" for h in second["history"])
+    summary = json.loads((run_dir / "t2v" / "final" / "summary.json").read_text())
+    confusion = summary["metrics"]["direction_confusion"]  # prompt x read, "static" apart
+    assert set(confusion) == {"left", "right", "up", "down"}
+    assert all(set(row) == {"left", "right", "up", "down", "static"} for row in confusion.values())
+    assert sum(sum(row.values()) for row in confusion.values()) == summary["metrics"]["num_clips"] == 24

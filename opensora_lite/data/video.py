@@ -15,6 +15,34 @@ class VideoDecodeError(ValueError):
     """A video that cannot be decoded into the requested window (corrupt, empty, too short)."""
 
 
+# Muxers that write files named after the output's URL rather than through the I/O object they are
+# given. PyAV names an in-memory output "<none>", so with one of these a file called "<none>" appears in
+# the working directory and the buffer stays empty (how a PNG named "<none>" once reached the repository).
+FILE_WRITING_MUXERS = frozenset({"image2", "segment", "hls", "dash", "tee"})
+
+
+def open_memory_output(buf: io.BytesIO, format: str):
+    """An av output container writing into `buf`; refuses muxers that would write a file instead."""
+    if format in FILE_WRITING_MUXERS:
+        raise ValueError(f"the {format!r} muxer writes files by name, not into memory: use 'image2pipe' for images")
+    return av.open(buf, mode="w", format=format)
+
+
+def encode_image(frame: np.ndarray, codec: str = "png") -> bytes:
+    """One uint8 [H, W, 3] frame as image bytes (PNG by default), in memory."""
+    if frame.ndim != 3 or frame.shape[-1] != 3 or frame.dtype != np.uint8:
+        raise ValueError(f"expected a uint8 [H, W, 3] frame, got {frame.dtype} {frame.shape}")
+    buf = io.BytesIO()
+    with open_memory_output(buf, "image2pipe") as container:
+        stream = container.add_stream(codec)
+        stream.width, stream.height, stream.pix_fmt = frame.shape[1], frame.shape[0], "rgb24"
+        for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
+            container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return buf.getvalue()
+
+
 def encode_mp4(frames: np.ndarray, fps: float, crf: int = 18, gop: int | None = None, bframes: bool = False) -> bytes:
     """H.264 mp4 bytes from uint8 frames [T, H, W, 3] (H and W even, as yuv420p requires). `gop`: frames
     between keyframes (x264's default 250 otherwise); `bframes`: reordered frames, as cameras and web
@@ -25,7 +53,7 @@ def encode_mp4(frames: np.ndarray, fps: float, crf: int = 18, gop: int | None = 
     if h % 2 or w % 2:
         raise ValueError(f"H.264 yuv420p needs even sizes, got {h}x{w}")
     buf = io.BytesIO()
-    with av.open(buf, mode="w", format="mp4") as container:
+    with open_memory_output(buf, "mp4") as container:
         stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1000))
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
         stream.options = {"crf": str(crf), "preset": "veryfast"}

@@ -70,10 +70,14 @@ def read_clip(frames: np.ndarray) -> ClipReading:
 
 def score_t2v(clips: list[np.ndarray], targets: list[dict]) -> dict[str, float]:
     """Colour and direction accuracy of text-to-video samples against their prompt labels."""
-    readings = [read_clip(c) for c in clips]
+    return score_readings([read_clip(c) for c in clips], targets)
+
+
+def score_readings(readings: list[ClipReading], targets: list[dict]) -> dict[str, float]:
+    """score_t2v for clips already read."""
     colour = np.mean([r.colour == t["colour"] for r, t in zip(readings, targets)])
     direction = np.mean([r.direction == t["direction"] for r, t in zip(readings, targets)])
-    return {"colour_acc": float(colour), "direction_acc": float(direction), "num_clips": len(clips)}
+    return {"colour_acc": float(colour), "direction_acc": float(direction), "num_clips": len(readings)}
 
 
 def score_i2v(clips: list[np.ndarray], references: list[np.ndarray]) -> dict[str, float]:
@@ -92,6 +96,26 @@ def confusion(readings: list[ClipReading], targets: list[dict], key: str) -> dic
     for r, t in zip(readings, targets):
         table[t[key]][getattr(r, key)] += 1
     return {k: dict(v) for k, v in table.items()}
+
+
+DIRECTION_READS = (*DIRECTIONS, "static")
+
+
+def direction_confusion(readings: list[ClipReading], targets: list[dict]) -> dict[str, dict[str, int]]:
+    """Target direction x read direction counts, every cell present; "static" (no motion found) is its
+    own column, apart from the wrong directions."""
+    table = {t: dict.fromkeys(DIRECTION_READS, 0) for t in DIRECTIONS}
+    for r, t in zip(readings, targets):
+        table[t["direction"]][r.direction] += 1
+    return table
+
+
+def format_confusion(table: dict[str, dict[str, int]]) -> str:
+    """The confusion table as text: one row per target direction, one column per reading."""
+    lines = ["target \\ read " + " ".join(f"{c:>7}" for c in DIRECTION_READS)]
+    for target, row in table.items():
+        lines.append(f"{target:<14} " + " ".join(f"{row.get(c, 0):>7d}" for c in DIRECTION_READS))
+    return "\n".join(lines)
 
 
 def eval_prompts(directions: bool = True) -> list[dict]:

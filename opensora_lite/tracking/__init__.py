@@ -59,6 +59,11 @@ class WandbSink:
         if paths:
             self.run.log({key: [self.wandb.Video(str(p), format="mp4") for p in paths]}, step=step)
 
+    def images(self, paths: dict[str, Path], step: int, prefix: str) -> None:
+        if paths:
+            images = {f"{prefix}/contact_sheet_{k}": self.wandb.Image(str(p), caption=p.name) for k, p in paths.items()}
+            self.run.log(images, step=step)
+
     def summary(self, values: dict[str, Any]) -> None:
         for k, v in values.items():
             self.run.summary[k] = v
@@ -93,6 +98,11 @@ class Tracker:
     def videos(self, paths: list[Path], step: int, stage: str) -> None:
         if self.wandb:
             self.wandb.videos(paths, step, f"{stage}/samples")
+
+    def images(self, paths: dict[str, Path], step: int, stage: str) -> None:
+        """Pictures by name (the stage's contact sheets), logged as W&B images."""
+        if self.wandb:
+            self.wandb.images(paths, step, stage)
 
     def close(self) -> None:
         for sink in (self.jsonl, self.wandb):

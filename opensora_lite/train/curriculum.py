@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 
+from opensora_lite.eval.shapes import format_confusion
 from opensora_lite.train.runtime import Runtime
 from opensora_lite.train.state import StageDir
 from opensora_lite.train.trainer import StageResult, StageTrainer
@@ -50,4 +51,9 @@ def format_results(results: list[StageResult]) -> str:
         lines.append(
             f"{r.name:<10} {r.steps:>6} {r.seconds:>6.0f}s {r.eval_seconds:>5.0f}s {r.final_loss:>8.4f} {vals}"
         )
+    for r in results:  # the direction confusion of each stage that sampled video
+        table = r.metrics.get("direction_confusion")
+        if table:
+            n = r.metrics.get("num_clips", sum(sum(row.values()) for row in table.values()))
+            lines += ["", f"{r.name}: motion direction, prompt x read ({n} clips)", format_confusion(table)]
     return "\n".join(lines)

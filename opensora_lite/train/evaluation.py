@@ -22,6 +22,7 @@ from opensora_lite.data.video import write_video
 from opensora_lite.diffusion.conditioning import build_condition
 from opensora_lite.diffusion.sampler import sample_latents
 from opensora_lite.eval import shapes as shapes_eval
+from opensora_lite.eval.contact_sheet import save_contact_sheet
 
 log = logging.getLogger("opensora_lite")
 
@@ -104,8 +105,9 @@ def save_samples(
     return paths
 
 
-def evaluate_stage(rt, model: nn.Module, stage: StageConfig, folder: Path) -> tuple[dict, list[Path]]:
-    """Sample (and score) at the end of a stage. Returns metrics and the mp4 paths written."""
+def evaluate_stage(rt, model: nn.Module, stage: StageConfig, folder: Path) -> tuple[dict, list[Path], dict[str, Path]]:
+    """Sample (and score) at the end of a stage. Returns metrics, the mp4 paths written and the contact
+    sheets (PNG, one row per prompt, one column per frame) by kind (t2v, i2v), beside `folder`."""
     model.eval()
     try:
         return _evaluate(rt, model, stage, folder)
@@ -113,14 +115,16 @@ def evaluate_stage(rt, model: nn.Module, stage: StageConfig, folder: Path) -> tu
         model.train()
 
 
-def _evaluate(rt, model: nn.Module, stage: StageConfig, folder: Path) -> tuple[dict, list[Path]]:
+def _evaluate(rt, model: nn.Module, stage: StageConfig, folder: Path) -> tuple[dict, list[Path], dict[str, Path]]:
     cfg = rt.cfg
     shape = sample_shape(rt, stage)
     fps = cfg.data.target_fps
     seed = cfg.sample.seed
     if cfg.eval.kind != "shapes":
-        videos = generate(rt, model, list(cfg.sample.prompts), shape, seed)
-        return {}, save_samples(videos, list(cfg.sample.prompts), folder, "t2v", cfg.sample.save_videos, fps)
+        prompts = list(cfg.sample.prompts)
+        videos = generate(rt, model, prompts, shape, seed)
+        sheet = save_contact_sheet(folder.parent / "contact_sheet_t2v.png", videos, prompts)
+        return {}, save_samples(videos, prompts, folder, "t2v", cfg.sample.save_videos, fps), {"t2v": sheet}
 
     targets = []
     for _ in range(cfg.eval.repeats):
@@ -128,17 +132,24 @@ def _evaluate(rt, model: nn.Module, stage: StageConfig, folder: Path) -> tuple[d
             targets.append(dict(t, shape=SHAPES[(i + len(targets)) % len(SHAPES)]))
     captions = [caption_for(t["colour"], t["shape"], t["direction"], t["speed"]) for t in targets]
     videos = generate(rt, model, captions, shape, seed)
-    metrics = shapes_eval.score_t2v(list(videos), targets)
+    readings = [shapes_eval.read_clip(v) for v in videos]
+    metrics = shapes_eval.score_readings(readings, targets)
     if shape[0] == 1:
         metrics.pop("direction_acc")  # a single frame has no motion
+    else:
+        metrics["direction_confusion"] = shapes_eval.direction_confusion(readings, targets)
     paths = save_samples(videos, captions, folder, "t2v", cfg.sample.save_videos, fps)
+    rows = len(shapes_eval.eval_prompts())  # one row per colour x direction prompt
+    sheets = {"t2v": save_contact_sheet(folder.parent / "contact_sheet_t2v.png", videos[:rows], captions[:rows])}
 
     if getattr(model, "cond_in", None) is not None and shape[0] > 1:
         refs, ref_captions = _i2v_references(cfg.eval.i2v_clips, shape[1], shape[2], seed)
         i2v = generate(rt, model, ref_captions, shape, seed + 10_000, reference=refs)
         metrics.update(shapes_eval.score_i2v(list(i2v), list(refs)))
         paths += save_samples(i2v, ref_captions, folder, "i2v", max(2, cfg.sample.save_videos // 2), fps)
-    return metrics, paths
+        labels = [f"(image) {c}" for c in ref_captions]
+        sheets["i2v"] = save_contact_sheet(folder.parent / "contact_sheet_i2v.png", i2v[:rows], labels[:rows])
+    return metrics, paths, sheets
 
 
 def _i2v_references(n: int, h: int, w: int, seed: int) -> tuple[np.ndarray, list[str]]:

@@ -329,11 +329,11 @@ class StageTrainer:
         seconds = time.perf_counter() - began
         weights = engine.full_state_dict(model)
         ema_state = ema.state_dict() if ema else None
-        metrics, paths = {}, []
+        metrics, paths, sheets = {}, [], {}
         eval_began = time.perf_counter()
         rt.place_encoders(engine.device)
         if self.stage.evaluate and engine.is_main:
-            metrics, paths = evaluate_stage(rt, self._eval_model(model, weights), self.stage, self.dir.samples)
+            metrics, paths, sheets = evaluate_stage(rt, self._eval_model(model, weights), self.stage, self.dir.samples)
         eval_seconds = time.perf_counter() - eval_began
         result = StageResult(
             self.name, self.stage.steps, seconds, loss, metrics, dict(skipped), start, eval_seconds=eval_seconds
@@ -345,6 +345,9 @@ class StageTrainer:
                 "stage_end", end, self.name, seconds=seconds, eval_seconds=eval_seconds, final_loss=loss, **metrics
             )
             rt.tracker.videos(paths, end, self.name)
+            rt.tracker.images(sheets, end, self.name)
+            for kind, sheet in sheets.items():
+                log.info("[%s] contact sheet (%s): %s", self.name, kind, sheet)
             if skipped:
                 log.info("[%s] skipped samples: %s", self.name, dict(skipped))
             log.info(
@@ -381,4 +384,5 @@ def _rss_bytes() -> int:
 
 
 def _fmt(metrics: dict) -> str:
-    return " ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
+    scalars = {k: v for k, v in metrics.items() if not isinstance(v, dict)}  # tables go to the final report
+    return " ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in scalars.items())
