@@ -12,7 +12,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from opensora_lite.config.schema import BuildDataConfig, Config, ExportJobConfig, SampleJobConfig
+from opensora_lite.config.schema import BuildDataConfig, Config, ExportJobConfig, PlanJobConfig, SampleJobConfig
 from opensora_lite.config.validate import ConfigError, validate
 
 __all__ = ["Config", "ConfigError", "config_dir", "register", "to_config"]
@@ -34,6 +34,7 @@ def register() -> None:
     cs.store(name="osl_build_data_schema", node=BuildDataConfig)
     cs.store(name="osl_sample_schema", node=SampleJobConfig)
     cs.store(name="osl_export_schema", node=ExportJobConfig)
+    cs.store(name="osl_plan_schema", node=PlanJobConfig)
 
 
 def reject_unknown_keys(node: DictConfig, path: str = "") -> None:

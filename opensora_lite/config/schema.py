@@ -206,6 +206,67 @@ class Config:
 
 
 @dataclass
+class SampleKind:
+    """One kind of clip in a data distribution for `osl-plan` (plan.samples): its size, length and share."""
+
+    num_frames: int = 129  # frames in the source clip (1: an image)
+    height: int = 720
+    width: int = 1280
+    fps: float = 24.0
+    weight: float = 1.0  # relative share of the dataset
+
+
+@dataclass
+class StagePlanConfig:
+    """Per-stage settings of `osl-plan` (plan.stages.<stage>); null keeps the plan-wide value."""
+
+    gpus: Optional[int] = None
+    steps: Optional[int] = None  # default: the stage's own steps
+    mfu: Optional[float] = None
+    engine: Optional[str] = None
+    sp_size: Optional[int] = None
+    ac_double_blocks: Optional[int] = None
+    ac_single_blocks: Optional[int] = None
+    autoencoder: Optional[str] = None  # a configs/autoencoder/<name> used by this stage only
+    patch_size: Optional[List[int]] = None  # the model's patch for this stage (e.g. [1, 1, 1] with dc_ae)
+    samples: Optional[List[SampleKind]] = None  # this stage's data distribution (plan.mix=given)
+    reference_gpu_days: Optional[float] = None  # a published figure: the planner prints the MFU it implies
+    reference_clips: Optional[float] = None
+
+
+@dataclass
+class PlanConfig:
+    """`osl-plan`: the cluster, the efficiency and the data a curriculum will meet (docs/plan.md)."""
+
+    gpu: str = "H100"  # H100 | H200 | A100 | B200 | custom (then peak_tflops and memory_gib)
+    peak_tflops: Optional[float] = None  # overrides the GPU's datasheet peak (dense, run.dtype)
+    memory_gib: Optional[float] = None  # overrides the GPU's memory
+    gpus: int = 8  # GPUs per stage (plan.stages.<stage>.gpus overrides)
+    price_per_gpu_hour: float = 2.0  # dollars
+    mfu: float = 0.35  # assumed model-FLOPs utilisation
+    metrics: Optional[str] = None  # a run's metrics.jsonl (or run dir): use the MFU it measured instead
+    mix: str = "uniform"  # uniform | given (plan.samples) | shards (metadata of data.shards)
+    samples: List[SampleKind] = field(default_factory=list)  # the given distribution
+    shard_records: int = 2000  # mix=shards: metadata records read at most
+    dataset_clips: Optional[float] = None  # dataset size, for epochs (mix=shards: counted if null)
+    text_encoders: str = "auto"  # resident | parked | cached | auto (cached with data.kind=cached, else resident)
+    headroom: float = 0.08  # fraction of GPU memory left to the caching allocator (fragmentation)
+    reserved_gib: float = 2.0  # CUDA context, NCCL and cuBLAS buffers per GPU
+    format: str = "table"  # table | markdown | json
+    chart: Optional[str] = None  # write a PNG chart here
+    label: Optional[str] = None  # this plan's name in comparisons
+    compare: List[str] = field(default_factory=list)  # override sets planned beside this one (--compare)
+    stages: Dict[str, StagePlanConfig] = field(default_factory=dict)
+
+
+@dataclass
+class PlanJobConfig(Config):
+    """`osl-plan`: a whole training config plus the plan's settings."""
+
+    plan: PlanConfig = field(default_factory=PlanConfig)
+
+
+@dataclass
 class VideoSourceConfig:
     """`osl-data kind=videos`: shards from your own videos (data/ingest.py)."""
 

@@ -34,8 +34,6 @@ class FlopCount:
 def mmdit_flops(cfg: MMDiTConfig, img_tokens: int, txt_tokens: int, image_condition: bool = False) -> FlopCount:
     """FLOPs for one sample of img_tokens video tokens (after patchifying) and txt_tokens T5 tokens."""
     h, li, lt = cfg.hidden_size, img_tokens, txt_tokens
-    seq = li + lt
-    mlp = int(h * cfg.mlp_ratio)
     pt, ph, pw = cfg.patch_size
     cond_dim = (cfg.latent_channels + 1) * pt * ph * pw
 
@@ -52,7 +50,23 @@ def mmdit_flops(cfg: MMDiTConfig, img_tokens: int, txt_tokens: int, image_condit
 
     # Everything else: backward is twice the forward.
     rest = linear(1, h, h) * (3 if cfg.guidance_embed else 2)  # second linear of each embedder
-    attention = 4.0 * seq * seq * h  # QK^T and PV over all heads
+    double, single, attention = block_forward_flops(cfg, li, lt)
+    final = linear(1, h, 2 * h) + linear(li, h, cfg.patch_dim)
+    rest += cfg.depth * double + cfg.depth_single_blocks * single + final
+    attn = (cfg.depth + cfg.depth_single_blocks) * attention
+    forward = inputs + rest + attn
+    return FlopCount(forward=forward, backward=inputs + 2 * rest + 2 * attn)
+
+
+def block_forward_flops(cfg: MMDiTConfig, img_tokens: int, txt_tokens: int) -> tuple[float, float, float]:
+    """Forward FLOPs of one double block and one single block without attention, and of the attention
+    (QK^T and PV over all heads) inside either: what activation checkpointing recomputes per block."""
+    h, seq = cfg.hidden_size, img_tokens + txt_tokens
+    mlp = int(h * cfg.mlp_ratio)
+
+    def linear(tokens: int, d_in: int, d_out: int) -> float:
+        return 2.0 * tokens * d_in * d_out
+
     double = (
         2 * linear(1, h, 6 * h)  # img_mod, txt_mod
         + linear(seq, h, 3 * h)  # qkv of both streams
@@ -61,11 +75,7 @@ def mmdit_flops(cfg: MMDiTConfig, img_tokens: int, txt_tokens: int, image_condit
         + linear(seq, mlp, h)  # MLPs
     )
     single = linear(1, h, 3 * h) + linear(seq, h, 3 * h + mlp) + linear(seq, h + mlp, h)
-    final = linear(1, h, 2 * h) + linear(li, h, cfg.patch_dim)
-    rest += cfg.depth * double + cfg.depth_single_blocks * single + final
-    attn = (cfg.depth + cfg.depth_single_blocks) * attention
-    forward = inputs + rest + attn
-    return FlopCount(forward=forward, backward=inputs + 2 * rest + 2 * attn)
+    return double, single, 4.0 * seq * seq * h
 
 
 # Dense (no sparsity) tensor-core peaks per GPU, TFLOP/s, from the vendors' datasheets, by compute dtype.
@@ -73,6 +83,7 @@ PEAK_TFLOPS = {
     "H200": {"bf16": 989.4, "fp32": 494.7},  # fp32 counted as TF32 tensor-core work
     "H100": {"bf16": 989.4, "fp32": 494.7},  # SXM; the PCIe card is lower: set run.peak_tflops
     "A100": {"bf16": 312.0, "fp32": 156.0},
+    "B200": {"bf16": 2250.0, "fp32": 1125.0},  # HGX B200 dense figures
 }
 
 

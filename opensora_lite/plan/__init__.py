@@ -1,0 +1,136 @@
+"""Planning a curriculum before it runs (`osl-plan`): cost per stage and bucket, memory per GPU, and
+whether each bucket fits. Pure functions over the config; docs/plan.md explains the figures."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from opensora_lite.config.schema import PlanJobConfig
+from opensora_lite.config.validate import ConfigError
+from opensora_lite.errors import UserError
+from opensora_lite.plan.cost import StageCost, stage_cost
+from opensora_lite.plan.hardware import GPU, resolve_gpu
+from opensora_lite.plan.memory import GIB, Memory, bucket_memory, levers, text_placement
+from opensora_lite.plan.mix import kinds_from_shards, mix_from_kinds, uniform_mix
+from opensora_lite.plan.stages import stage_setups
+
+MIXES = ("uniform", "given", "shards")
+FORMATS = ("table", "markdown", "json")
+
+
+@dataclass
+class StagePlan:
+    cost: StageCost
+    memory: list[Memory]  # one per bucket, in the cost's bucket order
+    mix_note: str
+    engine: str
+    ac: tuple[int, int]
+    autoencoder: str
+
+    @property
+    def largest(self) -> Memory:
+        return max(self.memory, key=lambda m: m.total)
+
+
+@dataclass
+class Plan:
+    label: str
+    gpu: GPU
+    mfu_source: str
+    stages: list[StagePlan]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def gpu_days(self) -> float:
+        return sum(s.cost.gpu_days for s in self.stages)
+
+    @property
+    def cost(self) -> float:
+        return sum(s.cost.cost for s in self.stages)
+
+
+def measured_mfu(path: str, peak_tflops: float) -> tuple[float, str]:
+    """The mean MFU of a run's metrics.jsonl (its first logged window, warm-up, left out), or its
+    TFLOP/s per device over the plan's peak where the run logged no MFU (CPU runs)."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "metrics.jsonl"
+    if not p.is_file():
+        raise ConfigError("plan.metrics", f"{path}: no metrics.jsonl there")
+    records = []
+    for line in p.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if "tflops_per_device" in rec:
+            records.append(rec)
+    if not records:
+        raise ConfigError("plan.metrics", f"{p}: no training records (tflops_per_device) in it")
+    use = records[1:] or records
+    if all("mfu" in r for r in use):
+        value = sum(r["mfu"] for r in use) / len(use)
+    else:
+        value = sum(r["tflops_per_device"] for r in use) / len(use) / peak_tflops
+    return value, f"measured {value:.1%} over {len(use)} windows of {p}"
+
+
+def build_plan(cfg: PlanJobConfig) -> Plan:
+    plan = cfg.plan
+    if plan.mix not in MIXES:
+        raise ConfigError("plan.mix", f"{plan.mix!r}: choose one of {list(MIXES)}")
+    if plan.format not in FORMATS:
+        raise ConfigError("plan.format", f"{plan.format!r}: choose one of {list(FORMATS)}")
+    if plan.text_encoders not in ("auto", "resident", "parked", "cached"):
+        raise ConfigError("plan.text_encoders", f"{plan.text_encoders!r}: auto | resident | parked | cached")
+    if not 0 <= plan.headroom < 1:
+        raise ConfigError("plan.headroom", f"a fraction in [0, 1), got {plan.headroom}")
+    compute = cfg.run.dtype
+    on_gpu = cfg.run.device != "cpu"
+    gpu = resolve_gpu(plan, compute)
+    mfu, source = plan.mfu, f"assumed {plan.mfu:.0%}"
+    if plan.metrics:
+        mfu, source = measured_mfu(plan.metrics, gpu.peak_tflops)
+    dataset, kinds = plan.dataset_clips, list(plan.samples)
+    if plan.mix == "shards":
+        kinds, seen = kinds_from_shards(cfg.data.shards, plan.shard_records)
+        if dataset is None and seen < plan.shard_records:
+            dataset = float(seen)
+    if plan.mix == "given" and not kinds and not any(s.samples for s in plan.stages.values()):
+        raise ConfigError("plan.samples", "plan.mix=given needs clip kinds (plan.samples or plan.stages.<s>.samples)")
+    txt = cfg.text_encoder.t5.max_length
+    placement = text_placement(plan.text_encoders, cfg.data.kind)
+    capacity = gpu.memory_gib * GIB * (1 - plan.headroom)
+    reserved = plan.reserved_gib * GIB
+    stages = []
+    for setup in stage_setups(cfg, mfu):
+        key = f"plan.stages.{setup.name}.samples" if setup.samples else "plan.samples"
+        stage_kinds = setup.samples or kinds
+        if plan.mix == "uniform" and not setup.samples:
+            mix, note = uniform_mix(setup.table), "uniform over the bucket table"
+        else:
+            mix, skipped = mix_from_kinds(setup.table, stage_kinds, cfg.data.target_fps, key)
+            note = f"{len(stage_kinds)} clip kinds ({'shard metadata' if plan.mix == 'shards' else 'given'})"
+            if skipped > 0.001:
+                note += f", {skipped:.0%} fit no bucket"
+        cost = stage_cost(setup, mix, gpu.peak_tflops, plan.price_per_gpu_hour, dataset, txt)
+        memory = []
+        for row in cost.buckets:
+            mem = bucket_memory(
+                setup, row.bucket, txt, compute, on_gpu, cfg.text_encoder, placement, capacity, reserved
+            )
+            if not mem.fits:
+                mem.levers = levers(setup, mem, txt, compute, on_gpu, cfg.text_encoder, placement, reserved)
+            memory.append(mem)
+        par = setup.parallel
+        stages.append(
+            StagePlan(
+                cost, memory, note, par.engine, (par.ac_double_blocks, par.ac_single_blocks), setup.autoencoder.kind
+            )
+        )
+    return Plan(plan.label or cfg.run.name, gpu, source, stages)
+
+
+__all__ = ["Plan", "StagePlan", "build_plan", "measured_mfu", "UserError"]

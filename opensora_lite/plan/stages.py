@@ -1,0 +1,125 @@
+"""A curriculum stage as the planner sees it: the config with the plan's per-stage settings applied."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from omegaconf import OmegaConf
+
+from opensora_lite.config import config_dir
+from opensora_lite.config.schema import (
+    AutoencoderConfig,
+    ParallelConfig,
+    PlanJobConfig,
+    SampleKind,
+    StageConfig,
+    StagePlanConfig,
+)
+from opensora_lite.config.validate import ConfigError
+from opensora_lite.data.buckets import BucketTable
+from opensora_lite.models.mmdit import MMDiTConfig
+from opensora_lite.train.trainer import uses_image_condition
+
+ENGINES = (
+    "single",
+    "ddp",
+    "fsdp2",
+    "colossalai_zero2",
+    "colossalai_hybrid_sp",
+    "deepspeed_zero2",
+    "deepspeed_zero3",
+)
+
+
+@dataclass
+class StageSetup:
+    name: str
+    stage: StageConfig
+    model: MMDiTConfig
+    autoencoder: AutoencoderConfig
+    parallel: ParallelConfig
+    table: BucketTable
+    gpus: int
+    steps: int
+    mfu: float
+    samples: list[SampleKind] | None
+    image_condition: bool
+    reference_gpu_days: float | None
+    reference_clips: float | None
+
+    @property
+    def dp_size(self) -> int:
+        return self.gpus // self.parallel.sp_size
+
+
+def load_autoencoder(name: str, key: str) -> AutoencoderConfig:
+    """configs/autoencoder/<name>.yaml on the schema (the plan can swap the autoencoder of one stage)."""
+    folder = config_dir() / "autoencoder"
+    path = folder / f"{name}.yaml"
+    if not path.is_file():
+        choices = sorted(p.stem for p in folder.glob("*.yaml"))
+        raise ConfigError(key, f"no autoencoder config {name!r}: choose one of {choices}")
+    node = OmegaConf.merge(OmegaConf.structured(AutoencoderConfig), OmegaConf.load(path))
+    return OmegaConf.to_object(node)
+
+
+def stage_setups(cfg: PlanJobConfig, mfu: float) -> list[StageSetup]:
+    plan = cfg.plan
+    names = list(cfg.curriculum.stages)
+    if not names:
+        raise ConfigError("curriculum.stages", "the curriculum has no stages to plan")
+    unknown = sorted(set(plan.stages) - set(names))
+    if unknown:
+        raise ConfigError(f"plan.stages.{unknown[0]}", f"no such stage in curriculum {cfg.curriculum.name}: {names}")
+    out = []
+    for name in names:
+        sp: StagePlanConfig = plan.stages.get(name, StagePlanConfig())
+        key = f"plan.stages.{name}"
+        ae = load_autoencoder(sp.autoencoder, f"{key}.autoencoder") if sp.autoencoder else cfg.autoencoder
+        model = dataclasses.replace(
+            cfg.model,
+            latent_channels=ae.latent_channels,
+            patch_size=list(sp.patch_size) if sp.patch_size is not None else list(cfg.model.patch_size),
+        )
+        par = dataclasses.replace(
+            cfg.parallel,
+            **{
+                f: getattr(sp, f)
+                for f in ("engine", "sp_size", "ac_double_blocks", "ac_single_blocks")
+                if getattr(sp, f) is not None
+            },
+        )
+        if par.engine not in ENGINES:
+            raise ConfigError(f"{key}.engine", f"unknown engine {par.engine!r}: choose one of {list(ENGINES)}")
+        gpus = sp.gpus if sp.gpus is not None else plan.gpus
+        if gpus < 1:
+            raise ConfigError(f"{key}.gpus" if sp.gpus is not None else "plan.gpus", f"must be >= 1, got {gpus}")
+        if par.sp_size < 1 or gpus % par.sp_size or model.num_heads % par.sp_size:
+            raise ConfigError(
+                f"{key}.sp_size",
+                f"sp_size {par.sp_size} must divide the GPUs ({gpus}) and the heads ({model.num_heads})",
+            )
+        stage_mfu = sp.mfu if sp.mfu is not None else mfu
+        if not 0 < stage_mfu <= 1:
+            raise ConfigError(f"{key}.mfu" if sp.mfu is not None else "plan.mfu", f"must be in (0, 1], got {stage_mfu}")
+        stage = cfg.curriculum.stages[name]
+        multiple = ae.spatial_factor * model.patch_size[1]
+        out.append(
+            StageSetup(
+                name=name,
+                stage=stage,
+                model=model,
+                autoencoder=ae,
+                parallel=par,
+                table=BucketTable(stage.buckets, cfg.data.aspect_ratios, multiple),
+                gpus=gpus,
+                steps=sp.steps if sp.steps is not None else stage.steps,
+                mfu=stage_mfu,
+                samples=list(sp.samples) if sp.samples is not None else None,
+                image_condition=uses_image_condition(stage),
+                reference_gpu_days=sp.reference_gpu_days,
+                reference_clips=sp.reference_clips,
+            )
+        )
+    return out
