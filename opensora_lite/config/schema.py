@@ -250,7 +250,8 @@ class PlanConfig:
     shard_records: int = 2000  # mix=shards: metadata records read at most
     dataset_clips: Optional[float] = None  # dataset size, for epochs (mix=shards: counted if null)
     text_encoders: str = "auto"  # resident | parked | cached | auto (cached with data.kind=cached, else resident)
-    headroom: float = 0.08  # fraction of GPU memory left to the caching allocator (fragmentation)
+    headroom: float = 0.04  # fraction of GPU memory left to the caching allocator (fragmentation; the
+    # activation coefficients were measured as resident memory, which already holds some of it)
     reserved_gib: float = 2.0  # CUDA context, NCCL and cuBLAS buffers per GPU
     format: str = "table"  # table | markdown | json
     chart: Optional[str] = None  # write a PNG chart here

@@ -4,7 +4,7 @@ whether each bucket fits. Pure functions over the config; docs/plan.md explains 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from opensora_lite.config.schema import PlanJobConfig
@@ -40,7 +40,7 @@ class Plan:
     gpu: GPU
     mfu_source: str
     stages: list[StagePlan]
-    notes: list[str] = field(default_factory=list)
+    text_encoders: str = "resident"
 
     @property
     def gpu_days(self) -> float:
@@ -104,8 +104,12 @@ def build_plan(cfg: PlanJobConfig) -> Plan:
     placement = text_placement(plan.text_encoders, cfg.data.kind)
     capacity = gpu.memory_gib * GIB * (1 - plan.headroom)
     reserved = plan.reserved_gib * GIB
+    setups = stage_setups(cfg, mfu)
+    own = [s.name for s in setups if plan.stages.get(s.name) and plan.stages[s.name].mfu is not None]
+    if own and not plan.metrics:
+        source = "set per stage" if len(own) == len(setups) else f"{source}, set per stage for {', '.join(own)}"
     stages = []
-    for setup in stage_setups(cfg, mfu):
+    for setup in setups:
         key = f"plan.stages.{setup.name}.samples" if setup.samples else "plan.samples"
         stage_kinds = setup.samples or kinds
         if plan.mix == "uniform" and not setup.samples:
@@ -130,7 +134,7 @@ def build_plan(cfg: PlanJobConfig) -> Plan:
                 cost, memory, note, par.engine, (par.ac_double_blocks, par.ac_single_blocks), setup.autoencoder.kind
             )
         )
-    return Plan(plan.label or cfg.run.name, gpu, source, stages)
+    return Plan(plan.label or cfg.run.name, gpu, source, stages, placement)
 
 
 __all__ = ["Plan", "StagePlan", "build_plan", "measured_mfu", "UserError"]

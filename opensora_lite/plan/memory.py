@@ -31,7 +31,10 @@ ADAM_BYTES = 8  # exp_avg + exp_avg_sq in fp32
 # on DoubleStreamBlock / SingleStreamBlock; outside the blocks about OUTSIDE per token and unit.
 DOUBLE = (18.4, 2.0)
 SINGLE = (13.3, 2.0)
-OUTSIDE = 6.0
+OUTSIDE = 2.0
+# Backward holds gradients of a block's intermediates beside its saved tensors: measured on CPU
+# (tests/test_plan.py) as about this many of the largest block's activations at the peak.
+BACKWARD_BLOCKS = 2.0
 BF16_FP32_EXTRA = 2.0  # q/k RMSNorm statistics kept in fp32 under bf16 autocast (per token, unit)
 ZERO2_BUCKET_GIB = 1.0  # gradient bucket of the ZeRO-2 engines (reduce_bucket_size order)
 # Parameters of the frozen parts where no config can be built (datasheet sizes).
@@ -155,8 +158,7 @@ def activation_bytes(setup: StageSetup, bucket: Bucket, txt: int, compute: str, 
     kept += (n_double + n_single) * e  # a checkpointed block keeps its input
     largest = max(per_double if m.depth else 0.0, per_single if m.depth_single_blocks else 0.0)
     recompute = largest if n_double + n_single else 0.0  # one block rebuilt inside backward
-    working = 2.0 * e  # gradients flowing between blocks
-    return batch * tokens * h * (kept + OUTSIDE * e + recompute + working)
+    return batch * tokens * h * (kept + OUTSIDE * e + recompute + BACKWARD_BLOCKS * largest)
 
 
 def text_placement(plan_value: str, data_kind: str) -> str:

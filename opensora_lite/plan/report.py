@@ -19,6 +19,7 @@ STAGE_COLS = [
     "stage", "GPUs", "engine", "steps", "samples/step", "tokens/step", "TFLOP/GPU-step", "HW TFLOP",
     "step s", "GPU-days", "cost $", "clips", "epochs", "MFU", "peak GiB", "fits",
 ]  # fmt: skip
+TIGHT = 0.9  # above this share of the usable memory a bucket is marked tight (the model's tolerance)
 BUCKET_COLS = ["bucket", "share", "batch", "tokens/sample", "TFLOP/sample", "step s", "GiB/GPU", "fits / lever"]
 
 
@@ -44,7 +45,7 @@ def stage_rows(plan: Plan) -> list[list[str]]:
                 f"{c.epochs:.2f}" if c.epochs is not None else "-",
                 f"{c.mfu:.1%}",
                 f"{big.total / GIB:.0f}/{big.capacity / GIB:.0f}",
-                "yes" if not bad else f"NO: {bad} bucket(s)",
+                (f"NO: {bad} bucket(s)" if bad else "tight" if big.total > TIGHT * big.capacity else "yes"),
             ]
         )
     rows.append(["total", "", "", "", "", "", "", "", "", f"{plan.gpu_days:,.0f}", f"{plan.cost:,.0f}"] + [""] * 5)
@@ -54,7 +55,7 @@ def stage_rows(plan: Plan) -> list[list[str]]:
 def bucket_rows(stage) -> list[list[str]]:
     rows = []
     for b, m in zip(stage.cost.buckets, stage.memory):
-        lever = "yes" if m.fits else "NO -> " + "; ".join(m.levers)
+        lever = ("tight" if m.total > TIGHT * m.capacity else "yes") if m.fits else "NO -> " + "; ".join(m.levers)
         rows.append(
             [
                 b.bucket.key,
@@ -97,7 +98,8 @@ def _md_table(cols: list[str], rows: list[list[str]]) -> str:
 
 def header(plan: Plan) -> str:
     g = plan.gpu
-    return f"plan {plan.label}: {g.name} ({g.peak_tflops:g} TFLOP/s, {g.memory_gib:.0f} GiB), MFU {plan.mfu_source}"
+    head = f"plan {plan.label}: {g.name} ({g.peak_tflops:g} TFLOP/s, {g.memory_gib:.0f} GiB), MFU {plan.mfu_source}"
+    return head + f"; text encoders {plan.text_encoders}"
 
 
 def render(plans: list[Plan], fmt: str, buckets: bool = True) -> str:
@@ -105,10 +107,10 @@ def render(plans: list[Plan], fmt: str, buckets: bool = True) -> str:
         return json.dumps([as_dict(p) for p in plans], indent=1)
     table = _md_table if fmt == "markdown" else _text_table
     parts = []
-    for plan in plans:
+    for k, plan in enumerate(plans):
         parts.append(("### " if fmt == "markdown" else "") + header(plan))
         parts.append(table(STAGE_COLS, stage_rows(plan)))
-        if ref := reference_rows(plan):
+        if k == 0 and (ref := reference_rows(plan)):  # the published figures belong to the base plan
             parts.append(table(REFERENCE_COLS, ref))
         for s in plan.stages:
             ac = f"AC {s.ac[0]} double / {s.ac[1]} single blocks"
