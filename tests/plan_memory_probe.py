@@ -20,7 +20,7 @@ import torch.multiprocessing as mp
 from opensora_lite.config.schema import ParallelConfig
 from opensora_lite.models.mmdit import MMDiT, MMDiTConfig
 
-BATCH, FRAMES, SIDE, TXT = int(os.environ.get("PROBE_BATCH", 2)), 4, 32, 64  # per rank: 4 x 16 x 16 = 1024 video tokens + 64 text tokens
+BATCH, FRAMES, SIDE, TXT = 2, 4, 32, 64  # per rank: 4 x 16 x 16 = 1024 video tokens + 64 text tokens
 MODEL = MMDiTConfig(
     latent_channels=4,
     patch_size=[1, 2, 2],

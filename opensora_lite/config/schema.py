@@ -257,7 +257,9 @@ class PlanConfig:
     chart: Optional[str] = None  # write a PNG chart here
     label: Optional[str] = None  # this plan's name in comparisons
     compare: List[str] = field(default_factory=list)  # override sets planned beside this one (--compare)
-    stages: Dict[str, StagePlanConfig] = field(default_factory=dict)
+    # {stage: StagePlanConfig fields}; untyped here so that `+plan.stages.<stage>.<key>=...` can add a
+    # stage from the command line (OmegaConf cannot create a structured value there); checked in plan/stages.py
+    stages: Dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

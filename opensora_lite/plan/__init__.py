@@ -14,7 +14,7 @@ from opensora_lite.plan.cost import StageCost, stage_cost
 from opensora_lite.plan.hardware import GPU, resolve_gpu
 from opensora_lite.plan.memory import GIB, Memory, bucket_memory, levers, text_placement
 from opensora_lite.plan.mix import kinds_from_shards, mix_from_kinds, uniform_mix
-from opensora_lite.plan.stages import stage_setups
+from opensora_lite.plan.stages import stage_plans, stage_setups
 
 MIXES = ("uniform", "given", "shards")
 FORMATS = ("table", "markdown", "json")
@@ -51,30 +51,37 @@ class Plan:
         return sum(s.cost.cost for s in self.stages)
 
 
-def measured_mfu(path: str, peak_tflops: float) -> tuple[float, str]:
-    """The mean MFU of a run's metrics.jsonl (its first logged window, warm-up, left out), or its
-    TFLOP/s per device over the plan's peak where the run logged no MFU (CPU runs)."""
+def measured_mfu(path: str, peak_tflops: float) -> tuple[dict[str, float], float, str]:
+    """The MFU a run measured (its metrics.jsonl), per stage and over all stages, each stage's first
+    logged window (warm-up) left out where it has more. Where the run logged no MFU (CPU runs), its
+    TFLOP/s per device over the plan's peak."""
     p = Path(path)
     if p.is_dir():
         p = p / "metrics.jsonl"
     if not p.is_file():
         raise ConfigError("plan.metrics", f"{path}: no metrics.jsonl there")
-    records = []
+    by_stage: dict[str, list[dict]] = {}
     for line in p.read_text().splitlines():
         try:
             rec = json.loads(line)
         except json.JSONDecodeError:
             continue
         if "tflops_per_device" in rec:
-            records.append(rec)
-    if not records:
+            by_stage.setdefault(str(rec.get("stage")), []).append(rec)
+    if not by_stage:
         raise ConfigError("plan.metrics", f"{p}: no training records (tflops_per_device) in it")
-    use = records[1:] or records
-    if all("mfu" in r for r in use):
-        value = sum(r["mfu"] for r in use) / len(use)
-    else:
-        value = sum(r["tflops_per_device"] for r in use) / len(use) / peak_tflops
-    return value, f"measured {value:.1%} over {len(use)} windows of {p}"
+
+    def mfu(rec: dict) -> float:
+        return rec["mfu"] if "mfu" in rec else rec["tflops_per_device"] / peak_tflops
+
+    per_stage = {}
+    every = []
+    for stage, records in by_stage.items():
+        use = records[1:] or records
+        per_stage[stage] = sum(map(mfu, use)) / len(use)
+        every += use
+    overall = sum(map(mfu, every)) / len(every)
+    return per_stage, overall, f"measured in {p} (per stage; {overall:.1%} over {len(every)} windows)"
 
 
 def build_plan(cfg: PlanJobConfig) -> Plan:
@@ -90,22 +97,26 @@ def build_plan(cfg: PlanJobConfig) -> Plan:
     compute = cfg.run.dtype
     on_gpu = cfg.run.device != "cpu"
     gpu = resolve_gpu(plan, compute)
-    mfu, source = plan.mfu, f"assumed {plan.mfu:.0%}"
+    mfu, source, measured = plan.mfu, f"assumed {plan.mfu:.0%}", {}
     if plan.metrics:
-        mfu, source = measured_mfu(plan.metrics, gpu.peak_tflops)
+        measured, mfu, source = measured_mfu(plan.metrics, gpu.peak_tflops)
     dataset, kinds = plan.dataset_clips, list(plan.samples)
     if plan.mix == "shards":
         kinds, seen = kinds_from_shards(cfg.data.shards, plan.shard_records)
         if dataset is None and seen < plan.shard_records:
             dataset = float(seen)
-    if plan.mix == "given" and not kinds and not any(s.samples for s in plan.stages.values()):
+    per_stage = stage_plans(cfg)
+    if plan.mix == "given" and not kinds and not any(s.samples for s in per_stage.values()):
         raise ConfigError("plan.samples", "plan.mix=given needs clip kinds (plan.samples or plan.stages.<s>.samples)")
     txt = cfg.text_encoder.t5.max_length
     placement = text_placement(plan.text_encoders, cfg.data.kind)
     capacity = gpu.memory_gib * GIB * (1 - plan.headroom)
     reserved = plan.reserved_gib * GIB
     setups = stage_setups(cfg, mfu)
-    own = [s.name for s in setups if plan.stages.get(s.name) and plan.stages[s.name].mfu is not None]
+    own = [s.name for s in setups if s.name in per_stage and per_stage[s.name].mfu is not None]
+    for setup in setups:  # a stage the run measured uses its own MFU (unless the plan sets one)
+        if setup.name in measured and setup.name not in own:
+            setup.mfu = measured[setup.name]
     if own and not plan.metrics:
         source = "set per stage" if len(own) == len(setups) else f"{source}, set per stage for {', '.join(own)}"
     stages = []

@@ -64,17 +64,40 @@ def load_autoencoder(name: str, key: str) -> AutoencoderConfig:
     return OmegaConf.to_object(node)
 
 
+def stage_plans(cfg: PlanJobConfig) -> dict[str, StagePlanConfig]:
+    """plan.stages typed: every entry a stage of the curriculum with StagePlanConfig's keys only."""
+    names = list(cfg.curriculum.stages)
+    out = {}
+    for name, entry in cfg.plan.stages.items():
+        key = f"plan.stages.{name}"
+        if name not in names:
+            raise ConfigError(key, f"no such stage in curriculum {cfg.curriculum.name}: {names}")
+        if entry is None:
+            entry = {}
+        if not isinstance(entry, dict):
+            raise ConfigError(key, f"needs a mapping of settings, got {entry!r}")
+        for k in entry:
+            if k not in StagePlanConfig.__dataclass_fields__:
+                raise ConfigError(
+                    f"{key}.{k}", f"unknown key (choose from {sorted(StagePlanConfig.__dataclass_fields__)})"
+                )
+        try:
+            out[name] = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(StagePlanConfig), entry))
+        except Exception as exc:  # a wrong type: OmegaConf's message names the field
+            first = str(exc).strip().splitlines()[0]
+            raise ConfigError(key, first) from None
+    return out
+
+
 def stage_setups(cfg: PlanJobConfig, mfu: float) -> list[StageSetup]:
     plan = cfg.plan
     names = list(cfg.curriculum.stages)
     if not names:
         raise ConfigError("curriculum.stages", "the curriculum has no stages to plan")
-    unknown = sorted(set(plan.stages) - set(names))
-    if unknown:
-        raise ConfigError(f"plan.stages.{unknown[0]}", f"no such stage in curriculum {cfg.curriculum.name}: {names}")
+    plans = stage_plans(cfg)
     out = []
     for name in names:
-        sp: StagePlanConfig = plan.stages.get(name, StagePlanConfig())
+        sp: StagePlanConfig = plans.get(name, StagePlanConfig())
         key = f"plan.stages.{name}"
         ae = load_autoencoder(sp.autoencoder, f"{key}.autoencoder") if sp.autoencoder else cfg.autoencoder
         model = dataclasses.replace(
@@ -101,7 +124,7 @@ def stage_setups(cfg: PlanJobConfig, mfu: float) -> list[StageSetup]:
                 f"sp_size {par.sp_size} must divide the GPUs ({gpus}) and the heads ({model.num_heads})",
             )
         stage_mfu = sp.mfu if sp.mfu is not None else mfu
-        if not 0 < stage_mfu <= 1:
+        if not 0 < stage_mfu <= (1 if plan.metrics is None or sp.mfu is not None else float("inf")):
             raise ConfigError(f"{key}.mfu" if sp.mfu is not None else "plan.mfu", f"must be in (0, 1], got {stage_mfu}")
         stage = cfg.curriculum.stages[name]
         multiple = ae.spatial_factor * model.patch_size[1]
