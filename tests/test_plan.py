@@ -3,9 +3,9 @@ Open-Sora 2.0's published table, the 80 GB out-of-memory flag, the bucket mix, t
 its errors.
 
 Memory tolerance: predictions within 15% of the measured peak resident memory of real training steps
-(single process and fsdp2 over 2 gloo ranks, with and without activation checkpointing). Measured
-agreement (docs/plan.md): +4% / -1% single, -6% / -8% fsdp2; a wrong optimizer layout, a lost
-activation term or checkpointing ignored moves the estimate by 30% or more.
+(single process with and without activation checkpointing, fsdp2 over 2 gloo ranks). Measured
+agreement (docs/plan.md): -2% and -9% single, -11% fsdp2; a lost activation term, checkpointing ignored
+or a wrong optimizer layout moves the estimate by 30% or more.
 """
 
 from __future__ import annotations
