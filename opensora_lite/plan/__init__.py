@@ -53,8 +53,8 @@ class Plan:
 
 def measured_mfu(path: str, peak_tflops: float) -> tuple[dict[str, float], float, str]:
     """The MFU a run measured (its metrics.jsonl), per stage and over all stages, each stage's first
-    logged window (warm-up) left out where it has more. Where the run logged no MFU (CPU runs), its
-    TFLOP/s per device over the plan's peak."""
+    logged window (warm-up) left out where it has more, windows weighted by their step time. Where the
+    run logged no MFU (CPU runs), its TFLOP/s per device over the plan's peak."""
     p = Path(path)
     if p.is_dir():
         p = p / "metrics.jsonl"
@@ -74,13 +74,17 @@ def measured_mfu(path: str, peak_tflops: float) -> tuple[dict[str, float], float
     def mfu(rec: dict) -> float:
         return rec["mfu"] if "mfu" in rec else rec["tflops_per_device"] / peak_tflops
 
+    def mean(records: list[dict]) -> float:  # weighted by time: the run's FLOPs over its time
+        weights = [r.get("step_time_s", 1.0) for r in records]
+        return sum(mfu(r) * w for r, w in zip(records, weights)) / sum(weights)
+
     per_stage = {}
     every = []
     for stage, records in by_stage.items():
         use = records[1:] or records
-        per_stage[stage] = sum(map(mfu, use)) / len(use)
+        per_stage[stage] = mean(use)
         every += use
-    overall = sum(map(mfu, every)) / len(every)
+    overall = mean(every)
     return per_stage, overall, f"measured in {p} (per stage; {overall:.1%} over {len(every)} windows)"
 
 

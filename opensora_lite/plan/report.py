@@ -15,6 +15,14 @@ def _si(x: float) -> str:
     return f"{x:.3g}"
 
 
+def _num(x: float) -> str:
+    return f"{x:,.0f}" if abs(x) >= 100 else f"{x:.3g}"
+
+
+def _tflop(x: float) -> str:
+    return _num(x / 1e12)
+
+
 STAGE_COLS = [
     "stage", "GPUs", "engine", "steps", "samples/step", "tokens/step", "TFLOP/GPU-step", "HW TFLOP",
     "step s", "GPU-days", "cost $", "clips", "epochs", "MFU", "peak GiB", "fits",
@@ -36,11 +44,11 @@ def stage_rows(plan: Plan) -> list[list[str]]:
                 f"{c.steps:,}",
                 f"{c.samples_per_step:,.0f}",
                 _si(c.tokens_per_step),
-                f"{c.model_flops_per_gpu_step / 1e12:,.0f}",
-                f"{c.hardware_flops_per_gpu_step / 1e12:,.0f}",
-                f"{c.step_seconds:.2f}",
-                f"{c.gpu_days:,.0f}",
-                f"{c.cost:,.0f}",
+                _tflop(c.model_flops_per_gpu_step),
+                _tflop(c.hardware_flops_per_gpu_step),
+                f"{c.step_seconds:.3g}",
+                _num(c.gpu_days),
+                _num(c.cost),
                 _si(c.clips_seen),
                 f"{c.epochs:.2f}" if c.epochs is not None else "-",
                 f"{c.mfu:.1%}",
@@ -48,7 +56,7 @@ def stage_rows(plan: Plan) -> list[list[str]]:
                 (f"NO: {bad} bucket(s)" if bad else "tight" if big.total > TIGHT * big.capacity else "yes"),
             ]
         )
-    rows.append(["total", "", "", "", "", "", "", "", "", f"{plan.gpu_days:,.0f}", f"{plan.cost:,.0f}"] + [""] * 5)
+    rows.append(["total", "", "", "", "", "", "", "", "", _num(plan.gpu_days), _num(plan.cost)] + [""] * 5)
     return rows
 
 
@@ -62,8 +70,8 @@ def bucket_rows(stage) -> list[list[str]]:
                 f"{b.share:.1%}",
                 str(b.bucket.batch_size),
                 f"{b.tokens:,} + {b.text_tokens}",
-                f"{b.model_flops / 1e12:,.1f}",
-                f"{b.step_seconds:.2f}",
+                _tflop(b.model_flops),
+                f"{b.step_seconds:.3g}",
                 f"{m.total / GIB:.1f}",
                 lever,
             ]
@@ -118,10 +126,7 @@ def render(plans: list[Plan], fmt: str, buckets: bool = True) -> str:
             if buckets:
                 parts.append(table(BUCKET_COLS, bucket_rows(s)))
     if len(plans) > 1:
-        rows = [
-            [p.label, f"{p.gpu_days:,.0f}", f"{p.cost:,.0f}"] + [f"{s.cost.gpu_days:,.0f}" for s in p.stages]
-            for p in plans
-        ]
+        rows = [[p.label, _num(p.gpu_days), _num(p.cost)] + [_num(s.cost.gpu_days) for s in p.stages] for p in plans]
         cols = ["plan", "GPU-days", "cost $"] + [s.cost.name for s in plans[0].stages]
         parts.append(("### comparison\n" if fmt == "markdown" else "comparison\n") + table(cols, rows))
     return "\n\n".join(parts)
