@@ -26,6 +26,7 @@ from PIL import Image
 
 from opensora_lite.config import to_config
 from opensora_lite.config.schema import AutoencoderConfig, ParallelConfig, SampleKind, StageConfig
+from opensora_lite.config.validate import ConfigError
 from opensora_lite.data.buckets import Bucket, BucketTable
 from opensora_lite.models.flops import mmdit_flops
 from opensora_lite.models.mmdit import MMDiT
@@ -201,20 +202,29 @@ def test_cli_prints_the_table_compares_and_draws(tmp_path):
     assert plans[0]["stages"][0]["step_seconds"] == pytest.approx(2 * plans[1]["stages"][0]["step_seconds"])
 
 
+def test_bad_input_is_one_line():
+    out = cli("osl-plan", "plan.gpu=V100")
+    lines = [line for line in out.stderr.strip().splitlines() if line.strip()]
+    assert out.returncode == 2 and len(lines) == 1, out.stderr
+    assert lines[0].startswith("error: plan.gpu: unknown GPU 'V100': choose one of ['A100', 'B200', 'H100', 'H200']")
+
+
 @pytest.mark.parametrize(
     "args,expected",
     [
-        (["plan.gpu=V100"], "plan.gpu: unknown GPU 'V100'"),
         (["+plan.stages.nope.gpus=4"], "plan.stages.nope: no such stage"),
+        (["+plan.stages.t2v.bogus=1"], "plan.stages.t2v.bogus: unknown key"),
+        (["+plan.stages.t2v.sp_size=3"], "plan.stages.t2v.sp_size: sp_size 3 must divide"),
         (["plan.mix=zipf"], "plan.mix: 'zipf'"),
-        (["+plan.stages.t2v.sp_size=3"], "plan.stages.t2v.sp_size"),
+        (["plan.mix=given"], "plan.samples: plan.mix=given needs clip kinds"),
         (["plan.metrics=/nowhere"], "plan.metrics: /nowhere: no metrics.jsonl"),
+        (["plan.gpu=custom", "plan.peak_tflops=100"], "plan.gpu: unknown GPU 'custom'"),
     ],
 )
-def test_bad_input_is_one_line(args, expected):
-    out = cli("osl-plan", *args)
-    lines = [line for line in out.stderr.strip().splitlines() if line.strip()]
-    assert out.returncode == 2 and len(lines) == 1 and expected in lines[0], out.stderr
+def test_bad_plan_settings_name_the_key(args, expected):
+    with pytest.raises(ConfigError) as err:
+        plan_of(*args)
+    assert str(err.value).startswith(expected) and "\n" not in str(err.value)
 
 
 def test_unknown_key_names_it():
