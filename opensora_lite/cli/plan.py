@@ -71,7 +71,10 @@ def _task(cfg: DictConfig) -> None:
     plans = [build_plan(base)]
     task = [o for o in HydraConfig.get().overrides.task if not o.startswith("plan.compare=")]
     for extra in base.plan.compare:
-        other = plan_config(compose("plan", overrides=task + extra.split()))
+        mine = extra.split()
+        keys = {o.split("=", 1)[0].lstrip("+~") for o in mine}
+        kept = [o for o in task if o.split("=", 1)[0].lstrip("+~") not in keys]  # the set's own value wins
+        other = plan_config(compose("plan", overrides=kept + mine))
         other.plan.label = other.plan.label if other.plan.label != base.plan.label else extra
         plans.append(build_plan(other))
     print(render(plans, base.plan.format))
