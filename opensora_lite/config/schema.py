@@ -128,6 +128,9 @@ class StageConfig:
     log_every: int = 10
     checkpoint_every: int = 0  # steps between mid-stage checkpoints; 0: only the final one
     keep_checkpoints: int = 2
+    # write mid-stage checkpoints in the background (DCP async save: single, ddp, fsdp2); training blocks
+    # only while the state is copied to host memory. Other engines write synchronously (said at start-up)
+    async_checkpoint: bool = False
     evaluate: bool = True  # sample (and score, if eval.kind is set) at the end of the stage
 
 

@@ -19,6 +19,7 @@ import torch
 from tqdm import tqdm
 
 from opensora_lite.config.schema import StageConfig
+from opensora_lite.config.validate import async_checkpoint_note
 from opensora_lite.data.cache import CachedStream, bucket_table, build_cache, cached_shards, stage_seed
 from opensora_lite.data.loader import BucketedVideoStream, LoaderState, batches, build_loader, expand_shards
 from opensora_lite.diffusion.conditioning import build_condition, sample_tasks
@@ -26,6 +27,7 @@ from opensora_lite.diffusion.objective import drop_text, flow_loss
 from opensora_lite.models.flops import mmdit_flops, peak_tflops
 from opensora_lite.models.flux_weights import load_into, read_flux_weights
 from opensora_lite.models.mmdit import MMDiT
+from opensora_lite.train.checkpoint_writer import CheckpointWriter
 from opensora_lite.train.ema import EMA
 from opensora_lite.train.evaluation import evaluate_stage
 from opensora_lite.train.optim import build_optimizer, build_scheduler
@@ -175,6 +177,15 @@ class StageTrainer:
             nparams / 1e6,
             self.image_condition,
         )
+        self.writer = CheckpointWriter(
+            engine,
+            self.dir,
+            stage.keep_checkpoints,
+            stage.async_checkpoint,
+            lambda metrics, at: rt.tracker.log(metrics, self.step_offset + at, self.name),
+        )
+        if engine.is_main and (note := async_checkpoint_note(cfg, stage)):
+            log.info("[%s] %s", self.name, note)
         data = self._loader(data_state)
         if cfg.data.kind == "cached":
             rt.text.empty()  # kept where training runs (CFG dropout) while the encoders are parked
@@ -214,6 +225,7 @@ class StageTrainer:
             if signame:  # every rank stops here: checkpoint, then the entry point requeues
                 if not saved:
                     self._checkpoint(model, opt, sched, gen, ema, done, data_state)
+                self.writer.wait(done)
                 bar.close()
                 rt.tracker.event("preempted", self.step_offset + done, self.name, at_step=done, signal=signame)
                 raise Preempted(self.name, done, signame)
@@ -265,28 +277,21 @@ class StageTrainer:
         return metrics["loss"]
 
     def _checkpoint(self, model, opt, sched, gen, ema, step: int, data_state: LoaderState) -> None:
-        """Every rank writes its part (weights, optimizer), rank 0 the rest; then rank 0 publishes."""
+        """Every rank writes its part (weights, optimizer), rank 0 the trainer state; see checkpoint_writer."""
         engine = self.engine
-        if engine.is_main:
-            self.dir.prepare_checkpoint(step)
-        engine.barrier()
-        tmp = self.dir.checkpoint_tmp(step)
-        engine.save_model(tmp, model)
-        engine.save_optimizer(tmp, model, opt)
-        ema_state = ema.state_dict() if ema else None
-        failed = [key for rank in engine.all_gather_object(data_state.failed) for key in rank]
-        generators = engine.all_gather_object(gen.get_state())
-        if engine.is_main:
-            state = {
+
+        def trainer_state() -> dict | None:
+            failed = [key for rank in engine.all_gather_object(data_state.failed) for key in rank]
+            generators = engine.all_gather_object(gen.get_state())
+            return {
                 "step": step,
                 "data": LoaderState(data_state.batches, failed).as_dict(),
                 "data_layout": {"dp_size": engine.dp_size, "num_workers": self.cfg.data.num_workers},
                 "scheduler": sched.state_dict(),
                 "generators": generators,  # one per rank
             }
-            path = self.dir.publish_checkpoint(step, state, ema_state, self.stage.keep_checkpoints)
-            log.info("[%s] checkpoint %s", self.name, path)
-        engine.barrier()
+
+        self.writer.save(step, model, opt, ema, trainer_state)
 
     def _eval_model(self, model, weights: dict) -> MMDiT:
         """The model to sample from on rank 0: the trained one, or a local copy where it is sharded."""
@@ -326,6 +331,7 @@ class StageTrainer:
 
     def _finish(self, model, ema, start: int, began: float, loss: float, skipped: Counter) -> StageResult:
         engine, rt = self.engine, self.rt
+        self.writer.wait(self.stage.steps)
         seconds = time.perf_counter() - began
         weights = engine.full_state_dict(model)
         ema_state = ema.state_dict() if ema else None
