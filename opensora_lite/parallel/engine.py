@@ -83,6 +83,8 @@ class Engine(ABC):
     # True where save_async() works: checkpoints are DCP folders (the DeepSpeed and ColossalAI engines write
     # their backend's own optimizer checkpoint, synchronously)
     writes_async = True
+    # True where the trainer builds the model on the meta device and calls materialize() after prepare()
+    builds_on_meta = False
 
     def __init__(self, cfg: ParallelConfig, device_preference: str):
         self.cfg = cfg
@@ -142,7 +144,8 @@ class Engine(ABC):
         """Prepare the model for training from outside: activation checkpointing, device, compile per block.
         Engines that replicate or shard do that on top."""
         apply_activation_checkpointing(model, self.cfg.ac_double_blocks, self.cfg.ac_single_blocks)
-        model = model.to(self.device)
+        if not any(p.is_meta for p in model.parameters()):  # a model built on meta gets its device at materialize()
+            model = model.to(self.device)
         if self.cfg.compile:
             for block in [*model.double_blocks, *model.single_blocks]:
                 block.compile()

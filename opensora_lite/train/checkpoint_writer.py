@@ -44,6 +44,9 @@ class _InFlight:
             publish()
         self.seconds = time.perf_counter() - self.began
 
+    def done(self) -> bool:
+        return self._done.done()
+
     def wait(self) -> float:
         """Block until written (and published); the seconds the write took."""
         try:
@@ -102,6 +105,11 @@ class CheckpointWriter:
         self.report({"checkpoint_block_s": slowest, "checkpoint_step": step}, step)
         return held
 
+    @property
+    def writing(self) -> bool:
+        """A background write is still running on this rank."""
+        return self.in_flight is not None and not self.in_flight.done()
+
     def wait(self, step: int) -> None:
         """Finish the checkpoint in flight, if any (`step`: where training is now, for the log)."""
         if self.in_flight is None:
@@ -117,6 +125,7 @@ class CheckpointWriter:
         if error is not None:
             raise error
         if failed:
-            raise CheckpointError(f"the background write of the step-{in_flight.step} checkpoint failed on another rank")
+            raise CheckpointError(
+                f"the background write of the step-{in_flight.step} checkpoint failed on another rank"
+            )
         self.report({"checkpoint_write_s": seconds, "checkpoint_step": in_flight.step}, step)
-
