@@ -230,10 +230,22 @@ class Engine(ABC):
                         state,
                         checkpoint_id=str(folder / name),
                         process_group=self._checkpoint_group(i),
+                        async_stager=self._stager(i),
                         no_dist=not dist.is_initialized(),
                     )
                 )
         return futures
+
+    def _stager(self, index: int):
+        """The index-th host-memory stager, kept for the run: later checkpoints copy into the buffers the
+        first one allocated (about 5x faster than fresh memory; the host then keeps one copy of this rank's
+        model + optimizer state). Safe because a checkpoint starts only after the previous one is written."""
+        from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
+
+        stagers = self.__dict__.setdefault("_stagers", [])
+        while len(stagers) <= index:
+            stagers.append(DefaultStager(StagingOptions(False, False, False, False)))
+        return stagers[index]
 
     def _checkpoint_group(self, index: int):
         """The index-th gloo group of all ranks for background checkpoint writes (created on first use,
@@ -290,6 +302,8 @@ class Engine(ABC):
         """Leave the process group. After a clean run all ranks first meet, so that no rank tears its
         connections down while a peer still uses them (gloo can abort the peer's process at exit);
         after a failure there may be no peer to meet."""
+        for stager in self.__dict__.pop("_stagers", []):
+            stager.close()
         if dist.is_initialized():
             if clean:
                 dist.barrier()
