@@ -8,7 +8,7 @@ tensor from the memory-mapped file. Peak = the process's high-water resident mem
 model is ready (VmHWM, reset once the process group is up); `above start` subtracts the resident
 memory at that point (the Python, torch and process-group baseline). `anonymous, ready` is the growth of
 RssAnon once the model is ready: what the rank keeps, without the page-cache pages its memory-mapped
-reads mapped (file-backed, shared, reclaimable, but counted in the peak). The checks of equal values are tests/test_meta_init.py.
+reads mapped (file-backed, shared, reclaimable, but counted in the peak). Equal values: tests/test_meta_init.py.
 
     python3 scripts/bench_meta_init.py                          # Flux width, 2 single blocks: ~2 min, ~6 GiB
     python3 scripts/bench_meta_init.py --hidden 1024 --heads 8 --no-append

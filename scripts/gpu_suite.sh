@@ -39,8 +39,7 @@ for pkg in colossalai:colossalai_zero2 deepspeed:deepspeed_zero2; do  # the othe
 done
 part "flux parity + MFU" 210 scripts/gpu_flux_checks.py
 part "engine step time" 120 scripts/gpu_engine_step.py --engines "${engines[@]}"
-if [[ $SMOKE == 1 ]]; then  # the same two settings, tiny
-  part "AC memory, off" 60 scripts/gpu_engine_step.py --engines fsdp2
+if [[ $SMOKE == 1 ]]; then  # tiny: AC off is the engine step above
   part "AC memory, on" 60 scripts/gpu_engine_step.py --engines fsdp2 --ac 2
 else  # 768px x 129 frames: 33 latent frames x 48 x 48 tokens after 2x2 patches of a 96 x 96 latent
   part "AC memory, off" 60 scripts/gpu_engine_step.py --engines fsdp2 --double 1 --single 2 --grid 33 48 48 --iters 3
