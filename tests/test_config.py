@@ -128,3 +128,16 @@ def test_a_typo_inside_a_user_yaml_names_the_file_and_key(tmp_path):
     (tmp_path / "stage" / "mine.yaml").write_text("steps: 10\nbukets: {}\n")
     out = cli("osl-curriculum", f"--config-dir={tmp_path}", "+stage@curriculum.stages.mine=mine", "--cfg", "job")
     assert out.returncode == 1 and "stage/mine" in out.stderr and "bukets" in out.stderr
+
+
+@pytest.mark.parametrize("engine", ["fsdp2", "ddp", "single", "deepspeed_zero2", "colossalai_zero2"])
+def test_async_checkpoint_is_said_to_be_synchronous_where_the_engine_cannot_write_in_the_background(engine):
+    from opensora_lite.config.validate import async_checkpoint_note
+
+    cfg = typed([f"parallel.engine={engine}", "curriculum.stages.t2v.async_checkpoint=true"])
+    note = async_checkpoint_note(cfg, cfg.curriculum.stages["t2v"])
+    if engine in ("fsdp2", "ddp", "single"):
+        assert note is None
+    else:
+        assert note.startswith(f"async_checkpoint is not available with parallel={engine}") and "\n" not in note
+    assert async_checkpoint_note(cfg, cfg.curriculum.stages["image"]) is None  # not asked for there

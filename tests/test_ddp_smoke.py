@@ -199,3 +199,22 @@ def test_a_lost_rank_makes_the_other_exit_in_bounded_time(shapes_dir, tmp_path, 
     lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and "rank 0 of 2: a collective failed" in lines[0], err[-2000:]
     assert "Traceback" not in err
+
+
+def test_fsdp2_meta_init_and_async_checkpoints_end_on_the_same_weights(shapes_dir, tmp_path):
+    """parallel.meta_init (each rank fills its shards: from scratch, then from the previous stage's file)
+    and stage.async_checkpoint (written beside training) change nothing the run computes: the stages end
+    bitwise on the weights of the plain fsdp2 run."""
+    finals = []
+    for name, extra in (("plain", []), ("meta", ["parallel.meta_init=true"])):
+        stages = ("image", "t2v")
+        extra = [*extra, *(f"curriculum.stages.{s}.async_checkpoint={name == 'meta'}" for s in stages)]
+        overrides = [*mini_overrides(shapes_dir, tmp_path, name=name), "~curriculum.stages.i2v", *extra]
+        overrides += ["curriculum.stages.t2v.checkpoint_every=1", "curriculum.stages.image.evaluate=false"]
+        printed = _torchrun("opensora_lite.cli.curriculum", overrides, tmp_path, "fsdp2")
+        assert ("rank-local slices" in printed) == (name == "meta"), printed[-3000:]
+        rows = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        assert any("checkpoint_write_s" in r for r in rows) == (name == "meta")
+        finals.append([load_weights(tmp_path / name / s / "final" / "model.safetensors") for s in stages])
+    for stage, plain, meta in zip(("image", "t2v"), *finals):
+        assert plain.keys() == meta.keys() and all(torch.equal(plain[k], meta[k]) for k in plain), stage

@@ -54,8 +54,11 @@ def _engine(kind: str):
     return build_engine(ParallelConfig(engine=kind, **extra), "cpu")
 
 
-def _train(kind: str, first: int, last: int, load: str | None, save: str | None) -> list[float]:
-    """Steps first..last-1 on this process's slice of each global batch; the global loss per step."""
+def _train(
+    kind: str, first: int, last: int, load: str | None, save: str | None, background: bool = False
+) -> list[float]:
+    """Steps first..last-1 on this process's slice of each global batch; the global loss per step.
+    `background`: the checkpoint is written by save_async while the remaining steps train."""
     engine = _engine(kind)
     torch.manual_seed(0)
     model = MMDiT(tiny_mmdit(attention_backend="math"))
@@ -71,7 +74,7 @@ def _train(kind: str, first: int, last: int, load: str | None, save: str | None)
         engine.load_optimizer(Path(load), model, opt)
     per = BATCH // engine.dp_size
     scale = engine.sp.loss_scale if engine.sp else 1.0
-    losses = []
+    losses, writes = [], []
     for step in range(first, last):
         total = 0.0
         for micro in range(ACCUM):
@@ -87,9 +90,14 @@ def _train(kind: str, first: int, last: int, load: str | None, save: str | None)
             if engine.is_main:
                 folder.mkdir(parents=True, exist_ok=True)
             engine.barrier()
+            if background:
+                writes = engine.save_async(folder, model, opt)
+                continue
             engine.save_model(folder, model)
             engine.save_optimizer(folder, model, opt)
             engine.barrier()
+    for write in writes:  # the later steps changed the weights meanwhile: the checkpoint holds step SAVE_AT's
+        write.result()
     engine.shutdown()
     return losses
 
@@ -158,3 +166,15 @@ def test_fsdp2_checkpoints_move_between_world_sizes(reference, tmp_path):
     # 1 rank -> 2: the sharded run continues the single process's trajectory
     cont2 = _two_ranks(tmp_path, "fsdp2", SAVE_AT, STEPS, str(from1), None)
     assert cont2 == pytest.approx(ref[SAVE_AT:], rel=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["fsdp2", "ddp"])
+def test_background_checkpoint_holds_the_state_of_its_step_while_training_goes_on(kind, reference, tmp_path):
+    """stage.async_checkpoint's write (DCP async_save, on gloo groups of its own) beside two more training
+    steps on 2 ranks: the checkpoint continues the reference trajectory from SAVE_AT."""
+    ref, _ = reference
+    run = _two_ranks(tmp_path, kind, 0, STEPS, None, str(tmp_path / "ckpt"), True)
+    assert run == pytest.approx(ref, rel=1e-5)
+    assert (tmp_path / "ckpt" / "model_dcp" / ".metadata").is_file()
+    cont = _train("single", SAVE_AT, STEPS, str(tmp_path / "ckpt"), None)
+    assert cont == pytest.approx(ref[SAVE_AT:], rel=1e-5)

@@ -122,13 +122,21 @@ def test_sigkill_at_a_random_step_resumes_to_the_same_loss_sequence(shapes_dir, 
     _same_end(reference, run_dir, context)
 
 
-def test_sigkill_while_a_checkpoint_is_written_leaves_the_previous_one_usable(shapes_dir, tmp_path, reference):
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])
+def test_sigkill_while_a_checkpoint_is_written_leaves_the_previous_one_usable(
+    shapes_dir, tmp_path, reference, asynchronous
+):
     """Kill the moment a checkpoint's temporary folder appears (plus a random few ms, so the kill lands
-    at different points of the write); retried until a kill landed before the folder was renamed."""
+    at different points of the write); retried until a kill landed before the folder was renamed.
+    Asynchronous: the write runs in a background thread while training goes on, and is published by
+    rank 0 when complete; the kill must leave the same picture."""
     rng = random.Random(SEED)
     for attempt in range(8):
         run_dir, log = tmp_path / f"job{attempt}", tmp_path / f"job{attempt}.log"
-        overrides = [*_overrides(shapes_dir, tmp_path), f"run.name=job{attempt}"]
+        overrides = [
+            *_overrides(shapes_dir, tmp_path, async_checkpoint=asynchronous),
+            f"run.name=job{attempt}",
+        ]
         proc = _start(overrides, log)
         folder = run_dir / "t2v" / "checkpoints"
         step = rng.randint(2, STEPS - 2)  # a write that has a complete checkpoint before it
@@ -149,6 +157,11 @@ def test_sigkill_while_a_checkpoint_is_written_leaves_the_previous_one_usable(sh
     assert newest is not None and newest.name == f"step_{step - 1:08d}", context
     ckpt = stage.load_checkpoint(newest)  # complete: weights, optimizer, trainer state
     assert ckpt["trainer_state"]["step"] == step - 1 and (newest / "optim_dcp" / ".metadata").is_file(), context
+    # asynchronous checkpoints of the single engine are DCP folders (model_dcp/), synchronous ones one file
+    assert (newest / "model_dcp" / ".metadata").is_file() == asynchronous, context
+    blocked = [r for r in _records(run_dir) if "checkpoint_block_s" in r]
+    assert blocked and all(r["checkpoint_block_s"] >= 0 for r in blocked), context
+    assert any("checkpoint_write_s" in r for r in _records(run_dir)) == asynchronous, context
     _finish(overrides, log)
     assert not tmp.exists(), "the half-written folder was left behind"
     assert "removed incomplete checkpoint folders" in log.read_text()

@@ -22,10 +22,37 @@ def _script(name: str, *args: str, env: dict | None = None) -> str:
     return proc.stdout
 
 
-def test_gpu_checks_script_runs_in_smoke_mode():
-    out = _script("gpu_flux_checks.py", "--smoke")
+def test_gpu_suite_runs_in_smoke_mode():
+    """scripts/gpu_suite.sh --smoke: every part of the GPU suite on CPU at tiny shapes, nothing appended
+    (the GPU flux checks, engine step, activation checkpointing and decoding scripts with it)."""
+    env = dict(os.environ, PYTHON=sys.executable, OMP_NUM_THREADS="1")
+    proc = subprocess.run(
+        ["bash", str(REPO / "scripts" / "gpu_suite.sh"), "--smoke"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    out = proc.stdout
     assert out.count("| 1+1 blocks") + out.count("| 2+") == 3  # three parity rows
     assert "| ratio ours/diffusers |" in out
+    assert re.search(r"\| fsdp2 \| 0M \| [0-9.]+ \|", out) and "AC blocks 2" in out
+    assert out.count("\n| ") >= 4 and "| windowed + keyframe seek (ours) |" in out
+    assert "gpu_suite: all parts ran" in out
+    assert "appended to" not in out
+
+
+def test_gpu_suite_refuses_gpu_mode_without_a_gpu():
+    env = dict(os.environ, PYTHON=sys.executable, CUDA_VISIBLE_DEVICES="")
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "gpu_suite.sh")], capture_output=True, text=True, env=env)
+    assert proc.returncode == 2 and "no CUDA device visible" in proc.stderr
+
+
+def test_checkpoint_benchmark_runs():
+    out = _script("bench_checkpoint.py", "--smoke")
+    rows = dict(re.findall(r"\| (sync|async) \| ([0-9.]+) \|", out))
+    assert rows.keys() == {"sync", "async"} and "steps trained during the write" in out
 
 
 def test_step_time_and_checkpointing_benchmarks_run():
@@ -34,11 +61,6 @@ def test_step_time_and_checkpointing_benchmarks_run():
     assert float(re.search(r"max output difference ([0-9.e+-]+)", out).group(1)) <= 1e-5  # same function timed
     out = _script("bench_activation_checkpointing.py", "--hidden", "64", "--heads", "2", "--grid", "1", "4", "4")
     assert out.count("\n| ") == 6  # header + five settings
-
-
-def test_decode_benchmark_runs():
-    out = _script("bench_decode.py", "--clips", "1", "--windows", "1", "--seconds", "3", "--frames", "9")
-    assert out.count("\n| ") == 4 and "| windowed + keyframe seek (ours) |" in out
 
 
 def test_gpu_engine_step_script_runs_in_smoke_mode():

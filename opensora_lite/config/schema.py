@@ -128,6 +128,9 @@ class StageConfig:
     log_every: int = 10
     checkpoint_every: int = 0  # steps between mid-stage checkpoints; 0: only the final one
     keep_checkpoints: int = 2
+    # write mid-stage checkpoints in the background (DCP async save: single, ddp, fsdp2); training blocks
+    # only while the state is copied to host memory. Other engines write synchronously (said at start-up)
+    async_checkpoint: bool = False
     evaluate: bool = True  # sample (and score, if eval.kind is set) at the end of the stage
 
 
@@ -147,6 +150,9 @@ class ParallelConfig:
     ac_single_blocks: int = 0
     sp_size: int = 1  # sequence parallelism: ranks per group sharing one batch, video tokens split among them
     hsdp_replicas: int = 1  # fsdp2: >1 shards within groups of world/replicas ranks, replicates across them
+    # fsdp2 (several ranks): build the model on the meta device, shard it, then each rank fills only its
+    # shards (memory-mapped slices of the initial weights, or its part of a DCP checkpoint)
+    meta_init: bool = False
     param_dtype: str = "auto"  # compute dtype of the weights: auto (bf16 on GPU, fp32 on CPU) | bf16 | fp32
     # backend settings merged last: DeepSpeed config keys (deepspeed_*), Booster plugin arguments (colossalai_*)
     options: Dict[str, Any] = field(default_factory=dict)

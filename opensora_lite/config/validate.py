@@ -190,6 +190,22 @@ def validate_stage(cfg: Config, name: str, stage: StageConfig, first: bool) -> N
     _require(stage.keep_checkpoints >= 1, f"{key}.keep_checkpoints", "must be >= 1")
 
 
+ASYNC_CHECKPOINT_ENGINES = ("single", "ddp", "fsdp2")  # their checkpoints are DCP folders
+
+
+def async_checkpoint_note(cfg: Config, stage: StageConfig) -> str | None:
+    """The start-up line where `stage.async_checkpoint` is asked of an engine that cannot write in the
+    background (DeepSpeed's and ColossalAI's optimizer checkpoints are their own, written synchronously).
+    Not an error: the stage runs, with synchronous checkpoints."""
+    if not stage.async_checkpoint or cfg.parallel.engine in ASYNC_CHECKPOINT_ENGINES:
+        return None
+    return (
+        f"async_checkpoint is not available with parallel={cfg.parallel.engine} (its optimizer checkpoint is "
+        f"the backend's own format, written synchronously); checkpoints are written synchronously "
+        f"(asynchronous with {' | '.join(ASYNC_CHECKPOINT_ENGINES)})"
+    )
+
+
 CAPTION_FIELDS = ("caption", "fps", "motion_score", "num_frames", "duration", "width", "height")
 
 

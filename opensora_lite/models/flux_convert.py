@@ -106,6 +106,28 @@ def diffusers_to_bfl(state: dict[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
+def diffusers_sources(keys) -> dict[str, tuple[list[str], str]]:
+    """For the diffusers tensor names `keys`: each BFL parameter name -> (the diffusers names it is
+    made of, how: same | cat | swap | norm), so one parameter can be read at a time."""
+    keys = set(keys)
+    out = {}
+    for bfl, diff, how in _pairs(*_depths(keys, "transformer_blocks", "single_transformer_blocks")):
+        for bfl_p, diff_p in _param_names(how):
+            names = [f"{d}.{diff_p}" for d in diff]
+            if all(n in keys for n in names):
+                out[f"{bfl}.{bfl_p}"] = (names, how)
+    used = {n for names, _ in out.values() for n in names}
+    out.update({k: ([k], "same") for k in keys - used})
+    return out
+
+
+def fuse(parts: list[Tensor], how: str) -> Tensor:
+    """One BFL tensor from its diffusers parts (see diffusers_sources)."""
+    if how == "cat":
+        return torch.cat(parts, dim=0)
+    return _swap(parts[0]) if how == "swap" else parts[0]
+
+
 def bfl_to_diffusers(state: dict[str, Tensor]) -> dict[str, Tensor]:
     """The inverse: BFL names into a FluxTransformer2DModel state dict. Fused tensors are split by
     the model's widths (q, k, v are each `hidden` rows; the MLP input takes the rest). Our own extras

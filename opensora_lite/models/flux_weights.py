@@ -182,3 +182,75 @@ def read_flux_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], str]:
             f"{path}: not an MMDiT checkpoint (BFL Flux, diffusers or Open-Sora 2.0 names); it holds {some}, ..."
         )
     return state, "bfl"
+
+
+class LazyFluxWeights:
+    """Flux weights opened, not read: a BFL safetensors file or a diffusers folder, memory-mapped, so
+    that a rank holding a shard reads its rows of each parameter and nothing else (a BFL tensor by a
+    slice of rows; a fused diffusers one, e.g. `qkv`, from its parts one parameter at a time). Other
+    layouts (Open-Sora 2.0 files) are read whole by read_flux_weights and served from memory."""
+
+    def __init__(self, path: str | Path):
+        from safetensors import safe_open
+
+        from opensora_lite.models.flux_convert import diffusers_sources
+
+        self.path = Path(path)
+        folder = diffusers_folder(self.path) if self.path.is_dir() else None
+        if self.path.is_dir() and folder is None:
+            raise CheckpointError(f"{path}: not a Flux weights file or diffusers folder")
+        if folder is None:
+            files = [self.path]
+        elif (folder / DIFFUSERS_INDEX).is_file():
+            index = json.loads((folder / DIFFUSERS_INDEX).read_text())["weight_map"]
+            files = [folder / f for f in sorted(set(index.values()))]
+        else:
+            files = [folder / DIFFUSERS_FILE]
+        try:
+            self._files = [safe_open(str(f), framework="pt") for f in files]
+        except Exception as e:
+            raise CheckpointError(f"cannot open Flux weights at {path}: {e}") from None
+        self._where = {k: f for f in self._files for k in f.keys()}
+        self._memory: dict[str, torch.Tensor] | None = None
+        if folder is not None or is_diffusers_state(dict.fromkeys(self._where)):
+            self.format, self._sources = "diffusers", diffusers_sources(self._where)
+        elif is_opensora_state(dict.fromkeys(self._where)):
+            self._memory, self.format = read_flux_weights(self.path)
+            self._sources = {k: ([k], "same") for k in self._memory}
+        else:
+            self.format, self._sources = "bfl", {k: ([k], "same") for k in self._where}
+
+    def keys(self) -> list[str]:
+        return list(self._sources)
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        names, how = self._sources[key]
+        if self._memory is not None:
+            return tuple(self._memory[key].shape)
+        shapes = [self._where[n].get_slice(n).get_shape() for n in names]
+        return (sum(s[0] for s in shapes), *shapes[0][1:]) if how == "cat" else tuple(shapes[0])
+
+    def read(self, key: str, rows: slice | None = None) -> torch.Tensor:
+        """Parameter `key` (BFL name), or only its rows `rows` (dim 0)."""
+        names, how = self._sources[key]
+        if self._memory is not None:
+            full = self._memory[key]
+        elif how in ("same", "norm"):
+            view = self._where[names[0]].get_slice(names[0])
+            return view[rows] if rows is not None else view[:]
+        elif how == "cat" and rows is not None:  # the rows asked for, from the parts they lie in
+            start, stop = rows.indices(self.shape(key)[0])[:2]
+            pieces, offset = [], 0
+            for n in names:
+                view = self._where[n].get_slice(n)
+                size = view.get_shape()[0]
+                a, b = max(start - offset, 0), min(stop - offset, size)
+                if a < b:
+                    pieces.append(view[a:b])
+                offset += size
+            return torch.cat(pieces) if pieces else torch.empty(0, *self.shape(key)[1:])
+        else:
+            from opensora_lite.models.flux_convert import fuse
+
+            full = fuse([self._where[n].get_tensor(n) for n in names], how)
+        return full[rows] if rows is not None else full

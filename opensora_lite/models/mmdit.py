@@ -217,6 +217,42 @@ class MMDiT(nn.Module):
             nn.init.zeros_(module.weight)
             nn.init.zeros_(module.bias)
 
+    def initial_tensors(self, names: set[str] | None = None):
+        """(name, tensor) for each parameter as building this model on the CPU and reset_parameters()
+        would give it, one full tensor at a time, for a model built on the meta device (then sharded).
+        It draws the global RNG exactly as that build does (nn.Linear's own init first, in construction
+        order, then the normal pass), so from the same seed the values are bitwise today's. `names`: yield
+        only these (the draws still all happen). Names are BFL names (wrapper prefixes removed)."""
+        from opensora_lite.models.flux_weights import clean_key
+
+        linears = [(clean_key(n), m) for n, m in self.named_modules() if isinstance(m, nn.Linear)]
+        with torch.device("cpu"):
+            for _, m in linears:  # construction: each nn.Linear draws its default init, in module order
+                nn.Linear(m.in_features, m.out_features, bias=m.bias is not None)
+        zero = {clean_key(n) for n, m in self.named_modules() if isinstance(m, Modulation)}
+        zero = {f"{n}.lin" for n in zero} | {"final_layer.linear", "final_layer.adaLN_modulation.1", "cond_in"}
+        wanted = (lambda name: True) if names is None else names.__contains__
+        done = set()
+        for name, m in linears:
+            weight = torch.empty(m.out_features, m.in_features)
+            nn.init.normal_(weight, std=0.02)
+            if name in zero:
+                weight.zero_()
+            for key, value in ((f"{name}.weight", weight), (f"{name}.bias", torch.zeros(m.out_features))):
+                if key.endswith("bias") and m.bias is None:
+                    continue
+                done.add(key)
+                if wanted(key):
+                    yield key, value
+        for name, p in self.named_parameters():
+            key = clean_key(name)
+            if key in done:
+                continue
+            if not key.endswith(".scale"):  # RMSNorm scales are the only other parameters
+                raise RuntimeError(f"initial_tensors does not know how {key} is initialised")
+            if wanted(key):
+                yield key, torch.ones(p.shape)
+
     def forward_tokens(
         self,
         img: Tensor,

@@ -52,6 +52,7 @@ def _no_shard_policy():
 
 class ColossalAIEngine(Engine):
     needs_process_group = True
+    writes_async = False  # its own optimizer checkpoint format, written synchronously
 
     def __init__(self, cfg, device_preference: str):
         super().__init__(cfg, device_preference)

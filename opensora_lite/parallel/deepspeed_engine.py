@@ -42,6 +42,7 @@ def merge(base: dict, extra: dict) -> dict:
 
 class DeepSpeedEngine(Engine):
     needs_process_group = True
+    writes_async = False  # its own optimizer checkpoint format, written synchronously
 
     def __init__(self, cfg, device_preference: str):
         super().__init__(cfg, device_preference)

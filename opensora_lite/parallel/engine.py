@@ -20,6 +20,7 @@ import os
 import subprocess
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future
 from pathlib import Path
 
 import torch
@@ -29,7 +30,7 @@ from torch import nn
 from opensora_lite.config.schema import ParallelConfig
 from opensora_lite.models.flux_weights import clean_key, single_process_dcp, write_safetensors
 from opensora_lite.parallel.checkpointing import apply_activation_checkpointing
-from opensora_lite.train.state import MODEL_FILE, OPTIM_DCP
+from opensora_lite.train.state import MODEL_DCP, MODEL_FILE, OPTIM_DCP
 
 MakeOptimizer = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 
@@ -79,6 +80,11 @@ class Engine(ABC):
     shards_parameters = False
     # True where the backend needs a process group even for one process (DeepSpeed, ColossalAI)
     needs_process_group = False
+    # True where save_async() works: checkpoints are DCP folders (the DeepSpeed and ColossalAI engines write
+    # their backend's own optimizer checkpoint, synchronously)
+    writes_async = True
+    # True where the trainer builds the model on the meta device and calls materialize() after prepare()
+    builds_on_meta = False
 
     def __init__(self, cfg: ParallelConfig, device_preference: str):
         self.cfg = cfg
@@ -138,7 +144,8 @@ class Engine(ABC):
         """Prepare the model for training from outside: activation checkpointing, device, compile per block.
         Engines that replicate or shard do that on top."""
         apply_activation_checkpointing(model, self.cfg.ac_double_blocks, self.cfg.ac_single_blocks)
-        model = model.to(self.device)
+        if not any(p.is_meta for p in model.parameters()):  # a model built on meta gets its device at materialize()
+            model = model.to(self.device)
         if self.cfg.compile:
             for block in [*model.double_blocks, *model.single_blocks]:
                 block.compile()
@@ -206,6 +213,50 @@ class Engine(ABC):
         with single_process_dcp():
             dcp.save(state, checkpoint_id=str(folder / OPTIM_DCP), no_dist=not dist.is_initialized())
 
+    def save_async(self, folder: Path, model: nn.Module, opt: torch.optim.Optimizer) -> list[Future]:
+        """Model and optimizer as DCP folders (`model_dcp/`, `optim_dcp/`) written in the background
+        (stage.async_checkpoint). Their state is copied to host memory before this returns, so training may
+        go on updating it; each future completes when every rank's files and the metadata are on disk.
+        Each write plans over a gloo group of its own, so its collectives never interleave with training's."""
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+
+        parts = {MODEL_DCP: get_model_state_dict(model), OPTIM_DCP: {"optim": get_optimizer_state_dict(model, opt)}}
+        futures = []
+        for i, (name, state) in enumerate(parts.items()):
+            with single_process_dcp():
+                futures.append(
+                    dcp.async_save(
+                        state,
+                        checkpoint_id=str(folder / name),
+                        process_group=self._checkpoint_group(i),
+                        async_stager=self._stager(i),
+                        no_dist=not dist.is_initialized(),
+                    )
+                )
+        return futures
+
+    def _stager(self, index: int):
+        """The index-th host-memory stager, kept for the run: later checkpoints copy into the buffers the
+        first one allocated (about 5x faster than fresh memory; the host then keeps one copy of this rank's
+        model + optimizer state). Safe because a checkpoint starts only after the previous one is written."""
+        from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
+
+        stagers = self.__dict__.setdefault("_stagers", [])
+        while len(stagers) <= index:
+            stagers.append(DefaultStager(StagingOptions(False, False, False, False)))
+        return stagers[index]
+
+    def _checkpoint_group(self, index: int):
+        """The index-th gloo group of all ranks for background checkpoint writes (created on first use,
+        by every rank at the same point); None without a process group."""
+        if not dist.is_initialized():
+            return None
+        groups = self.__dict__.setdefault("_checkpoint_groups", [])
+        while len(groups) <= index:
+            groups.append(dist.new_group(backend="gloo"))
+        return groups[index]
+
     def load_optimizer(self, folder: Path, model: nn.Module, opt: torch.optim.Optimizer) -> None:
         import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
@@ -251,6 +302,8 @@ class Engine(ABC):
         """Leave the process group. After a clean run all ranks first meet, so that no rank tears its
         connections down while a peer still uses them (gloo can abort the peer's process at exit);
         after a failure there may be no peer to meet."""
+        for stager in self.__dict__.pop("_stagers", []):
+            stager.close()
         if dist.is_initialized():
             if clean:
                 dist.barrier()

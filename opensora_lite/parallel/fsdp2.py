@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from opensora_lite.models.flux_weights import clean_key
+from opensora_lite.errors import CheckpointError
+from opensora_lite.models.flux_weights import NEW_IN_VIDEO, OPTIONAL, LoadReport, clean_key
 from opensora_lite.parallel.engine import Engine
 from opensora_lite.train.state import MODEL_DCP
 
@@ -52,6 +53,65 @@ class FSDP2Engine(Engine):
 
     def unwrap(self, model: nn.Module) -> nn.Module:
         return model
+
+    @property
+    def builds_on_meta(self) -> bool:
+        """parallel.meta_init with several ranks: the trainer builds the model on the meta device and
+        calls materialize() after prepare(), instead of building it whole on every rank."""
+        return self.cfg.meta_init and self.world_size > 1
+
+    def materialize(self, model: nn.Module, weights: Path | None, seed: int) -> LoadReport:
+        """Give a model built on meta and sharded by prepare() its values, each rank only its shards:
+        from `weights` (a BFL file or diffusers folder read by memory-mapped row slices, or a DCP folder
+        of which each rank reads its part), else, and for keys the weights may lack (cond_in), the
+        from-scratch init replayed from `seed`, bitwise what building the model on the CPU gives."""
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
+        from opensora_lite.models.flux_weights import LazyFluxWeights, is_dcp_folder
+
+        model.to_empty(device=self.device)
+        params = {clean_key(n): p for n, p in model.named_parameters()}
+        report = LoadReport(str(weights) if weights else "initialised from scratch")
+
+        def rows(p) -> slice:
+            _, offset = compute_local_shape_and_global_offset(p.shape, p.device_mesh, p.placements)
+            return slice(offset[0], offset[0] + p.to_local().shape[0])
+
+        found: set[str] = set()
+        with torch.no_grad():
+            if weights is not None and is_dcp_folder(weights):
+                stored = {
+                    clean_key(k): k for k in dcp.FileSystemReader(str(weights)).read_metadata().state_dict_metadata
+                }
+                found = stored.keys() & params.keys()
+                dcp.load({stored[k]: params[k] for k in found}, checkpoint_id=str(weights))
+                report.unexpected = sorted(stored.keys() - params.keys())
+            elif weights is not None:
+                source = LazyFluxWeights(weights)
+                report.source = f"{weights} ({source.format}, rank-local slices)"
+                for key in source.keys():
+                    if key not in params:
+                        report.unexpected.append(key)
+                        continue
+                    if source.shape(key) != tuple(params[key].shape):
+                        raise CheckpointError(
+                            f"{weights}: {key} is {source.shape(key)}, the model's {tuple(params[key].shape)} "
+                            "(is the model config the one this checkpoint was trained with?)"
+                        )
+                    params[key].to_local().copy_(source.read(key, rows(params[key])))
+                    found.add(key)
+            report.missing = sorted(params.keys() - found) if weights is not None else []
+            fatal = [k for k in report.missing if not k.startswith(NEW_IN_VIDEO + OPTIONAL)]
+            if fatal:
+                raise CheckpointError(f"{weights}: {len(fatal)} model tensors are missing, e.g. {fatal[:3]}")
+            todo = set(report.missing) if weights is not None else set(params)
+            if todo:
+                torch.manual_seed(seed)  # the draws of the CPU build, replayed one tensor at a time
+                for key, value in model.initial_tensors(todo):
+                    params[key].to_local().copy_(value[rows(params[key])])
+        report.loaded = len(found)
+        return report
 
     def full_state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
@@ -95,3 +96,24 @@ def build_runtime(cfg: Config, run_dir: Path, resolved: dict) -> Runtime:
         cfg.parallel.engine,
     )
     return Runtime(cfg, run_dir, engine, text, ae, tracker)
+
+
+def memory_gib(device: torch.device) -> dict[str, float]:
+    """This process's memory: resident host memory, and on a GPU the peak allocated since the last
+    reset (per logging window) and what the caching allocator holds."""
+    out = {"host_rss_gib": _rss_bytes() / 2**30}
+    if device.type == "cuda":
+        out["gpu_mem_peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+        out["gpu_mem_reserved_gib"] = torch.cuda.memory_reserved(device) / 2**30
+    return out
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:  # not Linux: the peak instead of the current size
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak if sys.platform == "darwin" else peak * 1024

@@ -142,15 +142,19 @@ class StageDir:
             shutil.rmtree(path, ignore_errors=True)
         return sorted(p.name for p in leftovers)
 
-    def load_checkpoint(self, path: Path) -> dict[str, Any]:
-        """Model weights (full, from either layout), trainer state and EMA; the optimizer is the engine's."""
+    @staticmethod
+    def checkpoint_weights(path: Path) -> Path:
+        """The model weights of a checkpoint folder: its safetensors file or its DCP folder."""
+        return path / MODEL_FILE if (path / MODEL_FILE).is_file() else path / MODEL_DCP
+
+    def load_checkpoint(self, path: Path, weights: bool = True) -> dict[str, Any]:
+        """Model weights (full, from either layout; not with `weights=False`, for a model that reads its
+        shards itself), trainer state and EMA; the optimizer is the engine's."""
         from opensora_lite.models.flux_weights import read_flux_weights
 
-        weights = path / MODEL_FILE if (path / MODEL_FILE).is_file() else path / MODEL_DCP
-        out = {
-            "model": read_flux_weights(weights)[0],
-            "trainer_state": read_trainer_state(path),
-        }
+        out = {"trainer_state": read_trainer_state(path)}
+        if weights:
+            out["model"] = read_flux_weights(self.checkpoint_weights(path))[0]
         if (path / EMA_FILE).is_file():
             out["ema"] = load_weights(path / EMA_FILE)
         return out

@@ -8,8 +8,8 @@ unexpected keys. The loop is the data flow of docs/design.md: batch -> encoders 
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import os
 import sys
 import time
 from collections import Counter
@@ -19,6 +19,7 @@ import torch
 from tqdm import tqdm
 
 from opensora_lite.config.schema import StageConfig
+from opensora_lite.config.validate import async_checkpoint_note
 from opensora_lite.data.cache import CachedStream, bucket_table, build_cache, cached_shards, stage_seed
 from opensora_lite.data.loader import BucketedVideoStream, LoaderState, batches, build_loader, expand_shards
 from opensora_lite.diffusion.conditioning import build_condition, sample_tasks
@@ -26,11 +27,12 @@ from opensora_lite.diffusion.objective import drop_text, flow_loss
 from opensora_lite.models.flops import mmdit_flops, peak_tflops
 from opensora_lite.models.flux_weights import load_into, read_flux_weights
 from opensora_lite.models.mmdit import MMDiT
+from opensora_lite.train.checkpoint_writer import CheckpointWriter
 from opensora_lite.train.ema import EMA
 from opensora_lite.train.evaluation import evaluate_stage
 from opensora_lite.train.optim import build_optimizer, build_scheduler
 from opensora_lite.train.preemption import Preempted
-from opensora_lite.train.runtime import Runtime
+from opensora_lite.train.runtime import Runtime, memory_gib
 from opensora_lite.train.state import StageDir, resolve_weights_path
 
 log = logging.getLogger("opensora_lite")
@@ -67,22 +69,32 @@ class StageTrainer:
         self.peak_tflops = rt.cfg.run.peak_tflops or peak_tflops(rt.device, rt.cfg.run.dtype)
 
     # -- set-up ----------------------------------------------------------------------------------
-    def _init_weights(self, model: MMDiT) -> None:
+    def _init_path(self):
         init = self.stage.init
         if init == "none":
+            return None
+        if init == "previous":
+            return resolve_weights_path(str(self.rt.run_dir / list(self.cfg.curriculum.stages)[self.index - 1]))
+        return resolve_weights_path(init)
+
+    def _init_weights(self, model: MMDiT, resume) -> None:
+        """The initial weights (not on resume): from `init`, or the model's own from-scratch values.
+        Engines that build on meta (parallel.meta_init) fill each rank's shards themselves."""
+        path = self._init_path() if resume is None else self.dir.checkpoint_weights(resume)
+        if self.engine.builds_on_meta:
+            report = self.engine.materialize(model, path, self.cfg.run.seed * 1000 + self.index)
+        elif path is None:
             log.info("[%s] initialised from scratch", self.name)
             return
-        if init == "previous":
-            prev = list(self.cfg.curriculum.stages)[self.index - 1]
-            path = resolve_weights_path(str(self.rt.run_dir / prev))
         else:
-            path = resolve_weights_path(init)
-        state, fmt = read_flux_weights(path)
-        report = load_into(model, state, f"{path} ({fmt})")
-        log.info("[%s] %s", self.name, report.summary())
-        self.rt.tracker.event(
-            "init", self.step_offset, self.name, source=str(path), missing=report.missing, unexpected=report.unexpected
-        )
+            state, fmt = read_flux_weights(path)
+            report = load_into(model, state, f"{path} ({fmt})")
+        if resume is None:
+            log.info("[%s] %s", self.name, report.summary())
+            missing, unexpected = report.missing, report.unexpected
+            self.rt.tracker.event(
+                "init", self.step_offset, self.name, source=str(path), missing=missing, unexpected=unexpected
+            )
 
     def _loader(self, resume: LoaderState):
         cfg, engine = self.cfg, self.engine
@@ -145,20 +157,24 @@ class StageTrainer:
         cfg, stage, engine, rt = self.cfg, self.stage, self.engine, self.rt
         self.image_condition = uses_image_condition(stage)
         torch.manual_seed(cfg.run.seed * 1000 + self.index)  # model init: identical on every rank
-        model = MMDiT(cfg.model, image_condition=self.image_condition)
+        meta = engine.builds_on_meta  # built on meta, sharded, then each rank fills its shards
+        with torch.device("meta") if meta else contextlib.nullcontext():
+            model = MMDiT(cfg.model, image_condition=self.image_condition)
         model.set_sequence_parallel(engine.sp)
         if engine.is_main and (leftovers := self.dir.discard_incomplete()):
             log.warning("[%s] removed incomplete checkpoint folders of an interrupted job: %s", self.name, leftovers)
         resume = self.dir.latest_checkpoint()
-        ckpt = self.dir.load_checkpoint(resume) if resume else None
-        if ckpt:
+        ckpt = self.dir.load_checkpoint(resume, weights=not meta) if resume else None
+        if ckpt and not meta:
             load_into(model, ckpt["model"], str(resume))
-        else:
-            self._init_weights(model)
+        elif not meta:
+            self._init_weights(model, None)
         nparams = sum(p.numel() for p in model.parameters())
         model, opt = engine.prepare(
             model, lambda params: build_optimizer(params, stage.optim, engine.device), stage.optim.grad_clip
         )
+        if meta:
+            self._init_weights(model, resume)
         sched = build_scheduler(opt, stage.optim, stage.steps)
         ema = EMA(engine.unwrap(model), stage.ema_decay) if stage.ema_decay > 0 else None
         gen = torch.Generator().manual_seed(cfg.run.seed * 1_000_003 + self.index * 7919 + engine.dp_rank)
@@ -175,6 +191,15 @@ class StageTrainer:
             nparams / 1e6,
             self.image_condition,
         )
+        self.writer = CheckpointWriter(
+            engine,
+            self.dir,
+            stage.keep_checkpoints,
+            stage.async_checkpoint,
+            lambda metrics, at: rt.tracker.log(metrics, self.step_offset + at, self.name),
+        )
+        if engine.is_main and (note := async_checkpoint_note(cfg, stage)):
+            log.info("[%s] %s", self.name, note)
         data = self._loader(data_state)
         if cfg.data.kind == "cached":
             rt.text.empty()  # kept where training runs (CFG dropout) while the encoders are parked
@@ -214,6 +239,7 @@ class StageTrainer:
             if signame:  # every rank stops here: checkpoint, then the entry point requeues
                 if not saved:
                     self._checkpoint(model, opt, sched, gen, ema, done, data_state)
+                self.writer.wait(done)
                 bar.close()
                 rt.tracker.event("preempted", self.step_offset + done, self.name, at_step=done, signal=signame)
                 raise Preempted(self.name, done, signame)
@@ -265,28 +291,21 @@ class StageTrainer:
         return metrics["loss"]
 
     def _checkpoint(self, model, opt, sched, gen, ema, step: int, data_state: LoaderState) -> None:
-        """Every rank writes its part (weights, optimizer), rank 0 the rest; then rank 0 publishes."""
+        """Every rank writes its part (weights, optimizer), rank 0 the trainer state; see checkpoint_writer."""
         engine = self.engine
-        if engine.is_main:
-            self.dir.prepare_checkpoint(step)
-        engine.barrier()
-        tmp = self.dir.checkpoint_tmp(step)
-        engine.save_model(tmp, model)
-        engine.save_optimizer(tmp, model, opt)
-        ema_state = ema.state_dict() if ema else None
-        failed = [key for rank in engine.all_gather_object(data_state.failed) for key in rank]
-        generators = engine.all_gather_object(gen.get_state())
-        if engine.is_main:
-            state = {
+
+        def trainer_state() -> dict | None:
+            failed = [key for rank in engine.all_gather_object(data_state.failed) for key in rank]
+            generators = engine.all_gather_object(gen.get_state())
+            return {
                 "step": step,
                 "data": LoaderState(data_state.batches, failed).as_dict(),
                 "data_layout": {"dp_size": engine.dp_size, "num_workers": self.cfg.data.num_workers},
                 "scheduler": sched.state_dict(),
                 "generators": generators,  # one per rank
             }
-            path = self.dir.publish_checkpoint(step, state, ema_state, self.stage.keep_checkpoints)
-            log.info("[%s] checkpoint %s", self.name, path)
-        engine.barrier()
+
+        self.writer.save(step, model, opt, ema, trainer_state)
 
     def _eval_model(self, model, weights: dict) -> MMDiT:
         """The model to sample from on rank 0: the trained one, or a local copy where it is sharded."""
@@ -326,6 +345,7 @@ class StageTrainer:
 
     def _finish(self, model, ema, start: int, began: float, loss: float, skipped: Counter) -> StageResult:
         engine, rt = self.engine, self.rt
+        self.writer.wait(self.stage.steps)
         seconds = time.perf_counter() - began
         weights = engine.full_state_dict(model)
         ema_state = ema.state_dict() if ema else None
@@ -360,27 +380,6 @@ class StageTrainer:
             )
         engine.barrier()
         return result
-
-
-def memory_gib(device: torch.device) -> dict[str, float]:
-    """This process's memory: resident host memory, and on a GPU the peak allocated since the last
-    reset (per logging window) and what the caching allocator holds."""
-    out = {"host_rss_gib": _rss_bytes() / 2**30}
-    if device.type == "cuda":
-        out["gpu_mem_peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
-        out["gpu_mem_reserved_gib"] = torch.cuda.memory_reserved(device) / 2**30
-    return out
-
-
-def _rss_bytes() -> int:
-    try:
-        with open("/proc/self/statm") as fh:
-            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except OSError:  # not Linux: the peak instead of the current size
-        import resource
-
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return peak if sys.platform == "darwin" else peak * 1024
 
 
 def _fmt(metrics: dict) -> str:
