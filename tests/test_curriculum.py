@@ -151,6 +151,40 @@ def test_sample_cli_writes_videos_from_a_stage(mini_run, tmp_path):
     assert len(list((tmp_path / "i2v").glob("i2v_*.mp4"))) == 1
 
 
+def test_sample_cli_v2v_from_a_prompt_file_with_three_way_guidance(mini_run, tmp_path):
+    """Prompts from a file, two seeds each, video extension with three-way guidance and oscillation:
+    an mp4 per sample, the contact sheet and the settings json."""
+    run_dir, _ = mini_run
+    ref = sorted((run_dir / "t2v" / "samples").glob("*.mp4"))[0]
+    rows = [
+        {"prompt": "a fast red circle moving left", "reference": str(ref)},
+        {"text": "a slow blue square moving up"},
+    ]
+    (tmp_path / "prompts.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    out = cli(
+        "osl-sample",
+        f"checkpoint={run_dir / 'i2v'}",
+        f"out={tmp_path / 'v2v'}",
+        f"prompt_file={tmp_path / 'prompts.jsonl'}",
+        f"reference={ref}",
+        "task=v2v_head",
+        "v2v_frames=2",
+        "num_samples=2",
+        "num_steps=2",
+        "image_cfg_scale=2.0",
+        "text_oscillation=true",
+    )
+    assert out.returncode == 0, out.stderr
+    settings = json.loads((tmp_path / "v2v" / "samples.json").read_text())
+    assert [s["seed"] for s in settings["samples"]] == [0, 0, 1, 1]
+    assert settings["guidance"]["image_scale"] == 2.0 and settings["guidance"]["text_oscillation"] is True
+    assert settings["task"] == "v2v_head" and settings["v2v_frames"] == 2
+    assert len(list((tmp_path / "v2v").glob("v2v_head_*.mp4"))) == 4
+    assert (tmp_path / "v2v" / "contact_sheet.png").is_file()
+    bad = cli("osl-sample", f"checkpoint={run_dir / 'i2v'}", f"out={tmp_path / 'bad'}", "task=i2v_loop")
+    assert bad.returncode == 2 and "reference" in bad.stderr and "Traceback" not in bad.stderr
+
+
 def test_multirun_sweeps_get_one_run_directory_each(shapes_dir, tmp_path):
     out = cli(
         "osl-train",

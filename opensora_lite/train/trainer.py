@@ -21,8 +21,9 @@ from tqdm import tqdm
 from opensora_lite.config.schema import StageConfig
 from opensora_lite.data.cache import CachedStream, bucket_table, build_cache, cached_shards, stage_seed
 from opensora_lite.data.loader import BucketedVideoStream, LoaderState, batches, build_loader, expand_shards
-from opensora_lite.diffusion.conditioning import build_condition, sample_tasks
+from opensora_lite.diffusion.conditioning import applicable, build_condition, sample_tasks
 from opensora_lite.diffusion.objective import drop_text, flow_loss
+from opensora_lite.diffusion.pipeline import pixel_frames
 from opensora_lite.models.flops import mmdit_flops, peak_tflops
 from opensora_lite.models.flux_weights import load_into, read_flux_weights
 from opensora_lite.models.mmdit import MMDiT
@@ -126,12 +127,15 @@ class StageTrainer:
             t5, clip = drop_text(t5, clip, rt.text.empty(), self.stage.text_dropout, gen)
             cond = None
             if self.image_condition:
-                tasks = sample_tasks(self.stage.tasks, x0.shape[0], gen)
+                v2v_k = self.stage.v2v_frames
+                tasks = sample_tasks(applicable(self.stage.tasks, x0.shape[2], v2v_k), x0.shape[0], gen)
                 if "x0" in batch:
                     head, tail = (batch[k].to(rt.device, non_blocking=True).float() for k in ("head", "tail"))
+                    given = x0
                 else:
                     head, tail = rt.ae.encode(video[:, :, :1]), rt.ae.encode(video[:, :, -1:])
-                cond = build_condition(tasks, head, tail, x0.shape[2])
+                    given = self._v2v_latents(tasks, x0, video)
+                cond = build_condition(tasks, head, tail, x0.shape[2], given, v2v_k)
         loss = flow_loss(model, x0, t5, clip, cond, self.cfg.flow, self.cfg.model.patch_size, gen, rt.autocast())
         scale = self.engine.sp.loss_scale if self.engine.sp else 1.0  # SP: partial gradients summed, not averaged
         self.engine.backward(model, loss * scale / self.stage.grad_accum, sync=last)
@@ -139,6 +143,17 @@ class StageTrainer:
         per_sample = (x0.shape[2] // pt) * (x0.shape[3] // ph) * (x0.shape[4] // pw)
         flops = mmdit_flops(self.cfg.model, per_sample, t5.shape[1], self.image_condition).train * x0.shape[0]
         return loss.detach(), x0.shape[0] * per_sample, flops
+
+    def _v2v_latents(self, tasks: list[str], x0: torch.Tensor, video: torch.Tensor) -> torch.Tensor:
+        """Latents the v2v tasks take their given frames from: the clip's own, except v2v_tail with a
+        causal autoencoder, whose last frames are encoded on their own (as inference encodes a reference:
+        there the first given latent frame is a single-frame one)."""
+        if "v2v_tail" not in tasks or not self.rt.ae.causal:
+            return x0
+        k = min(self.stage.v2v_frames, x0.shape[2] - 1)
+        out = x0.clone()
+        out[:, :, -k:] = self.rt.ae.encode(video[:, :, -pixel_frames(self.rt.ae, k) :])[:, :, -k:]
+        return out
 
     # -- the loop --------------------------------------------------------------------------------
     def run(self) -> StageResult:
