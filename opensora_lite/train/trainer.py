@@ -33,6 +33,7 @@ from opensora_lite.train.optim import build_optimizer, build_scheduler
 from opensora_lite.train.preemption import Preempted
 from opensora_lite.train.runtime import Runtime
 from opensora_lite.train.state import StageDir, resolve_weights_path
+from opensora_lite.train.validation import Validator
 
 log = logging.getLogger("opensora_lite")
 
@@ -191,6 +192,7 @@ class StageTrainer:
             self.image_condition,
         )
         data = self._loader(data_state)
+        validator = Validator(self)
         if cfg.data.kind == "cached":
             rt.text.empty()  # kept where training runs (CFG dropout) while the encoders are parked
             rt.place_encoders("cpu")  # the cache holds their outputs: free the device until sampling
@@ -222,6 +224,8 @@ class StageTrainer:
             if done % stage.log_every == 0 or done == stage.steps:
                 loss_value = self._log(window, done, grad_norm, opt.param_groups[0]["lr"], bar)
             bar.update(1)
+            if validator.due(done):
+                validator.run(model, ema, done)
             saved = stage.checkpoint_every and done % stage.checkpoint_every == 0 and done < stage.steps
             if saved:
                 self._checkpoint(model, opt, sched, gen, ema, done, data_state)
@@ -303,10 +307,11 @@ class StageTrainer:
             log.info("[%s] checkpoint %s", self.name, path)
         engine.barrier()
 
-    def _eval_model(self, model, weights: dict) -> MMDiT:
-        """The model to sample from on rank 0: the trained one, or a local copy where it is sharded."""
+    def _eval_model(self, model, weights: dict, copy: bool = False) -> MMDiT:
+        """The model to sample from on rank 0: the trained one, or a local copy of `weights` where it is
+        sharded or `copy` is set (the EMA weights)."""
         plain = self.engine.unwrap(model)
-        if self.engine.sp is None and not self.engine.shards_parameters:
+        if self.engine.sp is None and not self.engine.shards_parameters and not copy:
             return plain
         local = MMDiT(self.cfg.model, image_condition=self.image_condition)
         load_into(local, weights, "gathered weights")
@@ -348,7 +353,8 @@ class StageTrainer:
         eval_began = time.perf_counter()
         rt.place_encoders(engine.device)
         if self.stage.evaluate and engine.is_main:
-            metrics, paths, sheets = evaluate_stage(rt, self._eval_model(model, weights), self.stage, self.dir.samples)
+            eval_model = self._eval_model(model, weights if ema_state is None else ema_state, ema_state is not None)
+            metrics, paths, sheets = evaluate_stage(rt, eval_model, self.stage, self.dir.samples)
         eval_seconds = time.perf_counter() - eval_began
         result = StageResult(
             self.name, self.stage.steps, seconds, loss, metrics, dict(skipped), start, eval_seconds=eval_seconds
@@ -357,8 +363,18 @@ class StageTrainer:
             self.dir.save_final(weights, ema_state, result.as_dict())
             end = self.step_offset + self.stage.steps
             rt.tracker.event(
-                "stage_end", end, self.name, seconds=seconds, eval_seconds=eval_seconds, final_loss=loss, **metrics
+                "stage_end",
+                end,
+                self.name,
+                seconds=seconds,
+                eval_seconds=eval_seconds,
+                eval_ema=ema_state is not None,
+                final_loss=loss,
+                **metrics,
             )
+            if self.stage.validate_every and self.stage.evaluate:  # the validation curve's last point
+                scalars = {f"val/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}
+                rt.tracker.log({**scalars, "val/seconds": eval_seconds, "step": self.stage.steps}, end, self.name)
             rt.tracker.videos(paths, end, self.name)
             rt.tracker.images(sheets, end, self.name)
             for kind, sheet in sheets.items():
