@@ -32,7 +32,7 @@ from opensora_lite.errors import CheckpointError
 from opensora_lite.eval.contact_sheet import save_contact_sheet
 from opensora_lite.models.flux_weights import load_into, read_flux_weights
 from opensora_lite.models.mmdit import MMDiT
-from opensora_lite.parallel.engine import pick_device
+from opensora_lite.parallel.local import LocalEngine
 from opensora_lite.text.encoders import TextEncoders
 from opensora_lite.train.evaluation import sample_captions, sample_shape, save_samples
 from opensora_lite.train.state import resolve_weights_path
@@ -195,13 +195,22 @@ def main(cfg: DictConfig) -> None:
     task = job.task or ("i2v_head" if rows[0].reference else "t2v")
     if task not in TASKS:
         raise ConfigError("task", f"unknown task {task!r}; choose from {', '.join(TASKS)}")
-    device = pick_device(job.device, 0)
+    engine = LocalEngine(job.parallel, job.device)  # a process group under torchrun, SP groups of sp_size
+    try:
+        _sample(job, cfg, weights, run_cfg, rows, task, engine, began)
+    finally:
+        engine.shutdown()
+
+
+def _sample(job, cfg, weights, run_cfg, rows, task, engine, began) -> None:
+    device = engine.device
     state, fmt = read_flux_weights(weights)
     model = MMDiT(run_cfg.model, image_condition="cond_in.weight" in state)
     print(load_into(model, state, str(weights)).summary())
     if task != "t2v" and not model.image_condition:
         raise CheckpointError(f"{weights} has no image condition (cond_in): sample {task} from an I2V stage")
     model.to(device).eval()
+    model.set_sequence_parallel(engine.sp)
     ctx = SampleContext(
         run_cfg, TextEncoders(run_cfg.text_encoder, device), build_autoencoder(run_cfg.autoencoder).to(device), device
     )
@@ -216,7 +225,28 @@ def main(cfg: DictConfig) -> None:
     captions = sample_captions(ctx, prompts, shape)
     seeds = [s for _, s in samples]
     ref, ref_end = references([r for r, _ in samples], task, shape, ctx.ae, v2v_frames, fps)
-    videos = generate(ctx, model, captions, shape, seeds, ref, task, ref_end, v2v_frames)
+    mine = list(range(engine.dp_rank, len(samples), engine.dp_size))  # this SP group's share of the samples
+    if mine:
+        part = generate(
+            ctx,
+            model,
+            [captions[i] for i in mine],
+            shape,
+            [seeds[i] for i in mine],
+            None if ref is None else ref[mine],
+            task,
+            None if ref_end is None else ref_end[mine],
+            v2v_frames,
+        )
+    lead = engine.sp is None or engine.sp.rank == 0  # one rank of each SP group reports its group's videos
+    shares = engine.all_gather_object((mine, part) if lead and mine else None)
+    if not engine.is_main:
+        return
+    placed: list = [None] * len(samples)
+    for share in filter(None, shares):
+        for i, video in zip(*share):
+            placed[i] = video
+    videos = np.stack(placed)
 
     out = Path(job.out) if job.out else weights.parent.parent / "samples_cli"
     paths = save_samples(videos, prompts, out, task, len(videos), fps)
@@ -234,6 +264,8 @@ def main(cfg: DictConfig) -> None:
         "num_steps": run_cfg.sample.num_steps,
         "caption_template": run_cfg.data.caption_template,
         "job": OmegaConf.to_container(cfg, resolve=True),
+        "processes": engine.world_size,
+        "sp_size": job.parallel.sp_size,
         "seconds": round(time.perf_counter() - began, 2),
         "samples": [
             {

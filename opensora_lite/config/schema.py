@@ -290,3 +290,6 @@ class SampleJobConfig:
     seed: int = 0
     ema: bool = False  # sample with the checkpoint's EMA weights
     device: str = "auto"
+    # under torchrun: ranks in groups of parallel.sp_size split each video's tokens (sequence parallel);
+    # the groups share the samples out. Only sp_size, backend and timeout_s matter here.
+    parallel: ParallelConfig = field(default_factory=lambda: ParallelConfig(engine="ddp"))
