@@ -187,6 +187,8 @@ def test_sample_cli_v2v_from_a_prompt_file_with_three_way_guidance(mini_run, tmp
     assert (tmp_path / "v2v" / "contact_sheet.png").is_file()
     bad = cli("osl-sample", f"checkpoint={run_dir / 'i2v'}", f"out={tmp_path / 'bad'}", "task=i2v_loop")
     assert bad.returncode == 2 and "reference" in bad.stderr and "Traceback" not in bad.stderr
+    no_ema = cli("osl-sample", f"checkpoint={run_dir / 'i2v'}", f"out={tmp_path / 'bad'}", "ema=true")
+    assert no_ema.returncode == 2 and "no EMA weights" in no_ema.stderr  # the stage ran without EMA
 
 
 def _free_port() -> int:

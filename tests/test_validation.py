@@ -9,6 +9,7 @@ import json
 import torch
 from conftest import compose, mini_overrides
 from test_ddp_smoke import _torchrun
+from wandb_records import read_run
 
 from opensora_lite.cli.curriculum import run
 from opensora_lite.train.state import load_weights
@@ -39,7 +40,8 @@ def _same_weights(a_dir, b_dir) -> None:
 
 
 def test_validation_logs_metrics_over_steps_and_leaves_training_unchanged(shapes_dir, tmp_path):
-    run(compose(_i2v_stage(shapes_dir, tmp_path, "val", "curriculum.stages.i2v.validate_every=1")))
+    wandb = ["logger=wandb", "logger.wandb.mode=offline"]
+    run(compose(_i2v_stage(shapes_dir, tmp_path, "val", "curriculum.stages.i2v.validate_every=1", *wandb)))
     rng_val = torch.random.get_rng_state()
     run(compose(_i2v_stage(shapes_dir, tmp_path, "plain")))
     val, plain = tmp_path / "val", tmp_path / "plain"
@@ -59,6 +61,11 @@ def test_validation_logs_metrics_over_steps_and_leaves_training_unchanged(shapes
     assert not any("val/colour_acc" in r for r in _rows(plain))
     end = next(r for r in _rows(val) if r.get("event") == "stage_end")
     assert end["eval_ema"] is True  # the end-of-stage samples come from the EMA weights too
+    (record,) = (val / "wandb").glob("offline-run-*/run-*.wandb")
+    history = read_run(record)["history"]
+    assert [h["_step"] for h in history if "val/colour_acc" in h] == [r["global_step"] for r in points]
+    assert any(h.get("i2v/validation/samples/_type") == "videos" for h in history)
+    assert any(h.get("i2v/validation/contact_sheet_i2v/_type") == "image-file" for h in history)
 
 
 def test_validation_under_fsdp2_leaves_training_unchanged(shapes_dir, tmp_path):
