@@ -5,9 +5,11 @@ on 2 gloo ranks). Also v2v tasks in training."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import torch
-from conftest import compose, mini_overrides
+from conftest import REPO, compose, mini_overrides
 from test_ddp_smoke import _torchrun
 from wandb_records import read_run
 
@@ -66,6 +68,11 @@ def test_validation_logs_metrics_over_steps_and_leaves_training_unchanged(shapes
     assert [h["_step"] for h in history if "val/colour_acc" in h] == [r["global_step"] for r in points]
     assert any(h.get("i2v/validation/samples/_type") == "videos" for h in history)
     assert any(h.get("i2v/validation/contact_sheet_i2v/_type") == "image-file" for h in history)
+    # the curve as a PNG, from metrics.jsonl alone
+    plot = [sys.executable, str(REPO / "scripts" / "plot_validation.py"), str(val / "metrics.jsonl")]
+    out = subprocess.run([*plot, "--out", str(tmp_path / "curve.png")], capture_output=True, text=True)
+    assert out.returncode == 0 and (tmp_path / "curve.png").stat().st_size > 1000, out.stderr
+    assert len([line for line in out.stdout.splitlines() if line.strip()[:1].isdigit()]) == 2  # two points
 
 
 def test_validation_under_fsdp2_leaves_training_unchanged(shapes_dir, tmp_path):
