@@ -13,8 +13,8 @@ branches.
 Oscillation: after `warmup` steps, odd steps use scale 1 (no guidance), which Open-Sora uses against
 over-saturation. The image ramp (Open-Sora's `scale_temporal_osci`) lowers the image scale over the
 denoising steps (from s_image at the first step to 1 at the last) and, within a step, raises it along
-latent time from 1 at the first latent frame to that step's value at the last: frames far from the
-reference are pulled towards it more.
+latent time from 1 at the first latent frame to that step's value at the last (for i2v_head: frames
+far from the reference are pulled towards it more; Open-Sora applies the same rule to every i2v task).
 """
 
 from __future__ import annotations
