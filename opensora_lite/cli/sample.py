@@ -217,6 +217,8 @@ def _sample(job, cfg, weights, run_cfg, rows, task, engine, began) -> None:
     stage_name = weights.parent.parent.name if weights.parent.name == "final" else weights.parent.name
     stage = run_cfg.curriculum.stages.get(stage_name, next(iter(run_cfg.curriculum.stages.values())))
     shape = sample_shape(ctx, stage)
+    if not ctx.ae.valid_num_frames(shape[0]):
+        raise ConfigError("num_frames", f"{shape[0]} frames do not fit the autoencoder ({ctx.ae._frame_rule()})")
     v2v_frames = job.v2v_frames if job.v2v_frames is not None else stage.v2v_frames
     fps = run_cfg.sample.fps or run_cfg.data.target_fps
 
