@@ -43,7 +43,8 @@ def _same_weights(a_dir, b_dir) -> None:
 
 def test_validation_logs_metrics_over_steps_and_leaves_training_unchanged(shapes_dir, tmp_path):
     wandb = ["logger=wandb", "logger.wandb.mode=offline"]
-    run(compose(_i2v_stage(shapes_dir, tmp_path, "val", "curriculum.stages.i2v.validate_every=1", *wandb)))
+    held_out = [f"eval.val_shards={shapes_dir}", "eval.val_batches=1", "eval.val_timesteps=[0.3,0.7]"]
+    run(compose(_i2v_stage(shapes_dir, tmp_path, "val", "curriculum.stages.i2v.validate_every=1", *wandb, *held_out)))
     rng_val = torch.random.get_rng_state()
     run(compose(_i2v_stage(shapes_dir, tmp_path, "plain")))
     val, plain = tmp_path / "val", tmp_path / "plain"
@@ -57,6 +58,8 @@ def test_validation_logs_metrics_over_steps_and_leaves_training_unchanged(shapes
     assert [r["step"] for r in points] == [1, 2]  # step 1 validation, then the end-of-stage evaluation
     assert points[0]["val/ema"] is True and points[0]["val/seconds"] > 0
     assert "val/i2v_colour_keep" in points[0]
+    assert {"val/loss_t0.3", "val/loss_t0.7", "val/loss"} <= set(points[0])  # the held-out flow loss
+    assert points[0]["val/loss"] == (points[0]["val/loss_t0.3"] + points[0]["val/loss_t0.7"]) / 2
     folder = val / "i2v" / "validation" / "step_000001"
     assert (folder / "contact_sheet_t2v.png").is_file() and (folder / "contact_sheet_i2v.png").is_file()
     assert list((folder / "samples").glob("t2v_*.mp4")) and list((folder / "samples").glob("i2v_*.mp4"))

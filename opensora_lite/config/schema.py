@@ -185,6 +185,11 @@ class EvalConfig:
     kind: Optional[str] = None  # shapes | null: what scores the end-of-stage samples
     repeats: int = 2  # each probe prompt is sampled this many times
     i2v_clips: int = 24
+    # held-out shards: validation (stage.validate_every) also reports the flow loss on them, at fixed
+    # timesteps with fixed noise (val/loss_t<t>, val/loss), text-to-video; null: none
+    val_shards: Optional[str] = None
+    val_batches: int = 2  # batches read from val_shards per validation (the same ones each time)
+    val_timesteps: List[float] = field(default_factory=lambda: [0.1, 0.3, 0.5, 0.7, 0.9])
 
 
 @dataclass

@@ -3,7 +3,8 @@
 It samples the same fixed prompts, seeds and I2V references as the evaluation at the end of the stage
 (train/evaluation.py), from the EMA weights when EMA is on, and logs the Shapes metrics (when
 eval.kind=shapes) into metrics.jsonl / W&B as `val/*` at the step, with the mp4s, contact sheets and
-its cost in seconds (`val/seconds`). Output: <stage>/validation/step_<N>/.
+its cost in seconds (`val/seconds`). Output: <stage>/validation/step_<N>/. With `eval.val_shards`
+it also reports the flow loss on held-out shards at fixed timesteps (`val/loss_t<t>`, `val/loss`).
 
 Training's trajectory does not depend on it: sampling draws its noise from its own generators, and
 everything else it might draw (a model copy's init, a VAE's posterior) happens inside a forked torch
@@ -18,7 +19,11 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
+from opensora_lite.data.cache import bucket_table
+from opensora_lite.data.loader import BucketedVideoStream, expand_shards
+from opensora_lite.diffusion import flow
 from opensora_lite.models.flux_weights import load_into
 from opensora_lite.models.mmdit import MMDiT
 from opensora_lite.train.evaluation import evaluate_stage
@@ -49,6 +54,8 @@ class Validator:
                 sample_from = engine.unwrap(model) if weights is None else self._copy(weights)
                 folder = t.dir.root / "validation" / f"step_{step:06d}" / "samples"
                 metrics, paths, sheets = evaluate_stage(rt, sample_from, t.stage, folder)
+                if t.cfg.eval.val_shards:
+                    metrics.update(held_out_loss(rt, sample_from, t.stage, t.cfg.run.seed))
                 if t.cfg.data.kind == "cached":
                     rt.place_encoders("cpu")
                 seconds = time.perf_counter() - began
@@ -72,3 +79,41 @@ class Validator:
         local = MMDiT(self.t.cfg.model, image_condition=self.t.image_condition)
         load_into(local, weights, "validation weights")
         return local.to(self.t.engine.device)
+
+
+@torch.no_grad()
+def held_out_loss(rt, model, stage, seed: int) -> dict[str, float]:
+    """The flow loss on `eval.val_batches` batches of the held-out `eval.val_shards` (the stage's buckets,
+    read in a fixed order), at each of `eval.val_timesteps` with fixed noise: the same batches, times and
+    noise every validation, so the numbers form a curve. Text-to-video (an empty condition)."""
+    cfg = rt.cfg
+    stream = BucketedVideoStream(
+        expand_shards(cfg.eval.val_shards),
+        bucket_table(cfg, stage),
+        cfg.data.target_fps,
+        seed=seed,
+        shuffle_buffer=1,
+        caption_key=cfg.data.caption_key,
+        caption_template=cfg.data.caption_template,
+    )
+    batches, noise = iter(stream), torch.Generator().manual_seed(seed)
+    times = list(cfg.eval.val_timesteps)
+    sums = dict.fromkeys(times, 0.0)
+    model.eval()
+    for _ in range(cfg.eval.val_batches):
+        batch = next(batches)
+        x0 = rt.ae.encode(batch["video"].to(rt.device), sample=False)
+        t5, clip = rt.text.encode(batch["captions"])
+        cond = None
+        if getattr(model, "cond_in", None) is not None:
+            cond = x0.new_zeros(x0.shape[0], x0.shape[1] + 1, *x0.shape[2:])
+        for t in times:
+            eps = torch.randn(x0.shape, generator=noise).to(x0.device)
+            tt = torch.full((x0.shape[0],), t, device=x0.device)
+            with rt.autocast():
+                pred = model(flow.add_noise(x0, eps, tt, cfg.flow.sigma_min), tt, t5, clip, cond=cond)
+            sums[t] += F.mse_loss(pred.float(), flow.velocity_target(x0, eps, cfg.flow.sigma_min)).item()
+    model.train()
+    out = {f"loss_t{t:g}": s / cfg.eval.val_batches for t, s in sums.items()}
+    out["loss"] = sum(out.values()) / len(times)
+    return out
