@@ -18,28 +18,31 @@ from PIL import Image, ImageDraw, ImageFont
 COLOURS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14)]
 
 
-def read_points(path: Path, metrics: list[str]) -> tuple[dict[str, list[tuple[int, float]]], list[tuple[int, str]]]:
-    """(metric -> [(global step, value)], [(first global step, stage)]) from metrics.jsonl."""
+def read_points(
+    path: Path, metrics: list[str]
+) -> tuple[dict[str, list[tuple[int, float]]], list[tuple[int, str]], int]:
+    """(metric -> [(global step, value)], [(first global step, stage)], last global step) from metrics.jsonl."""
     points: dict[str, list[tuple[int, float]]] = {m: [] for m in metrics}
     stages: list[tuple[int, str]] = []
+    last = 1
     for line in path.read_text().splitlines():
         row = json.loads(line)
+        last = max(last, row.get("global_step", 0))
         if row.get("stage") and (not stages or stages[-1][1] != row["stage"]):
             stages.append((row["global_step"], row["stage"]))
         for m in metrics:
             v = row.get(f"val/{m}")
             if isinstance(v, (int, float)) and "event" not in row:
                 points[m].append((row["global_step"], float(v)))
-    return points, stages
+    return points, stages, last
 
 
-def draw(points: dict, stages: list, out: Path, width: int = 900, panel_h: int = 220) -> None:
+def draw(points: dict, stages: list, last: int, out: Path, width: int = 900, panel_h: int = 220) -> None:
     font = ImageFont.load_default()
     names = [m for m, p in points.items() if p]
     img = Image.new("RGB", (width, panel_h * len(names) + 10), "white")
     d = ImageDraw.Draw(img)
-    last = max((s for p in points.values() for s, _ in p), default=1)
-    left, right = 60, width - 20
+    left, right = 60, width - 50
     for i, name in enumerate(names):
         top, bottom = i * panel_h + 25, (i + 1) * panel_h - 25
         d.rectangle([left, top, right, bottom], outline=(120, 120, 120))
@@ -68,10 +71,10 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("validation.png"))
     ap.add_argument("--metrics", nargs="+", default=["colour_acc", "direction_acc", "i2v_colour_keep"])
     args = ap.parse_args()
-    points, stages = read_points(args.metrics_jsonl, args.metrics)
+    points, stages, last = read_points(args.metrics_jsonl, args.metrics)
     if not any(points.values()):
         raise SystemExit(f"error: no val/* metrics in {args.metrics_jsonl} (was stage.validate_every set?)")
-    draw(points, stages, args.out)
+    draw(points, stages, last, args.out)
     steps = sorted({s for p in points.values() for s, _ in p})
     print("global_step  " + "  ".join(f"{m:>16}" for m in args.metrics))
     for s in steps:
