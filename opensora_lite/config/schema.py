@@ -120,7 +120,10 @@ class StageConfig:
     # entries are checked in validate.py (OmegaConf cannot type a list nested in an int-keyed dict)
     # (dict defaults would merge into, not be replaced by, what a stage YAML gives: so none here)
     buckets: Dict[str, Dict[int, List[Any]]] = field(default_factory=dict)
-    tasks: Dict[str, float] = field(default_factory=dict)  # weights of t2v, i2v_head, i2v_tail, i2v_loop
+    tasks: Dict[str, float] = field(default_factory=dict)  # weights of t2v, i2v_head/_tail/_loop, v2v_head/_tail
+    # latent frames the v2v tasks give (Open-Sora 2.0: 33 video frames = 9 latent frames of a 4x causal VAE);
+    # clips with no more latent frames than this train the other tasks
+    v2v_frames: int = 9
     text_dropout: Dict[str, float] = field(default_factory=lambda: {"t5": 0.31622777, "clip": 0.31622777})
     optim: OptimConfig = field(default_factory=OptimConfig)
     grad_accum: int = 1
@@ -132,6 +135,9 @@ class StageConfig:
     # only while the state is copied to host memory. Other engines write synchronously (said at start-up)
     async_checkpoint: bool = False
     evaluate: bool = True  # sample (and score, if eval.kind is set) at the end of the stage
+    # validation during training: every this many steps, sample the fixed prompts / seeds / I2V references of
+    # the end-of-stage evaluation (EMA weights when EMA is on) and log its metrics; 0 disables
+    validate_every: int = 0
 
 
 @dataclass
@@ -161,7 +167,16 @@ class ParallelConfig:
 @dataclass
 class SampleConfig:
     num_steps: int = 50
-    cfg_scale: float = 7.5
+    cfg_scale: float = 7.5  # text guidance scale
+    # three-way guidance (diffusion/guidance.py): the image scale of conditioned tasks (Open-Sora 2.0: 3.0);
+    # null: text guidance only, with the condition in both branches
+    image_cfg_scale: Optional[float] = None
+    text_oscillation: bool = False  # guidance oscillation: after oscillation_warmup steps, odd steps unguided
+    image_oscillation: bool = False
+    oscillation_warmup: int = 10
+    image_ramp: bool = False  # i2v: image scale falls over the steps and rises along latent time
+    motion_score: Optional[float] = None  # caption template field at sampling (data.caption_template)
+    fps: Optional[float] = None  # the caption template's fps at sampling and the mp4 rate; null: data.target_fps
     resolution: Optional[str] = None  # default: the stage's largest resolution bucket
     num_frames: Optional[int] = None  # default: the stage's most frequent video frame count
     aspect_ratio: float = 1.0
@@ -176,6 +191,11 @@ class EvalConfig:
     kind: Optional[str] = None  # shapes | null: what scores the end-of-stage samples
     repeats: int = 2  # each probe prompt is sampled this many times
     i2v_clips: int = 24
+    # held-out shards: validation (stage.validate_every) also reports the flow loss on them, at fixed
+    # timesteps with fixed noise (val/loss_t<t>, val/loss), text-to-video; null: none
+    val_shards: Optional[str] = None
+    val_batches: int = 2  # batches read from val_shards per validation (the same ones each time)
+    val_timesteps: List[float] = field(default_factory=lambda: [0.1, 0.3, 0.5, 0.7, 0.9])
 
 
 @dataclass
@@ -320,11 +340,31 @@ class SampleJobConfig:
     checkpoint: str = "???"  # a stage dir (runs/<name>/<stage>) or a model .safetensors inside one
     out: Optional[str] = None  # default: <checkpoint stage dir>/samples_cli
     prompts: List[str] = field(default_factory=lambda: ["a fast red circle moving right"])
-    image: Optional[str] = None  # a reference image/video for I2V (its first frame is used)
+    prompt_file: Optional[str] = None  # one prompt a line (.txt), or .jsonl/.csv rows with prompt and reference
+    task: Optional[str] = None  # t2v | i2v_head | i2v_tail | i2v_loop | v2v_head | v2v_tail (default: i2v_head
+    # with a reference, else t2v)
+    reference: Optional[str] = None  # image or video: i2v_head its first frame, i2v_tail its last, v2v its frames
+    reference_end: Optional[str] = None  # i2v_loop: the last frame's image or video (default: `reference`)
+    image: Optional[str] = None  # shorthand for reference=<image> with task i2v_head
+    v2v_frames: Optional[int] = None  # latent frames v2v is given (default: the stage's v2v_frames)
+    num_samples: int = 1  # samples per prompt, seeds seed, seed+1, ...
+    batch_size: Optional[int] = None
     num_steps: int = 30
     cfg_scale: float = 5.0
+    # guidance and caption settings below: null keeps the run's `sample.*` value (see SampleConfig)
+    image_cfg_scale: Optional[float] = None  # three-way guidance (Open-Sora 2.0: 3.0 with cfg_scale 7.5)
+    text_oscillation: Optional[bool] = None
+    image_oscillation: Optional[bool] = None
+    oscillation_warmup: Optional[int] = None
+    image_ramp: Optional[bool] = None
+    motion_score: Optional[float] = None  # fills the run's caption template (Open-Sora 2.0: 4)
+    fps: Optional[float] = None  # the caption template's fps and the mp4 rate (default: data.target_fps)
     resolution: Optional[str] = None
     num_frames: Optional[int] = None
     aspect_ratio: float = 1.0
     seed: int = 0
+    ema: bool = False  # sample with the checkpoint's EMA weights
     device: str = "auto"
+    # under torchrun: ranks in groups of parallel.sp_size split each video's tokens (sequence parallel);
+    # the groups share the samples out. Only sp_size, backend and timeout_s matter here.
+    parallel: ParallelConfig = field(default_factory=lambda: ParallelConfig(engine="ddp"))

@@ -177,6 +177,9 @@ def validate_stage(cfg: Config, name: str, stage: StageConfig, first: bool) -> N
     _require(
         sum(stage.tasks.values()) > 0, f"{key}.tasks", "needs a positive weight for at least one task (e.g. {t2v: 1.0})"
     )
+    if any(stage.tasks.get(t, 0) > 0 for t in ("v2v_head", "v2v_tail")):
+        _require(stage.v2v_frames >= 1, f"{key}.v2v_frames", "must be >= 1 when a v2v task has weight")
+    _require(stage.validate_every >= 0, f"{key}.validate_every", "must be >= 0 (0 disables)")
     for enc, p in stage.text_dropout.items():
         _require(enc in ("t5", "clip"), f"{key}.text_dropout.{enc}", "keys are t5 and clip")
         _require(0 <= p <= 1, f"{key}.text_dropout.{enc}", "must be in [0, 1]")
@@ -217,6 +220,18 @@ def validate_data(cfg: Config) -> None:
         raise ConfigError(
             "data.caption_template", f"{cfg.data.caption_template!r}: {exc!r}; fields: {', '.join(CAPTION_FIELDS)}"
         ) from None
+    samples = any(s.evaluate or s.validate_every for s in cfg.curriculum.stages.values())
+    if samples and cfg.sample.motion_score is None and "motion_score" in _template_fields(cfg.data.caption_template):
+        raise ConfigError(
+            "sample.motion_score",
+            "data.caption_template uses motion_score: set the value sampled captions get (Open-Sora 2.0: 4)",
+        )
+
+
+def _template_fields(template: str) -> set[str]:
+    import string
+
+    return {name.split(".")[0].split("[")[0] for _, name, _, _ in string.Formatter().parse(template) if name}
 
 
 def validate(cfg: Config) -> Config:

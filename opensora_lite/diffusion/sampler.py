@@ -1,7 +1,10 @@
-"""Euler sampling of the rectified flow from noise (t=1) to data (t=0) with text CFG.
+"""Euler sampling of the rectified flow from noise (t=1) to data (t=0) with guidance.
 
-For image-to-video the condition (mask + masked reference latents) is given to both CFG branches;
-only the text is dropped in the unconditional one.
+Branches per step (batched into one forward): text + condition, empty text + condition, and with
+three-way guidance empty text without the condition (diffusion/guidance.py). A model without an
+image condition gets text CFG only; with a condition and no image scale, the condition goes to both
+text branches. When no frame is given (t2v on an I2V model) the third branch equals the second and
+is skipped. After the last step the given latents are written back into their frames.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ import torch
 from torch import Tensor, nn
 
 from opensora_lite.diffusion import flow
+from opensora_lite.diffusion.conditioning import write_back
+from opensora_lite.diffusion.guidance import Guidance, combine, step_scales
 from opensora_lite.diffusion.objective import tokens_per_frame
 
 
@@ -25,27 +30,35 @@ def sample_latents(
     cfg: flow.FlowConfig,
     patch: list[int],
     num_steps: int,
-    cfg_scale: float,
+    guidance: Guidance | float,
     cond: Tensor | None = None,
     autocast: AbstractContextManager | None = None,
+    image_task: bool = False,
 ) -> Tensor:
-    """Latents for the prompts encoded in (t5, clip), starting from `noise` [B, C, T, H, W]."""
+    """Latents for the prompts encoded in (t5, clip), starting from `noise` [B, C, T, H, W].
+
+    `guidance`: a Guidance, or a float for plain text CFG. `image_task`: the condition gives single
+    frames (i2v), where the image-scale ramp applies."""
+    g = guidance if isinstance(guidance, Guidance) else Guidance(text_scale=float(guidance))
     per_frame, frames = tokens_per_frame(noise, patch)
     times = flow.sampling_schedule(cfg, num_steps, per_frame, frames).tolist()
     b = noise.shape[0]
-    guided = cfg_scale != 1.0
-    if guided:
-        t5 = torch.cat([t5, empty[0].expand_as(t5)])
-        clip = torch.cat([clip, empty[1].expand_as(clip)])
-        cond = None if cond is None else torch.cat([cond, cond])
+    given = cond is not None and bool(cond[:, 0].any())
+    third = g.three_way and given
+    branches = 1 + (g.text_scale != 1.0 or third) + third
+    empty_t5, empty_clip = (e.to(t5.dtype).expand_as(x) for e, x in zip(empty, (t5, clip)))
+    t5_in = torch.cat([t5, empty_t5, empty_t5][:branches])
+    clip_in = torch.cat([clip, empty_clip, empty_clip][:branches])
+    cond_in = None if cond is None else torch.cat([cond, cond, torch.zeros_like(cond)][:branches])
     x = noise
-    for t_cur, t_next in zip(times[:-1], times[1:]):
-        xin = torch.cat([x, x]) if guided else x
+    for i, (t_cur, t_next) in enumerate(zip(times[:-1], times[1:])):
+        xin = torch.cat([x] * branches)
         tt = torch.full((xin.shape[0],), t_cur, device=x.device)
         with autocast or nullcontext():
-            v = model(xin, tt, t5, clip, cond=cond).float()
-        if guided:
-            v_cond, v_uncond = v[:b], v[b:]
-            v = v_uncond + cfg_scale * (v_cond - v_uncond)
+            v = model(xin, tt, t5_in, clip_in, cond=cond_in).float()
+        if branches > 1:
+            text_scale, image_scale = step_scales(g, i, num_steps, noise.shape[2], ramp=image_task)
+            parts = v.split(b)
+            v = combine(parts[0], parts[1], parts[2] if third else None, text_scale, image_scale)
         x = flow.euler_step(x, v, t_cur, t_next)
-    return x
+    return x if not given else write_back(x, cond)

@@ -12,15 +12,13 @@ import logging
 from pathlib import Path
 
 import numpy as np
-import torch
 from torch import nn
 
 from opensora_lite.config.schema import StageConfig
 from opensora_lite.data.buckets import bucket_size, parse_resolution
 from opensora_lite.data.synthetic import COLOURS, DIRECTIONS, SHAPES, caption_for, render_frame
 from opensora_lite.data.video import write_video
-from opensora_lite.diffusion.conditioning import build_condition
-from opensora_lite.diffusion.sampler import sample_latents
+from opensora_lite.diffusion.pipeline import generate, template_captions, to_uint8  # noqa: F401 (re-exported)
 from opensora_lite.eval import shapes as shapes_eval
 from opensora_lite.eval.contact_sheet import save_contact_sheet
 
@@ -40,57 +38,13 @@ def sample_shape(rt, stage: StageConfig) -> tuple[int, int, int]:
     return frames, h, w
 
 
-def to_uint8(video: torch.Tensor) -> np.ndarray:
-    """[B, 3, T, H, W] in [-1, 1] -> uint8 [B, T, H, W, 3]."""
-    return ((video.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 4, 1).cpu().numpy()
-
-
-@torch.no_grad()
-def generate(
-    rt,
-    model: nn.Module,
-    captions: list[str],
-    shape: tuple[int, int, int],
-    seed: int,
-    reference: np.ndarray | None = None,
-) -> np.ndarray:
-    """Sample videos for captions (optionally first-frame conditioned on uint8 references [B, H, W, 3])."""
-    cfg, ae = rt.cfg, rt.ae
+def sample_captions(rt, prompts: list[str], shape: tuple[int, int, int]) -> list[str]:
+    """Prompts through the run's caption template, with the sampling values of its fields."""
+    cfg = rt.cfg
+    fps = cfg.sample.fps or cfg.data.target_fps
     frames, h, w = shape
-    out = []
-    bs = cfg.sample.batch_size
-    for i in range(0, len(captions), bs):
-        chunk = captions[i : i + bs]
-        t5, clip = rt.text.encode(chunk)
-        lat_t = ae.latent_frames(frames) if ae.valid_num_frames(frames) else frames
-        g = torch.Generator().manual_seed(seed + i)
-        noise = torch.randn(
-            len(chunk), ae.latent_channels, lat_t, h // ae.spatial_factor, w // ae.spatial_factor, generator=g
-        )
-        noise = noise.to(rt.device)
-        cond = None
-        if getattr(model, "cond_in", None) is not None:
-            if reference is not None:
-                ref = torch.from_numpy(reference[i : i + bs]).to(rt.device).permute(0, 3, 1, 2)[:, :, None]
-                head = ae.encode(ref.float() / 127.5 - 1)
-                cond = build_condition(["i2v_head"] * len(chunk), head, head, lat_t)
-            else:
-                cond = torch.zeros(len(chunk), ae.latent_channels + 1, *noise.shape[2:], device=rt.device)
-        latents = sample_latents(
-            model,
-            noise,
-            t5,
-            clip,
-            rt.text.empty(),
-            cfg.flow,
-            cfg.model.patch_size,
-            cfg.sample.num_steps,
-            cfg.sample.cfg_scale,
-            cond=cond,
-            autocast=rt.autocast(),
-        )
-        out.append(to_uint8(ae.decode(latents)))
-    return np.concatenate(out)
+    fields = dict(fps=fps, motion_score=cfg.sample.motion_score, num_frames=frames, width=w, height=h)
+    return template_captions(prompts, cfg.data.caption_template, duration=frames / fps, **fields)
 
 
 def save_samples(
@@ -118,11 +72,11 @@ def evaluate_stage(rt, model: nn.Module, stage: StageConfig, folder: Path) -> tu
 def _evaluate(rt, model: nn.Module, stage: StageConfig, folder: Path) -> tuple[dict, list[Path], dict[str, Path]]:
     cfg = rt.cfg
     shape = sample_shape(rt, stage)
-    fps = cfg.data.target_fps
+    fps = cfg.sample.fps or cfg.data.target_fps
     seed = cfg.sample.seed
     if cfg.eval.kind != "shapes":
         prompts = list(cfg.sample.prompts)
-        videos = generate(rt, model, prompts, shape, seed)
+        videos = generate(rt, model, sample_captions(rt, prompts, shape), shape, seed)
         sheet = save_contact_sheet(folder.parent / "contact_sheet_t2v.png", videos, prompts)
         return {}, save_samples(videos, prompts, folder, "t2v", cfg.sample.save_videos, fps), {"t2v": sheet}
 
@@ -131,7 +85,7 @@ def _evaluate(rt, model: nn.Module, stage: StageConfig, folder: Path) -> tuple[d
         for i, t in enumerate(shapes_eval.eval_prompts()):
             targets.append(dict(t, shape=SHAPES[(i + len(targets)) % len(SHAPES)]))
     captions = [caption_for(t["colour"], t["shape"], t["direction"], t["speed"]) for t in targets]
-    videos = generate(rt, model, captions, shape, seed)
+    videos = generate(rt, model, sample_captions(rt, captions, shape), shape, seed)
     readings = [shapes_eval.read_clip(v) for v in videos]
     metrics = shapes_eval.score_readings(readings, targets)
     if shape[0] == 1:
@@ -144,7 +98,7 @@ def _evaluate(rt, model: nn.Module, stage: StageConfig, folder: Path) -> tuple[d
 
     if getattr(model, "cond_in", None) is not None and shape[0] > 1:
         refs, ref_captions = _i2v_references(cfg.eval.i2v_clips, shape[1], shape[2], seed)
-        i2v = generate(rt, model, ref_captions, shape, seed + 10_000, reference=refs)
+        i2v = generate(rt, model, sample_captions(rt, ref_captions, shape), shape, seed + 10_000, reference=refs)
         metrics.update(shapes_eval.score_i2v(list(i2v), list(refs)))
         paths += save_samples(i2v, ref_captions, folder, "i2v", max(2, cfg.sample.save_videos // 2), fps)
         labels = [f"(image) {c}" for c in ref_captions]

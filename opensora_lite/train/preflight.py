@@ -28,6 +28,8 @@ def check_data(cfg: Config) -> list[str]:
                 pass
         if readable == 0:
             raise DataError(f"data.shards: all {len(urls)} shards at {spec!r} are empty or unreadable")
+    if cfg.eval.val_shards and not expand_shards(cfg.eval.val_shards):
+        raise DataError(f"eval.val_shards: no shards found at {cfg.eval.val_shards!r}")
     return urls
 
 

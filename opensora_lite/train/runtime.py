@@ -66,9 +66,16 @@ def setup_logging(run_dir: Path | None, is_main: bool) -> None:
         console = logging.StreamHandler(sys.stdout)
         console.setFormatter(logging.Formatter("[%(asctime)s] %(message)s", "%H:%M:%S"))
         root.addHandler(console)
-    if run_dir is not None and is_main and not any(isinstance(h, logging.FileHandler) for h in root.handlers):
+    if run_dir is None or not is_main:
+        return
+    path = (run_dir / "logs" / "train.log").resolve()
+    for h in [h for h in root.handlers if isinstance(h, logging.FileHandler)]:
+        if Path(h.baseFilename) != path:  # an earlier run in this process: log into this run's file now
+            root.removeHandler(h)
+            h.close()
+    if not any(isinstance(h, logging.FileHandler) for h in root.handlers):
         (run_dir / "logs").mkdir(parents=True, exist_ok=True)
-        fh = logging.FileHandler(run_dir / "logs" / "train.log")
+        fh = logging.FileHandler(path)
         fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         root.addHandler(fh)
 

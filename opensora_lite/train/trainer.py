@@ -22,8 +22,9 @@ from opensora_lite.config.schema import StageConfig
 from opensora_lite.config.validate import async_checkpoint_note
 from opensora_lite.data.cache import CachedStream, bucket_table, build_cache, cached_shards, stage_seed
 from opensora_lite.data.loader import BucketedVideoStream, LoaderState, batches, build_loader, expand_shards
-from opensora_lite.diffusion.conditioning import build_condition, sample_tasks
+from opensora_lite.diffusion.conditioning import applicable, build_condition, sample_tasks
 from opensora_lite.diffusion.objective import drop_text, flow_loss
+from opensora_lite.diffusion.pipeline import pixel_frames
 from opensora_lite.models.flops import mmdit_flops, peak_tflops
 from opensora_lite.models.flux_weights import load_into, read_flux_weights
 from opensora_lite.models.mmdit import MMDiT
@@ -34,6 +35,7 @@ from opensora_lite.train.optim import build_optimizer, build_scheduler
 from opensora_lite.train.preemption import Preempted
 from opensora_lite.train.runtime import Runtime, memory_gib
 from opensora_lite.train.state import StageDir, resolve_weights_path
+from opensora_lite.train.validation import Validator
 
 log = logging.getLogger("opensora_lite")
 
@@ -138,12 +140,15 @@ class StageTrainer:
             t5, clip = drop_text(t5, clip, rt.text.empty(), self.stage.text_dropout, gen)
             cond = None
             if self.image_condition:
-                tasks = sample_tasks(self.stage.tasks, x0.shape[0], gen)
+                v2v_k = self.stage.v2v_frames
+                tasks = sample_tasks(applicable(self.stage.tasks, x0.shape[2], v2v_k), x0.shape[0], gen)
                 if "x0" in batch:
                     head, tail = (batch[k].to(rt.device, non_blocking=True).float() for k in ("head", "tail"))
+                    given = x0
                 else:
                     head, tail = rt.ae.encode(video[:, :, :1]), rt.ae.encode(video[:, :, -1:])
-                cond = build_condition(tasks, head, tail, x0.shape[2])
+                    given = self._v2v_latents(tasks, x0, video)
+                cond = build_condition(tasks, head, tail, x0.shape[2], given, v2v_k)
         loss = flow_loss(model, x0, t5, clip, cond, self.cfg.flow, self.cfg.model.patch_size, gen, rt.autocast())
         scale = self.engine.sp.loss_scale if self.engine.sp else 1.0  # SP: partial gradients summed, not averaged
         self.engine.backward(model, loss * scale / self.stage.grad_accum, sync=last)
@@ -151,6 +156,17 @@ class StageTrainer:
         per_sample = (x0.shape[2] // pt) * (x0.shape[3] // ph) * (x0.shape[4] // pw)
         flops = mmdit_flops(self.cfg.model, per_sample, t5.shape[1], self.image_condition).train * x0.shape[0]
         return loss.detach(), x0.shape[0] * per_sample, flops
+
+    def _v2v_latents(self, tasks: list[str], x0: torch.Tensor, video: torch.Tensor) -> torch.Tensor:
+        """Latents the v2v tasks take their given frames from: the clip's own, except v2v_tail with a
+        causal autoencoder, whose last frames are encoded on their own (as inference encodes a reference:
+        there the first given latent frame is a single-frame one)."""
+        if "v2v_tail" not in tasks or not self.rt.ae.causal:
+            return x0
+        k = min(self.stage.v2v_frames, x0.shape[2] - 1)
+        out = x0.clone()
+        out[:, :, -k:] = self.rt.ae.encode(video[:, :, -pixel_frames(self.rt.ae, k) :])[:, :, -k:]
+        return out
 
     # -- the loop --------------------------------------------------------------------------------
     def run(self) -> StageResult:
@@ -201,6 +217,7 @@ class StageTrainer:
         if engine.is_main and (note := async_checkpoint_note(cfg, stage)):
             log.info("[%s] %s", self.name, note)
         data = self._loader(data_state)
+        validator = Validator(self)
         if cfg.data.kind == "cached":
             rt.text.empty()  # kept where training runs (CFG dropout) while the encoders are parked
             rt.place_encoders("cpu")  # the cache holds their outputs: free the device until sampling
@@ -232,6 +249,8 @@ class StageTrainer:
             if done % stage.log_every == 0 or done == stage.steps:
                 loss_value = self._log(window, done, grad_norm, opt.param_groups[0]["lr"], bar)
             bar.update(1)
+            if validator.due(done):
+                validator.run(model, ema, done)
             saved = stage.checkpoint_every and done % stage.checkpoint_every == 0 and done < stage.steps
             if saved:
                 self._checkpoint(model, opt, sched, gen, ema, done, data_state)
@@ -307,10 +326,11 @@ class StageTrainer:
 
         self.writer.save(step, model, opt, ema, trainer_state)
 
-    def _eval_model(self, model, weights: dict) -> MMDiT:
-        """The model to sample from on rank 0: the trained one, or a local copy where it is sharded."""
+    def _eval_model(self, model, weights: dict, copy: bool = False) -> MMDiT:
+        """The model to sample from on rank 0: the trained one, or a local copy of `weights` where it is
+        sharded or `copy` is set (the EMA weights)."""
         plain = self.engine.unwrap(model)
-        if self.engine.sp is None and not self.engine.shards_parameters:
+        if self.engine.sp is None and not self.engine.shards_parameters and not copy:
             return plain
         local = MMDiT(self.cfg.model, image_condition=self.image_condition)
         load_into(local, weights, "gathered weights")
@@ -353,7 +373,8 @@ class StageTrainer:
         eval_began = time.perf_counter()
         rt.place_encoders(engine.device)
         if self.stage.evaluate and engine.is_main:
-            metrics, paths, sheets = evaluate_stage(rt, self._eval_model(model, weights), self.stage, self.dir.samples)
+            eval_model = self._eval_model(model, weights if ema_state is None else ema_state, ema_state is not None)
+            metrics, paths, sheets = evaluate_stage(rt, eval_model, self.stage, self.dir.samples)
         eval_seconds = time.perf_counter() - eval_began
         result = StageResult(
             self.name, self.stage.steps, seconds, loss, metrics, dict(skipped), start, eval_seconds=eval_seconds
@@ -362,8 +383,18 @@ class StageTrainer:
             self.dir.save_final(weights, ema_state, result.as_dict())
             end = self.step_offset + self.stage.steps
             rt.tracker.event(
-                "stage_end", end, self.name, seconds=seconds, eval_seconds=eval_seconds, final_loss=loss, **metrics
+                "stage_end",
+                end,
+                self.name,
+                seconds=seconds,
+                eval_seconds=eval_seconds,
+                eval_ema=ema_state is not None,
+                final_loss=loss,
+                **metrics,
             )
+            if self.stage.validate_every and self.stage.evaluate:  # the validation curve's last point
+                scalars = {f"val/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}
+                rt.tracker.log({**scalars, "val/seconds": eval_seconds, "step": self.stage.steps}, end, self.name)
             rt.tracker.videos(paths, end, self.name)
             rt.tracker.images(sheets, end, self.name)
             for kind, sheet in sheets.items():

@@ -1,0 +1,163 @@
+"""Prompts (and reference frames) -> videos: captions, text encoders, noise, condition, sampler, decoder.
+
+Used by `osl-sample`, by validation during training and by the end-of-stage evaluation. `rt` is
+anything with cfg, text, ae, device and autocast() (a training Runtime or the sampling CLI's context).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from opensora_lite.config.schema import SampleConfig
+from opensora_lite.config.validate import ConfigError
+from opensora_lite.diffusion.conditioning import TASKS, V2V, build_condition
+from opensora_lite.diffusion.guidance import Guidance
+from opensora_lite.diffusion.sampler import sample_latents
+
+
+def guidance_of(s: SampleConfig) -> Guidance:
+    return Guidance(
+        text_scale=s.cfg_scale,
+        image_scale=s.image_cfg_scale,
+        text_oscillation=s.text_oscillation,
+        image_oscillation=s.image_oscillation,
+        image_ramp=s.image_ramp,
+        oscillation_warmup=s.oscillation_warmup,
+    )
+
+
+def template_captions(prompts: list[str], template: str, **fields) -> list[str]:
+    """The captions the model saw in training, from the training caption template (data.caption_template)
+    and the sampling values of its fields (fps, motion_score, num_frames, ...)."""
+    if template == "{caption}":
+        return list(prompts)
+    out = []
+    for p in prompts:
+        try:
+            out.append(template.format_map({**{k: v for k, v in fields.items() if v is not None}, "caption": p}))
+        except KeyError as exc:
+            field = exc.args[0]
+            raise ConfigError(field, f"the run's caption template {template!r} needs it: add {field}=...") from None
+    return out
+
+
+def pixel_frames(ae, latent_frames: int) -> int:
+    """Video frames whose encoding has `latent_frames` latent frames."""
+    if ae.causal:
+        return (latent_frames - 1) * ae.temporal_factor + 1
+    return latent_frames * ae.temporal_factor
+
+
+def to_uint8(video: Tensor) -> np.ndarray:
+    """[B, 3, T, H, W] in [-1, 1] -> uint8 [B, T, H, W, 3]."""
+    return ((video.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 4, 1).cpu().numpy()
+
+
+def _encode(ae, frames: np.ndarray, device) -> Tensor:
+    """uint8 [B, F, H, W, 3] -> latents [B, C, T, h, w] (the posterior mean: a fixed reference)."""
+    video = torch.from_numpy(np.ascontiguousarray(frames)).to(device).permute(0, 4, 1, 2, 3).float() / 127.5 - 1
+    return ae.encode(video, sample=False)
+
+
+def reference_condition(
+    ae, task: str, ref: np.ndarray, ref_end: np.ndarray | None, latent_shape: tuple, v2v_frames: int, device
+) -> Tensor:
+    """The condition [B, C+1, T, h, w] of a task from uint8 references [B, F, H, W, 3]: i2v_head takes
+    the first frame, i2v_tail the last, i2v_loop the first of `ref` and the last of `ref_end` (default
+    `ref`), v2v_head / v2v_tail the frames of the first / last `v2v_frames` latent frames."""
+    b, c, lat_t, h, w = latent_shape
+    head = tail = video = None
+    if task in V2V:
+        k = min(v2v_frames, lat_t - 1)
+        n = pixel_frames(ae, k)
+        if k < 1:
+            raise ConfigError("v2v_frames", f"must be >= 1 and below the {lat_t} latent frames of the video")
+        if ref.shape[1] < n:
+            raise ConfigError("reference", f"has {ref.shape[1]} frames; {task} with {k} latent frames needs {n}")
+        given = _encode(ae, ref[:, :n] if task == "v2v_head" else ref[:, -n:], device)
+        video = given.new_zeros(b, c, lat_t, h, w)
+        if task == "v2v_head":
+            video[:, :, :k] = given[:, :, :k]
+        else:
+            video[:, :, -k:] = given[:, :, -k:]
+        head = tail = video[:, :, :1]
+    else:
+        head = _encode(ae, ref[:, :1], device)
+        tail = _encode(ae, (ref_end if ref_end is not None else ref)[:, -1:], device) if task != "i2v_head" else head
+        if task == "i2v_tail":
+            head = tail
+    return build_condition([task] * b, head, tail, lat_t, video, v2v_frames)
+
+
+@torch.no_grad()
+def generate(
+    rt,
+    model: nn.Module,
+    captions: list[str],
+    shape: tuple[int, int, int],
+    seed: int | list[int],
+    reference: np.ndarray | None = None,
+    task: str | None = None,
+    reference_end: np.ndarray | None = None,
+    v2v_frames: int = 0,
+) -> np.ndarray:
+    """Sample videos [N, T, H, W, 3] uint8 for captions at shape (frames, height, width).
+
+    seed: an int draws each batch's noise from seed + batch offset (the evaluation's streams); a list
+    gives every sample its own seed, so a sample does not depend on the batch it falls in.
+    reference: uint8 [N, H, W, 3] (an image) or [N, F, H, W, 3] (frames) for the conditioned tasks;
+    `task` defaults to i2v_head with a reference and t2v without."""
+    cfg, ae = rt.cfg, rt.ae
+    task = task or ("i2v_head" if reference is not None else "t2v")
+    if task not in TASKS:
+        raise ConfigError("task", f"unknown task {task!r}; choose from {', '.join(TASKS)}")
+    has_cond = getattr(model, "cond_in", None) is not None
+    if task != "t2v":
+        if reference is None:
+            raise ConfigError("reference", f"task {task} needs a reference image or video")
+        if not has_cond:
+            raise ConfigError("task", f"{task} needs a model with an image condition (cond_in): use an I2V stage")
+        reference = reference[:, None] if reference.ndim == 4 else reference
+        reference_end = (
+            reference_end[:, None] if reference_end is not None and reference_end.ndim == 4 else reference_end
+        )
+    frames, h, w = shape
+    lat_t = ae.latent_frames(frames) if ae.valid_num_frames(frames) else frames
+    out = []
+    bs = cfg.sample.batch_size
+    for i in range(0, len(captions), bs):
+        chunk = captions[i : i + bs]
+        t5, clip = rt.text.encode(chunk)
+        lat_shape = (len(chunk), ae.latent_channels, lat_t, h // ae.spatial_factor, w // ae.spatial_factor)
+        if isinstance(seed, int):
+            noise = torch.randn(*lat_shape, generator=torch.Generator().manual_seed(seed + i))
+        else:
+            noise = torch.stack(
+                [torch.randn(*lat_shape[1:], generator=torch.Generator().manual_seed(s)) for s in seed[i : i + bs]]
+            )
+        noise = noise.to(rt.device)
+        cond = None
+        if has_cond:
+            if task == "t2v":
+                cond = torch.zeros(len(chunk), ae.latent_channels + 1, *noise.shape[2:], device=rt.device)
+            else:
+                end = None if reference_end is None else reference_end[i : i + bs]
+                cond = reference_condition(ae, task, reference[i : i + bs], end, lat_shape, v2v_frames, rt.device)
+        latents = sample_latents(
+            model,
+            noise,
+            t5,
+            clip,
+            rt.text.empty(),
+            cfg.flow,
+            cfg.model.patch_size,
+            cfg.sample.num_steps,
+            guidance_of(cfg.sample),
+            cond=cond,
+            autocast=rt.autocast(),
+            image_task=task.startswith("i2v"),
+        )
+        out.append(to_uint8(ae.decode(latents)))
+    return np.concatenate(out)
