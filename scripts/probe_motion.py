@@ -23,10 +23,13 @@ from opensora_lite.eval.shapes import score_t2v
 from opensora_lite.models.mmdit import MMDiT, MMDiTConfig
 
 
+ONLY = ""
+
+
 def make_clip(rng, res, frames, speeds, fps=8.0, size_range=(0.3, 0.4)):
     colour = list(COLOURS)[rng.integers(6)]
     shape = SHAPES[rng.integers(3)]
-    direction = list(DIRECTIONS)[rng.integers(4)]
+    direction = ONLY or list(DIRECTIONS)[rng.integers(4)]
     speed = list(speeds)[rng.integers(len(speeds))]
     r = rng.uniform(*size_range) * res / 2
     dy, dx = DIRECTIONS[direction]
@@ -87,7 +90,10 @@ def main():
     p.add_argument("--shards", default="", help="train on these real shards through the framework's loader")
     p.add_argument("--pool", type=int, default=0, help="train on a fixed pool of this many rendered clips")
     p.add_argument("--tag", default="")
+    p.add_argument("--only", default="", help="train and evaluate one direction only (temporal coherence without text)")
     a = p.parse_args()
+    global ONLY
+    ONLY = a.only
     if a.threads:
         torch.set_num_threads(a.threads)
     dev = torch.device(a.device)
@@ -164,7 +170,7 @@ def main():
         model.eval()
         targets = []
         for colour in COLOURS:
-            for i, direction in enumerate(DIRECTIONS):
+            for i, direction in enumerate([a.only] * 4 if a.only else DIRECTIONS):
                 targets.append(dict(colour=colour, direction=direction, shape=SHAPES[i % 3], speed="fast"))
         targets = targets * 2
         t5, clip = encode([caption_for(t["colour"], t["shape"], t["direction"], t["speed"]) for t in targets])

@@ -61,6 +61,7 @@ class AutoencoderConfig:
 class TextModelConfig:
     path: Optional[str] = None  # local transformers folder; null builds `tiny` from config
     tiny: Optional[Dict[str, Any]] = None  # transformers config kwargs for a random tiny model
+    tokenizer: str = "bytes"  # tiny models only: "bytes" (ByT5) or "words" (hashed whole words)
     max_length: int = 512
     dim: int = 4096  # hidden size of the output (T5: per token; CLIP: pooled)
     dtype: str = "bf16"

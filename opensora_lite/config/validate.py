@@ -88,6 +88,11 @@ def validate_components(cfg: Config) -> None:
             bool(tm.path) != bool(tm.tiny), f"text_encoder.{name}", "set exactly one of path (local weights) or tiny"
         )
         _require(tm.max_length > 0, f"text_encoder.{name}.max_length", "must be positive")
+        _require(
+            tm.tokenizer in ("bytes", "words"),
+            f"text_encoder.{name}.tokenizer",
+            f"unknown {tm.tokenizer!r} (tiny encoders: bytes or words; real weights bring their own)",
+        )
         _require(tm.dtype in ("fp32", "bf16", "fp16"), f"text_encoder.{name}.dtype", f"unknown {tm.dtype!r}")
     d = cfg.data
     _require(d.target_fps > 0, "data.target_fps", "must be positive")

@@ -2,7 +2,7 @@
 
 Real weights load from local folders (`path`); nothing is downloaded. With `tiny` set instead, a small
 random model is built from that transformers config under a fixed seed, so every process and every
-stage sees the same encoder, with a byte-level tokenizer that needs no vocabulary file.
+stage sees the same encoder, with a tokenizer that needs no vocabulary file (bytes, or hashed words).
 """
 
 from __future__ import annotations
@@ -46,6 +46,55 @@ def _load(kind: str, cfg: TextModelConfig) -> tuple[nn.Module, object]:
     return model, tokenizer
 
 
+class WordTokenizer:
+    """Whole words (and punctuation marks) hashed into a fixed vocabulary: pad 0, eos 1, words 2...
+
+    The tiny encoders' alternative to bytes. Like a real subword tokenizer on common words, each word is
+    one token, so a caption's words keep fixed, distinct positions and embeddings (with bytes, a word's
+    bytes shift with the length of every word before it). Deterministic in every process (crc32), needs
+    no vocabulary file, takes any text; distinct words can share an id only by hash collision.
+    """
+
+    pad_token_id, eos_token_id = 0, 1
+
+    def __init__(self, vocab_size: int):
+        if vocab_size < 3:
+            raise ValueError(f"tokenizer: words needs vocab_size >= 3, got {vocab_size}")
+        self.vocab_size = vocab_size
+
+    def word_id(self, word: str) -> int:
+        import zlib
+
+        return 2 + zlib.crc32(word.lower().encode()) % (self.vocab_size - 2)
+
+    def ids(self, text: str) -> list[int]:
+        import re
+
+        return [self.word_id(w) for w in re.findall(r"\w+|[^\w\s]", text)]
+
+    def __call__(self, texts: list[str], max_length: int, **_) -> "_Ids":
+        rows = []
+        for text in texts:
+            row = self.ids(text)[: max_length - 1] + [self.eos_token_id]
+            rows.append(row + [self.pad_token_id] * (max_length - len(row)))
+        return _Ids(torch.tensor(rows, dtype=torch.long))
+
+
+class _Ids:
+    def __init__(self, input_ids: Tensor):
+        self.input_ids = input_ids
+
+
+def _tokenizer(kind: str, cfg: TextModelConfig):
+    import transformers as tf
+
+    if cfg.tokenizer == "bytes":
+        return tf.ByT5Tokenizer()
+    if cfg.tokenizer == "words":
+        return WordTokenizer(int(cfg.tiny["vocab_size"]))
+    raise ValueError(f"text_encoder.{kind}.tokenizer: {cfg.tokenizer!r} is not one of bytes, words")
+
+
 def _build(kind: str, cfg: TextModelConfig, seed: int) -> tuple[nn.Module, object]:
     import transformers as tf
 
@@ -58,9 +107,9 @@ def _build(kind: str, cfg: TextModelConfig, seed: int) -> tuple[nn.Module, objec
         if kind == "t5":
             model = tf.T5EncoderModel(tf.T5Config(**cfg.tiny))
         else:
-            # ByT5 bytes: pad 0, eos 1; CLIP pools the hidden state at the first eos token.
+            # Both tokenizers: pad 0, eos 1; CLIP pools the hidden state at the first eos token.
             model = tf.CLIPTextModel(tf.CLIPTextConfig(pad_token_id=0, eos_token_id=1, bos_token_id=0, **cfg.tiny))
-    return model.to(_DTYPES[cfg.dtype]), tf.ByT5Tokenizer()
+    return model.to(_DTYPES[cfg.dtype]), _tokenizer(kind, cfg)
 
 
 class TextEncoders(nn.Module):
