@@ -22,7 +22,6 @@ from opensora_lite.diffusion import flow
 from opensora_lite.eval.shapes import score_t2v
 from opensora_lite.models.mmdit import MMDiT, MMDiTConfig
 
-
 ONLY = ""
 
 
