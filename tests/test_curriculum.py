@@ -35,11 +35,12 @@ def test_run_directory_layout_and_metrics(mini_run):
     assert {r["stage"] for r in steps} == {"image", "t2v", "i2v"}
     for key in ("loss", "lr", "grad_norm", "samples_per_s", "tokens_per_s", "data_wait_s", "tflops_per_device"):
         assert all(r[key] is not None for r in steps), key
-    # MFU: the analytic FLOPs at each step's real shapes (one bucket per batch; 40 T5 tokens)
-    model_cfg = typed_model(compose(mini_overrides(Path("."), Path("."))))
+    # MFU: the analytic FLOPs at each step's real shapes (one bucket per batch; the T5 sequence length)
+    composed = compose(mini_overrides(Path("."), Path(".")))
+    model_cfg, text_tokens = typed_model(composed), composed.text_encoder.t5.max_length
     for r in (r for r in steps if r["stage"] == "t2v"):
         tokens = round(r["tokens_per_s"] / r["samples_per_s"])  # video tokens per sample
-        per_sample = mmdit_flops(model_cfg, tokens, 40).train
+        per_sample = mmdit_flops(model_cfg, tokens, text_tokens).train
         assert r["tflops_per_device"] * 1e12 / r["samples_per_s"] == pytest.approx(per_sample, rel=1e-6)
         assert r["mfu"] == pytest.approx(r["tflops_per_device"] / 0.002)
     # the global step runs on across stages (W&B's x axis)
