@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from opensora_lite.models.rope import norm_rope
+
 
 def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0, time_factor: float = 1000.0) -> Tensor:
     """Sinusoidal embedding of timesteps in [0, 1] (Flux convention: scaled by 1000, cos before sin)."""
@@ -58,6 +60,13 @@ class QKNorm(nn.Module):
 
     def forward(self, q: Tensor, k: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
         return self.query_norm(q).to(like.dtype), self.key_norm(k).to(like.dtype)
+
+    def with_rope(self, q: Tensor, k: Tensor, like: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor]:
+        """forward() then RoPE on both, fused into one pass each (model.fused_qk_norm_rope)."""
+        qn, kn = self.query_norm, self.key_norm
+        return norm_rope(q, qn.scale, qn.eps, cos, sin, like.dtype), norm_rope(
+            k, kn.scale, kn.eps, cos, sin, like.dtype
+        )
 
 
 @dataclass

@@ -37,6 +37,7 @@ class MMDiTConfig:
     vec_in_dim: int = 768  # CLIP pooled size
     guidance_embed: bool = False  # Flux-dev distilled guidance input; Open-Sora's video model drops it
     attention_backend: str = "auto"  # auto | sdpa | flash2 | flash3 | math
+    fused_qk_norm_rope: bool = False  # QK RMS norm and RoPE in one fp32 pass per tensor (an MFU lever)
 
     @property
     def head_dim(self) -> int:
@@ -77,10 +78,13 @@ class SelfAttention(nn.Module):
 class DoubleStreamBlock(nn.Module):
     """Text and video streams with their own weights, attending jointly over [txt, img]."""
 
-    def __init__(self, hidden: int, num_heads: int, mlp_ratio: float, qkv_bias: bool, backend: str):
+    def __init__(
+        self, hidden: int, num_heads: int, mlp_ratio: float, qkv_bias: bool, backend: str, fused: bool = False
+    ):
         super().__init__()
         mlp_hidden = int(hidden * mlp_ratio)
         self.num_heads = num_heads
+        self.fused_qk_norm_rope = fused
         for stream in ("img", "txt"):
             setattr(self, f"{stream}_mod", Modulation(hidden, double=True))
             setattr(self, f"{stream}_norm1", layer_norm(hidden))
@@ -90,19 +94,23 @@ class DoubleStreamBlock(nn.Module):
             setattr(self, f"{stream}_mlp", mlp)
         self.attn_core = AttentionCore(backend)
 
-    def _qkv(self, stream: str, x: Tensor, mod) -> tuple[Tensor, Tensor, Tensor]:
+    def _qkv(self, stream: str, x: Tensor, mod, rope: tuple[Tensor, Tensor] | None) -> tuple[Tensor, Tensor, Tensor]:
+        """q, k, v of one stream, normed; also rotated when `rope` (its slice of the tables) is given."""
         attn: SelfAttention = getattr(self, f"{stream}_attn")
         q, k, v = _split_heads(attn.qkv(mod.modulate(getattr(self, f"{stream}_norm1")(x))), self.num_heads)
-        q, k = attn.norm(q, k, v)
+        q, k = attn.norm(q, k, v) if rope is None else attn.norm.with_rope(q, k, v, *rope)
         return q, k, v
 
     def forward(self, img: Tensor, txt: Tensor, vec: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor]:
         img_mod1, img_mod2 = self.img_mod(vec)
         txt_mod1, txt_mod2 = self.txt_mod(vec)
-        img_q, img_k, img_v = self._qkv("img", img, img_mod1)
-        txt_q, txt_k, txt_v = self._qkv("txt", txt, txt_mod1)
-        q = apply_rope(torch.cat((txt_q, img_q), dim=2), cos, sin)
-        k = apply_rope(torch.cat((txt_k, img_k), dim=2), cos, sin)
+        n_txt = txt.shape[1]
+        fused = self.fused_qk_norm_rope  # tables over [txt, img]: each stream rotates with its slice
+        img_q, img_k, img_v = self._qkv("img", img, img_mod1, (cos[:, :, n_txt:], sin[:, :, n_txt:]) if fused else None)
+        txt_q, txt_k, txt_v = self._qkv("txt", txt, txt_mod1, (cos[:, :, :n_txt], sin[:, :, :n_txt]) if fused else None)
+        q, k = torch.cat((txt_q, img_q), dim=2), torch.cat((txt_k, img_k), dim=2)
+        if not fused:
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         v = torch.cat((txt_v, img_v), dim=2)
         out = rearrange(self.attn_core(q, k, v), "b h l d -> b l (h d)")
         txt_out, img_out = out[:, : txt.shape[1]], out[:, txt.shape[1] :]
@@ -117,8 +125,9 @@ class DoubleStreamBlock(nn.Module):
 class SingleStreamBlock(nn.Module):
     """One stream over [txt, img]: fused qkv+MLP-in linear, parallel attention and MLP."""
 
-    def __init__(self, hidden: int, num_heads: int, mlp_ratio: float, backend: str):
+    def __init__(self, hidden: int, num_heads: int, mlp_ratio: float, backend: str, fused: bool = False):
         super().__init__()
+        self.fused_qk_norm_rope = fused
         self.hidden = hidden
         self.num_heads = num_heads
         self.mlp_hidden = int(hidden * mlp_ratio)
@@ -134,8 +143,12 @@ class SingleStreamBlock(nn.Module):
         mod, _ = self.modulation(vec)
         qkv, mlp = torch.split(self.linear1(mod.modulate(self.pre_norm(x))), [3 * self.hidden, self.mlp_hidden], -1)
         q, k, v = _split_heads(qkv, self.num_heads)
-        q, k = self.norm(q, k, v)
-        attn = self.attn_core(apply_rope(q, cos, sin), apply_rope(k, cos, sin), v)
+        if self.fused_qk_norm_rope:
+            q, k = self.norm.with_rope(q, k, v, cos, sin)
+        else:
+            q, k = self.norm(q, k, v)
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        attn = self.attn_core(q, k, v)
         out = self.linear2(torch.cat((rearrange(attn, "b h l d -> b l (h d)"), self.mlp_act(mlp)), dim=2))
         return mod.residual(x, out)
 
@@ -169,11 +182,13 @@ class MMDiT(nn.Module):
         self.guidance_in = MLPEmbedder(256, hidden) if cfg.guidance_embed else None
         self.txt_in = nn.Linear(cfg.context_in_dim, hidden)
         self.double_blocks = nn.ModuleList(
-            DoubleStreamBlock(hidden, cfg.num_heads, cfg.mlp_ratio, cfg.qkv_bias, cfg.attention_backend)
+            DoubleStreamBlock(
+                hidden, cfg.num_heads, cfg.mlp_ratio, cfg.qkv_bias, cfg.attention_backend, cfg.fused_qk_norm_rope
+            )
             for _ in range(cfg.depth)
         )
         self.single_blocks = nn.ModuleList(
-            SingleStreamBlock(hidden, cfg.num_heads, cfg.mlp_ratio, cfg.attention_backend)
+            SingleStreamBlock(hidden, cfg.num_heads, cfg.mlp_ratio, cfg.attention_backend, cfg.fused_qk_norm_rope)
             for _ in range(cfg.depth_single_blocks)
         )
         self.final_layer = LastLayer(hidden, cfg.patch_dim)

@@ -29,12 +29,24 @@ def rope_cos_sin(ids: Tensor, axes_dim: list[int] | tuple[int, ...], theta: floa
     return angles.cos().float(), angles.sin().float()
 
 
+def _rotate(xf: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    pairs = xf.unflatten(-1, (-1, 2))
+    x0, x1 = pairs[..., 0], pairs[..., 1]
+    return torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1).flatten(-2)
+
+
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """Rotate adjacent channel pairs of x [B, H, L, D] by tables [B or 1, 1, L, D/2]."""
-    xf = x.float().unflatten(-1, (-1, 2))
-    x0, x1 = xf[..., 0], xf[..., 1]
-    out = torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1)
-    return out.flatten(-2).type_as(x)
+    return _rotate(x.float(), cos, sin).type_as(x)
+
+
+def norm_rope(x: Tensor, scale: Tensor, eps: float, cos: Tensor, sin: Tensor, dtype: torch.dtype) -> Tensor:
+    """RMS norm with a learned `scale` over the head dim, then the RoPE rotation, in one fp32 pass:
+    x [B, H, L, D] -> `dtype`. The separate path (RMSNorm, then apply_rope) casts down after the norm and
+    up again for the rotation; here q/k go up once and down once (model.fused_qk_norm_rope)."""
+    xf = x.float()
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps) * scale.float()
+    return _rotate(xf, cos, sin).to(dtype)
 
 
 def video_position_ids(t: int, h: int, w: int, device: torch.device | None = None, t_offset: int = 0) -> Tensor:

@@ -29,7 +29,7 @@ from torch import nn
 
 from opensora_lite.config.schema import ParallelConfig
 from opensora_lite.models.flux_weights import clean_key, single_process_dcp, write_safetensors
-from opensora_lite.parallel.checkpointing import apply_activation_checkpointing
+from opensora_lite.parallel.checkpointing import apply_activation_checkpointing, compile_blocks
 from opensora_lite.train.state import MODEL_DCP, MODEL_FILE, OPTIM_DCP
 
 MakeOptimizer = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
@@ -147,8 +147,7 @@ class Engine(ABC):
         if not any(p.is_meta for p in model.parameters()):  # a model built on meta gets its device at materialize()
             model = model.to(self.device)
         if self.cfg.compile:
-            for block in [*model.double_blocks, *model.single_blocks]:
-                block.compile()
+            compile_blocks(model)
         return model
 
     @abstractmethod
