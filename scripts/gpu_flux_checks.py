@@ -7,7 +7,8 @@
 2. MFU: a stack of FLUX.1-dev-width blocks (3072 hidden, 24 heads) at 256px x 33 latent frames
    (16 x 16 x 33 = 8448 video tokens + 512 T5 tokens), bf16, forward + backward timed with CUDA events.
    FLOPs from the analytic counter (models/flops.py), MFU against the device's datasheet peak. Our model
-   and diffusers' side by side, same weights, same step.
+   and diffusers' side by side, same weights, same step; ours also with each MFU switch and with both
+   (`parallel.compile`: each block compiled; `model.fused_qk_norm_rope`).
 
     python3 scripts/gpu_flux_checks.py                    # on an H100/H200: ~3 min, appends to docs/benchmarks.md
     python3 scripts/gpu_flux_checks.py --smoke --no-append  # tiny shapes on CPU: checks the script runs
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import replace
 
 import torch
 from benchlib import heading, publish, table
@@ -25,6 +27,8 @@ from fluxpair import make_inputs, pair, run_ours, run_ref
 
 from opensora_lite.models.attention import resolve_backend
 from opensora_lite.models.flops import mmdit_flops, peak_tflops
+from opensora_lite.models.mmdit import MMDiT
+from opensora_lite.parallel.checkpointing import apply_activation_checkpointing, compile_blocks
 
 PARITY_CONFIGS = [  # (double, single, heads, head_dim, axes, guidance)
     (1, 1, 2, 64, (8, 28, 28), False),
@@ -79,6 +83,23 @@ def timed_step(fn, model, x, iters, device) -> float:
     return sorted(times)[len(times) // 2]
 
 
+# our model's rows: (name, model.fused_qk_norm_rope, parallel.compile), then diffusers'
+VARIANTS = [
+    ("opensora_lite", False, False),
+    ("ours + parallel.compile", False, True),
+    ("ours + model.fused_qk_norm_rope", True, False),
+    ("ours + both", True, True),
+]
+
+
+def with_switch(cfg, state: dict, fused: bool) -> MMDiT:
+    """Our model holding `state` with model.fused_qk_norm_rope = `fused` (built on meta: no init work)."""
+    with torch.device("meta"):
+        model = MMDiT(replace(cfg, fused_qk_norm_rope=fused))
+    model.load_state_dict(state, assign=True)
+    return model
+
+
 def mfu(device, dtype, a) -> tuple[list[list[str]], str]:
     text_dim, vec_dim = (4096, 768) if not a.smoke else (64, 32)
     heads, head_dim, axes = (24, 128, (16, 56, 56)) if not a.smoke else (2, 32, (8, 12, 12))
@@ -90,14 +111,16 @@ def mfu(device, dtype, a) -> tuple[list[list[str]], str]:
     kernel = resolve_backend("auto", x["img"].new_empty(1, 1, 1, 1))
     rows = []
     results = {}
-    for name, fn, model in (("opensora_lite", run_ours, ours), ("diffusers", run_ref, ref)):
+    state = ours.state_dict()  # fp32 on the CPU; each of our rows is a fresh model holding it
+    for name, fused, compiled in [*VARIANTS, ("diffusers", None, False)]:
+        model, fn = (ref, run_ref) if fused is None else (with_switch(ours.cfg, state, fused), run_ours)
         model.to(device, dtype).train()
-        if name == "opensora_lite" and a.ac:
-            from opensora_lite.parallel.checkpointing import apply_activation_checkpointing
-
+        if fused is not None and a.ac:
             apply_activation_checkpointing(model, a.double, a.single)
+        if compiled:
+            compile_blocks(model, a.compile_backend)  # after AC, as the engine does
         seconds = timed_step(fn, model, x, a.iters, device)
-        model.to("cpu")
+        del model
         if device.type == "cuda":
             torch.cuda.empty_cache()
         results[name] = seconds
@@ -114,7 +137,8 @@ def mfu(device, dtype, a) -> tuple[list[list[str]], str]:
     shape = (
         f"{a.double} double + {a.single} single blocks at hidden {heads * head_dim}, {tokens} video "
         f"({'x'.join(map(str, a.grid))}) + {a.text_tokens} text tokens, batch 1, {dtype}, our attention kernel "
-        f"{kernel}, {flops / 1e12:.3g} TFLOPs per step (analytic), peak {peak} TFLOP/s"
+        f"{kernel}, {flops / 1e12:.3g} TFLOPs per step (analytic), peak {peak} TFLOP/s; compiled rows: each block "
+        f"on its own, backend {a.compile_backend}, the compile inside the 2 warm-up steps"
     )
     return rows, shape
 
@@ -128,6 +152,7 @@ def main() -> None:
     p.add_argument("--text-tokens", type=int, default=512)
     p.add_argument("--iters", type=int, default=5)
     p.add_argument("--ac", action="store_true", help="activation checkpointing on our model's blocks")
+    p.add_argument("--compile-backend", default="inductor", help="torch.compile backend of the compiled rows")
     p.add_argument("--no-append", action="store_true")
     a = p.parse_args()
     diffusers_logging.set_verbosity_error()  # its dtype-cast advice repeats for every model
@@ -137,6 +162,7 @@ def main() -> None:
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     if a.smoke:
         a.grid, a.text_tokens, a.iters, a.double, a.single = [2, 4, 4], 8, 1, 1, 1
+        a.compile_backend = "eager"  # inductor takes minutes on a CPU; eager still captures each block
     parity_grid, parity_text = ([3, 8, 8], 64) if not a.smoke else ([1, 2, 2], 4)
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU (smoke)"

@@ -24,7 +24,8 @@ def _script(name: str, *args: str, env: dict | None = None) -> str:
 
 def test_gpu_suite_runs_in_smoke_mode():
     """scripts/gpu_suite.sh --smoke: every part of the GPU suite on CPU at tiny shapes, nothing appended
-    (the GPU flux checks, engine step, activation checkpointing and decoding scripts with it)."""
+    (the GPU flux checks with the MFU switches, engine step, activation checkpointing, decoding,
+    autoencoder throughput and data-stall scripts with it)."""
     env = dict(os.environ, PYTHON=sys.executable, OMP_NUM_THREADS="1")
     proc = subprocess.run(
         ["bash", str(REPO / "scripts" / "gpu_suite.sh"), "--smoke"],
@@ -37,8 +38,15 @@ def test_gpu_suite_runs_in_smoke_mode():
     out = proc.stdout
     assert out.count("| 1+1 blocks") + out.count("| 2+") == 3  # three parity rows
     assert "| ratio ours/diffusers |" in out
+    assert all(f"| ours + {s} |" in out for s in ("parallel.compile", "model.fused_qk_norm_rope", "both"))
     assert re.search(r"\| fsdp2 \| 0M \| [0-9.]+ \|", out) and "AC blocks 2" in out
     assert out.count("\n| ") >= 4 and "| windowed + keyframe seek (ours) |" in out
+    for ae in ("pixel", "dc_ae", "hunyuan", "wan"):  # encode and decode rates, tiny versions of each
+        assert re.search(rf"\| {ae} \| fp32[^|]* \| \d+ -> [0-9x]+ \|( [0-9.e+]+ \| [0-9.e+]+ \| n/a \|){{2}}", out), ae
+    stalls = re.findall(
+        r"\| ([12]) \| [0-9.]+ \| \d+ \| [0-9.]+ \| ([0-9.]+) \|", out
+    )  # the real loader, 1 and 2 workers
+    assert [w for w, _ in stalls] == ["1", "2"] and all(0 <= float(f) <= 1 for _, f in stalls)
     assert "gpu_suite: all parts ran" in out
     assert "appended to" not in out
 

@@ -1,0 +1,188 @@
+#!/usr/bin/env python3
+"""Autoencoder encode/decode throughput on one GPU: every autoencoder the framework ships, at a stage-1 clip.
+
+Each config under configs/autoencoder/ is built as training would build it (its dtype, its tiling),
+with random weights at full size: the pixel space-to-depth AE, Open-Sora's Video DC-AE f32t4c128, and
+the diffusers VAEs whose default architecture is the released one (Hunyuan, Hunyuan 1.5, Wan 2.1,
+LTX-Video); a config whose geometry the default does not match (Wan 2.2) is listed as not built.
+One 256px clip of as many frames as the AE's frame rule allows up to 129 (129 for causal 1 + 4k / 1 + 8k
+AEs, 128 for DC-AE's multiples of 4), batch 1, the decoder on the GPU (no offload: this is the
+device's rate). Median of --iters timed calls after one warm-up; peak memory per call.
+
+    python3 scripts/gpu_autoencoders.py                      # H100/H200, 129 frames: appends to docs/benchmarks.md
+    python3 scripts/gpu_autoencoders.py --frames 33 --iters 2 --budget-s 35   # the suite's part
+    python3 scripts/gpu_autoencoders.py --smoke --no-append  # tiny AEs on CPU: checks the script runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import traceback
+
+import torch
+from benchlib import REPO, heading, publish, table
+from omegaconf import OmegaConf
+
+from opensora_lite.autoencoders import build_autoencoder
+from opensora_lite.autoencoders.base import frames_fit
+from opensora_lite.config.schema import AutoencoderConfig
+from opensora_lite.errors import CheckpointError
+
+CONFIGS = ["pixel", "dc_ae", "hunyuan", "hunyuan15", "wan", "wan22", "ltx"]
+# --smoke: tiny versions of the same families: the config to load, then diffusers constructor arguments
+# and the config changes that describe them
+TINY_CONFIG = {"dc_ae": "dc_ae_tiny"}
+TINY_VAE = {
+    "hunyuan": (
+        dict(
+            latent_channels=4,
+            down_block_types=("HunyuanVideoDownBlock3D",) * 3,
+            up_block_types=("HunyuanVideoUpBlock3D",) * 3,
+            block_out_channels=(8, 8, 8),
+            layers_per_block=1,
+            norm_num_groups=4,
+            spatial_compression_ratio=4,
+            mid_block_add_attention=False,
+        ),
+        dict(latent_channels=4, spatial_factor=4),
+    ),
+    "wan": (
+        dict(
+            base_dim=8, z_dim=4, dim_mult=[1, 1, 1, 1], num_res_blocks=1, latents_mean=[0.0] * 4, latents_std=[1.0] * 4
+        ),
+        dict(latent_channels=4),
+    ),
+}
+SMOKE_CONFIGS = ["pixel", "dc_ae", "hunyuan", "wan"]
+
+
+def load_config(name: str) -> AutoencoderConfig:
+    """configs/autoencoder/<name>.yaml onto the schema, with no weights path (random weights)."""
+    merged = OmegaConf.merge(
+        OmegaConf.structured(AutoencoderConfig), OmegaConf.load(REPO / "configs" / "autoencoder" / f"{name}.yaml")
+    )
+    cfg: AutoencoderConfig = OmegaConf.to_object(merged)
+    cfg.path, cfg.offload_decoder = None, False
+    return cfg
+
+
+def build(name: str, smoke: bool, device: torch.device):
+    """(autoencoder on `device`, its config), or (None, why) when the default architecture does not fit."""
+    import diffusers
+
+    from opensora_lite.autoencoders.diffusers_vae import DiffusersVideoVAE, _vae_class
+
+    cfg, kwargs = load_config(TINY_CONFIG.get(name, name) if smoke else name), {}
+    if smoke:
+        kwargs, changes = TINY_VAE.get(name, ({}, {}))
+        for key, value in changes.items():
+            setattr(cfg, key, value)
+        cfg.dtype = "fp32"
+    torch.manual_seed(0)
+    if cfg.kind in ("hunyuan", "hunyuan15", "wan", "ltx"):
+        diffusers.utils.logging.set_verbosity_error()
+        with torch.device(device):  # random init on the GPU: seconds, not a minute of CPU init
+            vae = _vae_class(cfg.kind)(**kwargs)
+        try:
+            return DiffusersVideoVAE(cfg, vae=vae).to(device), cfg
+        except CheckpointError as e:
+            return None, str(e).split(": ", 1)[-1]
+    return build_autoencoder(cfg).to(device), cfg
+
+
+def clip_frames(cfg: AutoencoderConfig, most: int) -> int:
+    """The longest clip of at most `most` frames the AE's frame rule takes."""
+    return next(n for n in range(most, 0, -1) if frames_fit(n, cfg.temporal_factor, cfg.causal))
+
+
+def timed(fn, device: torch.device, iters: int) -> tuple[float, float | None, torch.Tensor]:
+    """(median seconds, peak GiB over the calls, last output) of fn() after one warm-up call."""
+    out = fn()
+    times = []
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    for _ in range(iters):
+        start = time.perf_counter()
+        out = fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
+    return sorted(times)[len(times) // 2], peak, out
+
+
+def gib(peak: float | None) -> str:
+    return "n/a" if peak is None else f"{peak:.2f}"
+
+
+def measure(name: str, a, device: torch.device) -> list[str]:
+    ae, cfg = build(name, a.smoke, device)
+    if ae is None:
+        return [name, "not built", cfg[:90], "", "", "", "", "", ""]
+    frames = clip_frames(cfg, a.frames)
+    video = torch.rand(1, 3, frames, a.size, a.size, device=device) * 2 - 1
+    enc_s, enc_peak, latents = timed(lambda: ae.encode(video, sample=False), device, a.iters)
+    dec_s, dec_peak, _ = timed(lambda: ae.decode(latents), device, a.iters)
+    return [
+        name,
+        f"{cfg.dtype}{', tiled' if cfg.tiling else ''}",
+        f"{frames} -> {'x'.join(map(str, latents.shape[1:]))}",
+        f"{1 / enc_s:.3g}",
+        f"{frames / enc_s:.4g}",
+        gib(enc_peak),
+        f"{1 / dec_s:.3g}",
+        f"{frames / dec_s:.4g}",
+        gib(dec_peak),
+    ]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--configs", nargs="+", default=CONFIGS, help="names under configs/autoencoder/")
+    p.add_argument("--frames", type=int, default=129, help="at most this many frames (the AE's rule decides)")
+    p.add_argument("--size", type=int, default=256, help="square frame side in pixels")
+    p.add_argument("--iters", type=int, default=3)
+    p.add_argument("--budget-s", type=float, default=float("inf"), help="skip the AEs left after this many seconds")
+    p.add_argument("--smoke", action="store_true", help="tiny AEs and clips on CPU: checks that the script runs")
+    p.add_argument("--no-append", action="store_true")
+    a = p.parse_args()
+    cuda = torch.cuda.is_available() and not a.smoke
+    if not cuda and not a.smoke:
+        raise SystemExit("no CUDA device: run on a GPU machine, or pass --smoke to check the script on CPU")
+    device = torch.device("cuda" if cuda else "cpu")
+    if a.smoke:
+        a.configs, a.frames, a.size, a.iters = SMOKE_CONFIGS, 5, 16, 1
+    rows, began, failed = [], time.perf_counter(), False
+    for name in a.configs:
+        if time.perf_counter() - began > a.budget_s:  # the table still comes out inside the suite's cap
+            rows.append([name, "skipped", f"past --budget-s {a.budget_s:g}", "", "", "", "", "", ""])
+            continue
+        try:
+            rows.append(measure(name, a, device))
+        except Exception as e:  # one AE's failure (say, out of memory) leaves the others' rows
+            traceback.print_exc()
+            rows.append([name, "failed", f"{type(e).__name__}: {e}"[:90].replace("|", "/"), "", "", "", "", "", ""])
+            failed = True
+        if cuda:
+            torch.cuda.empty_cache()  # the last AE's memory back before the next
+    gpu = torch.cuda.get_device_name() if cuda else "CPU (smoke)"
+    lines = heading(f"Autoencoders on one {gpu}: encode/decode throughput", "python3 scripts/gpu_autoencoders.py")
+    lines += [
+        f"torch {torch.__version__}. One {a.size}x{a.size} clip (batch 1), random weights "
+        f"({'tiny' if a.smoke else 'full size'}), each "
+        "config's dtype and tiling, decoder on the device; median of "
+        f"{a.iters} calls after a warm-up; peak = max allocated during the calls.",
+        "",
+    ]
+    header = ["config", "dtype", "frames -> latent", "encode clips/s", "encode frames/s", "encode peak GiB"]
+    lines += table(header + ["decode clips/s", "decode frames/s", "decode peak GiB"], rows)
+    publish(lines, not a.no_append)
+    if failed:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
