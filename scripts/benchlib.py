@@ -5,6 +5,7 @@ Standard library only (bench_quickstart.py runs before anything is installed).
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import os
 import platform
@@ -57,3 +58,18 @@ def publish(lines: list[str], append: bool) -> None:
         with open(BENCHMARKS, "a") as f:
             f.write("\n" + text)
         print(f"appended to {BENCHMARKS}")
+
+
+def parse_gpu_args(p: argparse.ArgumentParser):
+    """The GPU scripts' shared tail: adds --budget-s, --smoke and --no-append, parses, and picks the
+    device (CUDA unless --smoke; without CUDA and without --smoke, one line and exit). Returns (args,
+    device). Imports torch here: the rest of this module is standard library only."""
+    import torch
+
+    p.add_argument("--budget-s", type=float, default=float("inf"), help="start no new row after this many seconds")
+    p.add_argument("--smoke", action="store_true", help="tiny shapes on CPU: checks that the script runs")
+    p.add_argument("--no-append", action="store_true")
+    a = p.parse_args()
+    if not torch.cuda.is_available() and not a.smoke:
+        raise SystemExit("no CUDA device: run on a GPU machine, or pass --smoke to check the script on CPU")
+    return a, torch.device("cpu" if a.smoke else "cuda")

@@ -22,47 +22,28 @@ import time
 import traceback
 
 import torch
-from benchlib import REPO, heading, publish, table
+from benchlib import heading, parse_gpu_args, publish, table
 from omegaconf import OmegaConf
 
 from opensora_lite.autoencoders import build_autoencoder
 from opensora_lite.autoencoders.base import frames_fit
+from opensora_lite.config import config_dir
 from opensora_lite.config.schema import AutoencoderConfig
 from opensora_lite.errors import CheckpointError
 
 CONFIGS = ["pixel", "dc_ae", "hunyuan", "hunyuan15", "wan", "wan22", "ltx"]
-# --smoke: tiny versions of the same families: the config to load, then diffusers constructor arguments
-# and the config changes that describe them
+# --smoke: tiny versions of the same families (diffusers_vae.TINY_ARCHITECTURES), the config changes that
+# describe them, and the tiny DC-AE config
+TINY_CHANGES = {"hunyuan": dict(latent_channels=4, spatial_factor=4), "wan": dict(latent_channels=4)}
+TINY_WAN_STATS = dict(latents_mean=[0.0] * 4, latents_std=[1.0] * 4)
 TINY_CONFIG = {"dc_ae": "dc_ae_tiny"}
-TINY_VAE = {
-    "hunyuan": (
-        dict(
-            latent_channels=4,
-            down_block_types=("HunyuanVideoDownBlock3D",) * 3,
-            up_block_types=("HunyuanVideoUpBlock3D",) * 3,
-            block_out_channels=(8, 8, 8),
-            layers_per_block=1,
-            norm_num_groups=4,
-            spatial_compression_ratio=4,
-            mid_block_add_attention=False,
-        ),
-        dict(latent_channels=4, spatial_factor=4),
-    ),
-    "wan": (
-        dict(
-            base_dim=8, z_dim=4, dim_mult=[1, 1, 1, 1], num_res_blocks=1, latents_mean=[0.0] * 4, latents_std=[1.0] * 4
-        ),
-        dict(latent_channels=4),
-    ),
-}
 SMOKE_CONFIGS = ["pixel", "dc_ae", "hunyuan", "wan"]
 
 
 def load_config(name: str) -> AutoencoderConfig:
     """configs/autoencoder/<name>.yaml onto the schema, with no weights path (random weights)."""
-    merged = OmegaConf.merge(
-        OmegaConf.structured(AutoencoderConfig), OmegaConf.load(REPO / "configs" / "autoencoder" / f"{name}.yaml")
-    )
+    yaml = OmegaConf.load(config_dir() / "autoencoder" / f"{name}.yaml")
+    merged = OmegaConf.merge(OmegaConf.structured(AutoencoderConfig), yaml)
     cfg: AutoencoderConfig = OmegaConf.to_object(merged)
     cfg.path, cfg.offload_decoder = None, False
     return cfg
@@ -72,19 +53,19 @@ def build(name: str, smoke: bool, device: torch.device):
     """(autoencoder on `device`, its config), or (None, why) when the default architecture does not fit."""
     import diffusers
 
-    from opensora_lite.autoencoders.diffusers_vae import DiffusersVideoVAE, _vae_class
+    from opensora_lite.autoencoders.diffusers_vae import DiffusersVideoVAE, random_vae
 
-    cfg, kwargs = load_config(TINY_CONFIG.get(name, name) if smoke else name), {}
+    cfg = load_config(TINY_CONFIG.get(name, name) if smoke else name)
     if smoke:
-        kwargs, changes = TINY_VAE.get(name, ({}, {}))
-        for key, value in changes.items():
+        for key, value in TINY_CHANGES.get(name, {}).items():
             setattr(cfg, key, value)
         cfg.dtype = "fp32"
     torch.manual_seed(0)
     if cfg.kind in ("hunyuan", "hunyuan15", "wan", "ltx"):
         diffusers.utils.logging.set_verbosity_error()
+        stats = TINY_WAN_STATS if smoke and cfg.kind == "wan" else {}
         with torch.device(device):  # random init on the GPU: seconds, not a minute of CPU init
-            vae = _vae_class(cfg.kind)(**kwargs)
+            vae = random_vae(cfg.kind, tiny=smoke, **stats)
         try:
             return DiffusersVideoVAE(cfg, vae=vae).to(device), cfg
         except CheckpointError as e:
@@ -145,14 +126,8 @@ def main() -> None:
     p.add_argument("--frames", type=int, default=129, help="at most this many frames (the AE's rule decides)")
     p.add_argument("--size", type=int, default=256, help="square frame side in pixels")
     p.add_argument("--iters", type=int, default=3)
-    p.add_argument("--budget-s", type=float, default=float("inf"), help="skip the AEs left after this many seconds")
-    p.add_argument("--smoke", action="store_true", help="tiny AEs and clips on CPU: checks that the script runs")
-    p.add_argument("--no-append", action="store_true")
-    a = p.parse_args()
-    cuda = torch.cuda.is_available() and not a.smoke
-    if not cuda and not a.smoke:
-        raise SystemExit("no CUDA device: run on a GPU machine, or pass --smoke to check the script on CPU")
-    device = torch.device("cuda" if cuda else "cpu")
+    a, device = parse_gpu_args(p)
+    cuda = device.type == "cuda"
     if a.smoke:
         a.configs, a.frames, a.size, a.iters = SMOKE_CONFIGS, 5, 16, 1
     rows, began, failed = [], time.perf_counter(), False

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 from bench_decode import make_clip
-from benchlib import heading, publish, table
+from benchlib import heading, parse_gpu_args, publish, table
 
 from opensora_lite.autoencoders.base import latent_frame_count
 from opensora_lite.data.buckets import BucketTable
@@ -96,14 +96,8 @@ def main() -> None:
     p.add_argument("--text-tokens", type=int, default=512)
     p.add_argument("--mfu", type=float, default=0.4, help="assumed MFU of the stage-1 step")
     p.add_argument("--step-ms", type=float, help="stand-in step time (default: the stage-1 step from --mfu)")
-    p.add_argument("--budget-s", type=float, default=float("inf"), help="skip the settings left after this long")
-    p.add_argument("--smoke", action="store_true", help="tiny clips on CPU: checks that the script runs")
-    p.add_argument("--no-append", action="store_true")
-    a = p.parse_args()
-    cuda = torch.cuda.is_available() and not a.smoke
-    if not cuda and not a.smoke:
-        raise SystemExit("no CUDA device: run on a GPU machine, or pass --smoke to check the script on CPU")
-    device = torch.device("cuda" if cuda else "cpu")
+    a, device = parse_gpu_args(p)
+    cuda = device.type == "cuda"
     if a.smoke:
         a.workers, a.steps, a.frames, a.resolution, a.source, a.seconds = [1, 2], 2, 9, 32, [48, 64], 0.5
         a.step_ms = a.step_ms or 20.0

@@ -76,26 +76,10 @@ VAE_CFG = {
 
 
 def tiny_vae(kind: str):
-    from diffusers import AutoencoderKLHunyuanVideo, AutoencoderKLWan
+    from opensora_lite.autoencoders.diffusers_vae import random_vae
 
     torch.manual_seed(0)
-    if kind == "wan":
-        return AutoencoderKLWan(
-            base_dim=8, z_dim=4, dim_mult=[1, 1, 1, 1], num_res_blocks=1, latents_mean=WAN_MEAN, latents_std=WAN_STD
-        )
-    return AutoencoderKLHunyuanVideo(
-        in_channels=3,
-        out_channels=3,
-        latent_channels=4,
-        down_block_types=("HunyuanVideoDownBlock3D",) * 3,
-        up_block_types=("HunyuanVideoUpBlock3D",) * 3,
-        block_out_channels=(8, 8, 8),
-        layers_per_block=1,
-        norm_num_groups=4,
-        spatial_compression_ratio=4,
-        temporal_compression_ratio=4,
-        mid_block_add_attention=False,
-    )
+    return random_vae(kind, tiny=True, **(dict(latents_mean=WAN_MEAN, latents_std=WAN_STD) if kind == "wan" else {}))
 
 
 def wrap(kind: str, vae=None, **changes):

@@ -27,6 +27,33 @@ def _vae_class(kind: str):
     return getattr(diffusers, classes[kind])
 
 
+# Tiny architectures of two families (4 latent channels, causal 4x in time; Hunyuan 4x, Wan 8x in space),
+# for tests and the benchmarks' --smoke runs
+TINY_ARCHITECTURES = {
+    "hunyuan": dict(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        down_block_types=("HunyuanVideoDownBlock3D",) * 3,
+        up_block_types=("HunyuanVideoUpBlock3D",) * 3,
+        block_out_channels=(8, 8, 8),
+        layers_per_block=1,
+        norm_num_groups=4,
+        spatial_compression_ratio=4,
+        temporal_compression_ratio=4,
+        mid_block_add_attention=False,
+    ),
+    "wan": dict(base_dim=8, z_dim=4, dim_mult=[1, 1, 1, 1], num_res_blocks=1),
+}
+
+
+def random_vae(kind: str, tiny: bool = False, **changes) -> nn.Module:
+    """A diffusers VAE of `kind` with random weights (global RNG, current default device): diffusers'
+    default architecture, which is the released one for hunyuan, hunyuan15, wan (2.1) and ltx, or a tiny
+    one of TINY_ARCHITECTURES; `changes` override constructor arguments."""
+    return _vae_class(kind)(**{**(TINY_ARCHITECTURES[kind] if tiny else {}), **changes})
+
+
 def _load(cfg: AutoencoderConfig) -> nn.Module:
     path = Path(cfg.path) if cfg.path else None
     if path is None or not path.exists():
