@@ -88,6 +88,23 @@ def test_mini_curriculum_under_torchrun(shapes_dir, tmp_path, engine):
     assert "cond_in.weight" in weights and all(torch.isfinite(v).all() for v in weights.values())
 
 
+def test_zero3_meta_init_trains_the_mini_curriculum(shapes_dir, tmp_path):
+    """deepspeed_zero3 with parallel.meta_init: each stage's model built partitioned, filled from the seed
+    (image), the previous stage's file (t2v) or that file plus a replayed cond_in (i2v), and trained."""
+    overrides = [*mini_overrides(shapes_dir, tmp_path, name="zero3_meta"), "parallel.meta_init=true"]
+    _torchrun("opensora_lite.cli.curriculum", overrides, tmp_path, "deepspeed_zero3")
+    run_dir = tmp_path / "zero3_meta"
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    inits = {r["stage"]: r["missing"] for r in rows if r.get("event") == "init"}
+    assert inits["t2v"] == [] and inits["i2v"] == ["cond_in.bias", "cond_in.weight"]
+    assert "(bfl, one tensor at a time)" in (run_dir / "logs" / "train.log").read_text()  # the partitioned path
+    for stage, steps in (("image", 4), ("t2v", 3), ("i2v", 2)):
+        summary = json.loads((run_dir / stage / "final" / "summary.json").read_text())
+        assert summary["steps"] == steps and torch.isfinite(torch.tensor(summary["final_loss"]))
+    weights = load_weights(run_dir / "i2v" / "final" / "model.safetensors")
+    assert "cond_in.weight" in weights and all(torch.isfinite(v).all() for v in weights.values())
+
+
 def test_fsdp2_stage_resumes_to_the_same_weights(shapes_dir, tmp_path):
     """slurm/stage_1node.sbatch (run by bash as a Slurm node would) trains a stage with fsdp2 and
     sharded checkpoints; interrupted after the step-2 checkpoint, the resumed run reaches bitwise the

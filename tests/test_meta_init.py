@@ -1,8 +1,9 @@
 """parallel.meta_init: fsdp2 builds the model on the meta device, shards it, and each of 2 real gloo ranks
-fills only its shards. The initial weights must be bitwise those of today's build (the whole model built
-on every rank, weights loaded, then sharded): from scratch (the init replayed from the seed), from a BFL
-file and a diffusers folder (memory-mapped row slices; an I2V model's cond_in, absent from them, zero),
-and from a DCP folder the trainer writes. Peak host memory per rank is measured by scripts/bench_meta_init.py
+fills only its shards; deepspeed_zero3 builds it partitioned (zero.Init) and fills it one parameter at a
+time. The initial weights must be bitwise those of today's build (the whole model built on every rank,
+weights loaded, then sharded): from scratch (the init replayed from the seed), from a BFL file and a
+diffusers folder (memory-mapped row slices; an I2V model's cond_in, absent from them, zero), and from a
+DCP folder the trainer writes. Peak host memory per rank is measured by scripts/bench_meta_init.py
 (test_scripts-style run below)."""
 
 from __future__ import annotations
@@ -73,6 +74,48 @@ def _rank(rank: int, port: int, folder: str) -> None:
     engine.shutdown()
 
 
+def _zero3_rank(rank: int, port: int, folder: str) -> None:
+    """deepspeed_zero3: today's build against the partitioned one, compared after one training step (so
+    the optimizer's fp32 master copies, made in prepare(), must hold the materialized values too)."""
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1")
+    os.environ["MASTER_PORT"] = str(port)
+    torch.set_num_threads(1)
+    from opensora_lite.parallel import build_engine
+
+    engine = build_engine(ParallelConfig(engine="deepspeed_zero3", meta_init=True), "cpu")
+    assert engine.builds_on_meta
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(1, 4, 3, 4, 6, generator=g)
+    inputs = (x, torch.rand(1, generator=g), torch.randn(1, 5, 16, generator=g), torch.randn(1, 8, generator=g))
+
+    def trained(model, partitioned: bool) -> dict:
+        model, opt = engine.prepare(model, lambda ps: torch.optim.AdamW(ps, lr=1e-2), 1.0)
+        if partitioned:
+            out[f"{name}/{'i2v' if i2v else 't2v'}/missing"] = engine.materialize(model, path, SEED).missing
+        engine.backward(model, (model(*inputs) - x).pow(2).mean())
+        engine.step(model, opt)
+        return engine.full_state_dict(model)
+
+    out = {}
+    for name, i2v in (("scratch", False), ("bfl", True), ("dcp", False)):
+        path = _sources_paths(Path(folder))[name]
+        torch.manual_seed(SEED)
+        model = MMDiT(tiny_mmdit(), image_condition=i2v)
+        if path is not None:
+            load_into(model, read_flux_weights(path)[0], str(path))
+        a = trained(model, False)
+        torch.manual_seed(99)  # whatever the RNG holds by then: materialize replays from the seed
+        with engine.model_context():
+            model = MMDiT(tiny_mmdit(), image_condition=i2v)
+        assert sum(p.numel() for p in model.parameters()) == 0  # placeholders: no rank holds the model
+        b = trained(model, True)
+        if rank == 0:
+            out[f"{name}/{'i2v' if i2v else 't2v'}"] = a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    if rank == 0:
+        (Path(folder) / "result.json").write_text(json.dumps(out))
+    engine.shutdown()
+
+
 def _sources_paths(folder: Path) -> dict[str, Path | None]:
     return {
         "scratch": None,
@@ -82,7 +125,8 @@ def _sources_paths(folder: Path) -> dict[str, Path | None]:
     }
 
 
-def test_meta_init_gives_todays_initial_weights_from_every_source(tmp_path, monkeypatch):
+def _two_ranks(fn, tmp_path: Path, monkeypatch) -> dict:
+    """fn(rank, port, folder) on 2 spawned ranks over the weight sources in tmp_path; rank 0's result."""
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         monkeypatch.delenv(key, raising=False)
     assert not dist.is_initialized()
@@ -90,8 +134,12 @@ def test_meta_init_gives_todays_initial_weights_from_every_source(tmp_path, monk
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    mp.start_processes(_rank, args=(port, str(tmp_path)), nprocs=2, start_method="spawn")
-    result = json.loads((tmp_path / "result.json").read_text())
+    mp.start_processes(fn, args=(port, str(tmp_path)), nprocs=2, start_method="spawn")
+    return json.loads((tmp_path / "result.json").read_text())
+
+
+def test_meta_init_gives_todays_initial_weights_from_every_source(tmp_path, monkeypatch):
+    result = _two_ranks(_rank, tmp_path, monkeypatch)
     assert len(result) == 8
     for case, r in result.items():
         assert r["same"], f"meta-device initial weights differ from today's ({case})"
@@ -124,3 +172,13 @@ def test_meta_init_lowers_each_ranks_peak_host_memory():
     model_mib = float(re.search(r"model ([0-9.]+) MiB", proc.stdout).group(1))
     # today: the whole model on each rank; meta-init: half of it, the file pages it maps, one tensor in flight
     assert above["today"] >= model_mib and above["meta-init"] < 0.8 * above["today"], proc.stdout
+
+
+def test_zero3_meta_init_gives_todays_weights_after_a_step(tmp_path, monkeypatch):
+    result = _two_ranks(_zero3_rank, tmp_path, monkeypatch)
+    assert {k: v for k, v in result.items() if "missing" not in k} == {
+        "scratch/t2v": True,
+        "bfl/i2v": True,
+        "dcp/t2v": True,
+    }
+    assert result["bfl/i2v/missing"] == ["cond_in.bias", "cond_in.weight"]  # replayed from the seed

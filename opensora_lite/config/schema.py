@@ -158,7 +158,8 @@ class ParallelConfig:
     sp_size: int = 1  # sequence parallelism: ranks per group sharing one batch, video tokens split among them
     hsdp_replicas: int = 1  # fsdp2: >1 shards within groups of world/replicas ranks, replicates across them
     # fsdp2 (several ranks): build the model on the meta device, shard it, then each rank fills only its
-    # shards (memory-mapped slices of the initial weights, or its part of a DCP checkpoint)
+    # shards (memory-mapped slices of the initial weights, or its part of a DCP checkpoint);
+    # deepspeed_zero3: build it partitioned (zero.Init), then fill it one gathered parameter at a time
     meta_init: bool = False
     param_dtype: str = "auto"  # compute dtype of the weights: auto (bf16 on GPU, fp32 on CPU) | bf16 | fp32
     # backend settings merged last: DeepSpeed config keys (deepspeed_*), Booster plugin arguments (colossalai_*)

@@ -116,6 +116,11 @@ def validate_components(cfg: Config) -> None:
         f"only fsdp2 has HSDP, not {engine}",
     )
     _require(
+        not cfg.parallel.meta_init or engine in ("fsdp2", "deepspeed_zero3"),
+        "parallel.meta_init",
+        f"only fsdp2 and deepspeed_zero3 build the model sharded, not {engine}",
+    )
+    _require(
         engine != "colossalai_zero2" or cfg.parallel.sp_size == 1,
         "parallel.sp_size",
         "colossalai_zero2 has no sequence-parallel axis; use parallel=colossalai_hybrid_sp",

@@ -259,14 +259,14 @@ class MMDiT(nn.Module):
                 done.add(key)
                 if wanted(key):
                     yield key, value
-        for name, p in self.named_parameters():
+        for name, _ in self.named_parameters():
             key = clean_key(name)
             if key in done:
                 continue
             if not key.endswith(".scale"):  # RMSNorm scales are the only other parameters
                 raise RuntimeError(f"initial_tensors does not know how {key} is initialised")
             if wanted(key):
-                yield key, torch.ones(p.shape)
+                yield key, torch.ones(self.cfg.head_dim)  # QK norm scales (also where p is a placeholder)
 
     def forward_tokens(
         self,

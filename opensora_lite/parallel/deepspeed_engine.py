@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -25,6 +26,7 @@ import torch.distributed as dist
 from torch import nn
 
 from opensora_lite.errors import CheckpointError
+from opensora_lite.models.flux_weights import NEW_IN_VIDEO, OPTIONAL, LoadReport, clean_key
 from opensora_lite.parallel.engine import Engine, MakeOptimizer, require_optimizer_state
 from opensora_lite.train.state import OPTIM_DEEPSPEED
 
@@ -57,6 +59,76 @@ class DeepSpeedEngine(Engine):
     @property
     def shards_parameters(self) -> bool:
         return self.stage == 3 and self.world_size > 1
+
+    @property
+    def builds_on_meta(self) -> bool:
+        """parallel.meta_init on ZeRO-3 with several ranks: the trainer builds the model inside
+        model_context(), where each parameter is split over the ranks as soon as its module is built, so
+        no rank ever holds the whole model; materialize() then gives it its values."""
+        return self.cfg.meta_init and self.shards_parameters
+
+    def model_context(self):
+        import deepspeed
+
+        if not self.builds_on_meta:
+            return super().model_context()
+        return deepspeed.zero.Init(config_dict_or_path=self.ds_config(0.0))  # (its dtype and ZeRO settings)
+
+    def materialize(self, model, weights: Path | None, seed: int) -> LoadReport:
+        """Values for a model built partitioned and prepared: parameter by parameter, gathered, written
+        on rank 0 (from `weights`: a BFL file or diffusers folder read one memory-mapped tensor at a
+        time, or a DCP folder that rank 0 reads whole; else, and for keys the weights may lack
+        (cond_in), the from-scratch init replayed from `seed`), and split again. Then the optimizer's
+        fp32 master partitions are refreshed from them: DeepSpeed made those in prepare(), from the
+        placeholders. From the same seed and weights, bitwise the values of today's build."""
+        import deepspeed
+
+        from opensora_lite.models.flux_weights import LazyFluxWeights, is_dcp_folder, read_flux_weights
+
+        params = {clean_key(n): p for n, p in self.unwrap(model).named_parameters()}
+        report = LoadReport(str(weights) if weights else "initialised from scratch")
+        shapes: dict[str, tuple[int, ...]] = {}
+        read = None
+        if weights is not None and is_dcp_folder(weights):
+            import torch.distributed.checkpoint as dcp
+
+            meta = dcp.FileSystemReader(str(weights)).read_metadata().state_dict_metadata
+            shapes = {clean_key(k): tuple(v.size) for k, v in meta.items() if hasattr(v, "size")}
+            if self.is_main:
+                read = read_flux_weights(weights)[0].__getitem__
+        elif weights is not None:
+            source = LazyFluxWeights(weights)
+            report.source = f"{weights} ({source.format}, one tensor at a time)"
+            shapes, read = {k: source.shape(k) for k in source.keys()}, source.read
+        for key, shape in shapes.items():
+            if key in params and shape != tuple(params[key].ds_shape):
+                raise CheckpointError(
+                    f"{weights}: {key} is {shape}, the model's {tuple(params[key].ds_shape)} "
+                    "(is the model config the one this checkpoint was trained with?)"
+                )
+        found = [k for k in params if k in shapes]
+        report.unexpected = sorted(shapes.keys() - params.keys())
+        report.missing = sorted(params.keys() - shapes.keys()) if weights is not None else []
+        fatal = [k for k in report.missing if not k.startswith(NEW_IN_VIDEO + OPTIONAL)]
+        if fatal:
+            raise CheckpointError(f"{weights}: {len(fatal)} model tensors are missing, e.g. {fatal[:3]}")
+
+        def write(key: str, value: Callable[[], torch.Tensor]) -> None:  # every rank, in one order: collective
+            with deepspeed.zero.GatheredParameters([params[key]], modifier_rank=0):
+                if self.is_main:
+                    params[key].copy_(value())
+
+        with torch.no_grad():
+            for key in found:
+                write(key, lambda key=key: read(key))
+            todo = set(report.missing) if weights is not None else set(params)
+            if todo:
+                torch.manual_seed(seed)  # the draws of the CPU build, replayed one tensor at a time
+                for key, value in self.unwrap(model).initial_tensors(todo):
+                    write(key, lambda value=value: value)
+        model.optimizer.refresh_fp32_params()
+        report.loaded = len(found)
+        return report
 
     def ds_config(self, grad_clip: float) -> dict:
         config = {

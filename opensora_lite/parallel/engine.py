@@ -15,6 +15,7 @@ the schedule sets), whatever wrapper the engine puts around it.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import subprocess
@@ -83,7 +84,8 @@ class Engine(ABC):
     # True where save_async() works: checkpoints are DCP folders (the DeepSpeed and ColossalAI engines write
     # their backend's own optimizer checkpoint, synchronously)
     writes_async = True
-    # True where the trainer builds the model on the meta device and calls materialize() after prepare()
+    # True where the trainer builds the model inside model_context() (on the meta device, or partitioned as
+    # it is built) and calls materialize() after prepare() instead of loading weights into it
     builds_on_meta = False
 
     def __init__(self, cfg: ParallelConfig, device_preference: str):
@@ -139,6 +141,11 @@ class Engine(ABC):
         if name == "auto":
             return "bf16" if self.device.type == "cuda" else "fp32"
         return name
+
+    def model_context(self):
+        """The context the trainer builds the model in: the meta device where the engine builds on meta,
+        deepspeed_zero3's partitioning construction, else none."""
+        return torch.device("meta") if self.builds_on_meta else contextlib.nullcontext()
 
     def wrap(self, model: nn.Module) -> nn.Module:
         """Prepare the model for training from outside: activation checkpointing, device, compile per block.

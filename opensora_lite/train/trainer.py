@@ -8,7 +8,6 @@ unexpected keys. The loop is the data flow of docs/design.md: batch -> encoders 
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import sys
 import time
@@ -173,8 +172,8 @@ class StageTrainer:
         cfg, stage, engine, rt = self.cfg, self.stage, self.engine, self.rt
         self.image_condition = uses_image_condition(stage)
         torch.manual_seed(cfg.run.seed * 1000 + self.index)  # model init: identical on every rank
-        meta = engine.builds_on_meta  # built on meta, sharded, then each rank fills its shards
-        with torch.device("meta") if meta else contextlib.nullcontext():
+        meta = engine.builds_on_meta  # built on meta (or partitioned), sharded, then each rank fills its shards
+        with engine.model_context():
             model = MMDiT(cfg.model, image_condition=self.image_condition)
         model.set_sequence_parallel(engine.sp)
         if engine.is_main and (leftovers := self.dir.discard_incomplete()):
@@ -185,7 +184,8 @@ class StageTrainer:
             load_into(model, ckpt["model"], str(resume))
         elif not meta:
             self._init_weights(model, None)
-        nparams = sum(p.numel() for p in model.parameters())
+        # (a ZeRO-3 parameter built partitioned holds a placeholder; ds_numel is its full size)
+        nparams = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
         model, opt = engine.prepare(
             model, lambda params: build_optimizer(params, stage.optim, engine.device), stage.optim.grad_clip
         )
