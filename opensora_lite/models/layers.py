@@ -64,9 +64,8 @@ class QKNorm(nn.Module):
     def with_rope(self, q: Tensor, k: Tensor, like: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor]:
         """forward() then RoPE on both, fused into one pass each (model.fused_qk_norm_rope)."""
         qn, kn = self.query_norm, self.key_norm
-        return norm_rope(q, qn.scale, qn.eps, cos, sin, like.dtype), norm_rope(
-            k, kn.scale, kn.eps, cos, sin, like.dtype
-        )
+        q = norm_rope(q, qn.scale, qn.eps, cos, sin, like.dtype)
+        return q, norm_rope(k, kn.scale, kn.eps, cos, sin, like.dtype)
 
 
 @dataclass
