@@ -55,8 +55,8 @@ else
 fi
 # these two stop starting new rows past their budget, so the table comes out inside the cap (--smoke
 # replaces the shapes with tiny ones)
-part "autoencoders" 45 scripts/gpu_autoencoders.py --frames 33 --iters 2 --budget-s 35
-part "data stall" 55 scripts/gpu_data_stall.py --budget-s 40
+part "autoencoders" 45 scripts/gpu_autoencoders.py --frames 33 --iters 2 --budget-s 30
+part "data stall" 55 scripts/gpu_data_stall.py --budget-s 38
 if ((${#FAILED[@]})); then
   echo "gpu_suite: failed parts: ${FAILED[*]}" >&2
   exit 1
