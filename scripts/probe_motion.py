@@ -85,7 +85,7 @@ def main():
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fresh_opt", action="store_true", help="new optimizer after image pretraining")
-    p.add_argument("--theta", type=float, default=10000.0, help="RoPE base")
+    p.add_argument("--theta", type=float, default=100.0, help="RoPE base (the tiny model's; Flux: 10000)")
     p.add_argument("--shards", default="", help="train on these real shards through the framework's loader")
     p.add_argument("--pool", type=int, default=0, help="train on a fixed pool of this many rendered clips")
     p.add_argument("--tag", default="")

@@ -127,3 +127,22 @@ def test_evaluator_calls_static_and_empty_clips_wrong():
     assert reading.colour == "red" and reading.direction == "static"
     assert read_clip(np.zeros((5, 16, 16, 3), np.uint8)).colour == "none"
     assert len(eval_prompts()) == len(COLOURS) * len(DIRECTIONS)
+
+
+@pytest.mark.parametrize("preset", ["quickstart", "mixed"])
+def test_osl_data_presets(preset):
+    """osl-data builds the quickstart's set by default (square 8-fps clips: the one bucket the tiny
+    curriculum trains and evaluates); shapes=mixed gives three aspect ratios and three frame rates."""
+    from hydra import compose, initialize_config_dir
+
+    from opensora_lite.config import config_dir, register
+
+    register()
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        cfg = compose("build_data", overrides=[] if preset == "quickstart" else ["shapes=mixed"])
+    sizes, fps = [tuple(s) for s in cfg.shapes.sizes], list(cfg.shapes.fps)
+    if preset == "quickstart":
+        assert sizes == [(64, 64)] and fps == [8.0]
+    else:
+        assert set(sizes) == {(64, 64), (48, 64), (64, 48)} and fps == [8.0, 16.0, 24.0]
+    assert cfg.shapes.num_clips == 1200 and cfg.shapes.speeds == {"slow": 0.5, "fast": 0.9}
