@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import tiny_mmdit
+from conftest import compose, mini_overrides, tiny_mmdit
 
 from opensora_lite.config.schema import ExportJobConfig, LoraConfig, ParallelConfig, StageConfig
 from opensora_lite.models.flux_reference import diffusers_forward, matching_mmdit, random_diffusers_flux
@@ -188,3 +189,54 @@ def test_lora_on_two_ranks_matches_one_process_and_resumes(kind, reference, tmp_
     if kind == "deepspeed_zero2":  # DeepSpeed's own checkpoint leaves the frozen base out too
         size = sum(f.stat().st_size for f in (tmp_path / "ckpt" / "optim_deepspeed").rglob("*model_states*"))
         assert size < 0.5 * 4 * sum(p.numel() for p in MMDiT(tiny_mmdit()).parameters())
+
+
+def test_i2v_cond_in_trains_fully_or_stays_frozen_by_config():
+    for train_cond_in in (True, False):
+        model = MMDiT(tiny_mmdit(), image_condition=True)
+        apply_lora(model, RANK, ALPHA, 0.0, ["attention"], train_cond_in=train_cond_in)
+        trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+        assert ("cond_in.weight" in trainable) == train_cond_in
+        assert all(".lora_" in n for n in trainable - {"cond_in.weight", "cond_in.bias"})
+        assert not any("img_mlp" in n for n in trainable)  # attention only: the MLPs keep no adapters
+
+
+def test_curriculum_full_then_lora_then_full_with_exact_lora_resume(shapes_dir, tmp_path):
+    """image (full) -> t2v (LoRA, mid-stage checkpoints) -> i2v (full, from the merged t2v model); then the
+    t2v stage interrupted after its step-1 checkpoint resumes to bitwise the same adapters and weights."""
+    from opensora_lite.cli.curriculum import run
+
+    overrides = mini_overrides(shapes_dir, tmp_path) + [
+        "curriculum.stages.image.evaluate=false",
+        "curriculum.stages.i2v.evaluate=false",
+        "curriculum.stages.t2v.lora.rank=4",
+        "curriculum.stages.t2v.lora.alpha=4",
+        "curriculum.stages.t2v.checkpoint_every=1",
+    ]
+    run(compose(overrides))
+    stage = tmp_path / "mini" / "t2v"
+    ckpt = stage / "checkpoints" / "step_00000001"
+    assert (ckpt / ADAPTER_FILE).is_file() and not (ckpt / "model.safetensors").exists()
+    image = load_weights(tmp_path / "mini" / "image" / "final" / "model.safetensors")
+    merged = load_weights(stage / "final" / "model.safetensors")
+    assert merged.keys() == image.keys()  # plain BFL names: the next stage, osl-sample and osl-export read it
+    adapters = load_weights(stage / "final" / ADAPTER_FILE)
+    assert sum(v.numel() for v in adapters.values()) < 0.5 * sum(v.numel() for v in image.values())
+    moved = [k for k in image if not torch.equal(image[k], merged[k])]
+    assert moved and all(".img_attn." in k or ".txt_attn." in k or "mlp" in k or "linear" in k for k in moved)
+    assert (tmp_path / "mini" / "i2v" / "final" / "model.safetensors").is_file()  # full stage after LoRA
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tmp_path / "mini", copy / "mini")
+    shutil.rmtree(copy / "mini" / "t2v" / "final")
+    shutil.rmtree(copy / "mini" / "t2v" / "checkpoints" / "step_00000002")
+    resumed = run(
+        compose(
+            mini_overrides(shapes_dir, copy) + overrides[len(mini_overrides(shapes_dir, copy)) :] + ["run.stage=t2v"]
+        )
+    )
+    assert resumed[0].resumed_from == 1
+    again = load_weights(copy / "mini" / "t2v" / "final" / ADAPTER_FILE)
+    assert all(torch.equal(adapters[k], again[k]) for k in adapters), "the resumed LoRA stage diverged"
+    again = load_weights(copy / "mini" / "t2v" / "final" / "model.safetensors")
+    assert all(torch.equal(merged[k], again[k]) for k in merged)
