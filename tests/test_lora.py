@@ -18,7 +18,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import compose, mini_overrides, tiny_mmdit
+from conftest import compose, mini_overrides, tiny_mmdit, typed
 
 from opensora_lite.config.schema import ExportJobConfig, LoraConfig, ParallelConfig, StageConfig
 from opensora_lite.models.flux_reference import diffusers_forward, matching_mmdit, random_diffusers_flux
@@ -241,3 +241,22 @@ def test_curriculum_full_then_lora_then_full_with_exact_lora_resume(shapes_dir, 
     assert all(torch.equal(adapters[k], again[k]) for k in adapters), "the resumed LoRA stage diverged"
     again = load_weights(copy / "mini" / "t2v" / "final" / "model.safetensors")
     assert all(torch.equal(merged[k], again[k]) for k in merged)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key", "says"),
+    [
+        (["parallel=colossalai_zero2"], "lora.rank", "LoRA is not supported with parallel=colossalai_zero2"),
+        (["curriculum.stages.t2v.lora.targets=[attention,'mlp[']"], "lora.targets", "neither a group"),
+        (["curriculum.stages.t2v.lora.rank=-1"], "lora.rank", "must be >= 0"),
+        (["curriculum.stages.t2v.ema_decay=0.9"], "lora.rank", "EMA of the adapters"),
+        (["parallel=fsdp2", "curriculum.stages.t2v.lora.base_dtype=bf16"], "lora.base_dtype", "single | ddp"),
+    ],
+)
+def test_lora_settings_it_cannot_run_are_one_config_error(overrides, key, says):
+    from opensora_lite.config import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        typed(["curriculum=tiny", "curriculum.stages.t2v.lora.rank=4", *overrides])
+    assert info.value.key == f"curriculum.stages.t2v.{key}" and says in str(info.value)
+    assert "\n" not in str(info.value)
