@@ -28,7 +28,7 @@ from opensora_lite.models.rope import video_position_ids
 from opensora_lite.train.state import ADAPTER_FILE, load_weights, save_weights
 
 RANK, ALPHA = 4, 8.0
-ALL = ["attention", "mlp", "modulation"]
+ALL = ["attention", "mlp", "modulation", "final_layer[.]adaLN_modulation[.]1"]  # + the (shift, scale) swap
 
 
 @pytest.fixture(scope="module")
@@ -260,3 +260,16 @@ def test_lora_settings_it_cannot_run_are_one_config_error(overrides, key, says):
         typed(["curriculum=tiny", "curriculum.stages.t2v.lora.rank=4", *overrides])
     assert info.value.key == f"curriculum.stages.t2v.{key}" and says in str(info.value)
     assert "\n" not in str(info.value)
+
+
+def test_tiny_lora_experiment_teaches_a_colour_the_base_data_lacks():
+    import numpy as np
+
+    from opensora_lite.data.synthetic import COLOURS, ShapesConfig, render_clip
+
+    cfg = typed(["experiment=tiny_lora"])
+    stage = cfg.curriculum.stages["orange"]
+    assert stage.lora.rank == 8 and stage.init == "runs/tiny_cpu/hires" and cfg.data.shards == "data/shapes_orange"
+    assert "orange" not in COLOURS  # the tiny curriculum's data, prompts and evaluation never show it
+    frames, meta = render_clip(np.random.default_rng(0), ShapesConfig(colours=["orange"]))
+    assert meta["colour"] == "orange" and "orange" in meta["caption"]
