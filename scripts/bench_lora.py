@@ -23,13 +23,7 @@ import subprocess
 import sys
 import time
 
-from benchlib import heading, publish, table
-
-
-def _rss_mib() -> float:
-    with open("/proc/self/statm") as f:
-        pages = int(f.read().split()[1])
-    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+from benchlib import heading, mmdit_config, publish, rss_mib, table
 
 
 def child(a) -> None:
@@ -38,27 +32,16 @@ def child(a) -> None:
 
     from opensora_lite.config.schema import OptimConfig
     from opensora_lite.models.lora import apply_lora
-    from opensora_lite.models.mmdit import MMDiT, MMDiTConfig
+    from opensora_lite.models.mmdit import MMDiT
     from opensora_lite.train.optim import build_optimizer
 
-    head_dim = a.hidden // a.heads
-    rope_t = head_dim // 8
-    cfg = MMDiTConfig(
-        hidden_size=a.hidden,
-        num_heads=a.heads,
-        depth=a.double,
-        depth_single_blocks=a.single,
-        axes_dim=[rope_t, (head_dim - rope_t) // 2, (head_dim - rope_t) // 2],
-        context_in_dim=a.text_dim,
-        vec_in_dim=a.vec_dim,
-        attention_backend="sdpa",
-    )
+    cfg = mmdit_config(a.hidden, a.heads, a.double, a.single, a.text_dim, a.vec_dim)
     t, h, w = a.grid
     g = torch.Generator().manual_seed(0)
     x = torch.randn(a.batch, 16, t, 2 * h, 2 * w, generator=g)
     txt = torch.randn(a.batch, a.text_tokens, a.text_dim, generator=g)
     y, ts = torch.randn(a.batch, a.vec_dim, generator=g), torch.rand(a.batch, generator=g)
-    base = _rss_mib()
+    base = rss_mib()
     torch.manual_seed(0)
     model = MMDiT(cfg)
     if a.lora_rank:

@@ -8,17 +8,13 @@
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
-import socket
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
-from conftest import compose, mini_overrides, tiny_mmdit, typed
+from conftest import compose, mini_overrides, tiny_mmdit, two_ranks, typed
 
 from opensora_lite.config.schema import ExportJobConfig, LoraConfig, ParallelConfig, StageConfig
 from opensora_lite.models.flux_reference import diffusers_forward, matching_mmdit, random_diffusers_flux
@@ -136,24 +132,11 @@ def _train(kind: str, first: int, last: int, load: str | None, save: str | None)
     return losses  # the process group stays for the next job of these processes (DeepSpeed keeps its groups)
 
 
-def _rank_main(rank: int, world: int, port: int, out: str, kind: str, jobs: list[tuple]) -> None:
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
+def _jobs(kind: str, jobs: list[tuple]) -> list[list[float]]:
     losses = [_train(kind, *args) for args in jobs]  # one after another in the same processes (a fresh engine each)
     dist.barrier()
     dist.destroy_process_group()
-    if rank == 0:
-        Path(out).write_text(json.dumps(losses))
-
-
-def _two_ranks(tmp_path: Path, kind: str, *jobs: tuple) -> list[list[float]]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    out = tmp_path / f"losses-{port}.json"
-    mp.start_processes(_rank_main, args=(2, port, str(out), kind, list(jobs)), nprocs=2, start_method="spawn")
-    return json.loads(out.read_text())
+    return losses
 
 
 @pytest.fixture(autouse=True)
@@ -184,7 +167,7 @@ def test_single_process_lora_checkpoint_is_small_and_resumes_exactly(reference):
 def test_lora_on_two_ranks_matches_one_process_and_resumes(kind, reference, tmp_path):
     ref, _ = reference
     ckpt = str(tmp_path / "ckpt")
-    run, resumed = _two_ranks(tmp_path, kind, (0, STEPS, None, ckpt), (SAVE_AT, STEPS, ckpt, None))
+    run, resumed = two_ranks(_jobs, tmp_path, kind, [(0, STEPS, None, ckpt), (SAVE_AT, STEPS, ckpt, None)])
     assert run == pytest.approx(ref, rel=1e-5)
     assert resumed == pytest.approx(run[SAVE_AT:], rel=1e-5)
     if kind == "deepspeed_zero2":  # DeepSpeed's own checkpoint leaves the frozen base out too
