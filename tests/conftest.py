@@ -51,6 +51,16 @@ def tiny_mmdit(**changes):
 BIN = Path(sys.executable).parent
 
 
+@pytest.fixture
+def single_process_env(monkeypatch):
+    """A test that is the single process (its spawned ranks set their own environment)."""
+    import torch.distributed as dist
+
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(key, raising=False)
+    assert not dist.is_initialized()
+
+
 def _spawned(rank: int, main, port: int, out: str, args: tuple) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank))
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))

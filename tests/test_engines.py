@@ -19,7 +19,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
 from conftest import tiny_mmdit, two_ranks
 
 from opensora_lite.config.schema import ParallelConfig
@@ -111,11 +110,7 @@ def _two_ranks(tmp_path: Path, kind: str, *args) -> list[float]:
     return two_ranks(_rank_main, tmp_path, kind, args)
 
 
-@pytest.fixture(autouse=True)
-def _single_process_env(monkeypatch):
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
-        monkeypatch.delenv(key, raising=False)
-    assert not dist.is_initialized()
+pytestmark = pytest.mark.usefixtures("single_process_env")
 
 
 @pytest.fixture(scope="module")

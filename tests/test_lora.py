@@ -139,11 +139,7 @@ def _jobs(kind: str, jobs: list[tuple]) -> list[list[float]]:
     return losses
 
 
-@pytest.fixture(autouse=True)
-def _single_process_env(monkeypatch):
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
-        monkeypatch.delenv(key, raising=False)
-    assert not dist.is_initialized()
+pytestmark = pytest.mark.usefixtures("single_process_env")
 
 
 @pytest.fixture(scope="module")
