@@ -230,6 +230,7 @@ def test_curriculum_full_then_lora_then_full_with_exact_lora_resume(shapes_dir, 
         (["curriculum.stages.t2v.lora.rank=-1"], "lora.rank", "must be >= 0"),
         (["curriculum.stages.t2v.ema_decay=0.9"], "lora.rank", "EMA of the adapters"),
         (["parallel=fsdp2", "curriculum.stages.t2v.lora.base_dtype=bf16"], "lora.base_dtype", "single | ddp"),
+        (["run.dtype=fp32", "curriculum.stages.t2v.lora.base_dtype=bf16"], "lora.base_dtype", "run.dtype=bf16"),
     ],
 )
 def test_lora_settings_it_cannot_run_are_one_config_error(overrides, key, says):

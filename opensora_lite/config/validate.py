@@ -241,6 +241,11 @@ def validate_lora(cfg: Config, key: str, stage: StageConfig) -> None:
         f"{key}.base_dtype",
         f"bf16 base weights are for single | ddp (parallel={engine} keeps fp32 masters; its param_dtype sets compute)",
     )
+    _require(
+        not (lora.base_dtype == "bf16" and cfg.run.dtype != "bf16"),
+        f"{key}.base_dtype",
+        f"bf16 base weights need bf16 autocast (run.dtype=bf16; it is {cfg.run.dtype})",
+    )
 
 
 ASYNC_CHECKPOINT_ENGINES = ("single", "ddp", "fsdp2")  # their checkpoints are DCP folders
