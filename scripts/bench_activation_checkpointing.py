@@ -15,40 +15,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import subprocess
 import sys
 import time
 
-from benchlib import heading, publish, table
-
-
-def _rss_mib() -> float:
-    with open("/proc/self/statm") as f:
-        pages = int(f.read().split()[1])
-    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+from benchlib import heading, mmdit_config, publish, rss_mib, table
 
 
 def child(a) -> None:
     import torch
 
-    from opensora_lite.models.mmdit import MMDiT, MMDiTConfig
+    from opensora_lite.models.mmdit import MMDiT
     from opensora_lite.parallel.checkpointing import apply_activation_checkpointing
 
-    head_dim = a.hidden // a.heads
-    rope_t = head_dim // 8
-    cfg = MMDiTConfig(
-        latent_channels=16,
-        hidden_size=a.hidden,
-        num_heads=a.heads,
-        depth=a.double,
-        depth_single_blocks=a.single,
-        axes_dim=[rope_t, (head_dim - rope_t) // 2, (head_dim - rope_t) // 2],
-        context_in_dim=a.text_dim,
-        vec_in_dim=64,
-        attention_backend="sdpa",
-    )
+    cfg = mmdit_config(a.hidden, a.heads, a.double, a.single, a.text_dim, 64)
     torch.manual_seed(0)
     model = MMDiT(cfg)
     wrapped = apply_activation_checkpointing(model, a.ac_double, a.ac_single)
@@ -58,7 +39,7 @@ def child(a) -> None:
     y, ts = torch.randn(a.batch, 64), torch.rand(a.batch)
     for p in model.parameters():  # gradient buffers exist before the baseline: only activations differ
         p.grad = torch.zeros_like(p)
-    base = _rss_mib()
+    base = rss_mib()
     start = time.perf_counter()
     model(x, ts, txt, y).pow(2).mean().backward()
     seconds = time.perf_counter() - start

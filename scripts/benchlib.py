@@ -60,6 +60,33 @@ def publish(lines: list[str], append: bool) -> None:
         print(f"appended to {BENCHMARKS}")
 
 
+def rss_mib() -> float:
+    """This process's resident memory now, MiB."""
+    with open("/proc/self/statm") as f:
+        pages = int(f.read().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def mmdit_config(hidden: int, heads: int, double: int, single: int, text_dim: int, vec_dim: int):
+    """A benchmark MMDiT (16 latent channels, SDPA) with Flux's RoPE proportions (1/8 of a head on time).
+    Imports opensora_lite here: the rest of this module is standard library only."""
+    from opensora_lite.models.mmdit import MMDiTConfig
+
+    head_dim = hidden // heads
+    rope_t = head_dim // 8
+    return MMDiTConfig(
+        latent_channels=16,
+        hidden_size=hidden,
+        num_heads=heads,
+        depth=double,
+        depth_single_blocks=single,
+        axes_dim=[rope_t, (head_dim - rope_t) // 2, (head_dim - rope_t) // 2],
+        context_in_dim=text_dim,
+        vec_in_dim=vec_dim,
+        attention_backend="sdpa",
+    )
+
+
 def parse_gpu_args(p: argparse.ArgumentParser):
     """The GPU scripts' shared tail: adds --budget-s, --smoke and --no-append, parses, and picks the
     device (CUDA unless --smoke; without CUDA and without --smoke, one line and exit). Returns (args,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -48,6 +49,39 @@ def tiny_mmdit(**changes):
 
 
 BIN = Path(sys.executable).parent
+
+
+@pytest.fixture
+def single_process_env(monkeypatch):
+    """A test that is the single process (its spawned ranks set their own environment)."""
+    import torch.distributed as dist
+
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(key, raising=False)
+    assert not dist.is_initialized()
+
+
+def _spawned(rank: int, main, port: int, out: str, args: tuple) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank))
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    result = main(*args)
+    if rank == 0:
+        Path(out).write_text(json.dumps(result))
+
+
+def two_ranks(main, tmp_path: Path, *args):
+    """main(*args) on 2 spawned processes (torchrun's environment, a free port); rank 0's result (JSON)."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / f"result-{port}.json"
+    mp.start_processes(_spawned, args=(main, port, str(out), args), nprocs=2, start_method="spawn")
+    return json.loads(out.read_text())
 
 
 def compose(overrides: list[str] | None = None, config_name: str = "config"):

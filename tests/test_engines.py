@@ -14,17 +14,12 @@ the reference than the reference's own first-step change, so a broken reduction 
 
 from __future__ import annotations
 
-import json
-import os
-import socket
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
-from conftest import tiny_mmdit
+from conftest import tiny_mmdit, two_ranks
 
 from opensora_lite.config.schema import ParallelConfig
 from opensora_lite.models.flux_weights import load_into, read_flux_weights
@@ -102,34 +97,20 @@ def _train(
     return losses
 
 
-def _rank_main(rank: int, world: int, port: int, out: str, kind: str, args: tuple) -> None:
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
+def _rank_main(kind: str, args: tuple) -> list[float]:
     if kind.startswith("colossalai"):
         sys.path.insert(0, str(SHIM))
         import sitecustomize
 
         sitecustomize.install()
-    losses = _train(kind, *args)
-    if rank == 0:
-        Path(out).write_text(json.dumps(losses))
+    return _train(kind, *args)
 
 
 def _two_ranks(tmp_path: Path, kind: str, *args) -> list[float]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    out = tmp_path / f"losses-{port}.json"
-    mp.start_processes(_rank_main, args=(2, port, str(out), kind, args), nprocs=2, start_method="spawn")
-    return json.loads(out.read_text())
+    return two_ranks(_rank_main, tmp_path, kind, args)
 
 
-@pytest.fixture(autouse=True)
-def _single_process_env(monkeypatch):
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
-        monkeypatch.delenv(key, raising=False)
-    assert not dist.is_initialized()
+pytestmark = pytest.mark.usefixtures("single_process_env")
 
 
 @pytest.fixture(scope="module")

@@ -71,6 +71,13 @@ def test_step_time_and_checkpointing_benchmarks_run():
     assert out.count("\n| ") == 6  # header + five settings
 
 
+def test_lora_benchmark_runs():
+    out = _script(
+        "bench_lora.py", "--hidden", "64", "--heads", "2", "--text-dim", "32", "--vec-dim", "16", "--ranks", "4"
+    )
+    assert "| full |" in out and "| LoRA rank 4 |" in out
+
+
 def test_gpu_engine_step_script_runs_in_smoke_mode():
     """Both engines the GPU measurement compares step through the engine interface (ColossalAI with the
     CPU shim of tests/colossalai_cpu)."""

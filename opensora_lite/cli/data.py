@@ -18,7 +18,7 @@ from opensora_lite.cli.common import hydra_entry
 from opensora_lite.config import ConfigError
 from opensora_lite.config.schema import BuildDataConfig
 from opensora_lite.data.ingest import list_folder, read_index, write_shards
-from opensora_lite.data.synthetic import write_shapes_shards
+from opensora_lite.data.synthetic import COLOURS, NEW_COLOURS, write_shapes_shards
 from opensora_lite.errors import DataError
 
 
@@ -27,6 +27,10 @@ def main(cfg: DictConfig) -> None:
     job: BuildDataConfig = OmegaConf.to_object(cfg)
     if job.kind not in ("shapes", "videos"):
         raise ConfigError("kind", f"unknown dataset kind {job.kind!r} (shapes | videos)")
+    known = [*COLOURS, *NEW_COLOURS]
+    unknown = [c for c in job.shapes.colours if c not in known]
+    if job.kind == "shapes" and (unknown or not job.shapes.colours):
+        raise ConfigError("shapes.colours", f"{list(job.shapes.colours)}: choose from {known}")
     if job.kind == "videos" and not job.videos.source:
         raise ConfigError("videos.source", "give a folder of videos or a .csv/.parquet index")
     out = Path(job.out)

@@ -3,6 +3,7 @@
 osl-export checkpoint=runs/tiny_cpu/hires out=exports/tiny            # BFL file + diffusers folder
 osl-export checkpoint=runs/os2/hires_768px out=exports/os2 formats=[bfl] ema=true
 osl-export checkpoint=runs/os2/hires_768px out=exports/os2 formats=[opensora]  # Open-Sora 2.0's layout
+osl-export checkpoint=runs/tiny_cpu/lora out=exports/lora formats=[lora]       # a LoRA stage's adapters
 """
 
 from __future__ import annotations
@@ -22,10 +23,12 @@ from opensora_lite.models.flux_export import (
     write_diffusers_folder,
 )
 from opensora_lite.models.flux_weights import read_flux_weights, write_safetensors
+from opensora_lite.models.lora import adapter_hidden_size, adapters_to_diffusers, lora_scale, read_adapters
 from opensora_lite.models.opensora_convert import bfl_to_opensora
-from opensora_lite.train.state import resolve_weights_path
+from opensora_lite.train.state import resolve_adapters_path, resolve_weights_path
 
-FORMATS = ("bfl", "diffusers", "opensora")
+FORMATS = ("bfl", "diffusers", "opensora", "lora")
+LORA_FILE = "pytorch_lora_weights.safetensors"  # the name diffusers' load_lora_weights looks for
 
 
 def _run_axes(weights: Path) -> list[int] | None:
@@ -37,19 +40,37 @@ def _run_axes(weights: Path) -> list[int] | None:
     return None
 
 
-def write_opensora_file(state: dict, path: Path) -> Path:
-    """Open-Sora 2.0's single file (fused_qkv=False, Liger RoPE rows), written whole, then renamed."""
+def write_whole(state: dict, path: Path, naming: str) -> Path:
+    """One safetensors file (Open-Sora 2.0's layout, diffusers LoRA adapters), written whole, then renamed."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".tmp-{path.name}")
-    write_safetensors(state, tmp, {"format": "pt", "naming": "opensora-2.0"})
+    write_safetensors(state, tmp, {"format": "pt", "naming": naming})
     tmp.replace(path)
     return path
+
+
+def export_lora(job: ExportJobConfig) -> Path:
+    """A LoRA stage's adapters in diffusers/peft LoRA names (`<out>/lora/pytorch_lora_weights.safetensors`),
+    for FluxTransformer2DModel.load_lora_adapter or a Flux pipeline's load_lora_weights."""
+    path = resolve_adapters_path(job.checkpoint)
+    adapters, meta = read_adapters(path)
+    scale = lora_scale(int(meta["lora_rank"]), float(meta["lora_alpha"]))
+    state, left = adapters_to_diffusers(adapters, scale, adapter_hidden_size(adapters))
+    if left:
+        print(f"left out {len(left)} trained tensors diffusers' LoRA has no place for: {', '.join(left)}")
+    target = Path(job.out) / "lora" / LORA_FILE
+    tensors = {k: v.to(DTYPES[job.dtype]) for k, v in state.items()}
+    write_whole(tensors, target, "diffusers-flux-lora")
+    print(f"read {len(adapters)} adapter tensors from {path} (rank {meta['lora_rank']}, alpha {meta['lora_alpha']})")
+    return target
 
 
 def export(job: ExportJobConfig) -> list[Path]:
     unknown = sorted(set(job.formats) - set(FORMATS))
     if unknown or not job.formats:
         raise ConfigError("formats", f"{list(job.formats)}: choose one or more of {list(FORMATS)}")
+    if job.formats == ["lora"]:
+        return [export_lora(job)]
     weights = resolve_weights_path(job.checkpoint, ema=job.ema, latest=True)
     state, fmt = read_flux_weights(weights)
     print(f"read {len(state)} tensors from {weights} ({fmt})")
@@ -64,11 +85,13 @@ def export(job: ExportJobConfig) -> list[Path]:
         written.append(write_diffusers_folder(tensors, out / "transformer", arch))
     if "opensora" in job.formats:  # Open-Sora 2.0's MMDiT keeps the I2V input
         full = {k: v.detach().to("cpu", DTYPES[job.dtype]) for k, v in state.items()}
-        written.append(write_opensora_file(bfl_to_opensora(full), out / f"{job.name}_opensora.safetensors"))
+        written.append(write_whole(bfl_to_opensora(full), out / f"{job.name}_opensora.safetensors", "opensora-2.0"))
     summary = (
         f"{arch.depth} double + {arch.depth_single_blocks} single blocks, hidden {arch.hidden_size}, "
         f"{arch.num_heads} heads, guidance {arch.guidance_embed}, {job.dtype}"
     )
+    if "lora" in job.formats:
+        written.append(export_lora(job))
     for path in written:
         print(f"wrote {path} ({summary})")
     return written

@@ -111,6 +111,21 @@ class OptimConfig:
 
 
 @dataclass
+class LoraConfig:
+    """LoRA on the MMDiT's linears (docs/lora.md): rank 0 trains the full model."""
+
+    rank: int = 0  # 0: full training; > 0: only the adapters (and cond_in, if train_cond_in) train
+    alpha: float = 16.0  # the adapters' output is scaled by alpha / rank
+    dropout: float = 0.0  # on the adapters' input
+    # groups: attention (q/k/v + output projections; single blocks' linear1/linear2), mlp, modulation;
+    # or regular expressions matched against whole BFL module names (e.g. "double_blocks[.]0[.]img_attn[.]qkv")
+    targets: List[str] = field(default_factory=lambda: ["attention", "mlp"])
+    train_cond_in: bool = True  # an I2V stage trains cond_in fully (true) or keeps it frozen (false)
+    # the frozen base weights: auto (bf16 on a GPU with run.dtype=bf16 under single/ddp, else fp32) | fp32 | bf16
+    base_dtype: str = "auto"
+
+
+@dataclass
 class StageConfig:
     """One stage of a curriculum: the training loop's settings for a span of steps."""
 
@@ -139,6 +154,7 @@ class StageConfig:
     # validation during training: every this many steps, sample the fixed prompts / seeds / I2V references of
     # the end-of-stage evaluation (EMA weights when EMA is on) and log its metrics; 0 disables
     validate_every: int = 0
+    lora: LoraConfig = field(default_factory=LoraConfig)
 
 
 @dataclass
@@ -328,7 +344,7 @@ class ExportJobConfig:
 
     checkpoint: str = "???"  # stage dir, checkpoint folder, model .safetensors or a sharded DCP folder
     out: str = "???"  # folder to write into: <out>/<name>.safetensors (BFL), <out>/transformer/ (diffusers)
-    formats: List[str] = field(default_factory=lambda: ["bfl", "diffusers"])  # and/or opensora
+    formats: List[str] = field(default_factory=lambda: ["bfl", "diffusers"])  # and/or opensora, lora (adapters)
     name: str = "flux_video"
     dtype: str = "bf16"  # bf16 | fp16 | fp32
     ema: bool = False  # export the EMA weights

@@ -201,6 +201,51 @@ def validate_stage(cfg: Config, name: str, stage: StageConfig, first: bool) -> N
     _require(len(o.betas) == 2, f"{key}.optim.betas", "needs two values")
     _require(0 <= stage.ema_decay < 1, f"{key}.ema_decay", "must be in [0, 1)")
     _require(stage.keep_checkpoints >= 1, f"{key}.keep_checkpoints", "must be >= 1")
+    if stage.lora.rank:
+        validate_lora(cfg, key, stage)
+
+
+LORA_ENGINES = ("single", "ddp", "fsdp2", "deepspeed_zero2")
+
+
+def validate_lora(cfg: Config, key: str, stage: StageConfig) -> None:
+    """stage.lora with rank > 0: its settings, and what LoRA does not run with (one line each)."""
+    import re
+
+    from opensora_lite.models.lora import GROUPS
+
+    lora, key = stage.lora, f"{key}.lora"
+    _require(lora.rank > 0, f"{key}.rank", "must be >= 0 (0: full training)")
+    _require(lora.alpha > 0, f"{key}.alpha", "must be positive")
+    _require(0 <= lora.dropout < 1, f"{key}.dropout", "must be in [0, 1)")
+    _require(len(lora.targets) > 0, f"{key}.targets", f"needs at least one of {list(GROUPS)} or a module-name pattern")
+    for target in lora.targets:
+        if target not in GROUPS:
+            try:
+                re.compile(target)
+            except re.error as exc:
+                raise ConfigError(
+                    f"{key}.targets", f"{target!r} is neither a group {list(GROUPS)} nor a regex ({exc})"
+                ) from None
+    _require(lora.base_dtype in ("auto", "fp32", "bf16"), f"{key}.base_dtype", "auto | fp32 | bf16")
+    engine = cfg.parallel.engine
+    _require(
+        engine in LORA_ENGINES,
+        f"{key}.rank",
+        f"LoRA is not supported with parallel={engine}; use one of {' | '.join(LORA_ENGINES)}",
+    )
+    _require(not cfg.parallel.meta_init, f"{key}.rank", "LoRA stages do not build on meta (parallel.meta_init=false)")
+    _require(stage.ema_decay == 0, f"{key}.rank", "EMA of the adapters is not supported yet (ema_decay=0)")
+    _require(
+        not (lora.base_dtype == "bf16" and engine not in ("single", "ddp")),
+        f"{key}.base_dtype",
+        f"bf16 base weights are for single | ddp (parallel={engine} keeps fp32 masters; its param_dtype sets compute)",
+    )
+    _require(
+        not (lora.base_dtype == "bf16" and cfg.run.dtype != "bf16"),
+        f"{key}.base_dtype",
+        f"bf16 base weights need bf16 autocast (run.dtype=bf16; it is {cfg.run.dtype})",
+    )
 
 
 ASYNC_CHECKPOINT_ENGINES = ("single", "ddp", "fsdp2")  # their checkpoints are DCP folders

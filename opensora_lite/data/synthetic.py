@@ -24,6 +24,9 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "magenta": (215, 45, 215),
     "cyan": (35, 210, 220),
 }
+# Colours the default data never shows: a LoRA stage can teach one to a trained model (docs/lora.md).
+# Kept apart from COLOURS, so the default data, prompts and evaluation are unchanged by them.
+NEW_COLOURS: dict[str, tuple[int, int, int]] = {"orange": (245, 135, 20)}
 SHAPES = ("circle", "square", "triangle")
 DIRECTIONS: dict[str, tuple[float, float]] = {"left": (0, -1), "right": (0, 1), "up": (-1, 0), "down": (1, 0)}
 
@@ -33,6 +36,8 @@ class ShapesConfig:
     """Generator settings (the `source` node of `osl-data` for kind=shapes)."""
 
     num_clips: int = 1200
+    # colour names drawn from (COLOURS, and NEW_COLOURS such as orange); the default is COLOURS in order
+    colours: list[str] = field(default_factory=lambda: list(COLOURS))
     clips_per_shard: int = 150
     seed: int = 0
     sizes: list[list[int]] = field(default_factory=lambda: [[64, 64], [48, 64], [64, 48]])  # (h, w) choices
@@ -79,7 +84,7 @@ def render_clip(rng: np.random.Generator, cfg: ShapesConfig) -> tuple[np.ndarray
     """A random clip and its metadata (content labels, caption, fps, size)."""
     h, w = (int(v) for v in cfg.sizes[rng.integers(len(cfg.sizes))])
     fps = float(cfg.fps[rng.integers(len(cfg.fps))])
-    colour = list(COLOURS)[rng.integers(len(COLOURS))]
+    colour = cfg.colours[rng.integers(len(cfg.colours))]  # the default list: the same draws as always
     shape = SHAPES[rng.integers(len(SHAPES))]
     direction = list(DIRECTIONS)[rng.integers(len(DIRECTIONS))]
     speed = list(cfg.speeds)[rng.integers(len(cfg.speeds))]
@@ -105,7 +110,7 @@ def render_clip(rng: np.random.Generator, cfg: ShapesConfig) -> tuple[np.ndarray
         else:
             cx = along if dx > 0 else extent - along
             cy = across
-        frames.append(render_frame(h, w, shape, COLOURS[colour], cy, cx, r, bg))
+        frames.append(render_frame(h, w, shape, {**COLOURS, **NEW_COLOURS}[colour], cy, cx, r, bg))
     meta = {
         "caption": caption_for(colour, shape, direction, speed),
         "colour": colour,

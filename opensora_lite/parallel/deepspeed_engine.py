@@ -172,20 +172,21 @@ class DeepSpeedEngine(Engine):
     def full_state_dict(self, model) -> dict[str, torch.Tensor]:
         """Full fp32 weights on rank 0: ZeRO-3 gathers each parameter in turn; ZeRO-2 reads the fp32
         master copy where DeepSpeed keeps one (bf16 training), else the module's own full weights."""
+        return self.gather_weights(model, self.full_param)
+
+    def full_param(self, p: nn.Parameter) -> torch.Tensor | None:
         import deepspeed
         from deepspeed.utils import safe_get_full_fp32_param
 
-        def full(p: nn.Parameter) -> torch.Tensor | None:
-            if self.stage == 3:
-                with deepspeed.zero.GatheredParameters([p], modifier_rank=None):
-                    return p.detach().float().clone()
-            return safe_get_full_fp32_param(p) if p.requires_grad else None
-
-        return self.gather_weights(model, full)
+        if self.stage == 3:
+            with deepspeed.zero.GatheredParameters([p], modifier_rank=None):
+                return p.detach().float().clone()
+        return safe_get_full_fp32_param(p) if p.requires_grad else None
 
     def save_optimizer(self, folder: Path, model, opt) -> None:
         target = folder / OPTIM_DEEPSPEED
-        model.save_checkpoint(str(target), tag=_TAG, save_latest=False)
+        # frozen weights (a LoRA stage's base) come from the stage's init, not from the checkpoint
+        model.save_checkpoint(str(target), tag=_TAG, save_latest=False, exclude_frozen_parameters=_frozen(model))
         if self.is_main:
             layout = {"engine": self.cfg.engine, "world_size": self.world_size}
             (target / _LAYOUT).write_text(json.dumps(layout))
@@ -202,5 +203,13 @@ class DeepSpeedEngine(Engine):
                 "checkpoint's weights (stage.init=<checkpoint>)"
             )
         model.load_checkpoint(
-            str(source), tag=_TAG, load_optimizer_states=True, load_lr_scheduler_states=False, load_module_strict=True
+            str(source),
+            tag=_TAG,
+            load_optimizer_states=True,
+            load_lr_scheduler_states=False,
+            load_module_strict=not _frozen(model),
         )
+
+
+def _frozen(model: nn.Module) -> bool:
+    return any(not p.requires_grad for p in model.parameters())

@@ -193,11 +193,26 @@ class Engine(ABC):
         """Complete fp32 weights on CPU with BFL names (meaningful on rank 0; every rank must call it)."""
         return self.gather_weights(model, lambda p: None)
 
-    def gather_weights(self, model: nn.Module, full_param: Callable[[nn.Parameter], torch.Tensor | None]):
+    def full_param(self, p: nn.Parameter) -> torch.Tensor | None:
+        """The full fp32 value of a parameter where the module does not hold it (a shard), else None."""
+        return None
+
+    def trainable_weights(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """Full fp32 values of the parameters that train (a LoRA stage: adapters), BFL names, on rank 0."""
+        return self.gather_weights(model, self.full_param, trainable_only=True)
+
+    def gather_weights(
+        self,
+        model: nn.Module,
+        full_param: Callable[[nn.Parameter], torch.Tensor | None],
+        trainable_only: bool = False,
+    ):
         """The module's state dict with each parameter replaced by full_param(p) where that is not None
         (the engine's gathered fp32 master copy); called on every rank, kept on rank 0."""
         out = {}
         for name, value in self.unwrap(model).state_dict(keep_vars=True).items():
+            if trainable_only and not (isinstance(value, nn.Parameter) and value.requires_grad):
+                continue
             full = full_param(value) if isinstance(value, nn.Parameter) else None
             if self.is_main:
                 out[clean_key(name)] = (value if full is None else full).detach().float().cpu().contiguous()

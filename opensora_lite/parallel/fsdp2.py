@@ -113,6 +113,9 @@ class FSDP2Engine(Engine):
         report.loaded = len(found)
         return report
 
+    def full_param(self, p: nn.Parameter) -> torch.Tensor | None:
+        return p.full_tensor() if hasattr(p, "full_tensor") else None  # a collective: every rank, one order
+
     def full_state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 

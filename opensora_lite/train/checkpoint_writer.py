@@ -62,9 +62,12 @@ class _InFlight:
 class CheckpointWriter:
     """Writes a stage's checkpoints; every rank calls save() and wait() at the same points."""
 
-    def __init__(self, engine: Engine, stage_dir: StageDir, keep: int, asynchronous: bool, report):
-        """`report(metrics, step)`: where the per-checkpoint timings go (the tracker, on rank 0)."""
+    def __init__(self, engine: Engine, stage_dir: StageDir, keep: int, asynchronous: bool, report, save_model=None):
+        """`report(metrics, step)`: where the per-checkpoint timings go (the tracker, on rank 0).
+        `save_model(folder, model)`: what writes the weights (default: the engine's full weights; a LoRA
+        stage writes its adapters)."""
         self.engine, self.dir, self.keep = engine, stage_dir, keep
+        self.save_model = save_model or engine.save_model
         self.asynchronous = asynchronous and engine.writes_async
         self.report = report
         self.in_flight: _InFlight | None = None
@@ -81,7 +84,7 @@ class CheckpointWriter:
         tmp = self.dir.checkpoint_tmp(step)
         futures = engine.save_async(tmp, model, opt) if self.asynchronous else None
         if futures is None:
-            engine.save_model(tmp, model)
+            self.save_model(tmp, model)
             engine.save_optimizer(tmp, model, opt)
         ema_state = ema.state_dict() if ema else None
         state = trainer_state()

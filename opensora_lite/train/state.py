@@ -34,6 +34,7 @@ from opensora_lite.models.flux_weights import diffusers_folder, is_dcp_folder, w
 _STEP = re.compile(r"^step_(\d{8})$")
 MODEL_FILE = "model.safetensors"
 EMA_FILE = "ema.safetensors"
+ADAPTER_FILE = "adapters.safetensors"  # a LoRA stage's trainable tensors (docs/lora.md)
 MODEL_DCP = "model_dcp"
 OPTIM_DCP = "optim_dcp"  # single, ddp, fsdp2: by parameter name, any world size
 OPTIM_DEEPSPEED = "optim_deepspeed"  # DeepSpeed's own checkpoint: same world size
@@ -153,13 +154,23 @@ class StageDir:
         from opensora_lite.models.flux_weights import read_flux_weights
 
         out = {"trainer_state": read_trainer_state(path)}
+        if (path / ADAPTER_FILE).is_file():
+            out["adapters"] = load_weights(path / ADAPTER_FILE)
         if weights:
             out["model"] = read_flux_weights(self.checkpoint_weights(path))[0]
         if (path / EMA_FILE).is_file():
             out["ema"] = load_weights(path / EMA_FILE)
         return out
 
-    def save_final(self, model: dict[str, torch.Tensor], ema: dict[str, torch.Tensor] | None, summary: dict) -> Path:
+    def save_final(
+        self,
+        model: dict[str, torch.Tensor],
+        ema: dict[str, torch.Tensor] | None,
+        summary: dict,
+        adapters: dict[str, torch.Tensor] | None = None,
+        adapter_metadata: dict[str, str] | None = None,
+    ) -> Path:
+        """`model`: full BFL weights (a LoRA stage's merged); `adapters` beside them for a LoRA stage."""
         self.root.mkdir(parents=True, exist_ok=True)
         tmp = self.root / ".tmp-final"
         shutil.rmtree(tmp, ignore_errors=True)
@@ -167,6 +178,8 @@ class StageDir:
         save_weights(tmp / MODEL_FILE, model, {"format": "pt", "naming": "bfl-flux"})
         if ema is not None:
             save_weights(tmp / EMA_FILE, ema, {"format": "pt", "naming": "bfl-flux"})
+        if adapters is not None:
+            save_weights(tmp / ADAPTER_FILE, adapters, adapter_metadata)
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2))
         _publish(tmp, self.final)
         return self.final
@@ -226,6 +239,19 @@ def read_trainer_state(folder: Path) -> dict[str, Any]:
         except Exception as exc:  # a foreign pickle (objects weights_only refuses) or a damaged file
             raise CheckpointError(f"{folder / STATE_PICKLE}: not a trainer state this version reads ({exc})") from None
     raise CheckpointError(f"{folder} has no trainer state ({STATE_JSON})")
+
+
+def resolve_adapters_path(spec: str) -> Path:
+    """A LoRA stage's adapters: the file itself, a checkpoint folder's, or a stage directory's (final/,
+    else its newest mid-stage checkpoint's)."""
+    path = Path(spec)
+    if path.is_file():
+        return path
+    newest = StageDir(path).latest_checkpoint() if path.is_dir() else None
+    for folder in [path, path / "final", *([newest] if newest else [])]:
+        if (folder / ADAPTER_FILE).is_file():
+            return folder / ADAPTER_FILE
+    raise CheckpointError(f"no LoRA adapters ({ADAPTER_FILE}) at {spec}: is it a stage trained with stage.lora?")
 
 
 def resolve_weights_path(spec: str, ema: bool = False, latest: bool = False) -> Path:

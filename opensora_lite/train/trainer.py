@@ -26,7 +26,9 @@ from opensora_lite.diffusion.objective import drop_text, flow_loss
 from opensora_lite.diffusion.pipeline import pixel_frames
 from opensora_lite.models.flops import mmdit_flops, peak_tflops
 from opensora_lite.models.flux_weights import load_into, read_flux_weights
+from opensora_lite.models.lora import load_adapters
 from opensora_lite.models.mmdit import MMDiT
+from opensora_lite.train.adapters import StageLora
 from opensora_lite.train.checkpoint_writer import CheckpointWriter
 from opensora_lite.train.ema import EMA
 from opensora_lite.train.evaluation import evaluate_stage
@@ -68,6 +70,7 @@ class StageTrainer:
         self.dir = StageDir(rt.run_dir / name)
         self.engine = rt.engine
         self.peak_tflops = rt.cfg.run.peak_tflops or peak_tflops(rt.device, rt.cfg.run.dtype)
+        self.lora = StageLora(self.stage, self.engine, rt.cfg.run.dtype) if self.stage.lora.rank > 0 else None
 
     # -- set-up ----------------------------------------------------------------------------------
     def _init_path(self):
@@ -78,21 +81,22 @@ class StageTrainer:
             return resolve_weights_path(str(self.rt.run_dir / list(self.cfg.curriculum.stages)[self.index - 1]))
         return resolve_weights_path(init)
 
-    def _init_weights(self, model: MMDiT, resume) -> None:
+    def _init_weights(self, model: MMDiT, resume, report: bool = True) -> None:
         """The initial weights (not on resume): from `init`, or the model's own from-scratch values.
-        Engines that build on meta (parallel.meta_init) fill each rank's shards themselves."""
+        Engines that build on meta (parallel.meta_init) fill each rank's shards themselves.
+        A LoRA stage's base weights come from here on resume too (`report=False`: no init event)."""
         path = self._init_path() if resume is None else self.dir.checkpoint_weights(resume)
         if self.engine.builds_on_meta:
-            report = self.engine.materialize(model, path, self.cfg.run.seed * 1000 + self.index)
+            loaded = self.engine.materialize(model, path, self.cfg.run.seed * 1000 + self.index)
         elif path is None:
             log.info("[%s] initialised from scratch", self.name)
             return
         else:
             state, fmt = read_flux_weights(path)
-            report = load_into(model, state, f"{path} ({fmt})")
-        if resume is None:
-            log.info("[%s] %s", self.name, report.summary())
-            missing, unexpected = report.missing, report.unexpected
+            loaded = load_into(model, state, f"{path} ({fmt})")
+        if resume is None and report:
+            log.info("[%s] %s", self.name, loaded.summary())
+            missing, unexpected = loaded.missing, loaded.unexpected
             self.rt.tracker.event(
                 "init", self.step_offset, self.name, source=str(path), missing=missing, unexpected=unexpected
             )
@@ -179,8 +183,13 @@ class StageTrainer:
         if engine.is_main and (leftovers := self.dir.discard_incomplete()):
             log.warning("[%s] removed incomplete checkpoint folders of an interrupted job: %s", self.name, leftovers)
         resume = self.dir.latest_checkpoint()
-        ckpt = self.dir.load_checkpoint(resume, weights=not meta) if resume else None
-        if ckpt and not meta:
+        ckpt = self.dir.load_checkpoint(resume, weights=not meta and not self.lora) if resume else None
+        if self.lora:  # frozen base from init (also on resume), adapters on top, from the checkpoint if any
+            self._init_weights(model, None, report=ckpt is None)
+            self.lora.prepare(model, self.name)
+            if ckpt:
+                load_adapters(model, ckpt["adapters"], str(resume))
+        elif ckpt and not meta:
             load_into(model, ckpt["model"], str(resume))
         elif not meta:
             self._init_weights(model, None)
@@ -211,8 +220,9 @@ class StageTrainer:
             engine,
             self.dir,
             stage.keep_checkpoints,
-            stage.async_checkpoint,
+            stage.async_checkpoint and not self.lora,
             lambda metrics, at: rt.tracker.log(metrics, self.step_offset + at, self.name),
+            self.lora.save if self.lora else None,
         )
         if engine.is_main and (note := async_checkpoint_note(cfg, stage)):
             log.info("[%s] %s", self.name, note)
@@ -326,6 +336,14 @@ class StageTrainer:
 
         self.writer.save(step, model, opt, ema, trainer_state)
 
+    def full_weights(self, model, adapters: bool = False):
+        """The model's full fp32 weights in BFL names on rank 0 (every rank calls it); a LoRA model's
+        merged. With `adapters`: (weights, the stored adapters or None)."""
+        weights, stored = self.engine.full_state_dict(model), None
+        if self.lora:
+            weights, stored = self.lora.split(model, weights)
+        return (weights, stored) if adapters else weights
+
     def _eval_model(self, model, weights: dict, copy: bool = False) -> MMDiT:
         """The model to sample from on rank 0: the trained one, or a local copy of `weights` where it is
         sharded or `copy` is set (the EMA weights)."""
@@ -367,7 +385,7 @@ class StageTrainer:
         engine, rt = self.engine, self.rt
         self.writer.wait(self.stage.steps)
         seconds = time.perf_counter() - began
-        weights = engine.full_state_dict(model)
+        weights, adapters = self.full_weights(model, adapters=True)
         ema_state = ema.state_dict() if ema else None
         metrics, paths, sheets = {}, [], {}
         eval_began = time.perf_counter()
@@ -380,7 +398,7 @@ class StageTrainer:
             self.name, self.stage.steps, seconds, loss, metrics, dict(skipped), start, eval_seconds=eval_seconds
         )
         if engine.is_main:
-            self.dir.save_final(weights, ema_state, result.as_dict())
+            self.dir.save_final(weights, ema_state, result.as_dict(), adapters, self.lora and self.lora.metadata)
             end = self.step_offset + self.stage.steps
             rt.tracker.event(
                 "stage_end",

@@ -47,7 +47,7 @@ class Validator:
         with torch.random.fork_rng(devices=devices):
             weights = ema.state_dict() if ema else None  # a collective where EMA is sharded
             if weights is None and (engine.sp is not None or engine.shards_parameters):
-                weights = engine.full_state_dict(model)
+                weights = t.full_weights(model)
             metrics: dict = {}
             if engine.is_main:
                 rt.place_encoders(engine.device)
