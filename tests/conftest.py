@@ -128,6 +128,7 @@ def mini_overrides(data: Path, run_root: Path, name: str = "mini") -> list[str]:
     """The tiny curriculum cut to three short stages (image -> t2v -> i2v): a run takes seconds."""
     return [
         f"data.shards={data}",
+        "data.aspect_ratios=[0.75,1.0,1.3333]",  # shapes_dir's clips come in three aspect ratios
         f"run.root={run_root}",
         f"run.name={name}",
         "data.num_workers=0",
