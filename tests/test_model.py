@@ -189,6 +189,30 @@ def test_video_positions_put_time_on_rope_axis_0_and_text_at_zero():
     assert not torch.allclose(model.forward_tokens(patchify(x, [1, 2, 2]), flat, txt, torch.zeros(5, 3), t, y), tokens)
 
 
+def test_rope_reference_grid_interpolates_larger_grids_only():
+    """model.rope_reference_grid: a grid larger than the reference gets its spatial positions scaled into
+    the reference's range (time untouched); a grid at or below it keeps Flux's integer positions."""
+    ids = video_position_ids(2, 6, 3, reference_grid=[4, 4])
+    assert torch.equal(ids[:, 0].unique(), torch.tensor([0.0, 1.0]))
+    assert torch.allclose(ids[:, 1].unique(), torch.arange(6) * 4 / 6) and ids[:, 1].max() < 4
+    assert torch.equal(ids[:, 2].unique(), torch.arange(3.0))  # 3 <= 4: integers
+    assert torch.equal(video_position_ids(2, 4, 4, reference_grid=[4, 4]), video_position_ids(2, 4, 4))
+    torch.manual_seed(0)
+    model = MMDiT(TINY)
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    scaled = MMDiT(tiny_mmdit(rope_reference_grid=[2, 2]))
+    scaled.load_state_dict(model.state_dict())
+    x, t, txt, y = inputs(t=2, h=4, w=4)  # patch 2: a 2x2 token grid, the reference itself
+    assert torch.equal(scaled(x, t, txt, y), model(x, t, txt, y))
+    x, t, txt, y = inputs(t=2, h=8, w=8)  # 4x4 tokens: positions 0, 0.5, 1, 1.5
+    ids = torch.tensor([[f, r / 2, c / 2] for f in range(2) for r in range(4) for c in range(4)])
+    tokens = model.forward_tokens(patchify(x, [1, 2, 2]), ids, txt, torch.zeros(5, 3), t, y)
+    want = unpatchify(tokens, [1, 2, 2], (2, 4, 4))
+    err = (scaled(x, t, txt, y) - want).abs().max()
+    assert err < 1e-6 and (model(x, t, txt, y) - want).abs().max() > 100 * err  # integer positions differ
+
+
 def test_activation_checkpointing_keeps_values_gradients_and_names():
     torch.manual_seed(0)
     plain = MMDiT(tiny_mmdit(depth=2, depth_single_blocks=3))

@@ -146,3 +146,25 @@ def test_osl_data_presets(preset):
     else:
         assert set(sizes) == {(64, 64), (48, 64), (64, 48)} and fps == [8.0, 16.0, 24.0]
     assert cfg.shapes.num_clips == 1200 and cfg.shapes.speeds == {"slow": 0.5, "fast": 0.9}
+
+
+def test_evaluator_reads_a_new_colour_only_when_eval_lists_it():
+    """eval.colours adds orange (absent from the default data) to the probe prompts and the palette: real
+    orange clips, through H.264 and back, read as orange with it and as one of the six without it."""
+    from opensora_lite.eval.shapes import colour_acc_by_colour
+
+    cfg = ShapesConfig(colours=["orange", "red", "yellow"], sizes=[[64, 64]], fps=[8.0])
+    rng = np.random.default_rng(3)
+    clips, targets = [], []
+    for _ in range(12):
+        frames, meta = render_clip(rng, cfg)
+        clips.append(decode_window(encode_mp4(frames, meta["fps"]), 0, 5, 1, (16, 16)))
+        targets.append(meta)
+    colours = [*COLOURS, "orange"]
+    readings = [read_clip(c, colours) for c in clips]
+    by_colour = colour_acc_by_colour(readings, targets)
+    assert by_colour["orange"] == 1.0 and by_colour["red"] == 1.0 and by_colour["yellow"] == 1.0
+    default = [read_clip(c).colour for c, t in zip(clips, targets) if t["colour"] == "orange"]
+    assert default and "orange" not in default
+    prompts = eval_prompts(colours=colours)
+    assert len(prompts) == 7 * len(DIRECTIONS) and prompts[-1]["colour"] == "orange"

@@ -18,7 +18,7 @@ from opensora_lite.cli.common import hydra_entry
 from opensora_lite.config import ConfigError
 from opensora_lite.config.schema import BuildDataConfig
 from opensora_lite.data.ingest import list_folder, read_index, write_shards
-from opensora_lite.data.synthetic import COLOURS, NEW_COLOURS, write_shapes_shards
+from opensora_lite.data.synthetic import ALL_COLOURS, write_shapes_shards
 from opensora_lite.errors import DataError
 
 
@@ -27,7 +27,7 @@ def main(cfg: DictConfig) -> None:
     job: BuildDataConfig = OmegaConf.to_object(cfg)
     if job.kind not in ("shapes", "videos"):
         raise ConfigError("kind", f"unknown dataset kind {job.kind!r} (shapes | videos)")
-    known = [*COLOURS, *NEW_COLOURS]
+    known = list(ALL_COLOURS)
     unknown = [c for c in job.shapes.colours if c not in known]
     if job.kind == "shapes" and (unknown or not job.shapes.colours):
         raise ConfigError("shapes.colours", f"{list(job.shapes.colours)}: choose from {known}")

@@ -31,13 +31,22 @@ FORMATS = ("bfl", "diffusers", "opensora", "lora")
 LORA_FILE = "pytorch_lora_weights.safetensors"  # the name diffusers' load_lora_weights looks for
 
 
-def _run_axes(weights: Path) -> list[int] | None:
-    """model.axes_dim of the run that wrote these weights (its config.yaml), if there is one."""
+def _run_model(weights: Path) -> dict:
+    """The `model` config of the run that wrote these weights (its config.yaml); {} if there is none."""
     for parent in weights.parents:
         if (parent / "config.yaml").is_file():
-            axes = OmegaConf.select(OmegaConf.load(parent / "config.yaml"), "model.axes_dim")
-            return list(axes) if axes is not None else None
-    return None
+            model = OmegaConf.select(OmegaConf.load(parent / "config.yaml"), "model")
+            return OmegaConf.to_container(model) if model is not None else {}
+    return {}
+
+
+def _rope_note(model: dict) -> str | None:
+    """What FLUX.1's fixed RoPE (base 10000, integer positions) will do differently from this run's, if anything."""
+    theta, grid = model.get("theta", 10000.0), model.get("rope_reference_grid")
+    if theta == 10000.0 and grid is None:
+        return None
+    extra = f", positions interpolated above a {grid[0]}x{grid[1]} token grid" if grid else ""
+    return f"note: this run's RoPE (base {theta:g}{extra}) is not part of FLUX.1's format; loaders use base 10000"
 
 
 def write_whole(state: dict, path: Path, naming: str) -> Path:
@@ -74,7 +83,11 @@ def export(job: ExportJobConfig) -> list[Path]:
     weights = resolve_weights_path(job.checkpoint, ema=job.ema, latest=True)
     state, fmt = read_flux_weights(weights)
     print(f"read {len(state)} tensors from {weights} ({fmt})")
-    arch = read_architecture(state, job.axes_dim if job.axes_dim is not None else _run_axes(weights))
+    run_model = _run_model(weights)
+    arch = read_architecture(state, job.axes_dim if job.axes_dim is not None else run_model.get("axes_dim"))
+    note = _rope_note(run_model) if set(job.formats) & {"bfl", "diffusers"} else None
+    if note:
+        print(note)
     tensors, dropped = flux_tensors(state, job.dtype)
     if dropped and set(job.formats) & {"bfl", "diffusers"}:
         print(f"left out {len(dropped)} tensors FLUX.1 has no place for: {', '.join(dropped)} (the I2V input)")

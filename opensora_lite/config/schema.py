@@ -209,6 +209,9 @@ class EvalConfig:
     kind: Optional[str] = None  # shapes | null: what scores the end-of-stage samples
     repeats: int = 2  # each probe prompt is sampled this many times
     i2v_clips: int = 24
+    # colours the probe prompts (and I2V references) cover, read against a palette of just these;
+    # null: the six of the Shapes data. A LoRA stage teaching orange lists it (experiment=tiny_lora)
+    colours: Optional[List[str]] = None
     # held-out shards: validation (stage.validate_every) also reports the flow loss on them, at fixed
     # timesteps with fixed noise (val/loss_t<t>, val/loss), text-to-video; null: none
     val_shards: Optional[str] = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 from opensora_lite.autoencoders.base import frame_rule, frames_fit, latent_frame_count
 from opensora_lite.config.schema import Config, StageConfig
 from opensora_lite.data.buckets import parse_resolution
+from opensora_lite.data.synthetic import ALL_COLOURS
 from opensora_lite.diffusion.conditioning import TASKS
 from opensora_lite.errors import UserError
 from opensora_lite.models.attention import BACKENDS
@@ -139,6 +140,8 @@ def validate_components(cfg: Config) -> None:
     )
     _require(cfg.parallel.param_dtype in ("auto", "bf16", "fp32"), "parallel.param_dtype", "auto | bf16 | fp32")
     _require(cfg.eval.kind in (None, "shapes"), "eval.kind", f"unknown {cfg.eval.kind!r} (shapes | null)")
+    unknown = sorted(set(cfg.eval.colours or []) - set(ALL_COLOURS))
+    _require(not unknown, "eval.colours", f"unknown {unknown} (choose from {list(ALL_COLOURS)})")
     _require(cfg.sample.num_steps > 0, "sample.num_steps", "must be positive")
     _require(
         cfg.logger.wandb.mode in ("online", "offline", "disabled"), "logger.wandb.mode", "online | offline | disabled"

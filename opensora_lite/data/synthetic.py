@@ -27,6 +27,7 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 # Colours the default data never shows: a LoRA stage can teach one to a trained model (docs/lora.md).
 # Kept apart from COLOURS, so the default data, prompts and evaluation are unchanged by them.
 NEW_COLOURS: dict[str, tuple[int, int, int]] = {"orange": (245, 135, 20)}
+ALL_COLOURS = {**COLOURS, **NEW_COLOURS}
 SHAPES = ("circle", "square", "triangle")
 DIRECTIONS: dict[str, tuple[float, float]] = {"left": (0, -1), "right": (0, 1), "up": (-1, 0), "down": (1, 0)}
 
@@ -110,7 +111,7 @@ def render_clip(rng: np.random.Generator, cfg: ShapesConfig) -> tuple[np.ndarray
         else:
             cx = along if dx > 0 else extent - along
             cy = across
-        frames.append(render_frame(h, w, shape, {**COLOURS, **NEW_COLOURS}[colour], cy, cx, r, bg))
+        frames.append(render_frame(h, w, shape, ALL_COLOURS[colour], cy, cx, r, bg))
     meta = {
         "caption": caption_for(colour, shape, direction, speed),
         "colour": colour,

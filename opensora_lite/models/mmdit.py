@@ -33,6 +33,9 @@ class MMDiTConfig:
     qkv_bias: bool = True
     axes_dim: list[int] = field(default_factory=lambda: [16, 56, 56])  # RoPE split of head dim over (t, h, w)
     theta: float = 10000.0
+    # (h, w) token grid: larger grids have their spatial RoPE positions interpolated into its range
+    # (position interpolation; video_position_ids). None: integer positions at every size, as Flux.
+    rope_reference_grid: list[int] | None = None
     context_in_dim: int = 4096  # T5 hidden size
     vec_in_dim: int = 768  # CLIP pooled size
     guidance_embed: bool = False  # Flux-dev distilled guidance input; Open-Sora's video model drops it
@@ -327,7 +330,7 @@ class MMDiT(nn.Module):
         if t % patch[0] or h % patch[1] or w % patch[2]:
             raise ValueError(f"latent shape {(t, h, w)} is not divisible by patch size {tuple(patch)}")
         grid = (t // patch[0], h // patch[1], w // patch[2])
-        img_ids = video_position_ids(*grid, device=x.device)
+        img_ids = video_position_ids(*grid, device=x.device, reference_grid=self.cfg.rope_reference_grid)
         txt_ids = torch.zeros(txt.shape[1], 3, device=x.device)
         out = self.forward_tokens(
             patchify(x, patch),

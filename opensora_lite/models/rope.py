@@ -49,12 +49,25 @@ def norm_rope(x: Tensor, scale: Tensor, eps: float, cos: Tensor, sin: Tensor, dt
     return _rotate(xf, cos, sin).to(dtype)
 
 
-def video_position_ids(t: int, h: int, w: int, device: torch.device | None = None, t_offset: int = 0) -> Tensor:
-    """(t, h, w) integer positions [t*h*w, 3] in raster order (time-major), float for RoPE."""
+def video_position_ids(
+    t: int,
+    h: int,
+    w: int,
+    device: torch.device | None = None,
+    t_offset: int = 0,
+    reference_grid: list[int] | tuple[int, int] | None = None,
+) -> Tensor:
+    """(t, h, w) positions [t*h*w, 3] in raster order (time-major), float for RoPE.
+
+    Positions are integers unless `reference_grid` (h, w) is given and the grid is larger along an
+    axis: then that axis's positions are interpolated, i * ref / size, so they span the range the model
+    was trained on (position interpolation). Smaller grids keep integer positions.
+    """
+    ref_h, ref_w = reference_grid if reference_grid is not None else (h, w)
     grid = torch.meshgrid(
-        torch.arange(t, device=device) + t_offset,
-        torch.arange(h, device=device),
-        torch.arange(w, device=device),
+        torch.arange(t, device=device, dtype=torch.float32) + t_offset,
+        torch.arange(h, device=device, dtype=torch.float32) * min(1.0, ref_h / h),
+        torch.arange(w, device=device, dtype=torch.float32) * min(1.0, ref_w / w),
         indexing="ij",
     )
-    return torch.stack(grid, dim=-1).reshape(-1, 3).float()
+    return torch.stack(grid, dim=-1).reshape(-1, 3)

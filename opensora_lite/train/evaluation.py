@@ -16,7 +16,7 @@ from torch import nn
 
 from opensora_lite.config.schema import StageConfig
 from opensora_lite.data.buckets import bucket_size, parse_resolution
-from opensora_lite.data.synthetic import COLOURS, DIRECTIONS, SHAPES, caption_for, render_frame
+from opensora_lite.data.synthetic import ALL_COLOURS, COLOURS, DIRECTIONS, SHAPES, caption_for, render_frame
 from opensora_lite.data.video import write_video
 from opensora_lite.diffusion.pipeline import generate, template_captions, to_uint8  # noqa: F401 (re-exported)
 from opensora_lite.eval import shapes as shapes_eval
@@ -80,42 +80,51 @@ def _evaluate(rt, model: nn.Module, stage: StageConfig, folder: Path) -> tuple[d
         sheet = save_contact_sheet(folder.parent / "contact_sheet_t2v.png", videos, prompts)
         return {}, save_samples(videos, prompts, folder, "t2v", cfg.sample.save_videos, fps), {"t2v": sheet}
 
+    colours = list(cfg.eval.colours) if cfg.eval.colours else None
+    probes = shapes_eval.eval_prompts(colours=colours)
     targets = []
     for _ in range(cfg.eval.repeats):
-        for i, t in enumerate(shapes_eval.eval_prompts()):
+        for i, t in enumerate(probes):
             targets.append(dict(t, shape=SHAPES[(i + len(targets)) % len(SHAPES)]))
     captions = [caption_for(t["colour"], t["shape"], t["direction"], t["speed"]) for t in targets]
     videos = generate(rt, model, sample_captions(rt, captions, shape), shape, seed)
-    readings = [shapes_eval.read_clip(v) for v in videos]
+    readings = [shapes_eval.read_clip(v, colours) for v in videos]
     metrics = shapes_eval.score_readings(readings, targets)
+    if colours:  # one figure per listed colour (colour_acc_orange, ...): where a new colour shows apart
+        by_colour = shapes_eval.colour_acc_by_colour(readings, targets)
+        metrics.update({f"colour_acc_{c}": v for c, v in by_colour.items()})
     if shape[0] == 1:
         metrics.pop("direction_acc")  # a single frame has no motion
     else:
         metrics["direction_confusion"] = shapes_eval.direction_confusion(readings, targets)
     paths = save_samples(videos, captions, folder, "t2v", cfg.sample.save_videos, fps)
-    rows = len(shapes_eval.eval_prompts())  # one row per colour x direction prompt
+    rows = len(probes)  # one row per colour x direction prompt
     sheets = {"t2v": save_contact_sheet(folder.parent / "contact_sheet_t2v.png", videos[:rows], captions[:rows])}
 
     if getattr(model, "cond_in", None) is not None and shape[0] > 1:
-        refs, ref_captions = _i2v_references(cfg.eval.i2v_clips, shape[1], shape[2], seed)
+        refs, ref_captions = _i2v_references(cfg.eval.i2v_clips, shape[1], shape[2], seed, colours)
         i2v = generate(rt, model, sample_captions(rt, ref_captions, shape), shape, seed + 10_000, reference=refs)
-        metrics.update(shapes_eval.score_i2v(list(i2v), list(refs)))
+        metrics.update(shapes_eval.score_i2v(list(i2v), list(refs), colours))
         paths += save_samples(i2v, ref_captions, folder, "i2v", max(2, cfg.sample.save_videos // 2), fps)
         labels = [f"(image) {c}" for c in ref_captions]
         sheets["i2v"] = save_contact_sheet(folder.parent / "contact_sheet_i2v.png", i2v[:rows], labels[:rows])
     return metrics, paths, sheets
 
 
-def _i2v_references(n: int, h: int, w: int, seed: int) -> tuple[np.ndarray, list[str]]:
-    """Rendered first frames with known colour, and prompts that agree with them."""
+def _i2v_references(
+    n: int, h: int, w: int, seed: int, colours: list[str] | None = None
+) -> tuple[np.ndarray, list[str]]:
+    """Rendered first frames with known colour (cycling over `colours`, default the six of COLOURS), and
+    prompts that agree with them."""
     rng = np.random.default_rng(seed)
+    names = colours or list(COLOURS)
     refs, captions = [], []
     for i in range(n):
-        colour = list(COLOURS)[i % len(COLOURS)]
+        colour = names[i % len(names)]
         shape = SHAPES[rng.integers(len(SHAPES))]
         direction = list(DIRECTIONS)[rng.integers(len(DIRECTIONS))]
         r = rng.uniform(0.15, 0.2) * min(h, w)
         cy, cx = rng.uniform(r, h - r), rng.uniform(r, w - r)
-        refs.append(render_frame(h, w, shape, COLOURS[colour], cy, cx, r, int(rng.integers(0, 31))))
+        refs.append(render_frame(h, w, shape, ALL_COLOURS[colour], cy, cx, r, int(rng.integers(0, 31))))
         captions.append(caption_for(colour, shape, direction, "fast"))
     return np.stack(refs), captions
