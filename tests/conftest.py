@@ -8,8 +8,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-import torch
+# Bitwise comparisons (resume, 2 ranks against 1, cache builds) need matrix products that do not depend on
+# thread count or buffer alignment. MKL's default AVX-512 kernels do depend on both (measured on a
+# Sapphire Rapids CPU: a 2-process cache build differed from one process by ~1e-6), so the suite asks for
+# MKL's reproducible code path; set before torch loads MKL, inherited by every subprocess a test starts.
+os.environ.setdefault("MKL_CBWR", "COMPATIBLE")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
