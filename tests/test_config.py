@@ -1,5 +1,7 @@
 """The config tree: composition, the schema's type checks, cross-field validation, the CLI surface."""
 
+from pathlib import Path
+
 import pytest
 from conftest import cli, compose, typed
 from hydra.errors import ConfigCompositionException
@@ -36,6 +38,27 @@ def test_opensora2_recipe_composes_and_validates(curriculum):
         assert t2v[1] == [1.0, 45] and t2v[33] == [1.0, 12] and t2v[129] == [1.0, 3]
     else:  # smaller per-GPU batches for 80 GB cards
         assert t2v[1][1] < 45 and t2v[33][1] < 12 and t2v[129][1] >= 1
+
+
+@pytest.mark.parametrize(
+    "experiment", sorted(p.stem for p in (Path(__file__).parents[1] / "configs" / "experiment").glob("*.yaml"))
+)
+def test_every_experiment_composes_and_validates(experiment):
+    typed([f"experiment={experiment}"])  # to_config validates
+
+
+def test_opensora2_finetune_starts_from_the_released_file_with_its_captions():
+    cfg = typed(["experiment=opensora2_finetune"])
+    ((_, stage),) = cfg.curriculum.stages.items()
+    assert stage.init == "ckpts/Open_Sora_v2.safetensors" and "i2v_head" in stage.tasks  # cond_in loads
+    assert (cfg.model.hidden_size, cfg.autoencoder.kind, cfg.text_encoder.t5.path) == (
+        3072,
+        "hunyuan",
+        "ckpts/t5-v1_1-xxl",
+    )
+    assert cfg.data.caption_template == "{caption} {clip_fps:g} FPS, {vmaf_motion_int} motion score."
+    assert cfg.data.image_caption_template == "{caption}" and cfg.sample.motion_score == 4
+    assert typed(["experiment=opensora2"]).data.caption_template == "{caption}"  # caption=plain elsewhere
 
 
 def _messages(exc: BaseException) -> str:
@@ -89,6 +112,8 @@ def test_unknown_key_and_wrong_type_fail_at_composition_naming_the_key(override,
         (("parallel=colossalai_zero2", "parallel.sp_size=2"), "parallel.sp_size"),  # no sequence axis: hybrid_sp
         (("parallel=deepspeed_zero3", "curriculum.stages.t2v.ema_decay=0.99"), "curriculum.stages.t2v.ema_decay"),
         ("data.caption_template='{caption} {fsp}'", "data.caption_template"),
+        ("data.image_caption_template='{caption} {fsp}'", "data.image_caption_template"),
+        (("experiment=opensora2_finetune", "sample.motion_score=null"), "sample.motion_score"),
     ],
 )
 def test_inconsistent_values_raise_config_error_naming_the_key(override, key):

@@ -10,7 +10,7 @@ import tarfile
 from collections import Counter
 
 import numpy as np
-from conftest import cli
+from conftest import cli, typed
 
 from opensora_lite.data.buckets import BucketTable
 from opensora_lite.data.loader import BucketedVideoStream, expand_shards
@@ -148,3 +148,127 @@ def test_parquet_index_and_pipe_urls(tmp_path):
 def test_bad_caption_template_is_a_config_error(tmp_path):
     proc = cli("osl-curriculum", "data.caption_template='{caption} {fsp} FPS'", "--cfg", "job")
     assert proc.returncode == 2 and "data.caption_template" in proc.stderr and "fsp" in proc.stderr
+
+
+def _filter_reported_average(data: bytes) -> float:
+    """What FFmpeg's vmafmotion filter itself reports ("VMAF Motion avg: x.xxx", logged when its graph
+    closes), from a run of its own over the file's frames."""
+    import gc
+    import re
+
+    import av
+    import av.logging
+
+    level = av.logging.get_level()
+    av.logging.set_level(av.logging.INFO)
+    try:
+        with av.logging.Capture() as logs:
+            with av.open(io.BytesIO(data)) as container:
+                stream = container.streams.video[0]
+                graph = av.filter.Graph()
+                graph.link_nodes(graph.add_buffer(template=stream), graph.add("vmafmotion"), graph.add("buffersink"))
+                graph.configure()
+                for frame in container.decode(stream):
+                    graph.vpush(frame)
+                    graph.vpull()
+            del graph, frame
+            gc.collect()  # the filter logs its average when it is freed
+    finally:
+        av.logging.set_level(level)
+    found = [re.search(r"VMAF Motion avg: ([0-9.]+)", m) for _, _, m in logs]
+    return float(next(m for m in found if m).group(1))
+
+
+def test_vmaf_motion_at_ingest_is_ffmpegs_and_fills_the_opensora2_captions(tmp_path):
+    from opensora_lite.data.ingest import SourceItem, prepare, write_shards
+
+    src = tmp_path / "videos"
+    src.mkdir()
+    fast, slow = _clip(24, 48, 64, True, 0), _clip(24, 48, 64, True, 3)
+    slow[:] = slow[np.arange(24) // 4]  # the square moves every 4th frame: less motion
+    for name, frames, fps in (("fast", fast, 30.0), ("slow", slow, 24.0)):
+        (src / f"{name}.mp4").write_bytes(encode_mp4(frames, fps))
+        (src / f"{name}.txt").write_text(f"a {name} square")
+    (src / "photo.png").write_bytes(_png(48, 64))
+    (src / "photo.txt").write_text("a grey photo")
+
+    scores = {}
+    for name in ("fast", "slow"):
+        meta = prepare(SourceItem(str(src / f"{name}.mp4"), None)).meta
+        reported = _filter_reported_average((src / f"{name}.mp4").read_bytes())
+        # per-frame scores come with two decimals, the filter's average with three
+        assert abs(meta["vmaf_motion"] - reported) <= 0.006, (name, meta["vmaf_motion"], reported)
+        scores[name] = meta["vmaf_motion"]
+    assert scores["fast"] > scores["slow"] > 0
+
+    out = tmp_path / "shards"
+    write_shards([SourceItem(str(p), None) for p in sorted(src.glob("*.[mp][pn][4g]"))], out, 8, 1, progress=False)
+    data = typed(["caption=opensora2", "sample.motion_score=4"]).data
+    stream = BucketedVideoStream(
+        expand_shards(str(out)),
+        BucketTable({"16px": {1: [1.0, 1], 5: [1.0, 1]}}, [0.75], 4),
+        target_fps=24.0,
+        seed=0,
+        shuffle_buffer=1,
+        caption_template=data.caption_template,
+        image_caption_template=data.image_caption_template,
+    )
+    it = iter(stream)
+    captions = set()
+    for _ in range(8):
+        captions.update(next(it)["captions"])
+    # Open-Sora 2.0's wording: the strided clip's rate (30 fps at 24: every 2nd frame, 15) and the
+    # VMAF motion rounded half up; images keep the bare caption
+    assert captions == {
+        f"a fast square 15 FPS, {int(scores['fast'] + 0.5)} motion score.",
+        f"a slow square 24 FPS, {int(scores['slow'] + 0.5)} motion score.",
+        "a grey photo",
+    }
+
+
+def test_a_phone_clip_stored_landscape_with_a_rotation_is_read_upright(tmp_path):
+    """A portrait clip stored landscape with a display rotation (what phones write) is probed, ingested,
+    bucketed and decoded portrait, pixel for pixel the clip as shown."""
+    from opensora_lite.cli.sample import read_frames
+    from opensora_lite.data.ingest import SourceItem, write_shards
+    from opensora_lite.data.video import decode_window, probe
+
+    upright = np.full((12, 64, 48, 3), 30, np.uint8)  # portrait: red band at the top, green at the left
+    upright[:, :16, :, 0] = 230
+    upright[:, :, :12, 1] = 230
+    for rotation in (90, 270, 180):
+        stored = np.ascontiguousarray(np.rot90(upright, k=-rotation // 90, axes=(1, 2)))
+        data = encode_mp4(stored, 24.0, gop=4, rotation=rotation)
+        info = probe(data)
+        assert (info.height, info.width, info.rotation) == (64, 48, rotation)
+        frames = decode_window(data, 5, 3, 2, (64, 48))  # seeks to a keyframe first
+        assert frames.shape == (3, 64, 48, 3)
+        assert np.abs(frames.astype(int) - upright[:3]).mean() < 4, rotation  # x264 at crf 18: ~1.6
+        half = decode_window(data, 0, 2, 1, (32, 24))  # resized as shown, not as stored
+        assert np.abs(half[0].astype(int) - upright[0, ::2, ::2]).mean() < 8
+    unrotated = encode_mp4(stored, 24.0)  # the same pixels without the flag stay as stored
+    assert decode_window(unrotated, 0, 1, 1, (48, 64)).shape == (1, 48, 64, 3)
+
+    src = tmp_path / "phone"
+    src.mkdir()
+    stored = np.ascontiguousarray(np.rot90(upright, k=-1, axes=(1, 2)))
+    (src / "phone.mp4").write_bytes(encode_mp4(stored, 24.0, rotation=90))
+    (src / "phone.txt").write_text("a phone video")
+    out = tmp_path / "shards"
+    write_shards([SourceItem(str(src / "phone.mp4"), None)], out, 8, 1, progress=False)
+    meta = json.loads(next(iter(_samples(out).values()))["json"])
+    assert (meta["height"], meta["width"], meta["rotation"]) == (64, 48, 90)
+    stream = BucketedVideoStream(
+        expand_shards(str(out)),
+        BucketTable({"32px": {5: [1.0, 1]}}, [0.75, 1.3333], 8),  # a portrait and a landscape shape
+        target_fps=24.0,
+        seed=0,
+        shuffle_buffer=1,
+    )
+    video = next(iter(stream))["video"]  # [B, 3, T, H, W] in [-1, 1]
+    assert video.shape[-2] > video.shape[-1]  # the portrait bucket
+    top, left = video[0, :, 0, :2].mean(dim=(1, 2)), video[0, :, 0, :, :2].mean(dim=(1, 2))
+    assert top[0] > 0.5 and left[1] > 0.5  # red across the top, green down the left: upright
+
+    (tmp_path / "ref.mp4").write_bytes(encode_mp4(stored, 24.0, rotation=90))  # an i2v reference too
+    assert np.abs(read_frames(str(tmp_path / "ref.mp4"), (64, 48))[0].astype(int) - upright[0]).mean() < 4

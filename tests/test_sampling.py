@@ -135,3 +135,15 @@ def test_motion_score_and_fps_reach_the_caption_through_the_template():
     with pytest.raises(ConfigError, match="sample.motion_score"):  # refused at start, not at the first sample
         typed([template])
     typed([template, "sample.motion_score=4"])
+
+    # Open-Sora 2.0's preset: sample.motion_score stands for the VMAF motion; images get the bare caption
+    from types import SimpleNamespace
+
+    from opensora_lite.train.evaluation import sample_captions
+
+    rt = SimpleNamespace(cfg=typed(["caption=opensora2", "sample.motion_score=4", "data.target_fps=24"]))
+    assert sample_captions(rt, ["a cat"], (33, 256, 256)) == ["a cat 24 FPS, 4 motion score."]
+    assert sample_captions(rt, ["a cat"], (1, 256, 256)) == ["a cat"]
+    rt.cfg.sample.motion_score = None
+    with pytest.raises(ConfigError, match="^motion_score: .*add motion_score="):
+        sample_captions(rt, ["a cat"], (33, 256, 256))

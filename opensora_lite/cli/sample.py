@@ -92,7 +92,7 @@ def read_frames(path: str, size: tuple[int, int], target_fps: float | None = Non
     and centre-cropped to size -> uint8 [F, H, W, 3]."""
     import av
 
-    from opensora_lite.data.video import resize_crop_size, temporal_stride
+    from opensora_lite.data.video import frame_rotation, frame_to_rgb, resize_crop_size, temporal_stride, upright_size
 
     if not Path(path).is_file():
         raise ConfigError("reference", f"no such file {path}")
@@ -105,8 +105,9 @@ def read_frames(path: str, size: tuple[int, int], target_fps: float | None = Non
             for i, frame in enumerate(container.decode(video=0)):
                 if i % stride:
                     continue
-                nh, nw, top, left = resize_crop_size(frame.height, frame.width, size)
-                rgb = frame.to_ndarray(width=nw, height=nh, format="rgb24", interpolation="AREA")
+                rotation = frame_rotation(frame)
+                nh, nw, top, left = resize_crop_size(*upright_size(frame.height, frame.width, rotation), size)
+                rgb = frame_to_rgb(frame, (nh, nw), rotation)
                 frames.append(rgb[top : top + size[0], left : left + size[1]])
     except (av.error.FFmpegError, IndexError) as exc:
         raise ConfigError("reference", f"cannot decode {path}: {exc}") from None

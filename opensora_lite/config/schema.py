@@ -86,10 +86,11 @@ class DataConfig:
     aspect_ratios: List[float] = field(default_factory=lambda: [0.5625, 0.75, 1.0, 1.3333, 1.7778])  # h / w
     decode_threads: int = 1
     caption_key: str = "txt"
-    # The caption the model sees, from the stored caption and the sample's json metadata (fps,
-    # motion_score, num_frames, duration, width, height). Open-Sora 2.0's:
-    # "{caption} {fps:.0f} FPS, {motion_score:.1f} motion score."
+    # The caption the model sees, from the stored caption and the sample's json metadata (fields:
+    # data/captions.py CAPTION_FIELDS). Presets: caption=plain | opensora2 (configs/caption/; Open-Sora
+    # 2.0's: "{caption} {clip_fps:g} FPS, {vmaf_motion_int} motion score.")
     caption_template: str = "{caption}"
+    image_caption_template: Optional[str] = None  # images' template; None: caption_template
     open_retries: int = 2  # a shard that cannot be opened is retried (1 s, 2 s, ... apart), then skipped
     # video: decode and encode on the fly. cached: train from precomputed latents + text embeddings, built
     # once per stage under cache_dir (in a folder named by everything they depend on) by the run itself

@@ -267,22 +267,25 @@ def async_checkpoint_note(cfg: Config, stage: StageConfig) -> str | None:
     )
 
 
-CAPTION_FIELDS = ("caption", "fps", "motion_score", "num_frames", "duration", "width", "height")
-
-
 def validate_data(cfg: Config) -> None:
-    sample = dict.fromkeys(CAPTION_FIELDS, 1.0) | {"caption": "a caption"}
-    try:
-        cfg.data.caption_template.format_map(sample)
-    except (KeyError, ValueError, IndexError) as exc:
-        raise ConfigError(
-            "data.caption_template", f"{cfg.data.caption_template!r}: {exc!r}; fields: {', '.join(CAPTION_FIELDS)}"
-        ) from None
+    from opensora_lite.data.captions import CAPTION_FIELDS, MOTION_FIELDS
+
+    sample = dict.fromkeys(CAPTION_FIELDS, 1.0) | {"caption": "a caption", "vmaf_motion_int": 1}
+    templates = {"data.caption_template": cfg.data.caption_template}
+    if cfg.data.image_caption_template is not None:
+        templates["data.image_caption_template"] = cfg.data.image_caption_template
+    for key, template in templates.items():
+        try:
+            template.format_map(sample)
+        except (KeyError, ValueError, IndexError) as exc:
+            raise ConfigError(key, f"{template!r}: {exc!r}; fields: {', '.join(CAPTION_FIELDS)}") from None
     samples = any(s.evaluate or s.validate_every for s in cfg.curriculum.stages.values())
-    if samples and cfg.sample.motion_score is None and "motion_score" in _template_fields(cfg.data.caption_template):
+    used = {f for t in templates.values() for f in _template_fields(t)} & set(MOTION_FIELDS)
+    if samples and cfg.sample.motion_score is None and used:
         raise ConfigError(
             "sample.motion_score",
-            "data.caption_template uses motion_score: set the value sampled captions get (Open-Sora 2.0: 4)",
+            f"the caption template uses {', '.join(sorted(used))}: set the value sampled captions get "
+            "(Open-Sora 2.0: 4)",
         )
 
 

@@ -85,7 +85,11 @@ def describe(cfg, name: str, image_condition: bool) -> dict:
         },
         "text_encoder": {k: v for k, v in asdict(cfg.text_encoder).items() if k != "cache_size"},
         "image_condition": image_condition,
-    }
+    } | (  # only when set, so caches built before the key existed keep their folders
+        {"image_caption_template": cfg.data.image_caption_template}
+        if cfg.data.image_caption_template is not None
+        else {}
+    )
 
 
 def cache_folder(cfg, name: str, image_condition: bool) -> tuple[Path, dict]:
@@ -143,6 +147,7 @@ def build_cache(cfg, name: str, image_condition: bool, ae, text, engine, progres
         decode_threads=cfg.data.decode_threads,
         caption_key=cfg.data.caption_key,
         caption_template=cfg.data.caption_template,
+        image_caption_template=cfg.data.image_caption_template,
         open_retries=cfg.data.open_retries,
     )
     mine = list(enumerate(sources))[engine.rank :: engine.world_size]

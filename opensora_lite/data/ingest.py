@@ -5,16 +5,18 @@ Sources: a folder (searched recursively; a caption sidecar `<name>.txt`, or `<na
 with a path column and a caption column; relative paths resolve against the index's folder.
 
 Each sample in a shard is `<key>.<ext>` (the file's bytes, untouched), `<key>.json` (probed metadata:
-num_frames, fps, width, height, duration, motion_score, source path) and `<key>.txt` (the caption).
+num_frames, fps, width, height (upright, after the display rotation), duration, motion_score,
+vmaf_motion, rotation, source path) and `<key>.txt` (the caption).
 Probing runs in a process pool; shards are written by the parent in input order, each to a temporary
 name renamed when complete. Unreadable inputs are skipped, counted by reason and listed in
 `<out>/skipped.tsv`.
 
 Motion score: the mean absolute difference of luma (0-255) between frames a quarter of a second apart,
 on thumbnails 64 pixels high, averaged over up to 16 pairs spread over the clip. 0 is a still shot;
-camera pans and fast action give 10-40. Images get 0. Open-Sora's caption suffix ("{fps} FPS,
-{motion} motion score.") is applied when training reads the shards (`data.caption_template`), so it
-can change without rebuilding them.
+camera pans and fast action give 10-40. Images get 0. VMAF motion (`vmaf_motion`): FFmpeg's
+`vmafmotion` filter averaged over the clip, the score Open-Sora 2.0's captions carry (`motion_scores`).
+The caption suffix ("{fps} FPS, {motion} motion score.") is applied when training reads the shards
+(`data.caption_template`, presets in configs/caption/), so it can change without rebuilding them.
 """
 
 from __future__ import annotations
@@ -99,19 +101,61 @@ def _sidecar_caption(path: Path) -> str | None:
     return None
 
 
-def motion_score(data: bytes, info_fps: float, max_pairs: int = 16, gap_s: float = 0.25) -> float:
-    """Mean absolute luma difference between frames gap_s apart (64-pixel-high thumbnails)."""
+def _vmaf_graph(stream) -> tuple:
+    """A filter graph buffer -> vmafmotion -> buffersink for frames of `stream`."""
+    graph = av.filter.Graph()
+    source = graph.add_buffer(template=stream)
+    motion = graph.add("vmafmotion")
+    sink = graph.add("buffersink")
+    source.link_to(motion)
+    motion.link_to(sink)
+    graph.configure()
+    return graph, source, sink
+
+
+def _drain(sink, scores: list[float]) -> None:
+    """Per-frame VMAF motion scores the filter has ready (frame metadata, two decimals)."""
+    while True:
+        try:
+            frame = sink.pull()
+        except (av.BlockingIOError, av.EOFError):
+            return
+        scores.append(float(frame.metadata.get("lavfi.vmafmotion.score", 0.0)))
+
+
+def motion_scores(data: bytes, info_fps: float, max_pairs: int = 16, gap_s: float = 0.25) -> tuple[float, float]:
+    """(motion_score, vmaf_motion) of a video, from one decode of every frame.
+
+    motion_score: our own: mean absolute luma difference between frames gap_s apart, on 64-pixel-high
+    thumbnails. vmaf_motion: FFmpeg's `vmafmotion` filter (VMAF's motion feature: blurred-luma SAD
+    between neighbouring frames, at the stored size) averaged over all frames, the first counting 0:
+    the average `ffmpeg -i clip -vf vmafmotion -f null -` reports, and the number Open-Sora 2.0 put in
+    its captions."""
     gap = max(1, round(info_fps * gap_s)) if info_fps > 0 else 1
+    vmaf: list[float] = []
     with av.open(io.BytesIO(data)) as container:
         stream = container.streams.video[0]
         scale = 64 / max(1, stream.height)
         size = (max(2, round(stream.width * scale)), 64)
-        frames = [f.to_ndarray(format="gray", width=size[0], height=size[1]) for f in container.decode(stream)]
+        _graph, source, sink = _vmaf_graph(stream)
+        frames = []
+        for f in container.decode(stream):
+            frames.append(f.to_ndarray(format="gray", width=size[0], height=size[1]))
+            source.push(f)
+            _drain(sink, vmaf)
+        source.push(None)  # flush
+        _drain(sink, vmaf)
+    vmaf_motion = float(np.mean(vmaf)) if vmaf else 0.0
     if len(frames) <= gap:
-        return 0.0
+        return 0.0, vmaf_motion
     starts = np.linspace(0, len(frames) - 1 - gap, num=min(max_pairs, len(frames) - gap)).round().astype(int)
     diffs = [np.abs(frames[i + gap].astype(np.float32) - frames[i].astype(np.float32)).mean() for i in starts]
-    return float(np.mean(diffs))
+    return float(np.mean(diffs)), vmaf_motion
+
+
+def motion_score(data: bytes, info_fps: float, max_pairs: int = 16, gap_s: float = 0.25) -> float:
+    """Our motion score alone (see `motion_scores`)."""
+    return motion_scores(data, info_fps, max_pairs, gap_s)[0]
 
 
 def prepare(item: SourceItem) -> Prepared:
@@ -130,18 +174,29 @@ def prepare(item: SourceItem) -> Prepared:
         if suffix in IMAGE_SUFFIXES:
             with av.open(io.BytesIO(data)) as container:
                 frame = next(container.decode(video=0))
-            meta = dict(num_frames=1, fps=0.0, width=frame.width, height=frame.height, duration=0.0, motion_score=0.0)
+            meta = dict(
+                num_frames=1,
+                fps=0.0,
+                width=frame.width,
+                height=frame.height,
+                duration=0.0,
+                motion_score=0.0,
+                vmaf_motion=0.0,
+            )
         elif suffix in VIDEO_SUFFIXES:
             info = probe(data)
             if info.num_frames < 1 or info.fps <= 0:
                 return Prepared(False, item.path, "no_frames")
+            motion, vmaf = motion_scores(data, info.fps)
             meta = dict(
                 num_frames=info.num_frames,
                 fps=info.fps,
-                width=info.width,
+                width=info.width,  # upright: a portrait phone clip stored landscape is portrait here
                 height=info.height,
                 duration=info.duration,
-                motion_score=round(motion_score(data, info.fps), 3),
+                motion_score=round(motion, 3),
+                vmaf_motion=round(vmaf, 3),
+                rotation=info.rotation,
             )
         else:
             return Prepared(False, item.path, "unknown_extension")

@@ -38,6 +38,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from opensora_lite.data.buckets import Bucket, BucketTable
+from opensora_lite.data.captions import format_caption
 from opensora_lite.data.video import VideoDecodeError, decode_window, probe, temporal_stride
 from opensora_lite.errors import DataError
 
@@ -110,6 +111,7 @@ class BucketedVideoStream(IterableDataset):
         caption_key: str = "txt",
         start_epoch: int = 0,
         caption_template: str = "{caption}",
+        image_caption_template: str | None = None,  # None: caption_template
         resume: LoaderState | None = None,
         open_retries: int = 2,
         retry_delay_s: float = 1.0,
@@ -120,6 +122,7 @@ class BucketedVideoStream(IterableDataset):
         self.shuffle_buffer, self.decode_threads, self.caption_key = shuffle_buffer, decode_threads, caption_key
         self.start_epoch = start_epoch
         self.caption_template = caption_template
+        self.image_caption_template = caption_template if image_caption_template is None else image_caption_template
         self.resume = resume or LoaderState()
         self.open_retries, self.retry_delay_s = open_retries, retry_delay_s
         self._warned: dict[str, tuple[float, int]] = {}
@@ -198,14 +201,14 @@ class BucketedVideoStream(IterableDataset):
         if not caption:
             self._skip(skipped, "missing_caption", key)
             return None
-        if self.caption_template != "{caption}":
-            try:
-                caption = self.caption_template.format_map({**meta, "caption": caption})
-            except (KeyError, ValueError, IndexError):  # metadata lacks a field the template names
-                self._skip(skipped, "caption_template_field", key)
-                return None
-        rng = _rng_for(self.seed, epoch, key)
         video_ext = next((e for e in VIDEO_EXTS if e in sample), None)
+        template = self.caption_template if video_ext is not None else self.image_caption_template
+        try:
+            caption = format_caption(template, caption, meta, self.target_fps)
+        except (KeyError, ValueError, IndexError):  # metadata lacks a field the template names
+            self._skip(skipped, "caption_template_field", key)
+            return None
+        rng = _rng_for(self.seed, epoch, key)
         if video_ext is not None:
             return self._prepare_video(sample[video_ext], meta, caption, key, rng, skipped, epoch, replay)
         image_ext = next((e for e in IMAGE_EXTS if e in sample), None)
@@ -251,14 +254,16 @@ class BucketedVideoStream(IterableDataset):
         except Exception:
             self._skip(skipped, "corrupt_image", key)
             return None
-        bucket = self.table.assign(frame.height, frame.width, 1, rng)
+        from opensora_lite.data.video import frame_rotation, frame_to_rgb, resize_crop_size, upright_size
+
+        rotation = frame_rotation(frame)
+        height, width = upright_size(frame.height, frame.width, rotation)
+        bucket = self.table.assign(height, width, 1, rng)
         if bucket is None:
             self._skip(skipped, "no_bucket", key)
             return None
-        from opensora_lite.data.video import resize_crop_size
-
-        nh, nw, top, left = resize_crop_size(frame.height, frame.width, (bucket.height, bucket.width))
-        rgb = frame.to_ndarray(width=nw, height=nh, format="rgb24", interpolation="AREA")
+        nh, nw, top, left = resize_crop_size(height, width, (bucket.height, bucket.width))
+        rgb = frame_to_rgb(frame, (nh, nw), rotation)
         return Item(bucket, rgb[None, top : top + bucket.height, left : left + bucket.width], caption, key)
 
     def items(self, shard: str, epoch: int, skipped: Counter):

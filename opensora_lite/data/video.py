@@ -43,10 +43,19 @@ def encode_image(frame: np.ndarray, codec: str = "png") -> bytes:
     return buf.getvalue()
 
 
-def encode_mp4(frames: np.ndarray, fps: float, crf: int = 18, gop: int | None = None, bframes: bool = False) -> bytes:
+def encode_mp4(
+    frames: np.ndarray,
+    fps: float,
+    crf: int = 18,
+    gop: int | None = None,
+    bframes: bool = False,
+    rotation: int = 0,
+) -> bytes:
     """H.264 mp4 bytes from uint8 frames [T, H, W, 3] (H and W even, as yuv420p requires). `gop`: frames
     between keyframes (x264's default 250 otherwise); `bframes`: reordered frames, as cameras and web
-    encoders produce (the default low-latency setting has none)."""
+    encoders produce (the default low-latency setting has none); `rotation`: a display matrix saying the
+    stored frames are shown turned `rotation` degrees counter-clockwise (what a phone writes when it
+    stores a portrait video landscape)."""
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"expected uint8 [T, H, W, 3] frames, got {frames.dtype} {frames.shape}")
     t, h, w, _ = frames.shape
@@ -61,6 +70,8 @@ def encode_mp4(frames: np.ndarray, fps: float, crf: int = 18, gop: int | None = 
             stream.options["tune"] = "zerolatency"
         if gop:
             stream.codec_context.gop_size = gop
+        if rotation:
+            stream.set_display_rotation(rotation)
         for frame in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
         container.mux(stream.encode())
@@ -69,24 +80,56 @@ def encode_mp4(frames: np.ndarray, fps: float, crf: int = 18, gop: int | None = 
 
 @dataclass
 class VideoInfo:
+    """What a video holds, as it is displayed: `height` and `width` are upright (swapped from the stored
+    frames' when `rotation` is 90 or 270)."""
+
     num_frames: int
     fps: float
     height: int
     width: int
+    rotation: int = 0  # degrees counter-clockwise the stored frames are turned for display: 0, 90, 180, 270
 
     @property
     def duration(self) -> float:
         return self.num_frames / self.fps if self.fps else 0.0
 
 
+def frame_rotation(frame: av.VideoFrame) -> int:
+    """The display rotation of a decoded frame (its display matrix, e.g. a phone's portrait flag), as
+    0, 90, 180 or 270 degrees counter-clockwise; angles in between are taken to the nearest quarter."""
+    return (round(frame.rotation / 90) % 4) * 90
+
+
+def upright_size(height: int, width: int, rotation: int) -> tuple[int, int]:
+    """(height, width) as displayed, from the stored frame's size and its rotation."""
+    return (width, height) if rotation % 180 else (height, width)
+
+
+def frame_to_rgb(frame: av.VideoFrame, size: tuple[int, int] | None = None, rotation: int | None = None) -> np.ndarray:
+    """A decoded frame as upright uint8 RGB [h, w, 3], resized (area filter) to `size` = (h, w) as
+    displayed (None: full size). Every decode path goes through here, so a clip stored landscape with a
+    90-degree display rotation is read portrait, the way it is shown."""
+    rotation = frame_rotation(frame) if rotation is None else rotation
+    if size is None:
+        size = upright_size(frame.height, frame.width, rotation)
+    h, w = upright_size(*size, rotation)  # the stored frame's orientation
+    rgb = frame.to_ndarray(width=w, height=h, format="rgb24", interpolation="AREA")
+    return np.ascontiguousarray(np.rot90(rgb, k=rotation // 90)) if rotation else rgb
+
+
 def probe(data: bytes) -> VideoInfo:
-    """Frame count, fps and size of an encoded video (decodes when the container does not say)."""
+    """Frame count, fps, upright size and display rotation of an encoded video (the rotation is read from
+    the first decoded frame; all frames are decoded when the container does not give their number)."""
     try:
         with av.open(io.BytesIO(data)) as container:
             stream = container.streams.video[0]
             fps = float(stream.average_rate or stream.guessed_rate or 0)
-            n = stream.frames or sum(1 for _ in container.decode(stream))
-            return VideoInfo(num_frames=n, fps=fps, height=stream.height, width=stream.width)
+            frames = container.decode(stream)
+            first = next(frames, None)
+            rotation = frame_rotation(first) if first is not None else 0
+            n = stream.frames or ((first is not None) + sum(1 for _ in frames))
+            height, width = upright_size(stream.height, stream.width, rotation)
+            return VideoInfo(num_frames=n, fps=fps, height=height, width=width, rotation=rotation)
     except (av.error.FFmpegError, IndexError) as exc:
         raise VideoDecodeError(f"cannot probe video: {exc}") from exc
 
@@ -113,7 +156,7 @@ def decode_window(
 
     With `seek`, decoding starts at the keyframe before `start` and frame positions come from
     timestamps; without, it starts at frame 0 and counts. Either way only the wanted frames are
-    converted to RGB (at the reduced size), and decoding stops after the last one."""
+    converted to RGB (at the reduced size, upright: `frame_to_rgb`), and decoding stops after the last one."""
     wanted = {start + i * stride for i in range(num_frames)}
     last = start + (num_frames - 1) * stride
     out: list[np.ndarray] = []
@@ -122,7 +165,7 @@ def decode_window(
             stream = container.streams.video[0]
             stream.thread_count = threads
             fps = float(stream.average_rate or stream.guessed_rate or 0)
-            nh, nw, top, left = resize_crop_size(stream.height, stream.width, size)
+            crop = None  # (nh, nw, top, left) from the first frame's upright size
             t0, base = stream.start_time or 0, stream.time_base
             by_pts = seek and start > 0 and fps > 0 and base is not None
             if by_pts:  # lands on the last keyframe at or before the first wanted frame
@@ -132,7 +175,11 @@ def decode_window(
                     return decode_window(data, start, num_frames, stride, size, threads, seek=False)
                 index = round(float((frame.pts - t0) * base) * fps) if by_pts else count
                 if index in wanted:
-                    rgb = frame.to_ndarray(width=nw, height=nh, format="rgb24", interpolation="AREA")
+                    if crop is None:
+                        rotation = frame_rotation(frame)
+                        crop = resize_crop_size(*upright_size(frame.height, frame.width, rotation), size)
+                    nh, nw, top, left = crop
+                    rgb = frame_to_rgb(frame, (nh, nw), rotation)
                     out.append(rgb[top : top + size[0], left : left + size[1]])
                     wanted.discard(index)
                 if index >= last:

@@ -38,7 +38,9 @@ def template_captions(prompts: list[str], template: str, **fields) -> list[str]:
         try:
             out.append(template.format_map({**{k: v for k, v in fields.items() if v is not None}, "caption": p}))
         except KeyError as exc:
-            field = exc.args[0]
+            from opensora_lite.data.captions import MOTION_FIELDS
+
+            field = "motion_score" if exc.args[0] in MOTION_FIELDS else exc.args[0]  # sample.motion_score fills them
             raise ConfigError(field, f"the run's caption template {template!r} needs it: add {field}=...") from None
     return out
 

@@ -42,9 +42,27 @@ def sample_captions(rt, prompts: list[str], shape: tuple[int, int, int]) -> list
     """Prompts through the run's caption template, with the sampling values of its fields."""
     cfg = rt.cfg
     fps = cfg.sample.fps or cfg.data.target_fps
+    frames = shape[0]
+    return template_captions(prompts, caption_template_for(cfg.data, frames), **sampling_fields(cfg, fps, shape))
+
+
+def caption_template_for(data, frames: int) -> str:
+    """The template training applied to clips of `frames` frames (images have their own, when set)."""
+    if frames == 1 and data.image_caption_template is not None:
+        return data.image_caption_template
+    return data.caption_template
+
+
+def sampling_fields(cfg, fps: float, shape: tuple[int, int, int]) -> dict:
+    """The caption template's fields for a sampled clip: its shape, fps (also the clip's frame rate) and
+    sample.motion_score standing for whichever motion score the template names."""
+    from opensora_lite.data.captions import caption_fields
+
     frames, h, w = shape
-    fields = dict(fps=fps, motion_score=cfg.sample.motion_score, num_frames=frames, width=w, height=h)
-    return template_captions(prompts, cfg.data.caption_template, duration=frames / fps, **fields)
+    m = cfg.sample.motion_score
+    meta = dict(fps=fps, num_frames=frames, width=w, height=h, duration=frames / fps)
+    meta |= dict(motion_score=m, vmaf_motion=m) if m is not None else {}
+    return caption_fields(meta, fps) | {"clip_fps": fps}
 
 
 def save_samples(

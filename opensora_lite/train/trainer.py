@@ -121,6 +121,7 @@ class StageTrainer:
             decode_threads=cfg.data.decode_threads,
             caption_key=cfg.data.caption_key,
             caption_template=cfg.data.caption_template,
+            image_caption_template=cfg.data.image_caption_template,
             resume=resume,
             open_retries=cfg.data.open_retries,
         )

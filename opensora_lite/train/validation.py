@@ -95,6 +95,7 @@ def held_out_loss(rt, model, stage, seed: int) -> dict[str, float]:
         shuffle_buffer=1,
         caption_key=cfg.data.caption_key,
         caption_template=cfg.data.caption_template,
+        image_caption_template=cfg.data.image_caption_template,
     )
     batches, noise = iter(stream), torch.Generator().manual_seed(seed)
     times = list(cfg.eval.val_timesteps)
