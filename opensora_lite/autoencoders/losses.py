@@ -115,12 +115,15 @@ def hinge_g_loss(fake: Tensor) -> Tensor:
     return -fake.mean()
 
 
-def adaptive_weight(nll: Tensor, g: Tensor, recon: Tensor, scale: float, limit: float = 1e4) -> Tensor:
-    """scale * |d nll / d recon| / (|d g / d recon| + 1e-4), detached, clamped to [0, limit]. Over several
-    ranks (equal shares of the batch) the squared norms are summed and divided by world^2: the full
-    batch's gradient norms, as one process computes them (both losses are batch means)."""
-    gn = torch.autograd.grad(nll, recon, retain_graph=True)[0].float().pow(2).sum()
-    gg = torch.autograd.grad(g, recon, retain_graph=True)[0].float().pow(2).sum()
+def adaptive_weight(nll_fn, g_fn, recon: Tensor, scale: float, limit: float = 1e4) -> Tensor:
+    """scale * |d nll / d recon| / (|d g / d recon| + 1e-4), clamped to [0, limit], for the losses
+    nll_fn(recon) and g_fn(recon). Evaluated on a detached copy of the reconstruction: a graph of its own,
+    which no engine hook on the model's output takes part in (under fsdp2 it did, after a checkpoint).
+    Over several ranks (equal shares of the batch) the squared norms are summed and divided by world^2:
+    the full batch's gradient norms, as one process computes them (both losses are batch means)."""
+    r = recon.detach().requires_grad_(True)
+    gn = torch.autograd.grad(nll_fn(r), r)[0].float().pow(2).sum()
+    gg = torch.autograd.grad(g_fn(r), r)[0].float().pow(2).sum()
     sums = torch.stack([gn, gg]).detach()
     if dist.is_initialized() and (world := dist.get_world_size()) > 1:
         dist.all_reduce(sums)

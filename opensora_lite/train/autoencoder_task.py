@@ -104,9 +104,10 @@ class AutoencoderTask:
                 f"the autoencoder reconstructs {tuple(video.shape)} as {tuple(out.shape)}: use buckets whose clips "
                 "it maps to more than one latent frame"
             )
-        recon = out.view_as(out)  # the norms below stop here, before any engine hook on the module's output
-        nll = r.l1_weight * l1_loss(recon, video)
-        parts = {"l1": float(nll.detach())}
+        recon = out
+        l1 = l1_loss(recon, video)
+        nll = r.l1_weight * l1
+        parts = {"l1": float(l1.detach())}
         if self.perceptual is not None:
             p = self.perceptual(recon, video)
             nll = nll + r.perceptual_weight * p
@@ -114,10 +115,12 @@ class AutoencoderTask:
         loss = nll
         disc = self.disc_on(step)
         if disc:
-            self.disc.requires_grad_(False)
+            self.disc.requires_grad_(False)  # the generator's term: no gradients into the discriminator
             g = hinge_g_loss(self.disc(recon))
+            w = adaptive_weight(
+                lambda x: self._nll(x, video), lambda x: hinge_g_loss(self.disc(x)), recon, r.disc_weight
+            )
             self.disc.requires_grad_(True)
-            w = adaptive_weight(nll, g, recon, r.disc_weight)
             loss = nll + w * g
             parts.update(g_loss=float(g.detach()), d_weight=float(w))
         engine.backward(model, loss / self.stage.grad_accum, sync=last)
@@ -129,6 +132,13 @@ class AutoencoderTask:
             self.parts[k] = self.parts.get(k, 0.0) + v / self.stage.grad_accum
         self.parts["n"] = self.parts.get("n", 0.0) + 1 / self.stage.grad_accum
         return loss.detach(), video[:, 0].numel(), 0.0
+
+    def _nll(self, recon, video):
+        """The reconstruction loss (L1 + perceptual, weighted)."""
+        out = self.r.l1_weight * l1_loss(recon, video)
+        if self.perceptual is not None:
+            out = out + self.r.perceptual_weight * self.perceptual(recon, video)
+        return out
 
     def after_step(self, step: int) -> None:
         """The discriminator's update, after the engine stepped the autoencoder (`step` 0-based)."""
