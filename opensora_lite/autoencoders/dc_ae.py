@@ -155,6 +155,10 @@ class VideoDCAE(Autoencoder):
             return self.decoder(z)
         return _tiled(space, z, 2, tt, st)
 
+    def forward(self, video: Tensor) -> Tensor:
+        """The reconstruction an autoencoder stage trains (with gradients, untiled, unscaled latents)."""
+        return self.decoder(self.encoder(video.to(self._dtype()))).float()
+
     @torch.no_grad()
     def encode(self, video: Tensor, sample: bool = True, generator: torch.Generator | None = None) -> Tensor:
         """Video [B, 3, T, H, W] in [-1, 1], T = 1 or a multiple of 4 -> scaled latents, float32.

@@ -127,10 +127,26 @@ class LoraConfig:
 
 
 @dataclass
+class ReconstructionConfig:
+    """What an autoencoder stage (stage.kind=autoencoder, docs/autoencoder_training.md) trains on."""
+
+    l1_weight: float = 1.0
+    perceptual_weight: float = 0.0  # VGG/LPIPS perceptual loss; > 0 needs vgg_path
+    vgg_path: Optional[str] = None  # local .safetensors of VGG16 `features.*` (+ LPIPS `lin*`) weights
+    disc_weight: float = 0.0  # 3D PatchGAN (hinge); 0: no discriminator
+    disc_start: int = 0  # the optimizer step from which the discriminator trains and its loss counts
+    disc_lr: float = 1e-4
+    disc_channels: int = 32
+    disc_layers: int = 2
+    image_fraction: float = 0.2  # share of steps trained on single frames (Open-Sora: 20% images)
+
+
+@dataclass
 class StageConfig:
     """One stage of a curriculum: the training loop's settings for a span of steps."""
 
     description: str = ""
+    kind: str = "diffusion"  # diffusion (train the MMDiT) | autoencoder (train the autoencoder)
     steps: int = 1000
     init: str = "previous"  # previous | none | path to a .safetensors (BFL Flux or ours) or a stage dir
     # {resolution: {num_frames: [probability, batch_size]}} (Open-Sora 2.0's bucket_config); the
@@ -156,6 +172,7 @@ class StageConfig:
     # the end-of-stage evaluation (EMA weights when EMA is on) and log its metrics; 0 disables
     validate_every: int = 0
     lora: LoraConfig = field(default_factory=LoraConfig)
+    reconstruction: ReconstructionConfig = field(default_factory=ReconstructionConfig)  # kind=autoencoder
 
 
 @dataclass

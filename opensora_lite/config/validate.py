@@ -184,11 +184,16 @@ def validate_stage(cfg: Config, name: str, stage: StageConfig, first: bool) -> N
                 _require(
                     latent_t % cfg.model.patch_size[0] == 0, bkey, "latent frames not divisible by model.patch_size[0]"
                 )
+    _require(stage.kind in STAGE_KINDS, f"{key}.kind", f"unknown {stage.kind!r}; choose from {STAGE_KINDS}")
+    if stage.kind == "autoencoder":
+        validate_reconstruction(cfg, key, stage)
     for task, weight in stage.tasks.items():
         _require(task in TASKS, f"{key}.tasks.{task}", f"unknown task; choose from {TASKS}")
         _require(weight >= 0, f"{key}.tasks.{task}", "weight must be >= 0")
     _require(
-        sum(stage.tasks.values()) > 0, f"{key}.tasks", "needs a positive weight for at least one task (e.g. {t2v: 1.0})"
+        stage.kind == "autoencoder" or sum(stage.tasks.values()) > 0,
+        f"{key}.tasks",
+        "needs a positive weight for at least one task (e.g. {t2v: 1.0})",
     )
     if any(stage.tasks.get(t, 0) > 0 for t in ("v2v_head", "v2v_tail")):
         _require(stage.v2v_frames >= 1, f"{key}.v2v_frames", "must be >= 1 when a v2v task has weight")
@@ -209,6 +214,35 @@ def validate_stage(cfg: Config, name: str, stage: StageConfig, first: bool) -> N
 
 
 LORA_ENGINES = ("single", "ddp", "fsdp2", "deepspeed_zero2")
+STAGE_KINDS = ("diffusion", "autoencoder")
+AUTOENCODER_ENGINES = ("single", "ddp", "fsdp2")
+TRAINABLE_AUTOENCODERS = ("dc_ae",)  # kinds whose module's forward(video) reconstructs with gradients
+
+
+def validate_reconstruction(cfg: Config, key: str, stage: StageConfig) -> None:
+    """An autoencoder stage (stage.kind=autoencoder): its loss settings and what it runs with."""
+    r, rkey = stage.reconstruction, f"{key}.reconstruction"
+    engine = cfg.parallel.engine
+    _require(engine in AUTOENCODER_ENGINES, "parallel.engine", f"an autoencoder stage runs on {AUTOENCODER_ENGINES}")
+    _require(cfg.parallel.sp_size == 1, "parallel.sp_size", "an autoencoder stage has no sequence parallelism")
+    _require(cfg.data.kind != "cached", "data.kind", "an autoencoder stage trains on pixels, not a latent cache")
+    _require(stage.lora.rank == 0, f"{key}.lora.rank", "LoRA applies to the MMDiT, not an autoencoder stage")
+    _require(
+        cfg.autoencoder.kind in TRAINABLE_AUTOENCODERS,
+        "autoencoder.kind",
+        f"{cfg.autoencoder.kind} has no training forward (nothing to train for pixel); an autoencoder stage "
+        f"trains {TRAINABLE_AUTOENCODERS}",
+    )
+    for name in ("l1_weight", "perceptual_weight", "disc_weight", "disc_start"):
+        _require(getattr(r, name) >= 0, f"{rkey}.{name}", "must be >= 0")
+    _require(0 <= r.image_fraction <= 1, f"{rkey}.image_fraction", "must be in [0, 1]")
+    _require(
+        r.perceptual_weight == 0 or bool(r.vgg_path),
+        f"{rkey}.vgg_path",
+        "perceptual_weight > 0 needs local VGG weights (a .safetensors file); or set perceptual_weight=0",
+    )
+    _require(r.disc_weight == 0 or (r.disc_channels >= 1 and r.disc_layers >= 1), f"{rkey}.disc_layers", "must be >= 1")
+    _require(r.disc_lr > 0, f"{rkey}.disc_lr", "must be positive")
 
 
 def validate_lora(cfg: Config, key: str, stage: StageConfig) -> None:

@@ -12,7 +12,7 @@ def apply_activation_checkpointing(model: nn.Module, double_blocks: int, single_
     backward. Counts above the depth mean all. Returns how many blocks were wrapped."""
     wrapped = 0
     for name, count in (("double_blocks", double_blocks), ("single_blocks", single_blocks)):
-        blocks: nn.ModuleList = getattr(model, name)
+        blocks: nn.ModuleList = getattr(model, name, [])  # (a model without such blocks: an autoencoder)
         for i in range(min(count, len(blocks))):
             blocks[i] = checkpoint_wrapper(blocks[i], preserve_rng_state=False)
             wrapped += 1
@@ -23,7 +23,7 @@ def compile_blocks(model: nn.Module, backend: str = "inductor") -> int:
     """torch.compile each double- and single-stream block on its own (not the whole model): the blocks
     of one type share one compiled graph, and AC wrappers and FSDP2 sharding still see one module per
     block. Call after activation checkpointing. Returns how many blocks were compiled."""
-    blocks = [*model.double_blocks, *model.single_blocks]
+    blocks = [*getattr(model, "double_blocks", []), *getattr(model, "single_blocks", [])]
     for block in blocks:
         block.compile(backend=backend)
     return len(blocks)

@@ -46,7 +46,8 @@ class FSDP2Engine(Engine):
             return model
         mesh = self._mesh()
         policy = MixedPrecisionPolicy(param_dtype=DTYPES[self.compute_dtype()], reduce_dtype=torch.float32)
-        for block in [*model.double_blocks, *model.single_blocks]:
+        # the MMDiT's blocks one by one; a model without them (an autoencoder) is sharded as one unit
+        for block in [*getattr(model, "double_blocks", []), *getattr(model, "single_blocks", [])]:
             fully_shard(block, mesh=mesh, mp_policy=policy)
         fully_shard(model, mesh=mesh, mp_policy=policy)
         return model

@@ -29,6 +29,7 @@ from opensora_lite.models.flux_weights import load_into, read_flux_weights
 from opensora_lite.models.lora import load_adapters
 from opensora_lite.models.mmdit import MMDiT
 from opensora_lite.train.adapters import StageLora
+from opensora_lite.train.autoencoder_task import AutoencoderTask
 from opensora_lite.train.checkpoint_writer import CheckpointWriter
 from opensora_lite.train.ema import EMA
 from opensora_lite.train.evaluation import evaluate_stage
@@ -71,6 +72,11 @@ class StageTrainer:
         self.engine = rt.engine
         self.peak_tflops = rt.cfg.run.peak_tflops or peak_tflops(rt.device, rt.cfg.run.dtype)
         self.lora = StageLora(self.stage, self.engine, rt.cfg.run.dtype) if self.stage.lora.rank > 0 else None
+        # stage.kind=autoencoder: what a step computes and what evaluation measures come from this task;
+        # None: the diffusion stage's own (below)
+        self.task = (
+            AutoencoderTask(self.engine, rt.cfg, self.stage, self.index) if self.stage.kind == "autoencoder" else None
+        )
 
     # -- set-up ----------------------------------------------------------------------------------
     def _init_path(self):
@@ -100,6 +106,18 @@ class StageTrainer:
             self.rt.tracker.event(
                 "init", self.step_offset, self.name, source=str(path), missing=missing, unexpected=unexpected
             )
+
+    def _init_task_weights(self, model, resume) -> None:
+        """An autoencoder stage's weights: the checkpoint's on resume, else `init`'s (none: the
+        autoencoder config's own, autoencoder.path or its seeded initialisation)."""
+        path = self.dir.checkpoint_weights(resume) if resume else self._init_path()
+        if path is None:
+            log.info("[%s] autoencoder weights from the autoencoder config", self.name)
+            return
+        self.task.load_weights(model, path)
+        if resume is None:
+            log.info("[%s] autoencoder weights from %s", self.name, path)
+            self.rt.tracker.event("init", self.step_offset, self.name, source=str(path), missing=[], unexpected=[])
 
     def _loader(self, resume: LoaderState):
         cfg, engine = self.cfg, self.engine
@@ -177,15 +195,22 @@ class StageTrainer:
         cfg, stage, engine, rt = self.cfg, self.stage, self.engine, self.rt
         self.image_condition = uses_image_condition(stage)
         torch.manual_seed(cfg.run.seed * 1000 + self.index)  # model init: identical on every rank
-        meta = engine.builds_on_meta  # built on meta (or partitioned), sharded, then each rank fills its shards
-        with engine.model_context():
-            model = MMDiT(cfg.model, image_condition=self.image_condition)
-        model.set_sequence_parallel(engine.sp)
+        # built on meta (or partitioned), sharded, then each rank fills its shards (the MMDiT only)
+        meta = engine.builds_on_meta and self.task is None
+        if self.task:
+            model = self.task.build_model()
+        else:
+            with engine.model_context():
+                model = MMDiT(cfg.model, image_condition=self.image_condition)
+            model.set_sequence_parallel(engine.sp)
         if engine.is_main and (leftovers := self.dir.discard_incomplete()):
             log.warning("[%s] removed incomplete checkpoint folders of an interrupted job: %s", self.name, leftovers)
         resume = self.dir.latest_checkpoint()
-        ckpt = self.dir.load_checkpoint(resume, weights=not meta and not self.lora) if resume else None
-        if self.lora:  # frozen base from init (also on resume), adapters on top, from the checkpoint if any
+        own_weights = meta or self.lora or self.task  # the full weights are read below, not here
+        ckpt = self.dir.load_checkpoint(resume, weights=not own_weights) if resume else None
+        if self.task:
+            self._init_task_weights(model, resume if ckpt else None)
+        elif self.lora:  # frozen base from init (also on resume), adapters on top, from the checkpoint if any
             self._init_weights(model, None, report=ckpt is None)
             self.lora.prepare(model, self.name)
             if ckpt:
@@ -246,12 +271,18 @@ class StageTrainer:
                 data_state.batches += 1
                 data_state.failed.extend(batch["failed"])
                 skipped.update(batch["skipped"])
-                loss, tokens, flops = self._micro_step(model, batch, gen, last=micro == stage.grad_accum - 1)
+                last = micro == stage.grad_accum - 1
+                if self.task:
+                    loss, tokens, flops = self.task.micro_step(model, batch, gen, step, last)
+                else:
+                    loss, tokens, flops = self._micro_step(model, batch, gen, last=last)
                 window["flops"] += flops
                 window["loss"] += float(loss) / stage.grad_accum
                 window["tokens"] += tokens
                 window["samples"] += len(batch["captions"])
             grad_norm = engine.step(model, opt)
+            if self.task:
+                self.task.after_step(step)
             sched.step()
             if ema:
                 ema.update(engine.unwrap(model))
@@ -292,9 +323,10 @@ class StageTrainer:
             # model FLOPs per device (an SP group shares each sample; recomputation not counted)
             "tflops_per_device": w["flops"] / engine.cfg.sp_size / elapsed / 1e12,
             **worst,
+            **(self.task.take_metrics() if self.task else {}),
             "step": step,
         }
-        if self.peak_tflops:
+        if self.peak_tflops and w["flops"]:  # (an autoencoder stage's FLOPs are not counted)
             metrics["mfu"] = metrics["tflops_per_device"] / self.peak_tflops
         self.rt.tracker.log(metrics, self.step_offset + step, self.name)
         if bar.disable and self.engine.is_main and self.cfg.logger.console:
@@ -333,6 +365,7 @@ class StageTrainer:
                 "data_layout": {"dp_size": engine.dp_size, "num_workers": self.cfg.data.num_workers},
                 "scheduler": sched.state_dict(),
                 "generators": generators,  # one per rank
+                **({"task": self.task.state_dict()} if self.task else {}),  # the discriminator's
             }
 
         self.writer.save(step, model, opt, ema, trainer_state)
@@ -351,6 +384,8 @@ class StageTrainer:
         plain = self.engine.unwrap(model)
         if self.engine.sp is None and not self.engine.shards_parameters and not copy:
             return plain
+        if self.task:
+            return self.task.copy_model(weights)
         local = MMDiT(self.cfg.model, image_condition=self.image_condition)
         load_into(local, weights, "gathered weights")
         return local.to(self.engine.device)
@@ -370,6 +405,8 @@ class StageTrainer:
             )
         if ema and "ema" in ckpt:
             ema.load_state_dict(ckpt["ema"])
+        if self.task:
+            self.task.load_state_dict(state.get("task", {}))
         data = LoaderState.from_dict(state.get("data", {"batches": state.get("batches", 0)}))
         layout = {"dp_size": engine.dp_size, "num_workers": self.cfg.data.num_workers}
         if state.get("data_layout", layout) != layout:  # shards are dealt over ranks x workers
@@ -393,7 +430,10 @@ class StageTrainer:
         rt.place_encoders(engine.device)
         if self.stage.evaluate and engine.is_main:
             eval_model = self._eval_model(model, weights if ema_state is None else ema_state, ema_state is not None)
-            metrics, paths, sheets = evaluate_stage(rt, eval_model, self.stage, self.dir.samples)
+            if self.task:
+                metrics, paths, sheets = self.task.evaluate(rt, eval_model, self.dir.samples)
+            else:
+                metrics, paths, sheets = evaluate_stage(rt, eval_model, self.stage, self.dir.samples)
         eval_seconds = time.perf_counter() - eval_began
         result = StageResult(
             self.name, self.stage.steps, seconds, loss, metrics, dict(skipped), start, eval_seconds=eval_seconds

@@ -53,8 +53,11 @@ class Validator:
                 rt.place_encoders(engine.device)
                 sample_from = engine.unwrap(model) if weights is None else self._copy(weights)
                 folder = t.dir.root / "validation" / f"step_{step:06d}" / "samples"
-                metrics, paths, sheets = evaluate_stage(rt, sample_from, t.stage, folder)
-                if t.cfg.eval.val_shards:
+                if t.task:  # an autoencoder stage: reconstruction scores on the held-out clips
+                    metrics, paths, sheets = t.task.evaluate(rt, sample_from, folder)
+                else:
+                    metrics, paths, sheets = evaluate_stage(rt, sample_from, t.stage, folder)
+                if t.cfg.eval.val_shards and not t.task:
                     metrics.update(held_out_loss(rt, sample_from, t.stage, t.cfg.run.seed))
                 if t.cfg.data.kind == "cached":
                     rt.place_encoders("cpu")
@@ -76,6 +79,8 @@ class Validator:
         return metrics
 
     def _copy(self, weights: dict) -> MMDiT:
+        if self.t.task:
+            return self.t.task.copy_model(weights)
         local = MMDiT(self.t.cfg.model, image_condition=self.t.image_condition)
         load_into(local, weights, "validation weights")
         return local.to(self.t.engine.device)

@@ -1,0 +1,218 @@
+"""What an autoencoder stage (stage.kind=autoencoder) computes; the trainer's loop runs it.
+
+The trainer owns the plumbing (engine, checkpoints, loader state, preemption, metrics, tracking) for
+both kinds of stage; this task gives the autoencoder stage's model (the configured autoencoder, made
+trainable), its loss (L1 + perceptual + adaptive-weighted hinge PatchGAN, autoencoders/losses.py),
+the discriminator's own update after each engine step, the discriminator's state for the checkpoint,
+and the reconstruction evaluation (PSNR/SSIM on held-out clips + a contact sheet).
+
+The discriminator is small and replicated on every rank (never sharded): its gradients are averaged
+over ranks with one all-reduce, so every engine trains it alike. Its weights and Adam state travel in
+the trainer state of the stage's checkpoints (JSON + safetensors, train/state.py).
+
+Whether a step trains on single frames (`stage.reconstruction.image_fraction`) is drawn from
+(run.seed, stage, step) alone: the same on every rank and after a resume.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from opensora_lite.autoencoders import build_autoencoder
+from opensora_lite.autoencoders.losses import (
+    PatchDiscriminator3D,
+    adaptive_weight,
+    hinge_d_loss,
+    hinge_g_loss,
+    l1_loss,
+    load_perceptual,
+)
+from opensora_lite.errors import CheckpointError, UserError
+from opensora_lite.eval.reconstruction import psnr, reconstruction_sheet, ssim
+
+log = logging.getLogger("opensora_lite")
+
+
+class AutoencoderTask:
+    kind = "autoencoder"
+
+    def __init__(self, engine, cfg, stage, index: int):
+        self.engine, self.cfg, self.stage, self.index = engine, cfg, stage, index
+        self.r = r = stage.reconstruction
+        self.perceptual = load_perceptual(r.vgg_path).to(engine.device) if r.perceptual_weight > 0 else None
+        self.disc = self.disc_opt = None
+        if r.disc_weight > 0:
+            with torch.random.fork_rng(devices=[]):  # its own seed: the autoencoder's init is unchanged by it
+                torch.manual_seed(cfg.run.seed * 1000 + index + 500)
+                self.disc = PatchDiscriminator3D(r.disc_channels, r.disc_layers).to(engine.device)
+            o = stage.optim
+            self.disc_opt = torch.optim.AdamW(self.disc.parameters(), lr=r.disc_lr, betas=tuple(o.betas), eps=o.eps)
+        self.parts: dict[str, float] = {}
+
+    # -- the model ---------------------------------------------------------------------------------
+    def build_model(self) -> nn.Module:
+        """The configured autoencoder with every parameter trainable; its forward(video) reconstructs."""
+        ae = build_autoencoder(self.cfg.autoencoder)
+        if not any(True for _ in ae.parameters()) or type(ae).forward is nn.Module.forward:
+            raise UserError(
+                f"autoencoder.kind={self.cfg.autoencoder.kind} has nothing to train (no parameters or no "
+                "forward(video) -> reconstruction); an autoencoder stage trains e.g. dc_ae"
+            )
+        return ae.requires_grad_(True)
+
+    def copy_model(self, weights: dict) -> nn.Module:
+        """A local autoencoder holding `weights` (gathered or EMA), for evaluation on rank 0."""
+        ae = build_autoencoder(self.cfg.autoencoder)
+        ae.load_state_dict(weights)
+        return ae.to(self.engine.device)
+
+    def load_weights(self, model: nn.Module, path: Path) -> None:
+        """Weights of a checkpoint (a safetensors file or a DCP folder) into the unwrapped model."""
+        from opensora_lite.models.flux_weights import is_dcp_folder, read_dcp_folder
+        from opensora_lite.train.state import load_weights
+
+        state = read_dcp_folder(path) if is_dcp_folder(path) else load_weights(path)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise CheckpointError(
+                f"{path}: not this autoencoder's weights ({len(missing)} missing, e.g. {missing[:2]})"
+            )
+
+    # -- one step ----------------------------------------------------------------------------------
+    def images_at(self, step: int) -> bool:
+        g = torch.Generator().manual_seed(self.cfg.run.seed * 1_000_003 + self.index * 7919 + step)
+        return float(torch.rand((), generator=g)) < self.r.image_fraction
+
+    def disc_on(self, step: int) -> bool:
+        return self.disc is not None and step >= self.r.disc_start
+
+    def micro_step(self, model, batch: dict, gen, step: int, last: bool) -> tuple[torch.Tensor, int, float]:
+        """One forward + backward of the autoencoder (and the discriminator's, once it trains); `step` is
+        0-based. Returns the loss, the pixels and 0 FLOPs (not counted for autoencoders)."""
+        r, engine = self.r, self.engine
+        video = batch["video"].to(engine.device, non_blocking=True)
+        if self.images_at(step):
+            video = video[:, :, :1]
+        out = model(video)
+        if out.shape != video.shape:
+            raise UserError(
+                f"the autoencoder reconstructs {tuple(video.shape)} as {tuple(out.shape)}: use buckets whose clips "
+                "it maps to more than one latent frame"
+            )
+        recon = out
+        l1 = l1_loss(recon, video)
+        nll = r.l1_weight * l1
+        parts = {"l1": float(l1.detach())}
+        if self.perceptual is not None:
+            p = self.perceptual(recon, video)
+            nll = nll + r.perceptual_weight * p
+            parts["perceptual"] = float(p.detach())
+        loss = nll
+        disc = self.disc_on(step)
+        if disc:
+            self.disc.requires_grad_(False)  # the generator's term: no gradients into the discriminator
+            g = hinge_g_loss(self.disc(recon))
+            w = adaptive_weight(
+                lambda x: self._nll(x, video), lambda x: hinge_g_loss(self.disc(x)), recon, r.disc_weight
+            )
+            self.disc.requires_grad_(True)
+            loss = nll + w * g
+            parts.update(g_loss=float(g.detach()), d_weight=float(w))
+        engine.backward(model, loss / self.stage.grad_accum, sync=last)
+        if disc:
+            d = hinge_d_loss(self.disc(video), self.disc(recon.detach()))
+            (d / self.stage.grad_accum).backward()
+            parts["d_loss"] = float(d.detach())
+        for k, v in parts.items():
+            self.parts[k] = self.parts.get(k, 0.0) + v / self.stage.grad_accum
+        self.parts["n"] = self.parts.get("n", 0.0) + 1 / self.stage.grad_accum
+        return loss.detach(), video[:, 0].numel(), 0.0
+
+    def _nll(self, recon, video):
+        """The reconstruction loss (L1 + perceptual, weighted)."""
+        out = self.r.l1_weight * l1_loss(recon, video)
+        if self.perceptual is not None:
+            out = out + self.r.perceptual_weight * self.perceptual(recon, video)
+        return out
+
+    def after_step(self, step: int) -> None:
+        """The discriminator's update, after the engine stepped the autoencoder (`step` 0-based)."""
+        if not self.disc_on(step):
+            return
+        grads = [p.grad for p in self.disc.parameters() if p.grad is not None]
+        if self.engine.world_size > 1 and grads:
+            flat = torch.cat([g.flatten() for g in grads])
+            dist.all_reduce(flat)
+            flat /= self.engine.world_size
+            at = 0
+            for g in grads:
+                g.copy_(flat[at : at + g.numel()].view_as(g))
+                at += g.numel()
+        if self.stage.optim.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.disc.parameters(), self.stage.optim.grad_clip)
+        self.disc_opt.step()
+        self.disc_opt.zero_grad(set_to_none=True)
+
+    def take_metrics(self) -> dict[str, float]:
+        """The loss parts since the last call, averaged over steps and ranks."""
+        n = self.parts.pop("n", 0.0)
+        keys = sorted(self.parts)
+        values = self.engine.all_reduce_floats([self.parts[k] / max(n, 1e-12) for k in keys], "mean") if keys else []
+        self.parts = {}
+        return dict(zip(keys, values))
+
+    # -- checkpoint state --------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        if self.disc is None:
+            return {}
+        opt = self.disc_opt.state_dict()
+        return {
+            "discriminator": {k: v.detach().cpu() for k, v in self.disc.state_dict().items()},
+            "disc_optimizer": {
+                "state": {str(k): v for k, v in opt["state"].items()},
+                "param_groups": opt["param_groups"],
+            },
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.disc is None or "discriminator" not in state:
+            return
+        self.disc.load_state_dict(state["discriminator"])
+        opt = state["disc_optimizer"]
+        groups = [{**g, "betas": tuple(g["betas"])} for g in opt["param_groups"]]
+        self.disc_opt.load_state_dict({"state": {int(k): v for k, v in opt["state"].items()}, "param_groups": groups})
+
+    # -- evaluation --------------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, rt, model: nn.Module, folder: Path) -> tuple[dict, list[Path], dict[str, Path]]:
+        """PSNR/SSIM over `eval.val_batches` batches of the held-out `eval.val_shards` (data.shards when
+        unset), read in a fixed order; a contact sheet of the first batch (inputs above reconstructions)."""
+        from opensora_lite.data.cache import bucket_table
+        from opensora_lite.data.loader import BucketedVideoStream, expand_shards
+
+        cfg = self.cfg
+        stream = BucketedVideoStream(
+            expand_shards(cfg.eval.val_shards or cfg.data.shards),
+            bucket_table(cfg, self.stage),
+            cfg.data.target_fps,
+            seed=cfg.run.seed,
+            shuffle_buffer=1,
+            caption_key=cfg.data.caption_key,
+            caption_template=cfg.data.caption_template,
+        )
+        batches, scores, sheets = iter(stream), {"psnr": 0.0, "ssim": 0.0}, {}
+        model.eval()
+        for i in range(cfg.eval.val_batches):
+            video = next(batches)["video"].to(self.engine.device)
+            recon = model(video).float()
+            scores["psnr"] += psnr(recon, video) / cfg.eval.val_batches
+            scores["ssim"] += ssim(recon, video) / cfg.eval.val_batches
+            if i == 0:
+                sheets["reconstruction"] = reconstruction_sheet(Path(folder) / "reconstruction.png", video, recon)
+        model.train()
+        return scores, [], sheets
