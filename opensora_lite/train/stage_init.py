@@ -40,18 +40,22 @@ class InitReport:
     autoencoder: dict = field(default_factory=dict)  # {"from": kind, "to": kind} where the stage switched
 
     def line(self) -> str:
-        """The one log line a user reads at stage start."""
+        """The one log line a user reads at stage start (the load report, plus the switch where there is one)."""
         if self.source is None:
             return "initialised from scratch"
-        head = f"initialised from {self.source}: carried {self.carried} tensors"
+
+        def short(keys: list[str]) -> str:
+            prefixes = sorted({k.split(".")[0] for k in keys})
+            return f"{len(keys)} ({', '.join(prefixes)})" if keys else "0"
+
+        head = f"loaded {self.carried} tensors from {self.source}; missing {short(self.missing)}; "
+        head += f"unexpected {short(self.unexpected)}"
         if self.autoencoder:
-            moved = f"autoencoder {self.autoencoder['from']} -> {self.autoencoder['to']}"
-            patch = f"patch {self.autoencoder['from_patch']} -> {self.autoencoder['to_patch']}"
-            head += f" ({moved}, {patch}), re-initialised {self.reinitialised}"
-        if self.missing:
-            head += f", {len(self.missing)} new ({', '.join(sorted({k.split('.')[0] for k in self.missing}))})"
-        if self.unexpected:
-            head += f", {len(self.unexpected)} unused"
+            a = self.autoencoder
+            head += (
+                f"; autoencoder {a['from']} -> {a['to']} (patch {a['from_patch']} -> {a['to_patch']}): "
+                f"carried {self.carried} tensors, re-initialised {self.reinitialised}"
+            )
         return head
 
     def save(self, folder: Path) -> None:
