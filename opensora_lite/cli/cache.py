@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 
 from opensora_lite.autoencoders import build_autoencoder
 from opensora_lite.cli.common import hydra_entry, load
+from opensora_lite.config.stages import stage_config
 from opensora_lite.data.cache import build_cache
 from opensora_lite.parallel import build_engine
 from opensora_lite.text.encoders import TextEncoders
@@ -34,11 +35,18 @@ def run(cfg: DictConfig) -> list:
     watch = PreemptionWatch()  # a stop signal: finish the shard in hand, exit 3 (requeued on Slurm); a rerun resumes
     try:
         text = TextEncoders(typed.text_encoder, engine.device)
-        ae = build_autoencoder(typed.autoencoder).to(engine.device)
+        built: dict[str, object] = {}  # one autoencoder per distinct config (a stage may switch: stage.autoencoder)
         folders = []
         for name in names:
+            view = stage_config(typed, name)
+            key = repr(view.autoencoder)
+            if key not in built:
+                for other in built.values():
+                    other.to("cpu")  # one autoencoder on the device at a time
+                built[key] = build_autoencoder(view.autoencoder).to(engine.device)
+            ae = built[key].to(engine.device)
             stage = typed.curriculum.stages[name]
-            folders.append(build_cache(typed, name, uses_image_condition(stage), ae, text, engine, watch=watch))
+            folders.append(build_cache(view, name, uses_image_condition(stage), ae, text, engine, watch=watch))
         if engine.is_main:
             for name, folder in zip(names, folders):
                 print(f"{name}: {folder}", flush=True)

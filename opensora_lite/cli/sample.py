@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from opensora_lite.autoencoders import build_autoencoder
 from opensora_lite.cli.common import hydra_entry
 from opensora_lite.config.schema import Config, SampleJobConfig
+from opensora_lite.config.stages import stage_config
 from opensora_lite.config.validate import ConfigError
 from opensora_lite.diffusion.conditioning import TASKS, V2V
 from opensora_lite.diffusion.pipeline import generate, guidance_of, pixel_frames
@@ -206,6 +207,10 @@ def main(cfg: DictConfig) -> None:
 def _sample(job, cfg, weights, run_cfg, rows, task, engine, began) -> None:
     device = engine.device
     state, fmt = read_flux_weights(weights)
+    stage_name = weights.parent.parent.name if weights.parent.name == "final" else weights.parent.name
+    owner = next((p.name for p in weights.parents if p.name in run_cfg.curriculum.stages), None)
+    if owner is not None:  # the stage's own autoencoder and patch (stage.autoencoder)
+        run_cfg = stage_config(run_cfg, owner)
     model = MMDiT(run_cfg.model, image_condition="cond_in.weight" in state)
     print(load_into(model, state, str(weights)).summary())
     if task != "t2v" and not model.image_condition:
@@ -215,7 +220,6 @@ def _sample(job, cfg, weights, run_cfg, rows, task, engine, began) -> None:
     ctx = SampleContext(
         run_cfg, TextEncoders(run_cfg.text_encoder, device), build_autoencoder(run_cfg.autoencoder).to(device), device
     )
-    stage_name = weights.parent.parent.name if weights.parent.name == "final" else weights.parent.name
     stage = run_cfg.curriculum.stages.get(stage_name, next(iter(run_cfg.curriculum.stages.values())))
     shape = sample_shape(ctx, stage)
     if not ctx.ae.valid_num_frames(shape[0]):

@@ -54,6 +54,9 @@ class AutoencoderConfig:
     tiling: bool = False  # diffusers spatial tiling: frames larger than a tile are encoded/decoded in tiles
     dtype: str = "fp32"
     offload_decoder: bool = True  # the VAE decoder stays on the CPU and visits the device only inside decode()
+    # the diffusion model's (t, h, w) patch over these latents when a stage switches to this autoencoder
+    # (stage.autoencoder; DC-AE: [1, 1, 1]); null keeps model.patch_size. The run's own patch is model.patch_size
+    patch_size: Optional[List[int]] = None
     dc_ae: DCAEConfig = field(default_factory=DCAEConfig)  # architecture and tiles of kind dc_ae
 
 
@@ -173,6 +176,11 @@ class StageConfig:
     validate_every: int = 0
     lora: LoraConfig = field(default_factory=LoraConfig)
     reconstruction: ReconstructionConfig = field(default_factory=ReconstructionConfig)  # kind=autoencoder
+    # this stage's autoencoder (docs/encoders.md#switching-autoencoders-in-a-curriculum): a configs/autoencoder/
+    # name (dc_ae, wan22, ...) or a mapping of autoencoder keys merged onto the run's; null: the run's. A stage
+    # whose autoencoder or patch differs from its parent's re-initialises img_in, final_layer and cond_in
+    autoencoder: Optional[Any] = None
+    patch_size: Optional[List[int]] = None  # the model's patch here; null: the stage autoencoder's, else the model's
 
 
 @dataclass

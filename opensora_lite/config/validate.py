@@ -69,20 +69,25 @@ def validate_model(cfg: Config) -> None:
     _require(m.vec_in_dim == te.clip.dim, "model.vec_in_dim", f"{m.vec_in_dim} != text_encoder.clip.dim {te.clip.dim}")
 
 
-def validate_components(cfg: Config) -> None:
-    ae = cfg.autoencoder
-    _require(ae.kind in AE_KINDS, "autoencoder.kind", f"unknown {ae.kind!r} ({' | '.join(AE_KINDS)})")
+def validate_autoencoder(ae, key: str = "autoencoder") -> None:
+    _require(ae.kind in AE_KINDS, f"{key}.kind", f"unknown {ae.kind!r} ({' | '.join(AE_KINDS)})")
     if ae.kind == "pixel":
         _require(
             ae.latent_channels == 3 * ae.spatial_factor**2,
-            "autoencoder.latent_channels",
+            f"{key}.latent_channels",
             "pixel needs 3 * spatial_factor^2",
         )
         _require(
             ae.temporal_factor == 1 and not ae.causal,
-            "autoencoder.temporal_factor",
+            f"{key}.temporal_factor",
             "pixel has temporal_factor 1, causal false",
         )
+    p = ae.patch_size
+    _require(p is None or (len(p) == 3 and min(p) >= 1), f"{key}.patch_size", "needs 3 positive entries (t, h, w)")
+
+
+def validate_components(cfg: Config) -> None:
+    validate_autoencoder(cfg.autoencoder)
     for name in ("t5", "clip"):
         tm = getattr(cfg.text_encoder, name)
         _require(
@@ -329,6 +334,31 @@ def _template_fields(template: str) -> set[str]:
     return {name.split(".")[0].split("[")[0] for _, name, _, _ in string.Formatter().parse(template) if name}
 
 
+def _stage_view(cfg: Config, name: str) -> Config:
+    """The stage's effective config (config/stages.py), with what a switch of autoencoder needs checked."""
+    from opensora_lite.config.stages import stage_config, switches_autoencoder
+
+    stage, key = cfg.curriculum.stages[name], f"curriculum.stages.{name}"
+    p = stage.patch_size
+    _require(p is None or (len(p) == 3 and min(p) >= 1), f"{key}.patch_size", "needs 3 positive entries (t, h, w)")
+    view = stage_config(cfg, name)
+    if view is cfg:
+        return cfg
+    validate_autoencoder(view.autoencoder, f"{key}.autoencoder")
+    if switches_autoencoder(cfg, name):
+        _require(
+            stage.lora.rank == 0,
+            f"{key}.autoencoder",
+            "a LoRA stage cannot switch autoencoder (its re-initialised img_in/final_layer would stay frozen)",
+        )
+        _require(
+            not cfg.parallel.meta_init,
+            f"{key}.autoencoder",
+            "a stage that switches autoencoder builds its model whole: set parallel.meta_init=false",
+        )
+    return view
+
+
 def validate(cfg: Config) -> Config:
     """Raise ConfigError for the first inconsistency; return cfg unchanged otherwise."""
     validate_model(cfg)
@@ -337,7 +367,7 @@ def validate(cfg: Config) -> Config:
     stages = list(cfg.curriculum.stages)
     _require(len(stages) > 0, "curriculum.stages", "the curriculum has no stages")
     for i, name in enumerate(stages):
-        validate_stage(cfg, name, cfg.curriculum.stages[name], first=i == 0)
+        validate_stage(_stage_view(cfg, name), name, cfg.curriculum.stages[name], first=i == 0)
     if cfg.run.stage is not None:
         _require(cfg.run.stage in stages, "run.stage", f"{cfg.run.stage!r} is not a stage of this curriculum {stages}")
     return cfg

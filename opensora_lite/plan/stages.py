@@ -7,7 +7,6 @@ from dataclasses import dataclass
 
 from omegaconf import OmegaConf
 
-from opensora_lite.config import config_dir
 from opensora_lite.config.schema import (
     AutoencoderConfig,
     ParallelConfig,
@@ -16,6 +15,7 @@ from opensora_lite.config.schema import (
     StageConfig,
     StagePlanConfig,
 )
+from opensora_lite.config.stages import load_autoencoder, stage_config
 from opensora_lite.config.validate import ConfigError
 from opensora_lite.data.buckets import BucketTable
 from opensora_lite.models.mmdit import MMDiTConfig
@@ -53,17 +53,6 @@ class StageSetup:
         return self.gpus // self.parallel.sp_size
 
 
-def load_autoencoder(name: str, key: str) -> AutoencoderConfig:
-    """configs/autoencoder/<name>.yaml on the schema (the plan can swap the autoencoder of one stage)."""
-    folder = config_dir() / "autoencoder"
-    path = folder / f"{name}.yaml"
-    if not path.is_file():
-        choices = sorted(p.stem for p in folder.glob("*.yaml"))
-        raise ConfigError(key, f"no autoencoder config {name!r}: choose one of {choices}")
-    node = OmegaConf.merge(OmegaConf.structured(AutoencoderConfig), OmegaConf.load(path))
-    return OmegaConf.to_object(node)
-
-
 def stage_plans(cfg: PlanJobConfig) -> dict[str, StagePlanConfig]:
     """plan.stages typed: every entry a stage of the curriculum with StagePlanConfig's keys only."""
     names = list(cfg.curriculum.stages)
@@ -99,12 +88,14 @@ def stage_setups(cfg: PlanJobConfig, mfu: float) -> list[StageSetup]:
     for name in names:
         sp: StagePlanConfig = plans.get(name, StagePlanConfig())
         key = f"plan.stages.{name}"
-        ae = load_autoencoder(sp.autoencoder, f"{key}.autoencoder") if sp.autoencoder else cfg.autoencoder
-        model = dataclasses.replace(
-            cfg.model,
-            latent_channels=ae.latent_channels,
-            patch_size=list(sp.patch_size) if sp.patch_size is not None else list(cfg.model.patch_size),
-        )
+        view = stage_config(cfg, name)  # the stage's own autoencoder and patch; the plan's override them
+        ae = load_autoencoder(sp.autoencoder, f"{key}.autoencoder") if sp.autoencoder else view.autoencoder
+        patch = view.model.patch_size
+        if sp.patch_size is not None:
+            patch = sp.patch_size
+        elif sp.autoencoder and ae.patch_size is not None:
+            patch = ae.patch_size
+        model = dataclasses.replace(view.model, latent_channels=ae.latent_channels, patch_size=list(patch))
         par = dataclasses.replace(
             cfg.parallel,
             **{

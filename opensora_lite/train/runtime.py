@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import os
 import sys
@@ -13,7 +15,8 @@ import torch
 from omegaconf import OmegaConf
 
 from opensora_lite.autoencoders import Autoencoder, build_autoencoder
-from opensora_lite.config.schema import Config
+from opensora_lite.config.schema import AutoencoderConfig, Config
+from opensora_lite.config.stages import stage_config
 from opensora_lite.parallel import Engine, build_engine
 from opensora_lite.text.encoders import TextEncoders
 from opensora_lite.tracking import Tracker
@@ -29,9 +32,10 @@ class Runtime:
     run_dir: Path
     engine: Engine
     text: TextEncoders
-    ae: Autoencoder
+    ae: Autoencoder | None  # the run's autoencoder; None where no stage uses it (for_stage builds the others)
     tracker: Tracker
     preemption: PreemptionWatch = field(default_factory=PreemptionWatch)
+    autoencoders: dict = field(default_factory=dict, repr=False)  # built ones by config, shared by for_stage views
 
     @property
     def device(self) -> torch.device:
@@ -42,13 +46,34 @@ class Runtime:
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return nullcontext()
 
+    def for_stage(self, name: str) -> Runtime:
+        """This runtime as stage `name` sees it: the stage's effective config (config/stages.py) and its
+        autoencoder, built on first use and shared by every stage with the same one. Autoencoders other
+        stages use are parked on the CPU. The text encoders, engine and tracker are the run's."""
+        view = stage_config(self.cfg, name)
+        ae = self.autoencoder(view.autoencoder)
+        if self.device.type != "cpu":
+            for other in self.autoencoders.values():
+                if other is not ae:
+                    other.to("cpu")
+        return dataclasses.replace(self, cfg=view, ae=ae)
+
+    def autoencoder(self, cfg: AutoencoderConfig) -> Autoencoder:
+        """The autoencoder of `cfg`, built once per run (the run's own is the first entry)."""
+        key = json.dumps(dataclasses.asdict(cfg), sort_keys=True, default=str)
+        if key not in self.autoencoders:
+            log.info("building autoencoder %s (%s)", cfg.kind, cfg.path or "no weights file")
+            self.autoencoders[key] = build_autoencoder(cfg).to(self.device)
+        return self.autoencoders[key]
+
     def place_encoders(self, device: torch.device | str) -> None:
         """Move the frozen encoders (and the autoencoder's encoder) to `device`: training from a latent
         cache parks them on the CPU, sampling brings them back. No-op when training runs on the CPU."""
         if self.device.type == "cpu":
             return
         self.text.to(device)
-        self.ae.to(device)
+        if self.ae is not None:
+            self.ae.to(device)
         if str(device) == "cpu":
             torch.cuda.empty_cache()
 
@@ -92,7 +117,6 @@ def build_runtime(cfg: Config, run_dir: Path, resolved: dict) -> Runtime:
     setup_logging(run_dir, engine.is_main)
     text = TextEncoders(cfg.text_encoder, engine.device)
     text.keep_empty_with(run_dir / EMPTY_PROMPT_FILE, write=engine.is_main)  # CFG's empty prompt, once per run
-    ae = build_autoencoder(cfg.autoencoder).to(engine.device)
     tracker = Tracker(cfg.logger, run_dir, cfg.run.name, resolved, active=engine.is_main)
     log.info(
         "run %s on %s (%d process%s), engine %s",
@@ -102,7 +126,10 @@ def build_runtime(cfg: Config, run_dir: Path, resolved: dict) -> Runtime:
         "es" if engine.world_size > 1 else "",
         cfg.parallel.engine,
     )
-    return Runtime(cfg, run_dir, engine, text, ae, tracker)
+    rt = Runtime(cfg, run_dir, engine, text, None, tracker)
+    if any(stage.autoencoder is None for stage in cfg.curriculum.stages.values()):
+        rt.ae = rt.autoencoder(cfg.autoencoder)  # a stage's own autoencoder is built when it starts
+    return rt
 
 
 def memory_gib(device: torch.device) -> dict[str, float]:

@@ -18,6 +18,7 @@ import torch
 from tqdm import tqdm
 
 from opensora_lite.config.schema import StageConfig
+from opensora_lite.config.stages import switches_autoencoder
 from opensora_lite.config.validate import async_checkpoint_note
 from opensora_lite.data.cache import CachedStream, bucket_table, build_cache, cached_shards, stage_seed
 from opensora_lite.data.loader import BucketedVideoStream, LoaderState, batches, build_loader, expand_shards
@@ -36,6 +37,7 @@ from opensora_lite.train.evaluation import evaluate_stage
 from opensora_lite.train.optim import build_optimizer, build_scheduler
 from opensora_lite.train.preemption import Preempted
 from opensora_lite.train.runtime import Runtime, memory_gib
+from opensora_lite.train.stage_init import InitReport, load_stage_weights, stage_init_report
 from opensora_lite.train.state import StageDir, resolve_weights_path
 from opensora_lite.train.validation import Validator
 
@@ -57,6 +59,7 @@ class StageResult:
     skipped_samples: dict = field(default_factory=dict)
     resumed_from: int = 0
     eval_seconds: float = 0.0
+    init: dict = field(default_factory=dict)  # the initial weights' report (train/stage_init.py)
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -64,8 +67,10 @@ class StageResult:
 
 class StageTrainer:
     def __init__(self, rt: Runtime, name: str, step_offset: int = 0):
-        self.rt, self.name, self.step_offset = rt, name, step_offset
-        self.cfg = rt.cfg
+        self.run_cfg = rt.cfg  # the run's; self.cfg is this stage's view (its autoencoder and patch)
+        self.rt, self.name, self.step_offset = rt.for_stage(name), name, step_offset
+        self.cfg = self.rt.cfg
+        rt = self.rt
         self.stage = rt.cfg.curriculum.stages[name]
         self.index = list(rt.cfg.curriculum.stages).index(name)
         self.dir = StageDir(rt.run_dir / name)
@@ -75,7 +80,7 @@ class StageTrainer:
         # stage.kind=autoencoder: what a step computes and what evaluation measures come from this task;
         # None: the diffusion stage's own (below)
         self.task = (
-            AutoencoderTask(self.engine, rt.cfg, self.stage, self.index) if self.stage.kind == "autoencoder" else None
+            AutoencoderTask(self.engine, self.rt.cfg, self.stage, self.index) if self.stage.kind == "autoencoder" else None
         )
 
     # -- set-up ----------------------------------------------------------------------------------
@@ -94,18 +99,31 @@ class StageTrainer:
         path = self._init_path() if resume is None else self.dir.checkpoint_weights(resume)
         if self.engine.builds_on_meta:
             loaded = self.engine.materialize(model, path, self.cfg.run.seed * 1000 + self.index)
+            changed: list[str] = []  # (a switching stage does not build on meta: validate.py)
         elif path is None:
             log.info("[%s] initialised from scratch", self.name)
+            if self.engine.is_main:
+                InitReport(None).save(self.dir.root)
             return
         else:
             state, fmt = read_flux_weights(path)
-            loaded = load_into(model, state, f"{path} ({fmt})")
+            switching = resume is None and switches_autoencoder(self.run_cfg, self.name)
+            loaded, changed = load_stage_weights(model, state, f"{path} ({fmt})", switching)
         if resume is None and report:
-            log.info("[%s] %s", self.name, loaded.summary())
-            missing, unexpected = loaded.missing, loaded.unexpected
+            init = stage_init_report(self.run_cfg, self.name, loaded, changed)
+            log.info("[%s] %s", self.name, init.line())
             self.rt.tracker.event(
-                "init", self.step_offset, self.name, source=str(path), missing=missing, unexpected=unexpected
+                "init",
+                self.step_offset,
+                self.name,
+                source=str(path),
+                missing=init.missing,
+                unexpected=init.unexpected,
+                carried=init.carried,
+                reinitialised=init.reinitialised,
             )
+            if self.engine.is_main:
+                init.save(self.dir.root)
 
     def _init_task_weights(self, model, resume) -> None:
         """An autoencoder stage's weights: the checkpoint's on resume, else `init`'s (none: the
@@ -436,7 +454,15 @@ class StageTrainer:
                 metrics, paths, sheets = evaluate_stage(rt, eval_model, self.stage, self.dir.samples)
         eval_seconds = time.perf_counter() - eval_began
         result = StageResult(
-            self.name, self.stage.steps, seconds, loss, metrics, dict(skipped), start, eval_seconds=eval_seconds
+            self.name,
+            self.stage.steps,
+            seconds,
+            loss,
+            metrics,
+            dict(skipped),
+            start,
+            eval_seconds,
+            InitReport.read(self.dir.root),
         )
         if engine.is_main:
             self.dir.save_final(weights, ema_state, result.as_dict(), adapters, self.lora and self.lora.metadata)

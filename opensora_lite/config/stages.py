@@ -1,0 +1,98 @@
+"""A stage's effective config: the run's, with the stage's own autoencoder and patch applied.
+
+A stage may train in another latent space than its parent (`stage.autoencoder`, `stage.patch_size`):
+Open-Sora 2.0's high-compression adaptation moves a model trained on the Hunyuan VAE to the Video
+DC-AE. Everything that depends on the latent space -- the model's input/output widths, bucket
+granularity, token counts, timestep shift, the latent cache -- reads the config `stage_config` returns,
+so none of it can fall back to the run's patch or compression by accident.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from omegaconf import OmegaConf
+
+from opensora_lite.config import config_dir
+from opensora_lite.config.schema import AutoencoderConfig, Config
+from opensora_lite.config.validate import ConfigError
+
+# The layers whose shapes follow the latent space (channels x patch): a switching stage re-initialises them.
+LATENT_LAYERS = ("img_in.", "final_layer.linear.", "cond_in.")
+
+
+def load_autoencoder(name: str, key: str, base: AutoencoderConfig | None = None) -> AutoencoderConfig:
+    """configs/autoencoder/<name>.yaml on the schema; `name` may also be a mapping of keys merged onto
+    `base` (the run's autoencoder). Errors name `key`."""
+    if isinstance(name, dict):
+        node = OmegaConf.merge(OmegaConf.structured(base or AutoencoderConfig()), name)
+    else:
+        folder = config_dir() / "autoencoder"
+        path = folder / f"{name}.yaml"
+        if not path.is_file():
+            choices = sorted(p.stem for p in folder.glob("*.yaml"))
+            raise ConfigError(key, f"no autoencoder config {name!r}: choose one of {choices}")
+        node = OmegaConf.merge(OmegaConf.structured(AutoencoderConfig), OmegaConf.load(path))
+    try:
+        return OmegaConf.to_object(node)
+    except Exception as exc:  # a wrong key or type: OmegaConf's message names the field
+        raise ConfigError(key, str(exc).strip().splitlines()[0]) from None
+
+
+def stage_autoencoder(cfg: Config, name: str) -> AutoencoderConfig:
+    """The autoencoder stage `name` trains with (the run's unless `stage.autoencoder` is set)."""
+    spec = cfg.curriculum.stages[name].autoencoder
+    if spec is None:
+        return cfg.autoencoder
+    return load_autoencoder(spec, f"curriculum.stages.{name}.autoencoder", cfg.autoencoder)
+
+
+def stage_patch(cfg: Config, name: str, ae: AutoencoderConfig | None = None) -> list[int]:
+    """The model's patch in stage `name`: stage.patch_size, else a switched-to autoencoder's own
+    patch_size, else model.patch_size."""
+    stage = cfg.curriculum.stages[name]
+    if stage.patch_size is not None:
+        return list(stage.patch_size)
+    if stage.autoencoder is not None:
+        ae = ae or stage_autoencoder(cfg, name)
+        if ae.patch_size is not None:
+            return list(ae.patch_size)
+    return list(cfg.model.patch_size)
+
+
+def stage_config(cfg: Config, name: str) -> Config:
+    """The run's config as stage `name` sees it: its autoencoder, and the model's latent channels and
+    patch to match. The same object when the stage changes nothing."""
+    stage = cfg.curriculum.stages[name]
+    if stage.autoencoder is None and stage.patch_size is None:
+        return cfg
+    ae = stage_autoencoder(cfg, name)
+    model = dataclasses.replace(cfg.model, latent_channels=ae.latent_channels, patch_size=stage_patch(cfg, name, ae))
+    return dataclasses.replace(cfg, autoencoder=ae, model=model)
+
+
+def parent_config(cfg: Config, name: str) -> Config | None:
+    """The config the stage's initial weights were trained under: the previous stage's with
+    `init: previous`, the run's own for a checkpoint path, None from scratch."""
+    init = cfg.curriculum.stages[name].init
+    if init == "none":
+        return None
+    if init == "previous":
+        order = list(cfg.curriculum.stages)
+        index = order.index(name)
+        return stage_config(cfg, order[index - 1]) if index > 0 else None
+    return cfg
+
+
+def latent_space(cfg: Config) -> tuple:
+    """What the model's latent-facing layers depend on: the autoencoder (less its placement and precision
+    settings) and the patch."""
+    skip = ("offload_decoder", "tiling", "dtype")
+    ae = {k: v for k, v in dataclasses.asdict(cfg.autoencoder).items() if k not in skip}
+    return (ae, list(cfg.model.patch_size))
+
+
+def switches_autoencoder(cfg: Config, name: str) -> bool:
+    """Whether stage `name` starts from weights trained in another latent space than its own."""
+    parent = parent_config(cfg, name)
+    return parent is not None and latent_space(parent) != latent_space(stage_config(cfg, name))
