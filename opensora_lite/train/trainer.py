@@ -80,7 +80,9 @@ class StageTrainer:
         # stage.kind=autoencoder: what a step computes and what evaluation measures come from this task;
         # None: the diffusion stage's own (below)
         self.task = (
-            AutoencoderTask(self.engine, self.rt.cfg, self.stage, self.index) if self.stage.kind == "autoencoder" else None
+            AutoencoderTask(self.engine, self.rt.cfg, self.stage, self.index)
+            if self.stage.kind == "autoencoder"
+            else None
         )
 
     # -- set-up ----------------------------------------------------------------------------------
