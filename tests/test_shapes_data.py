@@ -168,3 +168,25 @@ def test_evaluator_reads_a_new_colour_only_when_eval_lists_it():
     assert default and "orange" not in default
     prompts = eval_prompts(colours=colours)
     assert len(prompts) == 7 * len(DIRECTIONS) and prompts[-1]["colour"] == "orange"
+
+
+def test_evaluator_reads_darkened_and_greyed_clips_as_their_colour():
+    """What a generated shape does to its colour -- darker, greyer (blended with the dark background) --
+    does not change the colour the evaluator reads: real clips of all seven colours, through H.264 and
+    back at 16px, then scaled to 60% and mixed 40% with grey. (Read by RGB direction, greyed greens were
+    cyan: a 24px model's green shapes at mean RGB (62, 133, 101).)"""
+    from opensora_lite.data.synthetic import ALL_COLOURS
+    from opensora_lite.eval.shapes import dominant_colour, foreground
+
+    cfg = ShapesConfig(colours=list(ALL_COLOURS), sizes=[[64, 64]], fps=[8.0])
+    rng = np.random.default_rng(5)
+    seen = set()
+    for _ in range(28):
+        frames, meta = render_clip(rng, cfg)
+        clip = decode_window(encode_mp4(frames, meta["fps"]), 0, 5, 1, (16, 16))
+        weight = foreground(clip)
+        faded = (0.6 * (0.6 * clip.astype(np.float32) + 0.4 * 110.0)).astype(np.uint8)
+        assert dominant_colour(clip, weight, list(ALL_COLOURS)) == meta["colour"]
+        assert dominant_colour(faded, weight, list(ALL_COLOURS)) == meta["colour"], meta["colour"]
+        seen.add(meta["colour"])
+    assert seen == set(ALL_COLOURS)

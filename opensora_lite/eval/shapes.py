@@ -32,19 +32,26 @@ def foreground(frames: np.ndarray, threshold: float = 60.0) -> np.ndarray:
     return np.clip((dist - threshold / 2) / threshold, 0.0, 1.0)
 
 
+def hue(rgb: np.ndarray) -> np.ndarray:
+    """Hue in degrees [0, 360) of RGB rows [..., 3]; unchanged by scaling and by adding grey."""
+    rgb = np.asarray(rgb, dtype=np.float32)
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    return np.degrees(np.arctan2(np.sqrt(3.0) * (g - b), 2 * r - g - b)) % 360.0
+
+
 def dominant_colour(frames: np.ndarray, weight: np.ndarray, colours: list[str] | None = None) -> str:
-    """The name, among `colours` (default: the six of COLOURS), whose RGB direction is nearest that of the
-    strong foreground's mean. Direction, not distance: a small shape blurred into the dark background is
-    darker, not another hue (orange between red and yellow needs this: 140 real clips at 16px, all seven
-    colours, read 140/140 by direction and 139/140 by distance)."""
+    """The name, among `colours` (default: the six of COLOURS), whose hue is nearest that of the strong
+    foreground's mean. Hue is unchanged by scaling and by mixing with grey, and both are what a generated
+    shape does to its colour: blurred into the dark background it is darker and greyer, not another hue.
+    (RGB distance read a dark orange as red; RGB direction read a greyed green as cyan: a 24px model's green
+    shapes at mean (62, 133, 101), hue 153, nearer green's 128 than cyan's 183.)"""
     strong = weight > 0.5
     if strong.sum() < 2:
         return "none"
     names = list(colours) if colours else list(COLOURS)
-    palette = np.array([ALL_COLOURS[n] for n in names], dtype=np.float32)
-    mean = frames[strong].astype(np.float32).mean(axis=0)
-    cosine = palette @ mean / (np.linalg.norm(palette, axis=1) * max(float(np.linalg.norm(mean)), 1e-6))
-    return names[int(np.argmax(cosine))]
+    palette = hue(np.array([ALL_COLOURS[n] for n in names], dtype=np.float32))
+    gap = np.abs(palette - hue(frames[strong].astype(np.float32).mean(axis=0)))
+    return names[int(np.argmin(np.minimum(gap, 360.0 - gap)))]
 
 
 def motion_direction(weight: np.ndarray, min_travel: float = 0.08) -> tuple[str, float]:
