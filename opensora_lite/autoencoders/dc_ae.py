@@ -155,9 +155,14 @@ class VideoDCAE(Autoencoder):
             return self.decoder(z)
         return _tiled(space, z, 2, tt, st)
 
+    def reconstruct(self, video: Tensor) -> tuple[Tensor, Tensor]:
+        """(reconstruction, raw latents) with gradients, untiled and unscaled: what an autoencoder stage
+        trains and evaluates."""
+        z = self.encoder(video.to(self._dtype()))
+        return self.decoder(z).float(), z.float()
+
     def forward(self, video: Tensor) -> Tensor:
-        """The reconstruction an autoencoder stage trains (with gradients, untiled, unscaled latents)."""
-        return self.decoder(self.encoder(video.to(self._dtype()))).float()
+        return self.reconstruct(video)[0]
 
     @torch.no_grad()
     def encode(self, video: Tensor, sample: bool = True, generator: torch.Generator | None = None) -> Tensor:

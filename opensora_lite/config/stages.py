@@ -10,6 +10,8 @@ so none of it can fall back to the run's patch or compression by accident.
 from __future__ import annotations
 
 import dataclasses
+import json
+from pathlib import Path
 
 from omegaconf import OmegaConf
 
@@ -19,6 +21,8 @@ from opensora_lite.config.validate import ConfigError
 
 # The layers whose shapes follow the latent space (channels x patch): a switching stage re-initialises them.
 LATENT_LAYERS = ("img_in.", "final_layer.linear.", "cond_in.")
+# stage.autoencoder: "stage:<name>" -- the autoencoder an earlier stage of kind autoencoder trained in this run
+TRAINED = "stage:"
 
 
 def load_autoencoder(name: str, key: str, base: AutoencoderConfig | None = None) -> AutoencoderConfig:
@@ -44,7 +48,35 @@ def stage_autoencoder(cfg: Config, name: str) -> AutoencoderConfig:
     spec = cfg.curriculum.stages[name].autoencoder
     if spec is None:
         return cfg.autoencoder
-    return load_autoencoder(spec, f"curriculum.stages.{name}.autoencoder", cfg.autoencoder)
+    key = f"curriculum.stages.{name}.autoencoder"
+    if isinstance(spec, str) and spec.startswith(TRAINED):
+        return trained_autoencoder(cfg, spec[len(TRAINED) :], name, key)
+    return load_autoencoder(spec, key, cfg.autoencoder)
+
+
+def trained_autoencoder(cfg: Config, source: str, name: str, key: str) -> AutoencoderConfig:
+    """The autoencoder stage `source` (kind autoencoder, before `name`) trains in this run: its config with
+    `path` at its final weights (the EMA weights when it keeps them: those it was evaluated with) and the
+    latents scaled to zero mean and unit variance by the statistics its evaluation measured
+    (final/summary.json: latent_mean, latent_std). Until that stage has finished, the path does not exist
+    yet (building the autoencoder then fails, naming it) and scale and shift are the config's."""
+    from opensora_lite.cli.common import run_dir_for
+    from opensora_lite.train.state import EMA_FILE, MODEL_FILE
+
+    order = list(cfg.curriculum.stages)
+    src = cfg.curriculum.stages.get(source)
+    if src is None or src.kind != "autoencoder" or order.index(source) >= order.index(name):
+        trainers = [s for s in order[: order.index(name)] if cfg.curriculum.stages[s].kind == "autoencoder"]
+        raise ConfigError(key, f"{TRAINED}{source} names no earlier stage of kind autoencoder (those: {trainers})")
+    ae = stage_autoencoder(cfg, source)
+    final = Path(run_dir_for(cfg)) / source / "final"
+    changes: dict = {"path": str(final / (EMA_FILE if src.ema_decay > 0 else MODEL_FILE))}
+    summary = final / "summary.json"
+    if summary.is_file():
+        metrics = json.loads(summary.read_text()).get("metrics", {})
+        if metrics.get("latent_std"):
+            changes.update(scaling_factor=1.0 / metrics["latent_std"], shift_factor=metrics["latent_mean"])
+    return dataclasses.replace(ae, **changes)
 
 
 def stage_patch(cfg: Config, name: str, ae: AutoencoderConfig | None = None) -> list[int]:

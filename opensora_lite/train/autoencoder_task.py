@@ -56,12 +56,13 @@ class AutoencoderTask:
 
     # -- the model ---------------------------------------------------------------------------------
     def build_model(self) -> nn.Module:
-        """The configured autoencoder with every parameter trainable; its forward(video) reconstructs."""
+        """The configured autoencoder with every parameter trainable; its forward(video) reconstructs and
+        reconstruct(video) gives (reconstruction, raw latents)."""
         ae = build_autoencoder(self.cfg.autoencoder)
-        if not any(True for _ in ae.parameters()) or type(ae).forward is nn.Module.forward:
+        if not any(True for _ in ae.parameters()) or not hasattr(ae, "reconstruct"):
             raise UserError(
                 f"autoencoder.kind={self.cfg.autoencoder.kind} has nothing to train (no parameters or no "
-                "forward(video) -> reconstruction); an autoencoder stage trains e.g. dc_ae"
+                "reconstruct(video) -> (reconstruction, latents)); an autoencoder stage trains e.g. dc_ae"
             )
         return ae.requires_grad_(True)
 
@@ -206,13 +207,21 @@ class AutoencoderTask:
             caption_template=cfg.data.caption_template,
         )
         batches, scores, sheets = iter(stream), {"psnr": 0.0, "ssim": 0.0}, {}
+        moments = torch.zeros(3, dtype=torch.float64)  # count, sum, sum of squares of the raw latents
         model.eval()
         for i in range(cfg.eval.val_batches):
             video = next(batches)["video"].to(self.engine.device)
-            recon = model(video).float()
+            recon, latents = model.reconstruct(video)
+            latents = latents.double()
+            moments += torch.stack([torch.tensor(latents.numel()), latents.sum(), latents.square().sum()]).cpu()
             scores["psnr"] += psnr(recon, video) / cfg.eval.val_batches
             scores["ssim"] += ssim(recon, video) / cfg.eval.val_batches
             if i == 0:
                 sheets["reconstruction"] = reconstruction_sheet(Path(folder) / "reconstruction.png", video, recon)
         model.train()
+        # the latents' statistics: a diffusion stage on these weights (stage.autoencoder: stage:<name>) scales
+        # its latents to unit variance with them, as Open-Sora's 0.493 does for the released DC-AE
+        count, total, squares = moments.tolist()
+        mean = total / count
+        scores["latent_mean"], scores["latent_std"] = mean, max(squares / count - mean * mean, 0.0) ** 0.5
         return scores, [], sheets
