@@ -2,13 +2,13 @@
 """experiment=tiny_dcae end to end, timed, and its text-to-video step against the pixel autoencoder's.
 
     python3 scripts/bench_tiny_dcae.py                    # the whole run, then the step-time comparison
-    python3 scripts/bench_tiny_dcae.py --steps 30 --no-append -- curriculum.stages.ae.steps=200
+    python3 scripts/bench_tiny_dcae.py --steps 30 --no-append curriculum.stages.ae.steps=200   # + overrides
 
 1. `osl-curriculum experiment=tiny_dcae` under --root (a finished run is reused: its stages skip):
    per stage the train and evaluation seconds and the figures (autoencoder: PSNR, SSIM, latent std;
    diffusion stages: the Shapes evaluator's colour, direction and I2V colour keep).
-2. Side by side in this one invocation, alternating (DC-AE, pixel, DC-AE, pixel): the t2v stage for
-   --steps steps at the same video size (16px, 8 frames) on the trained DC-AE's latents and on the pixel
+2. Side by side in this one invocation, alternating (DC-AE, pixel, DC-AE, pixel: --rounds): the t2v
+   stage for --steps steps at the same video size (16px, 8 frames) on the trained DC-AE's latents and on the pixel
    autoencoder's (`curriculum.stages.t2v.autoencoder=pixel`), from scratch, without evaluation; the
    median logged `step_time_s` after the first logged interval.
 Prints both tables and appends them to docs/benchmarks.md (`--no-append`: print only).
@@ -50,8 +50,9 @@ def main() -> None:
     p.add_argument("--root", default=str(REPO / "runs" / "bench_tiny_dcae"))
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--steps", type=int, default=40, help="t2v steps per side of the step-time comparison")
+    p.add_argument("--rounds", type=int, default=2, help="alternating rounds of the comparison")
     p.add_argument("--no-append", action="store_true")
-    p.add_argument("overrides", nargs="*", help="Hydra overrides for the run (after --)")
+    p.add_argument("overrides", nargs="*", help="Hydra overrides for the run")
     a = p.parse_args()
     root = Path(a.root)
     base = ["experiment=tiny_dcae", f"run.root={root}", f"run.threads={a.threads}", *a.overrides]
@@ -64,7 +65,7 @@ def main() -> None:
         rows.append([s["name"], s["steps"], f"{s['seconds']:.0f}", f"{s.get('eval_seconds', 0):.0f}", figures])
     lines = heading(
         "experiment=tiny_dcae end to end (CPU)",
-        "python3 scripts/bench_tiny_dcae.py" + (" -- " + " ".join(a.overrides) if a.overrides else ""),
+        "python3 scripts/bench_tiny_dcae.py" + (" " + " ".join(a.overrides) if a.overrides else ""),
         note=f" ({a.threads} threads; curriculum wall {wall:.0f} s, start-up and data reading included)",
     )
     lines += table(["stage", "steps", "train s", "eval s", "figures"], rows)
@@ -91,7 +92,7 @@ def main() -> None:
         "pixel (1x2x2, 12 ch)": (f"{t2v}.autoencoder=pixel", "8 x 8 x 8 x 12", 8 * 8 * 8),
     }
     times: dict[str, list[float]] = {name: [] for name in sides}
-    for rnd in range(2):
+    for rnd in range(a.rounds):
         for k, (name, (choice, _, _)) in enumerate(sides.items()):
             job = f"step_{k}_{rnd}"
             run([*step, f"run.name={job}", choice], root / f"{job}.log")
@@ -101,7 +102,8 @@ def main() -> None:
     for name, (_, shape, tokens) in sides.items():
         med = statistics.median(times[name])
         step_rows.append([name, shape, tokens, f"{med * 1000:.1f}", f"{ref / med:.1f}x"])
-    lines += ["", f"Text-to-video step at 16px x 8 frames, batch 16 ({a.steps} steps x 2 rounds per side, median):", ""]
+    per = f"{a.steps} steps x {a.rounds} round(s) per side, median"
+    lines += ["", f"Text-to-video step at 16px x 8 frames, batch 16 ({per}):", ""]
     lines += table(["autoencoder", "latent (T x H x W x C)", "tokens", "step ms", "speed-up vs pixel"], step_rows)
     publish(lines, not a.no_append)
 

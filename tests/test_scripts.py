@@ -91,3 +91,15 @@ def test_gpu_engine_step_script_runs_in_smoke_mode():
 def test_cache_benchmark_runs():
     out = _script("bench_cache.py", "--steps", "2", "--rounds", "1", "--clips", "32")
     assert re.search(r"\| video \| [0-9.]+ \|", out) and re.search(r"\| cached \| [0-9.]+ \|", out)
+
+
+def test_tiny_dcae_benchmark_runs(shapes_dir, tmp_path):
+    from test_tiny_dcae import _overrides
+
+    overrides = [o for o in _overrides(shapes_dir, tmp_path) if not o.startswith("experiment=")]
+    overrides += ["curriculum.stages.i2v.evaluate=false", "curriculum.stages.t2v.buckets={16px:{8:[1.0,4]}}"]
+    options = ["--root", str(tmp_path), "--steps", "10", "--rounds", "1", "--threads", "1"]
+    out = _script("bench_tiny_dcae.py", *options, *overrides)
+    assert re.search(r"\| ae \| 6 \| [0-9]+ \| [0-9]+ \| psnr [0-9.]+, ssim -?[0-9.]+, latent_std [0-9.]+ \|", out), out
+    assert re.search(r"\| Shapes DC-AE \(4x4x4, 8 ch\) \| 2 x 4 x 4 x 8 \| 32 \| [0-9.]+ \| [0-9.]+x \|", out), out
+    assert re.search(r"\| pixel \(1x2x2, 12 ch\) \| 8 x 8 x 8 x 12 \| 512 \| [0-9.]+ \| 1.0x \|", out), out

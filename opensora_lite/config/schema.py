@@ -177,8 +177,9 @@ class StageConfig:
     lora: LoraConfig = field(default_factory=LoraConfig)
     reconstruction: ReconstructionConfig = field(default_factory=ReconstructionConfig)  # kind=autoencoder
     # this stage's autoencoder (docs/encoders.md#switching-autoencoders-in-a-curriculum): a configs/autoencoder/
-    # name (dc_ae, wan22, ...) or a mapping of autoencoder keys merged onto the run's; null: the run's. A stage
-    # whose autoencoder or patch differs from its parent's re-initialises img_in, final_layer and cond_in
+    # name (dc_ae, wan22, ...), a mapping of autoencoder keys merged onto the run's, or "stage:<name>" (the one an
+    # earlier autoencoder stage trained: its final weights, latents scaled by its measured mean/std); null: the
+    # run's. A stage whose autoencoder or patch differs from its parent's re-initialises img_in, final_layer, cond_in
     autoencoder: Optional[Any] = None
     patch_size: Optional[List[int]] = None  # the model's patch here; null: the stage autoencoder's, else the model's
 
