@@ -114,7 +114,7 @@ def measure(name: str, a, device: torch.device) -> list[str]:
     frames = clip_frames(cfg, a.frames)
     video = torch.rand(1, 3, frames, a.size, a.size, device=device) * 2 - 1
     enc_s, enc_peak, latents = timed(lambda: ae.encode(video, sample=False), device, a.iters)
-    dec_s, dec_peak, decoded = timed(lambda: ae.decode(latents), device, a.iters)
+    dec_s, dec_peak, decoded = timed(lambda: ae.decode(latents, frames), device, a.iters)
     return [
         name,
         f"{cfg.dtype}{', tiled' if cfg.tiling else ''}",

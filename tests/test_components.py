@@ -42,6 +42,9 @@ def test_pixel_autoencoder_is_lossless_and_follows_the_interface():
     video = torch.rand(2, 3, 5, 8, 12) * 2 - 1
     z = ae.encode(video)
     assert z.shape == (2, 12, 5, 4, 6) and torch.equal(ae.decode(z), video)
+    assert torch.equal(ae.decode(z, num_frames=5), video)
+    with pytest.raises(ValueError, match="cannot decode 5 latent frames into 4 frames"):
+        ae.decode(z, num_frames=4)
     assert torch.equal(ae.encode(video, sample=False), z)  # deterministic either way
     assert ae.latent_frames(5) == 5 and ae.valid_num_frames(1)
     with pytest.raises(ValueError, match="not divisible by the spatial factor 2"):
@@ -107,6 +110,9 @@ def test_diffusers_vae_shapes_scaling_sampling_and_round_trip(kind):
     decoded = ae.decode(z)
     assert decoded.shape == video.shape and decoded.dtype == torch.float32
     torch.testing.assert_close(decoded, tiny.decode(raw).sample)  # decode undoes the scaling
+    assert torch.equal(ae.decode(z, num_frames=5), decoded)  # causal: num_frames is only checked
+    with pytest.raises(ValueError, match=r"cannot decode 2 latent frames into 9 frames \(causal: 1 \+ 4k"):
+        ae.decode(z, num_frames=9)
 
     seeded = [ae.encode(video, generator=torch.Generator().manual_seed(1)) for _ in range(2)]
     free = ae.encode(video)  # the trainer's call: a posterior sample from the global RNG

@@ -88,6 +88,23 @@ def test_tiles_are_stitched_at_the_right_offsets():
     calls = []
     _tiled(lambda v: calls.append(v.shape[2]) or v, y, 2, 16, 8)
     assert calls == [16, 16, 16, 12]  # tiles start every 8 until one reaches the end
+    calls = []
+    torch.testing.assert_close(_tiled(lambda v: calls.append(v.shape[2]) or up(v), x, 2, 4, 4, least=2), up(x))
+    assert calls == [4, 4, 5]  # a last tile of 1 (< least) is merged into the one before
+
+
+def test_a_four_frame_clip_round_trips_to_four_frames():
+    """A 4-frame clip and an image are both one latent frame; decode's num_frames tells them apart."""
+    ae = tiny()
+    clip, image = video(4, 16, 16), video(1, 16, 16)
+    z = ae.encode(clip)
+    assert z.shape == ae.encode(image).shape == (1, 8, 1, 2, 2)
+    assert ae.decode(z, num_frames=4).shape == clip.shape and ae.forward(clip).shape == clip.shape
+    assert ae.decode(z).shape == ae.decode(z, num_frames=1).shape == image.shape  # default: an image
+    torch.testing.assert_close(ae.forward(clip), ae.decode(z, num_frames=4))
+    torch.testing.assert_close(ae.decode(ae.encode(video(8, 16, 16)), num_frames=8), ae.forward(video(8, 16, 16)))
+    with pytest.raises(ValueError, match="cannot decode 1 latent frames into 8 frames"):
+        ae.decode(z, num_frames=8)
 
 
 def test_tiled_encode_and_decode_match_untiled():
@@ -110,6 +127,24 @@ def test_tiled_encode_and_decode_match_untiled():
     assert not torch.equal(x_tiled, x_plain)  # it did tile
     small = video(8, 32, 32)  # within one tile: exactly the untiled result
     assert torch.equal(tiled.encode(small), plain.encode(small))
+
+
+def test_temporal_tiles_never_leave_a_lone_latent_frame():
+    """Tiles of 2 latents (8 frames) with no whole latent of overlap, over 5 latents (20 frames): the plan
+    used to end on a 1-latent tile, which decoded as an image (1 frame, not 4). It is merged now."""
+    cfg = ae_config("dc_ae_tiny.yaml", tiling=True)
+    cfg.dc_ae.tile_overlap = 0.25
+    tiled, plain = build_autoencoder(cfg), tiny()
+    x = video(20, 16, 16)
+    enc, dec = [], []
+    tiled.encoder.register_forward_pre_hook(lambda m, args: enc.append(args[0].shape[2]))
+    tiled.decoder.register_forward_pre_hook(lambda m, args: dec.append(args[0].shape[2]))
+    z = tiled.encode(x)
+    assert z.shape == plain.encode(x).shape == (1, 8, 5, 2, 2) and enc == [8, 12]
+    out = tiled.decode(z, num_frames=20)
+    assert out.shape == x.shape and dec == [2, 3]
+    ref = plain.decode(z, num_frames=20)
+    assert (out - ref).abs().mean() < 0.25 * ref.abs().mean() and not torch.equal(out, ref)
 
 
 def test_bf16_weights_give_float32_outputs():

@@ -24,6 +24,14 @@ def latent_frame_count(num_frames: int, temporal_factor: int, causal: bool) -> i
     return 1 if num_frames == 1 else num_frames // temporal_factor
 
 
+def pixel_frame_count(latent_frames: int, temporal_factor: int, causal: bool) -> int:
+    """The video frames whose encoding has `latent_frames` latent frames (a video, not an image:
+    one latent frame of a non-causal autoencoder is then `temporal_factor` frames)."""
+    if causal:
+        return 1 + (latent_frames - 1) * temporal_factor
+    return latent_frames * temporal_factor
+
+
 def frame_rule(temporal_factor: int, causal: bool) -> str:
     k = temporal_factor
     return f"causal: 1 + {k}k frames" if causal else f"1 or a multiple of {k} frames"
@@ -34,6 +42,8 @@ class Autoencoder(nn.Module, ABC):
 
     Causal autoencoders (Hunyuan, Wan) map 1 + 4k frames to 1 + k latent frames and encode a single
     image as one latent frame; non-causal ones (DC-AE) take one image or T divisible by the temporal factor.
+    A non-causal autoencoder maps both an image and a 4-frame clip to one latent frame, so `decode`
+    takes the frame count wanted (`num_frames`) to tell them apart.
     """
 
     latent_channels: int
@@ -47,7 +57,23 @@ class Autoencoder(nn.Module, ABC):
         a deterministic autoencoder ignores both arguments."""
 
     @abstractmethod
-    def decode(self, latents: Tensor) -> Tensor: ...
+    def decode(self, latents: Tensor, num_frames: int | None = None) -> Tensor:
+        """Video [B, 3, num_frames, H, W] of scaled latents [B, C, T', h, w]. `num_frames` must encode to
+        T' latent frames (ValueError otherwise); None: one latent frame is an image, T' > 1 a video."""
+
+    def decoded_frames(self, latent_frames: int, num_frames: int | None = None) -> int:
+        """The frame count `decode` returns for `latent_frames` latent frames and the `num_frames` asked
+        for (None: 1 for one latent frame, else the video's count); ValueError if they do not fit."""
+        if num_frames is None:
+            if latent_frames == 1:
+                return 1
+            return pixel_frame_count(latent_frames, self.temporal_factor, self.causal)
+        if not self.valid_num_frames(num_frames) or self.latent_frames(num_frames) != latent_frames:
+            raise ValueError(
+                f"{type(self).__name__} cannot decode {latent_frames} latent frames into {num_frames} frames "
+                f"({self._frame_rule()})"
+            )
+        return num_frames
 
     def latent_frames(self, num_frames: int) -> int:
         if not self.valid_num_frames(num_frames):

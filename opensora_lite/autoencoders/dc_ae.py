@@ -37,25 +37,26 @@ def _check_arch(cfg: AutoencoderConfig) -> None:
         raise ValueError("autoencoder.causal: the DC-AE is not causal")
 
 
-def _tiled(fn: Callable[[Tensor], Tensor], x: Tensor, dim: int, tile: int, stride: int) -> Tensor:
+def _tiled(fn: Callable[[Tensor], Tensor], x: Tensor, dim: int, tile: int, stride: int, least: int = 1) -> Tensor:
     """fn over overlapping tiles of x along `dim` (tile and stride in x's units; fn may change the
     length by a fixed factor, as encoding and decoding do).
 
     Tiles start every `stride` until one reaches the end; each later tile's first `overlap` outputs
     are blended linearly with the end of the previous (already blended) tile; every tile but the last
-    is cut to `stride` outputs, the last is kept whole (so no tail tile is a lone latent frame).
+    is cut to `stride` outputs, the last is kept whole. A last tile shorter than `least` is merged into
+    the one before, which then runs to the end (in time: no tile is a lone latent frame).
     """
     n = x.shape[dim]
     if n <= tile:
         return fn(x)
-    outs: list[Tensor] = []
-    start = 0
-    while True:
-        outs.append(fn(x.narrow(dim, start, min(tile, n - start))))
-        if start + tile >= n:
-            break
-        start += stride
-    ratio = outs[0].shape[dim] / tile  # output units per input unit
+    starts = [0]
+    while starts[-1] + tile < n:
+        starts.append(starts[-1] + stride)
+    if n - starts[-1] < least:
+        starts.pop()
+    ends = [s + tile for s in starts[:-1]] + [n]
+    outs = [fn(x.narrow(dim, s, e - s)) for s, e in zip(starts, ends)]
+    ratio = outs[0].shape[dim] / (ends[0] - starts[0])  # output units per input unit
     out_stride = round(stride * ratio)
     blend = outs[0].shape[dim] - out_stride
     w = torch.arange(blend, device=x.device, dtype=outs[0].dtype) / blend
@@ -140,26 +141,29 @@ class VideoDCAE(Autoencoder):
 
         if not self.tiling:
             return self.encoder(x)
-        return _tiled(space, x, 2, tt * f, st * f)
+        return _tiled(space, x, 2, tt * f, st * f, least=2 * f)
 
-    def _decode_tiles(self, z: Tensor) -> Tensor:
+    def _decode_tiles(self, z: Tensor, image: bool) -> Tensor:
         (tt, st), (ts, ss) = self.tiles_t, self.tiles_s
+
+        def decoder(v: Tensor) -> Tensor:
+            return self.decoder(v, image)
 
         def space(v: Tensor) -> Tensor:
             def rows(r: Tensor) -> Tensor:
-                return _tiled(self.decoder, r, -1, ts, ss)
+                return _tiled(decoder, r, -1, ts, ss)
 
             return _tiled(rows, v, -2, ts, ss)
 
         if not self.tiling:
-            return self.decoder(z)
-        return _tiled(space, z, 2, tt, st)
+            return decoder(z)
+        return _tiled(space, z, 2, tt, st, least=2)
 
     def reconstruct(self, video: Tensor) -> tuple[Tensor, Tensor]:
         """(reconstruction, raw latents) with gradients, untiled and unscaled: what an autoencoder stage
-        trains and evaluates."""
+        trains and evaluates. As many frames as `video` (a 4-frame clip too, though it is one latent frame)."""
         z = self.encoder(video.to(self._dtype()))
-        return self.decoder(z).float(), z.float()
+        return self.decoder(z, video.shape[2] == 1).float(), z.float()
 
     def forward(self, video: Tensor) -> Tensor:
         return self.reconstruct(video)[0]
@@ -173,9 +177,12 @@ class VideoDCAE(Autoencoder):
         return (z - self.shift_factor) * self.scaling_factor
 
     @torch.no_grad()
-    def decode(self, latents: Tensor) -> Tensor:
+    def decode(self, latents: Tensor, num_frames: int | None = None) -> Tensor:
+        """Scaled latents [B, C, T', h, w] -> video [B, 3, T, H, W], float32: T = 4T', or 1 for an image.
+        One latent frame is an image unless `num_frames` says 4 (a 4-frame clip encodes to it too)."""
+        image = self.decoded_frames(latents.shape[2], num_frames) == 1
         z = latents.float() / self.scaling_factor + self.shift_factor
-        return self._decode_tiles(z.to(self._dtype())).float()
+        return self._decode_tiles(z.to(self._dtype()), image).float()
 
 
 def _read(path_str: str) -> dict[str, Tensor]:

@@ -65,6 +65,19 @@ class Residual(nn.Module):
         return self.main(x) + self.shortcut(x)
 
 
+class Resample(Residual):
+    """A resampling Residual whose two branches are told whether the clip is a single image (which is
+    never resampled in time); `image=None`: a single frame is an image."""
+
+    def forward(self, x: Tensor, image: bool | None = None) -> Tensor:
+        return self.main(x, image) + self.shortcut(x, image)
+
+
+def _time(time: bool, x: Tensor, image: bool | None) -> bool:
+    """Whether a temporal resampling acts on x: not on an image (by default: not on a single frame)."""
+    return time and not (x.shape[2] == 1 if image is None else image)
+
+
 class Sequence(nn.Module):
     """Modules applied in order, held as `op_list` (Open-Sora's name)."""
 
@@ -210,23 +223,24 @@ class ChannelDuplicateToSpace(nn.Module):
         super().__init__()
         self.cin, self.cout, self.factor, self.time = cin, cout, factor, time
 
-    def forward(self, x: Tensor) -> Tensor:
-        time = self.time and x.shape[2] != 1
+    def forward(self, x: Tensor, image: bool | None = None) -> Tensor:
+        time = _time(self.time, x, image)
         r = self.factor ** (3 if time else 2) if self.factor == 2 else 1
         x = x.repeat_interleave(self.cout * r // self.cin, dim=1)
         return _channels_to_space(x, time) if self.factor == 2 else x
 
 
 class InterpolateConv(nn.Module):
-    """Nearest-neighbour upsampling by 2 in space (and in time unless T = 1), then a 3x3x3 conv."""
+    """Nearest-neighbour upsampling by 2 in space (and in time, unless the clip is an image), then a
+    3x3x3 conv."""
 
     def __init__(self, cin: int, cout: int, time: bool):
         super().__init__()
         self.time = time
         self.conv = Conv(cin, cout, 3, bias=True)
 
-    def forward(self, x: Tensor) -> Tensor:
-        ft = 2 if self.time and x.shape[2] != 1 else 1
+    def forward(self, x: Tensor, image: bool | None = None) -> Tensor:
+        ft = 2 if _time(self.time, x, image) else 1
         return self.conv(F.interpolate(x, scale_factor=(ft, 2, 2), mode="nearest"))
 
 
@@ -264,16 +278,20 @@ class Decoder(nn.Module):
             ops: list[nn.Module] = []
             if i < len(widths) - 1:
                 up = InterpolateConv(widths[i + 1], width, temporal[i])
-                ops.append(Residual(up, ChannelDuplicateToSpace(widths[i + 1], width, 2, temporal[i])))
+                ops.append(Resample(up, ChannelDuplicateToSpace(widths[i + 1], width, 2, temporal[i])))
             ops += [block(blocks[i], width, head_dim) for _ in range(depth)]
             stages.append(Sequence(ops))
         self.stages = nn.ModuleList(stages)  # stages[i] works at widths[i]; run from the last to the first
         self.project_out = Sequence([ChannelRMSNorm(widths[0]), nn.ReLU(), Conv(widths[0], 3, 3, bias=True)])
 
-    def forward(self, z: Tensor) -> Tensor:
+    def forward(self, z: Tensor, image: bool | None = None) -> Tensor:
+        """Latents -> video. `image`: whether z is one image (no temporal upsampling) rather than a
+        video; None: a single latent frame is an image (a 4-frame clip's one latent frame is not)."""
+        image = z.shape[2] == 1 if image is None else image
         x = self.project_in(z)
         for stage in reversed(self.stages):
-            x = stage(x)
+            for op in stage.op_list:
+                x = op(x, image) if isinstance(op, Resample) else op(x)
         return self.project_out(x)
 
 

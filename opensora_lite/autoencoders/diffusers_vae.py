@@ -177,8 +177,10 @@ class DiffusersVideoVAE(Autoencoder):
         return self._norm(z.float())
 
     @torch.no_grad()
-    def decode(self, latents: Tensor) -> Tensor:
-        """Scaled latents -> video [B, 3, T, H, W], float32 (values near [-1, 1]; Wan clamps to it)."""
+    def decode(self, latents: Tensor, num_frames: int | None = None) -> Tensor:
+        """Scaled latents -> video [B, 3, T, H, W], float32 (values near [-1, 1]; Wan clamps to it).
+        Causal: T' latent frames are always 1 + k(T' - 1) frames; `num_frames` is only checked."""
+        self.decoded_frames(latents.shape[2], num_frames)
         parts = self._decoder_parts() if self.offload_decoder else []
         for part in parts:
             part.to(latents.device)

@@ -31,7 +31,8 @@ class PixelSpaceToDepth(Autoencoder):
         z = rearrange(video, "b c t (h f1) (w f2) -> b (c f1 f2) t h w", f1=f, f2=f)
         return (z - self.shift_factor) * self.scaling_factor
 
-    def decode(self, latents: Tensor) -> Tensor:
+    def decode(self, latents: Tensor, num_frames: int | None = None) -> Tensor:
+        self.decoded_frames(latents.shape[2], num_frames)  # checks num_frames: time is not compressed
         f = self.factor
         z = latents / self.scaling_factor + self.shift_factor
         return rearrange(z, "b (c f1 f2) t h w -> b c t (h f1) (w f2)", f1=f, f2=f)

@@ -161,5 +161,5 @@ def generate(
             autocast=rt.autocast(),
             image_task=task.startswith("i2v"),
         )
-        out.append(to_uint8(ae.decode(latents)))
+        out.append(to_uint8(ae.decode(latents, frames if ae.valid_num_frames(frames) else None)))
     return np.concatenate(out)

@@ -102,8 +102,8 @@ class AutoencoderTask:
         out = model(video)
         if out.shape != video.shape:
             raise UserError(
-                f"the autoencoder reconstructs {tuple(video.shape)} as {tuple(out.shape)}: use buckets whose clips "
-                "it maps to more than one latent frame"
+                f"the autoencoder reconstructs {tuple(video.shape)} as {tuple(out.shape)}: its forward must "
+                "return the input's shape"
             )
         recon = out
         l1 = l1_loss(recon, video)
