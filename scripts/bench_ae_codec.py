@@ -40,8 +40,9 @@ HUNYUAN_RELEASED = dict(
 LABELS = {"dc_ae": "Video DC-AE", "hunyuan": "HunyuanVideo VAE"}
 
 
-def build(name: str, tiling: bool):
-    """(autoencoder, parameter count) of `name` with random weights, fp32."""
+def build(name: str, tiling: bool, tile: int | None = None):
+    """(autoencoder, parameter count) of `name` with random weights, fp32; `tile`: the spatial tile side in
+    px (both keep a quarter of a tile as overlap), else each autoencoder's own."""
     import dataclasses
 
     import torch
@@ -52,6 +53,8 @@ def build(name: str, tiling: bool):
 
     cfg = dataclasses.replace(load_autoencoder(name, f"autoencoder={name}"), dtype="fp32", tiling=tiling)
     if name == "dc_ae":
+        if tile:
+            cfg = dataclasses.replace(cfg, dc_ae=dataclasses.replace(cfg.dc_ae, tile_size=tile))
         ae = build_autoencoder(dataclasses.replace(cfg, path=None))
     else:
         torch.manual_seed(0)
@@ -59,6 +62,9 @@ def build(name: str, tiling: bool):
         differs = {k: (v, vae.config[k]) for k, v in HUNYUAN_RELEASED.items() if list_of(vae.config[k]) != v}
         if differs:
             raise SystemExit(f"diffusers' default AutoencoderKLHunyuanVideo is not the released one: {differs}")
+        if tile:
+            vae.tile_sample_min_height = vae.tile_sample_min_width = tile
+            vae.tile_sample_stride_height = vae.tile_sample_stride_width = tile * 3 // 4
         ae = DiffusersVideoVAE(dataclasses.replace(cfg, offload_decoder=False), vae=vae)
     return ae, sum(p.numel() for p in ae.parameters())
 
@@ -82,7 +88,7 @@ def child(a) -> None:
     import torch
 
     name, tiling, op = a.child.split(",")
-    ae, n_params = build(name, tiling == "tiled")
+    ae, n_params = build(name, tiling == "tiled", a.tile)
     g = torch.Generator().manual_seed(0)
     s = ae.spatial_factor
     lat_t = ae.latent_frames(a.frames)
@@ -107,6 +113,8 @@ def main() -> None:
     p.add_argument("--size", type=int, default=256, help="square clip side, px")
     p.add_argument("--frames", type=int, default=32, help="DC-AE frames; Hunyuan takes one more (4k + 1)")
     p.add_argument("--hunyuan-frames", type=int, default=None, help="Hunyuan's frames (default: --frames + 1)")
+    p.add_argument("--tile", type=int, default=None, help="spatial tile side, px (default: each autoencoder's own)")
+    p.add_argument("--tilings", nargs="+", default=["untiled", "tiled"], choices=["untiled", "tiled"])
     p.add_argument("--timeout-s", type=float, default=600, help="give up on a measurement after this long")
     p.add_argument("--no-append", action="store_true")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -117,10 +125,11 @@ def main() -> None:
     frames = {"dc_ae": a.frames, "hunyuan": a.hunyuan_frames or a.frames + 1}
     rows = []
     for name in ("dc_ae", "hunyuan"):
-        for tiling in ("untiled", "tiled"):
+        for tiling in a.tilings:
             for op in ("encode", "decode"):
                 key = f"{name},{tiling},{op}"
                 cmd = [sys.executable, __file__, "--child", key, "--size", str(a.size), "--frames", str(frames[name])]
+                cmd += ["--tile", str(a.tile)] if a.tile else []
                 label = [LABELS[name], tiling, op, f"{a.size}px x {frames[name]}"]
                 try:
                     out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=a.timeout_s)
@@ -146,15 +155,19 @@ def main() -> None:
                 )
     import torch
 
+    command = " ".join(["python3 scripts/bench_ae_codec.py", *sys.argv[1:]]).replace(" --no-append", "")
+    tiles = (
+        f"{a.tile} px tiles for both (a quarter of a tile overlapping)"
+        if a.tile
+        else "the DC-AE's 256 px x 32-frame tiles (0.25 overlap); diffusers' Hunyuan tiling (256 px tiles)"
+    )
     lines = heading(
-        "Full-size Video DC-AE vs HunyuanVideo VAE: encode / decode time and peak host memory (CPU)",
-        "python3 scripts/bench_ae_codec.py",
+        "Full-size Video DC-AE vs HunyuanVideo VAE: encode / decode time and peak host memory (CPU)", command
     )
     lines += [
         f"Random weights, real architectures, fp32, batch 1, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads; one call per fresh process. Tiling: the DC-AE's 256 px x 32-frame "
-        "tiles (0.25 overlap); diffusers' Hunyuan tiling (256 px tiles; above 16 frames it splits time "
-        "tiled or not). Peak = the process's maximum "
+        f"{torch.get_num_threads()} threads; one call per fresh process. Tiling: {tiles}; above 16 frames "
+        "diffusers' Hunyuan VAE splits time, tiled or not. Peak = the process's maximum "
         "resident memory (ru_maxrss); above model = that peak minus the resident memory just before the call "
         "(weights, input, interpreter).",
         "",

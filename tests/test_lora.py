@@ -24,7 +24,7 @@ from opensora_lite.models.rope import video_position_ids
 from opensora_lite.train.state import ADAPTER_FILE, load_weights, save_weights
 
 RANK, ALPHA = 4, 8.0
-ALL = ["attention", "mlp", "modulation", "final_layer[.]adaLN_modulation[.]1"]  # + the (shift, scale) swap
+ALL = ["attention", "mlp", "modulation", "text_in", "final_layer[.]adaLN_modulation[.]1"]  # + (shift, scale) swap
 
 
 @pytest.fixture(scope="module")

@@ -29,6 +29,8 @@ _GROUPS = {
     "attention": [r"double_blocks\.\d+\.(img|txt)_attn\.(qkv|proj)", r"single_blocks\.\d+\.linear[12]"],
     "mlp": [r"double_blocks\.\d+\.(img|txt)_mlp\.[02]", r"single_blocks\.\d+\.linear[12]"],
     "modulation": [r"double_blocks\.\d+\.(img|txt)_mod\.lin", r"single_blocks\.\d+\.modulation\.lin"],
+    # the text embedders: T5 tokens into the stream (txt_in), the pooled CLIP vector into the modulation
+    "text_in": [r"txt_in", r"vector_in\.(in|out)_layer"],
 }
 GROUPS = tuple(_GROUPS)
 ADAPTER = "default"  # peft's adapter name inside the model; stored names leave it out
