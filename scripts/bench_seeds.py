@@ -17,13 +17,10 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
-import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from benchlib import REPO, heading, publish, table
+from benchlib import REPO, heading, publish, run_logged, table
 
 METRICS = ("colour_acc", "direction_acc", "i2v_colour_keep")
 
@@ -39,14 +36,8 @@ def run_seed(a: argparse.Namespace, seed: int) -> tuple[int, float, Path]:
         f"run.threads={a.threads}",
         *a.overrides,
     ]
-    log = Path(a.root) / f"{name}.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
-    with open(log, "w") as f:
-        rc = subprocess.run(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT).returncode
-    if rc != 0:
-        sys.exit(f"seed {seed} failed (exit {rc}); see {log}")
-    return seed, time.perf_counter() - start, Path(a.root) / name
+    wall = run_logged(cmd, Path(a.root) / f"{name}.log", f"seed {seed}")
+    return seed, wall, Path(a.root) / name
 
 
 def stage_metrics(run_dir: Path) -> list[tuple[str, dict]]:

@@ -19,25 +19,12 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-from benchlib import REPO, heading, publish, table
+from benchlib import REPO, heading, publish, run_logged, table
 
 BIN = REPO / ".venv" / "bin"
 FIGURES = ("psnr", "ssim", "latent_std", "colour_acc", "direction_acc", "i2v_colour_keep")
-
-
-def run(cmd: list[str], log: Path) -> float:
-    log.parent.mkdir(parents=True, exist_ok=True)
-    began = time.perf_counter()
-    with open(log, "w") as f:
-        rc = subprocess.run(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT).returncode
-    if rc != 0:
-        sys.exit(f"{' '.join(cmd[:2])} failed (exit {rc}); see {log}")
-    return time.perf_counter() - began
 
 
 def step_times(run_dir: Path) -> list[float]:
@@ -57,7 +44,7 @@ def main() -> None:
     root = Path(a.root)
     base = ["experiment=tiny_dcae", f"run.root={root}", f"run.threads={a.threads}", *a.overrides]
 
-    wall = run([str(BIN / "osl-curriculum"), *base, "run.name=tiny_dcae"], root / "tiny_dcae.log")
+    wall = run_logged([str(BIN / "osl-curriculum"), *base, "run.name=tiny_dcae"], root / "tiny_dcae.log", "the run")
     rows = []
     for summary in sorted((root / "tiny_dcae").glob("*/final/summary.json"), key=lambda f: f.stat().st_mtime):
         s = json.loads(summary.read_text())
@@ -95,7 +82,7 @@ def main() -> None:
     for rnd in range(a.rounds):
         for k, (name, (choice, _, _)) in enumerate(sides.items()):
             job = f"step_{k}_{rnd}"
-            run([*step, f"run.name={job}", choice], root / f"{job}.log")
+            run_logged([*step, f"run.name={job}", choice], root / f"{job}.log", job)
             times[name] += step_times(root / job)
     ref = statistics.median(times["pixel (1x2x2, 12 ch)"])
     step_rows = []

@@ -10,6 +10,7 @@ import datetime as dt
 import os
 import platform
 import subprocess
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -58,6 +59,18 @@ def publish(lines: list[str], append: bool) -> None:
         with open(BENCHMARKS, "a") as f:
             f.write("\n" + text)
         print(f"appended to {BENCHMARKS}")
+
+
+def run_logged(cmd: list[str], log: Path, what: str) -> float:
+    """Run `cmd` from the repository with its output in `log`; its wall seconds. Exits naming `what`
+    and the log if it fails."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    began = time.perf_counter()
+    with open(log, "w") as f:
+        rc = subprocess.run(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT).returncode
+    if rc != 0:
+        raise SystemExit(f"{what} failed (exit {rc}); see {log}")
+    return time.perf_counter() - began
 
 
 def rss_mib() -> float:
