@@ -1,10 +1,10 @@
 """parallel.meta_init: fsdp2 builds the model on the meta device, shards it, and each of 2 real gloo ranks
 fills only its shards; deepspeed_zero3 builds it partitioned (zero.Init) and fills it one parameter at a
 time. The initial weights must be bitwise those of today's build (the whole model built on every rank,
-weights loaded, then sharded): from scratch (the init replayed from the seed), from a BFL file and a
-diffusers folder (memory-mapped row slices; an I2V model's cond_in, absent from them, zero), and from a
-DCP folder the trainer writes. Peak host memory per rank is measured by scripts/bench_meta_init.py
-(test_scripts-style run below)."""
+weights loaded, then sharded): from scratch (the init replayed from the seed), from a BFL file, a
+diffusers folder and an Open-Sora 2.0 layout file (memory-mapped row slices, or one parameter's parts
+at a time; an I2V model's cond_in, absent from them, zero), and from a DCP folder the trainer writes.
+Peak host memory per rank is measured by scripts/bench_meta_init.py (test_scripts-style run below)."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from conftest import REPO, tiny_mmdit
 from opensora_lite.config.schema import ParallelConfig
 from opensora_lite.models.flux_weights import load_into, read_flux_weights, write_safetensors
 from opensora_lite.models.mmdit import MMDiT
+from opensora_lite.models.opensora_convert import bfl_to_opensora
 
 SEED = 1234
 
@@ -39,6 +40,7 @@ def _write_sources(folder: Path) -> None:
     write_safetensors(state, folder / "bfl.safetensors")
     arch = read_architecture(state, tiny_mmdit().axes_dim)
     write_diffusers_folder(state, folder / "diffusers", arch, max_shard_bytes=40_000)  # several shards + index
+    write_safetensors(bfl_to_opensora(state), folder / "opensora.safetensors")  # split q/k/v, rotate-half rows
     dcp.save(state, checkpoint_id=str(folder / "dcp"), no_dist=True)
 
 
@@ -121,6 +123,7 @@ def _sources_paths(folder: Path) -> dict[str, Path | None]:
         "scratch": None,
         "bfl": folder / "bfl.safetensors",
         "diffusers": folder / "diffusers",
+        "opensora": folder / "opensora.safetensors",
         "dcp": folder / "dcp",
     }
 
@@ -140,7 +143,7 @@ def _two_ranks(fn, tmp_path: Path, monkeypatch) -> dict:
 
 def test_meta_init_gives_todays_initial_weights_from_every_source(tmp_path, monkeypatch):
     result = _two_ranks(_rank, tmp_path, monkeypatch)
-    assert len(result) == 8
+    assert len(result) == 10
     for case, r in result.items():
         assert r["same"], f"meta-device initial weights differ from today's ({case})"
     assert result["bfl/i2v"]["missing"] == ["cond_in.bias", "cond_in.weight"]

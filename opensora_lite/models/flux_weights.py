@@ -187,8 +187,8 @@ def read_flux_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], str]:
 class LazyFluxWeights:
     """Flux weights opened, not read: a BFL safetensors file or a diffusers folder, memory-mapped, so
     that a rank holding a shard reads its rows of each parameter and nothing else (a BFL tensor by a
-    slice of rows; a fused diffusers one, e.g. `qkv`, from its parts one parameter at a time). Other
-    layouts (Open-Sora 2.0 files) are read whole by read_flux_weights and served from memory."""
+    slice of rows; a fused diffusers one, e.g. `qkv`, or an Open-Sora 2.0 one, from its parts one
+    parameter at a time: each rank holds at most one whole parameter beside its shards)."""
 
     def __init__(self, path: str | Path):
         from safetensors import safe_open
@@ -211,12 +211,19 @@ class LazyFluxWeights:
         except Exception as e:
             raise CheckpointError(f"cannot open Flux weights at {path}: {e}") from None
         self._where = {k: f for f in self._files for k in f.keys()}
-        self._memory: dict[str, torch.Tensor] | None = None
         if folder is not None or is_diffusers_state(dict.fromkeys(self._where)):
             self.format, self._sources = "diffusers", diffusers_sources(self._where)
         elif is_opensora_state(dict.fromkeys(self._where)):
-            self._memory, self.format = read_flux_weights(self.path)
-            self._sources = {k: ([k], "same") for k in self._memory}
+            from opensora_lite.models.opensora_convert import opensora_sources, to_bfl_rows
+
+            self.format = "opensora"
+            sources = opensora_sources(list(self._where), str(self.path))
+            self._sources = {k: (names, "rope" if any(rope) else "same") for k, (names, rope) in sources.items()}
+            self._rope = {k: rope for k, (_, rope) in sources.items()}
+            scale = next((k for k in self._where if k.endswith("norm.query_norm.scale")), None)
+            if scale is None:
+                raise CheckpointError(f"{path}: no q/k norm scale (norm.query_norm.scale): not an MMDiT checkpoint")
+            self._rows = to_bfl_rows(self._where[scale].get_slice(scale).get_shape()[0])
         else:
             self.format, self._sources = "bfl", {k: ([k], "same") for k in self._where}
 
@@ -225,17 +232,13 @@ class LazyFluxWeights:
 
     def shape(self, key: str) -> tuple[int, ...]:
         names, how = self._sources[key]
-        if self._memory is not None:
-            return tuple(self._memory[key].shape)
         shapes = [self._where[n].get_slice(n).get_shape() for n in names]
-        return (sum(s[0] for s in shapes), *shapes[0][1:]) if how == "cat" else tuple(shapes[0])
+        return (sum(s[0] for s in shapes), *shapes[0][1:]) if how in ("cat", "rope") else tuple(shapes[0])
 
     def read(self, key: str, rows: slice | None = None) -> torch.Tensor:
         """Parameter `key` (BFL name), or only its rows `rows` (dim 0)."""
         names, how = self._sources[key]
-        if self._memory is not None:
-            full = self._memory[key]
-        elif how in ("same", "norm"):
+        if how in ("same", "norm"):
             view = self._where[names[0]].get_slice(names[0])
             return view[rows] if rows is not None else view[:]
         elif how == "cat" and rows is not None:  # the rows asked for, from the parts they lie in
@@ -249,6 +252,10 @@ class LazyFluxWeights:
                     pieces.append(view[a:b])
                 offset += size
             return torch.cat(pieces) if pieces else torch.empty(0, *self.shape(key)[1:])
+        elif how == "rope":  # Open-Sora's split q/k/v: this parameter's parts, rows re-ordered, fused
+            from opensora_lite.models.opensora_convert import assemble
+
+            full = assemble([self._where[n].get_tensor(n) for n in names], self._rope[key], self._rows)
         else:
             from opensora_lite.models.flux_convert import fuse
 

@@ -81,15 +81,17 @@ def _head_dim(state: dict[str, Tensor]) -> int:
     raise CheckpointError("no q/k norm scale (norm.query_norm.scale) found: not an MMDiT checkpoint")
 
 
-def opensora_to_bfl(state: dict[str, Tensor], source: str = "checkpoint") -> dict[str, Tensor]:
-    """Open-Sora 2.0 names and rotate-half q/k rows -> BFL names and interleaved rows. Keys the table
-    does not touch (img_in, cond_in, modulations, MLPs, final_layer, ...) keep their names."""
-    to_bfl = torch.argsort(rotate_half_order(_head_dim(state)))  # interleaved[..., j] = rotate_half[..., q[j]]
+def opensora_sources(keys: list[str], source: str = "checkpoint") -> dict[str, tuple[list[str], list[bool]]]:
+    """For every BFL key the Open-Sora 2.0 keys `keys` convert to: (the Open-Sora names it is the dim-0
+    concatenation of, which of them carry rotate-half rows). Keys the table does not touch (img_in,
+    cond_in, modulations, MLPs, final_layer, ...) map to themselves. A fused tensor with some of its
+    parts absent is one error naming them (a truncated or damaged file)."""
+    present_keys = set(keys)
     out, used = {}, set()
-    for bfl, parts, rope in _modules(state):
+    for bfl, parts, rope in _modules(dict.fromkeys(keys)):
         for param in _params(bfl):
             names = [f"{p}.{param}" for p in parts]
-            present = [n for n in names if n in state]
+            present = [n for n in names if n in present_keys]
             if not present:
                 continue
             if len(present) < len(names):
@@ -98,10 +100,29 @@ def opensora_to_bfl(state: dict[str, Tensor], source: str = "checkpoint") -> dic
                     "(a truncated or damaged Open-Sora checkpoint)"
                 )
             used.update(names)
-            pieces = [_permute_rows(state[n], to_bfl) if r else state[n] for n, r in zip(names, rope)]
-            out[f"{bfl}.{param}"] = torch.cat(pieces, dim=0) if len(pieces) > 1 else pieces[0]
-    out.update({k: v for k, v in state.items() if k not in used})
+            out[f"{bfl}.{param}"] = (names, list(rope))
+    out.update({k: ([k], [False]) for k in keys if k not in used})
     return out
+
+
+def to_bfl_rows(head_dim: int) -> Tensor:
+    """The per-head row index taking rotate-half rows to BFL's interleaved pairs."""
+    return torch.argsort(rotate_half_order(head_dim))  # interleaved[..., j] = rotate_half[..., q[j]]
+
+
+def assemble(parts: list[Tensor], rope: list[bool], rows: Tensor) -> Tensor:
+    """One BFL tensor from its Open-Sora parts (opensora_sources), rotated rows re-ordered by `rows`."""
+    pieces = [_permute_rows(t, rows) if r else t for t, r in zip(parts, rope)]
+    return torch.cat(pieces, dim=0) if len(pieces) > 1 else pieces[0]
+
+
+def opensora_to_bfl(state: dict[str, Tensor], source: str = "checkpoint") -> dict[str, Tensor]:
+    """Open-Sora 2.0 names and rotate-half q/k rows -> BFL names and interleaved rows."""
+    rows = to_bfl_rows(_head_dim(state))
+    return {
+        key: assemble([state[n] for n in names], rope, rows)
+        for key, (names, rope) in opensora_sources(list(state), source).items()
+    }
 
 
 def bfl_to_opensora(state: dict[str, Tensor]) -> dict[str, Tensor]:
