@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import BIN, mini_overrides, typed
+from conftest import TORCHRUN, mini_overrides, typed
 from safetensors.torch import load as load_tensors
 
 from opensora_lite.autoencoders import build_autoencoder
@@ -90,8 +90,6 @@ def test_cached_inputs_are_bitwise_the_on_the_fly_inputs(shapes_dir, tmp_path, e
 def test_precompute_over_two_processes_equals_one_and_resumes(shapes_dir, tmp_path, encoders):
     import subprocess
 
-    from test_ddp_smoke import _free_port
-
     cfg = _config(shapes_dir, tmp_path, tmp_path / "one")
     ae, text = encoders
     engine = build_engine(cfg.parallel, "cpu")
@@ -99,9 +97,8 @@ def test_precompute_over_two_processes_equals_one_and_resumes(shapes_dir, tmp_pa
 
     overrides = [*mini_overrides(shapes_dir, tmp_path), "data=cached", f"data.cache_dir={tmp_path / 'two'}"]
     cmd = [
-        str(BIN / "torchrun"),
+        *TORCHRUN,
         "--nproc-per-node=2",
-        f"--master-port={_free_port()}",
         "-m",
         "opensora_lite.cli.cache",
     ]
