@@ -67,7 +67,49 @@ def single_process_env(monkeypatch):
     assert not dist.is_initialized()
 
 
-def _spawned(rank: int, main, port: int, out: str, args: tuple) -> None:
+def free_port() -> int:
+    """A port that was free a moment ago (another process may take it before it is bound: launch through
+    on_a_free_port, or let torchrun pick its own with TORCHRUN's --standalone)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _port_clash(text: str) -> bool:
+    return "EADDRINUSE" in text or "ddress already in use" in text
+
+
+def on_a_free_port(launch, attempts: int = 3):
+    """launch(port) for a port free a moment ago; launched again on a new port when it failed because
+    something bound that port in between (rank 0's store reports EADDRINUSE). launch either raises (a
+    spawned rank's error) or returns a CompletedProcess whose output is checked."""
+    for attempt in range(1, attempts + 1):
+        try:
+            result = launch(free_port())
+        except Exception as exc:  # noqa: BLE001 -- re-raised unless it is a port clash
+            if attempt < attempts and _port_clash(str(exc)):
+                continue
+            raise
+        failed = isinstance(result, subprocess.CompletedProcess) and result.returncode != 0
+        if failed and attempt < attempts and _port_clash(f"{result.stdout}{result.stderr}"):
+            continue
+        return result
+
+
+# torchrun binds its own rendezvous store on a port the system picks (no port chosen beforehand to lose)
+TORCHRUN = [str(BIN / "torchrun"), "--standalone"]
+
+
+def spawn_ranks(fn, args: tuple, nprocs: int = 2) -> None:
+    """fn(rank, port, *args) on nprocs spawned processes, retried on a port clash (on_a_free_port)."""
+    import torch.multiprocessing as mp
+
+    on_a_free_port(lambda port: mp.start_processes(fn, args=(port, *args), nprocs=nprocs, start_method="spawn"))
+
+
+def _spawned(rank: int, port: int, main, out: str, args: tuple) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank))
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
@@ -78,15 +120,10 @@ def _spawned(rank: int, main, port: int, out: str, args: tuple) -> None:
 
 def two_ranks(main, tmp_path: Path, *args):
     """main(*args) on 2 spawned processes (torchrun's environment, a free port); rank 0's result (JSON)."""
-    import socket
+    import uuid
 
-    import torch.multiprocessing as mp
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    out = tmp_path / f"result-{port}.json"
-    mp.start_processes(_spawned, args=(main, port, str(out), args), nprocs=2, start_method="spawn")
+    out = tmp_path / f"result-{uuid.uuid4().hex[:8]}.json"
+    spawn_ranks(_spawned, (main, str(out), args))
     return json.loads(out.read_text())
 
 

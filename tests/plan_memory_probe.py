@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import sys
 from pathlib import Path
 
 import torch
-import torch.multiprocessing as mp
+from conftest import spawn_ranks
 
 from opensora_lite.config.schema import ParallelConfig
 from opensora_lite.models.mmdit import MMDiT, MMDiTConfig
@@ -64,7 +63,7 @@ def measure(engine_kind: str, ac: bool) -> int:
     return peak
 
 
-def _rank(rank: int, world: int, port: int, engine_kind: str, ac: bool, out: str) -> None:
+def _rank(rank: int, port: int, world: int, engine_kind: str, ac: bool, out: str) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
@@ -77,10 +76,7 @@ def main() -> None:
     if world == 1:
         peaks = [measure(engine_kind, ac)]
     else:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        mp.start_processes(_rank, args=(world, port, engine_kind, ac, out), nprocs=world, start_method="spawn")
+        spawn_ranks(_rank, (world, engine_kind, ac, out), nprocs=world)
         peaks = [json.loads(Path(f"{out}.{r}").read_text()) for r in range(world)]
     Path(out).write_text(json.dumps(max(peaks)))
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import BIN, mini_overrides, typed
+from conftest import TORCHRUN, compose, mini_overrides, typed
 from safetensors.torch import load as load_tensors
 
 from opensora_lite.autoencoders import build_autoencoder
@@ -90,8 +90,6 @@ def test_cached_inputs_are_bitwise_the_on_the_fly_inputs(shapes_dir, tmp_path, e
 def test_precompute_over_two_processes_equals_one_and_resumes(shapes_dir, tmp_path, encoders):
     import subprocess
 
-    from test_ddp_smoke import _free_port
-
     cfg = _config(shapes_dir, tmp_path, tmp_path / "one")
     ae, text = encoders
     engine = build_engine(cfg.parallel, "cpu")
@@ -99,9 +97,8 @@ def test_precompute_over_two_processes_equals_one_and_resumes(shapes_dir, tmp_pa
 
     overrides = [*mini_overrides(shapes_dir, tmp_path), "data=cached", f"data.cache_dir={tmp_path / 'two'}"]
     cmd = [
-        str(BIN / "torchrun"),
+        *TORCHRUN,
         "--nproc-per-node=2",
-        f"--master-port={_free_port()}",
         "-m",
         "opensora_lite.cli.cache",
     ]
@@ -206,3 +203,82 @@ def test_a_stop_signal_ends_the_precompute_after_the_shard_in_hand_and_a_rerun_f
     straight = build_cache(_config(shapes_dir, tmp_path, tmp_path / "straight"), "t2v", False, ae, text, engine)
     a, b = _read(folder), _read(straight)
     assert a.keys() == b.keys() and all(torch.equal(a[k][1]["x0"], b[k][1]["x0"]) for k in a)
+
+
+@pytest.fixture(scope="module")
+def few_clips(tmp_path_factory) -> Path:
+    """Six Shapes clips in two shards: enough for a cache of every autoencoder in seconds."""
+    from opensora_lite.data.synthetic import ShapesConfig, write_shapes_shards
+
+    out = tmp_path_factory.mktemp("few_shapes")
+    write_shapes_shards(out, ShapesConfig(num_clips=6, clips_per_shard=3, seed=5, min_seconds=1.5), progress=False)
+    return out
+
+
+# the new autoencoders -> a frame count each takes (DC-AE: 1 or 4k; Wan 2.2, HunyuanVideo-1.5: 4k+1; LTX: 8k+1)
+NEW_AUTOENCODERS = {"dc_ae_tiny": 4, "wan22": 5, "hunyuan15": 5, "ltx": 9}
+
+
+@pytest.mark.parametrize("name", list(NEW_AUTOENCODERS))
+def test_osl_cache_and_cached_training_work_with_every_new_autoencoder(few_clips, tmp_path, name):
+    """osl-cache with autoencoder=<name> (a tiny model of its family) stores each crop's latent bitwise as
+    that autoencoder encodes it (its own channels, frame rule and scaling), and data=cached then trains on
+    that cache, found by its fingerprint, without building it again. Other weights at the same path
+    are another fingerprint."""
+    from tiny_vaes import tiny_vae_folder
+
+    from opensora_lite.cli.cache import run as cache_run
+    from opensora_lite.cli.curriculum import run as train_run
+    from opensora_lite.config import to_config
+    from opensora_lite.config.stages import load_autoencoder
+    from opensora_lite.data.cache import cache_folder, item_generator
+
+    frames = NEW_AUTOENCODERS[name]
+    ae = load_autoencoder(name, "autoencoder")
+    overrides = [f"autoencoder={name}"]
+    if name != "dc_ae_tiny":
+        vae, ae = tiny_vae_folder(name, tmp_path / "vae")
+        overrides += [f"autoencoder.{k}={getattr(ae, k)}" for k in ("path", "dtype", "tiling", "latent_channels")]
+    overrides += [
+        *mini_overrides(few_clips, tmp_path),
+        "~curriculum.stages.image",  # the t2v stage alone, in this autoencoder's latent space
+        "~curriculum.stages.i2v",
+        "data=cached",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        "run.stage=t2v",
+        f"model.latent_channels={ae.latent_channels}",
+        f"model.patch_size=[{','.join(map(str, ae.patch_size))}]",
+        "curriculum.stages.t2v.init=none",
+        "curriculum.stages.t2v.steps=1",
+        "curriculum.stages.t2v.evaluate=false",
+    ]
+    composed = compose(overrides)
+    composed.curriculum.stages.t2v.buckets = {"32px": {frames: [1.0, 2]}}  # replaced: no other frame count
+    (folder,) = cache_run(composed.copy())
+    built = (folder / "manifest.json").stat().st_mtime_ns
+
+    cfg = to_config(composed.copy())
+    ae = build_autoencoder(cfg.autoencoder)
+    cached, seed = _read(folder), stage_seed(cfg, list(cfg.curriculum.stages).index("t2v"))
+    stream = BucketedVideoStream(
+        expand_shards(cfg.data.shards), bucket_table(cfg, cfg.curriculum.stages["t2v"]), cfg.data.target_fps,
+        seed=seed, caption_template=cfg.data.caption_template,
+    )  # fmt: skip
+    seen = 0
+    for url in stream.urls:
+        for item in stream.items(url, 0, Counter()):
+            video = BucketedVideoStream.collate([item], Counter(), [])["video"]
+            x0 = cached[item.key][1]["x0"]
+            assert x0.shape[:2] == (cfg.autoencoder.latent_channels, ae.latent_frames(frames))
+            assert torch.equal(x0, ae.encode(video, generator=item_generator(seed, item.key))[0])
+            seen += 1
+    assert seen == len(cached) > 0
+
+    train_run(composed.copy())
+    rows = [json.loads(line) for line in (tmp_path / "mini" / "metrics.jsonl").read_text().splitlines()]
+    assert any(torch.isfinite(torch.tensor(r["loss"])) for r in rows if "loss" in r)
+    assert (folder / "manifest.json").stat().st_mtime_ns == built  # read, not rebuilt
+    if name != "dc_ae_tiny":  # other weights saved over these (a fine-tuned VAE): another cache
+        torch.manual_seed(1)
+        type(vae).from_config(vae.config).save_pretrained(tmp_path / "vae")
+        assert cache_folder(cfg, "t2v", False)[0] != folder

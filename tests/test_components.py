@@ -457,22 +457,13 @@ def test_empty_prompt_embeddings_are_cached_with_the_run(mini_run, tmp_path):
 
 def test_wan22_vae_config_fits_a_tiny_wan22_and_normalises_48_channels(tmp_path):
     """autoencoder=wan22: AutoencoderKLWan with patch 2 and residual blocks, 4x16x16 into 48 channels."""
-    from diffusers import AutoencoderKLWan
-    from omegaconf import OmegaConf
+    from tiny_vaes import WAN22_MEAN as mean
+    from tiny_vaes import WAN22_STD as std
+    from tiny_vaes import tiny_vae_folder
 
     from opensora_lite.autoencoders import build_autoencoder
-    from opensora_lite.config import config_dir
 
-    mean, std = [0.01 * i for i in range(48)], [1.0 + 0.02 * i for i in range(48)]
-    torch.manual_seed(0)
-    tiny = AutoencoderKLWan(
-        base_dim=8, z_dim=48, dim_mult=[1, 1, 1, 1], num_res_blocks=1, is_residual=True, patch_size=2,
-        in_channels=12, out_channels=12, latents_mean=mean, latents_std=std, scale_factor_spatial=16,
-    )  # fmt: skip
-    tiny.save_pretrained(tmp_path / "vae")
-    yaml = OmegaConf.load(config_dir() / "autoencoder" / "wan22.yaml")
-    cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(AutoencoderConfig), yaml))
-    cfg.path, cfg.dtype, cfg.tiling = str(tmp_path / "vae"), "fp32", False
+    tiny, cfg = tiny_vae_folder("wan22", tmp_path / "vae")
     ae = build_autoencoder(cfg)
     video = torch.rand(1, 3, 5, 32, 48, generator=torch.Generator().manual_seed(0)) * 2 - 1
     z = ae.encode(video, sample=False)
@@ -491,30 +482,14 @@ def test_wan22_vae_config_fits_a_tiny_wan22_and_normalises_48_channels(tmp_path)
 
 def test_ltx_vae_config_fits_a_tiny_ltx_and_uses_its_stored_statistics(tmp_path):
     """autoencoder=ltx: AutoencoderKLLTXVideo, causal 8x32x32 (1 + 8k frames), per-channel mean/std buffers."""
-    from diffusers import AutoencoderKLLTXVideo
-    from omegaconf import OmegaConf
+    from tiny_vaes import LTX_MEAN as mean
+    from tiny_vaes import LTX_STD as std
+    from tiny_vaes import tiny_vae_folder
 
     from opensora_lite.autoencoders import build_autoencoder
-    from opensora_lite.config import config_dir
 
-    torch.manual_seed(0)
-    tiny = AutoencoderKLLTXVideo(
-        latent_channels=8, block_out_channels=(8,) * 4, decoder_block_out_channels=(8,) * 4,
-        layers_per_block=(1,) * 5, decoder_layers_per_block=(1,) * 5,
-    )  # fmt: skip
-    mean, std = torch.linspace(-0.5, 0.5, 8), torch.linspace(0.5, 2.0, 8)
-    tiny.latents_mean.copy_(mean)
-    tiny.latents_std.copy_(std)
-    tiny.save_pretrained(tmp_path / "vae")
-    yaml = OmegaConf.load(config_dir() / "autoencoder" / "ltx.yaml")
-    cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(AutoencoderConfig), yaml))
-    cfg.path, cfg.dtype, cfg.tiling, cfg.latent_channels, cfg.scaling_factor = (
-        str(tmp_path / "vae"),
-        "fp32",
-        False,
-        8,
-        2.0,
-    )
+    tiny, cfg = tiny_vae_folder("ltx", tmp_path / "vae")
+    cfg.scaling_factor = 2.0
     ae = build_autoencoder(cfg)
     assert ae.valid_num_frames(9) and not ae.valid_num_frames(5) and ae.latent_frames(17) == 3
     video = torch.rand(1, 3, 9, 64, 96, generator=torch.Generator().manual_seed(0)) * 2 - 1
@@ -527,18 +502,11 @@ def test_ltx_vae_config_fits_a_tiny_ltx_and_uses_its_stored_statistics(tmp_path)
 
 def test_hunyuan15_vae_config_fits_a_tiny_hunyuan15(tmp_path):
     """autoencoder=hunyuan15: AutoencoderKLHunyuanVideo15, causal 4x16x16, z * scaling_factor."""
-    from diffusers import AutoencoderKLHunyuanVideo15
-    from omegaconf import OmegaConf
+    from tiny_vaes import tiny_vae_folder
 
     from opensora_lite.autoencoders import build_autoencoder
-    from opensora_lite.config import config_dir
 
-    torch.manual_seed(0)
-    tiny = AutoencoderKLHunyuanVideo15(latent_channels=8, block_out_channels=(16,) * 5, layers_per_block=1)
-    tiny.save_pretrained(tmp_path / "vae")
-    yaml = OmegaConf.load(config_dir() / "autoencoder" / "hunyuan15.yaml")
-    cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(AutoencoderConfig), yaml))
-    cfg.path, cfg.dtype, cfg.tiling, cfg.latent_channels = str(tmp_path / "vae"), "fp32", False, 8
+    tiny, cfg = tiny_vae_folder("hunyuan15", tmp_path / "vae")
     ae = build_autoencoder(cfg)
     video = torch.rand(1, 3, 5, 32, 48, generator=torch.Generator().manual_seed(0)) * 2 - 1
     z = ae.encode(video, sample=False)

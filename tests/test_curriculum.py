@@ -3,7 +3,6 @@
 import json
 import os
 import shutil
-import socket
 import subprocess
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import av
 import numpy as np
 import pytest
 import torch
-from conftest import BIN, cli, compose, mini_overrides
+from conftest import TORCHRUN, cli, compose, mini_overrides
 from omegaconf import OmegaConf
 from safetensors import safe_open
 
@@ -192,12 +191,6 @@ def test_sample_cli_v2v_from_a_prompt_file_with_three_way_guidance(mini_run, tmp
     assert no_ema.returncode == 2 and "no EMA weights" in no_ema.stderr  # the stage ran without EMA
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _frames(path) -> np.ndarray:
     with av.open(str(path)) as container:
         return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)]).astype(int)
@@ -220,8 +213,7 @@ def test_sequence_parallel_sampling_on_two_ranks_equals_one_process(mini_run, tm
     ]
     one = cli("osl-sample", f"out={tmp_path / 'one'}", *args)
     assert one.returncode == 0, one.stderr
-    port = _free_port()
-    cmd = [str(BIN / "torchrun"), "--nproc-per-node=2", f"--master-port={port}", "-m", "opensora_lite.cli.sample"]
+    cmd = [*TORCHRUN, "--nproc-per-node=2", "-m", "opensora_lite.cli.sample"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     sp = subprocess.run(
         [*cmd, f"out={tmp_path / 'sp'}", "parallel.sp_size=2", *args],

@@ -5,28 +5,26 @@ stages match one process. (Loss parity of each engine with a single-process refe
 import json
 import os
 import shutil
-import socket
 import subprocess
 
 import pytest
 import torch
-from conftest import BIN, REPO, mini_overrides
+from conftest import BIN, REPO, TORCHRUN, mini_overrides, on_a_free_port
 from wandb_records import read_run
 
 from opensora_lite.train.state import load_weights
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _launch(overrides, cwd):
     cmd = ["bash", str(REPO / "slurm" / "stage_1node.sbatch"), *overrides]
-    env = dict(os.environ, SLURM_SUBMIT_DIR=str(REPO), SLURM_GPUS_ON_NODE="2", MASTER_PORT=str(_free_port()))
+    env = dict(os.environ, SLURM_SUBMIT_DIR=str(REPO), SLURM_GPUS_ON_NODE="2")
     env["OSL_VENV"] = str(BIN.parent)  # the environment running these tests
-    out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+    def launch(port: int) -> subprocess.CompletedProcess:  # the script takes its port from MASTER_PORT
+        run = dict(env, MASTER_PORT=str(port))
+        return subprocess.run(cmd, cwd=cwd, env=run, capture_output=True, text=True, timeout=300)
+
+    out = on_a_free_port(launch)
     assert out.returncode == 0, out.stderr[-3000:]
 
 
@@ -48,7 +46,7 @@ def _torchrun(module: str, overrides: list[str], cwd, engine: str) -> str:
         env["PYTHONPATH"] = os.pathsep.join(
             filter(None, [str(REPO / "tests" / "colossalai_cpu"), env.get("PYTHONPATH")])
         )
-    cmd = [str(BIN / "torchrun"), "--nproc-per-node=2", f"--master-port={_free_port()}", "-m", module]
+    cmd = [*TORCHRUN, "--nproc-per-node=2", "-m", module]
     out = subprocess.run(
         [*cmd, f"parallel={engine}", *overrides], cwd=cwd, env=env, capture_output=True, text=True, timeout=420
     )
@@ -184,24 +182,34 @@ def test_a_lost_rank_makes_the_other_exit_in_bounded_time(shapes_dir, tmp_path, 
         "curriculum.stages.image.checkpoint_every=0",
         "curriculum.stages.image.log_every=1",
     ]
-    env = dict(os.environ, WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), OMP_NUM_THREADS="1")
-    procs = [
-        subprocess.Popen(
-            [str(BIN / "osl-train"), *overrides],
-            cwd=tmp_path,
-            env=dict(env, RANK=str(r), LOCAL_RANK=str(r)),
-            stdout=subprocess.PIPE if r == 0 else subprocess.DEVNULL,
-            stderr=subprocess.PIPE if r == 0 else subprocess.DEVNULL,
-            text=True,
-        )
-        for r in range(2)
-    ]
-    try:
-        metrics = tmp_path / how / "metrics.jsonl"
+    metrics = tmp_path / how / "metrics.jsonl"
+
+    def start(port: int) -> list[subprocess.Popen]:
+        """Both ranks, returned once training is under way; an error (with rank 0's output) otherwise."""
+        env = dict(os.environ, WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+        procs = [
+            subprocess.Popen(
+                [str(BIN / "osl-train"), *overrides],
+                cwd=tmp_path,
+                env=dict(env, RANK=str(r), LOCAL_RANK=str(r)),
+                stdout=subprocess.PIPE if r == 0 else subprocess.DEVNULL,
+                stderr=subprocess.PIPE if r == 0 else subprocess.DEVNULL,
+                text=True,
+            )
+            for r in range(2)
+        ]
         deadline = time.monotonic() + 120
-        while not (metrics.is_file() and '"loss"' in metrics.read_text()):  # training is under way
-            assert time.monotonic() < deadline and procs[0].poll() is None, "training did not start"
+        while not (metrics.is_file() and '"loss"' in metrics.read_text()):
+            if procs[0].poll() is not None or time.monotonic() > deadline:
+                for p in procs:
+                    p.kill()
+                    p.wait()
+                raise RuntimeError(f"training did not start: {procs[0].stderr.read()[-2000:]}")
             time.sleep(0.5)
+        return procs
+
+    procs = on_a_free_port(start)
+    try:
         procs[1].send_signal(signal.SIGKILL if how == "killed" else signal.SIGSTOP)
         lost = time.monotonic()
         _, err = procs[0].communicate(timeout=timeout_s + 60)

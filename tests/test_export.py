@@ -5,15 +5,13 @@ reproduce our model's outputs."""
 from __future__ import annotations
 
 import os
-import socket
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
-from conftest import both_flux_outputs, cli, tiny_mmdit
+from conftest import both_flux_outputs, cli, spawn_ranks, tiny_mmdit
 from diffusers import FluxTransformer2DModel
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
@@ -132,13 +130,7 @@ def test_bfl_file_loads_with_diffusers_from_single_file(tmp_path):
     assert _compare(ours, ref) <= 1e-5
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _fsdp2_save(rank: int, world: int, port: int, folder: str) -> None:
+def _fsdp2_save(rank: int, port: int, world: int, folder: str) -> None:
     """One rank: shard the model with FSDP2 (each rank holds half of every tensor) and save with DCP."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_model_state_dict
@@ -164,7 +156,7 @@ def test_export_consolidates_a_checkpoint_sharded_by_two_ranks(tmp_path):
     reference = _random_model(tiny_mmdit(), image_condition=True)
     run = _write_run(tmp_path / "run", reference, stage="t2v").parent
     step = run / "hires" / "checkpoints" / "step_00000010" / "model_dcp"  # an unfinished stage's newest checkpoint
-    mp.start_processes(_fsdp2_save, args=(2, _free_port(), str(step)), nprocs=2, start_method="spawn")
+    spawn_ranks(_fsdp2_save, (2, str(step)))
     assert len(list(step.glob("*.distcp"))) == 2
 
     out = tmp_path / "export"

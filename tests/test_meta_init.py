@@ -11,15 +11,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
-from conftest import REPO, tiny_mmdit
+from conftest import REPO, spawn_ranks, tiny_mmdit
 
 from opensora_lite.config.schema import ParallelConfig
 from opensora_lite.models.flux_weights import load_into, read_flux_weights, write_safetensors
@@ -134,10 +132,7 @@ def _two_ranks(fn, tmp_path: Path, monkeypatch) -> dict:
         monkeypatch.delenv(key, raising=False)
     assert not dist.is_initialized()
     _write_sources(tmp_path)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.start_processes(fn, args=(port, str(tmp_path)), nprocs=2, start_method="spawn")
+    spawn_ranks(fn, (str(tmp_path),))
     return json.loads((tmp_path / "result.json").read_text())
 
 

@@ -4,13 +4,11 @@
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
-from conftest import tiny_mmdit
+from conftest import spawn_ranks, tiny_mmdit
 
 from opensora_lite.models.mmdit import MMDiT
 from opensora_lite.parallel.sequence import SPContext
@@ -62,11 +60,8 @@ def test_sp2_equals_sp1(tmp_path, case, backend):
     grid = CASES[case]
     model, inputs, cond = _model_and_inputs(grid, backend)
     ref_out, ref_grads = _run(model, inputs, cond)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     path = tmp_path / "sp.pt"
-    mp.start_processes(_rank, args=(port, grid, backend, str(path)), nprocs=2, start_method="spawn")
+    spawn_ranks(_rank, (grid, backend, str(path)))
     got = torch.load(path)
     assert torch.allclose(got["out"], ref_out, atol=1e-5, rtol=1e-5)
     for name, g in ref_grads.items():

@@ -1,6 +1,6 @@
 """Validation during training (stage.validate_every): metrics over steps, samples and contact sheets,
-EMA weights, and a training trajectory bitwise the same with or without it (single process and fsdp2
-on 2 gloo ranks). Also v2v tasks in training."""
+EMA weights, and a training trajectory bitwise the same with or without it (single process; fsdp2,
+deepspeed_zero2 and colossalai_zero2 on 2 gloo ranks). Also v2v tasks in training."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 import torch
 from conftest import REPO, compose, mini_overrides
 from test_ddp_smoke import _torchrun
@@ -78,14 +79,16 @@ def test_validation_logs_metrics_over_steps_and_leaves_training_unchanged(shapes
     assert len([line for line in out.stdout.splitlines() if line.strip()[:1].isdigit()]) == 2  # two points
 
 
-def test_validation_under_fsdp2_leaves_training_unchanged(shapes_dir, tmp_path):
-    """2 gloo ranks, sharded weights and EMA gathered for validation on rank 0: the same trajectory."""
+@pytest.mark.parametrize("engine", ["fsdp2", "deepspeed_zero2", "colossalai_zero2"])
+def test_validation_under_a_sharded_engine_leaves_training_unchanged(shapes_dir, tmp_path, engine):
+    """2 gloo ranks; the weights (or EMA) gathered for validation on rank 0: the same trajectory."""
     val = _i2v_stage(shapes_dir, tmp_path, "val", "curriculum.stages.i2v.validate_every=1", "eval.repeats=1")
-    _torchrun("opensora_lite.cli.train", val, tmp_path, "fsdp2")
+    _torchrun("opensora_lite.cli.train", val, tmp_path, engine)
     plain = _i2v_stage(shapes_dir, tmp_path, "plain", "curriculum.stages.i2v.evaluate=false")
-    _torchrun("opensora_lite.cli.train", plain, tmp_path, "fsdp2")
+    _torchrun("opensora_lite.cli.train", plain, tmp_path, engine)
     _same_weights(tmp_path / "val" / "i2v", tmp_path / "plain" / "i2v")
-    assert [r["step"] for r in _rows(tmp_path / "val") if "val/colour_acc" in r] == [1, 2]
+    points = [r for r in _rows(tmp_path / "val") if "val/colour_acc" in r]
+    assert [r["step"] for r in points] == [1, 2] and points[0]["val/ema"] is True
 
 
 def test_v2v_tasks_train_the_condition_on_long_enough_clips(shapes_dir, tmp_path):

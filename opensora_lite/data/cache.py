@@ -18,13 +18,15 @@ what encoding that crop on the fly gives (tests/test_cache.py).
 Layout: `<data.cache_dir>/<stage>-<fingerprint>/` holding `NNNNN.tar` (one per source shard, written
 aside then renamed, so a shard is complete or absent) and `manifest.json` (written last). The
 fingerprint hashes everything the inputs depend on (source shards, buckets, fps, seed, caption
-template, autoencoder and text-encoder settings), so a changed setting builds a new cache and an
-unchanged one is reused across runs. The precompute runs on every rank of a job (rank r encodes
-source shards r, r + world, ...), resumes by skipping finished shards, and shows a progress bar.
+template, autoencoder and text-encoder settings, the contents of the autoencoder's weights), so a
+changed setting builds a new cache and an unchanged one is reused across runs. The precompute runs
+on every rank of a job (rank r encodes source shards r, r + world, ...), resumes by skipping finished
+shards, and shows a progress bar.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -59,6 +61,32 @@ def bucket_table(cfg, stage) -> BucketTable:
     return BucketTable(stage.buckets, cfg.data.aspect_ratios, multiple)
 
 
+@functools.lru_cache(maxsize=64)
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:
+    """One file's content digest (size and mtime in the key: a process hashes an unchanged file once)."""
+    h = hashlib.blake2b(digest_size=8)
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 24):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def weights_digest(path: str | None) -> str | None:
+    """A digest of the contents of an autoencoder's weights (a file, or every file of a folder): weights
+    replaced at the same path (a fine-tuned VAE saved over the old one) give another cache; each node's
+    own copy at the same path gives the same one. None for random weights (no path)."""
+    if not path or not Path(path).exists():
+        return None
+    root = Path(path)
+    files = sorted(f for f in root.rglob("*") if f.is_file()) if root.is_dir() else [root]
+    total = hashlib.blake2b(digest_size=8)
+    for f in files:
+        st = f.stat()
+        digest = _file_digest(str(f.resolve()), st.st_size, st.st_mtime_ns)
+        total.update(f"{f.relative_to(root) if root.is_dir() else f.name}:{digest};".encode())
+    return total.hexdigest()
+
+
 def describe(cfg, name: str, image_condition: bool) -> dict:
     """Everything the cached inputs of stage `name` depend on (hashed into the folder name)."""
     stage = cfg.curriculum.stages[name]
@@ -66,29 +94,33 @@ def describe(cfg, name: str, image_condition: bool) -> dict:
     for url in expand_shards(cfg.data.shards):
         path = Path(url)
         sources.append([path.name, path.stat().st_size] if path.is_file() else [url, None])
-    return {
-        "version": VERSION,
-        "sources": sources,
-        "buckets": {res: {str(n): list(e) for n, e in frames.items()} for res, frames in stage.buckets.items()},
-        "aspect_ratios": list(cfg.data.aspect_ratios),
-        "target_fps": cfg.data.target_fps,
-        "seed": stage_seed(cfg, list(cfg.curriculum.stages).index(name)),
-        "caption_key": cfg.data.caption_key,
-        "caption_template": cfg.data.caption_template,
-        "patch": list(cfg.model.patch_size),
-        # settings that change no output (memory placement, memo size) stay out: toggling them reuses the cache
-        # (the dc_ae architecture only when it is the autoencoder: other kinds keep their cache folders)
-        "autoencoder": {
-            k: v
-            for k, v in asdict(cfg.autoencoder).items()
-            if k != "offload_decoder" and (k != "dc_ae" or cfg.autoencoder.kind == "dc_ae")
-        },
-        "text_encoder": {k: v for k, v in asdict(cfg.text_encoder).items() if k != "cache_size"},
-        "image_condition": image_condition,
-    } | (  # only when set, so caches built before the key existed keep their folders
-        {"image_caption_template": cfg.data.image_caption_template}
-        if cfg.data.image_caption_template is not None
-        else {}
+    return (
+        {
+            "version": VERSION,
+            "sources": sources,
+            "buckets": {res: {str(n): list(e) for n, e in frames.items()} for res, frames in stage.buckets.items()},
+            "aspect_ratios": list(cfg.data.aspect_ratios),
+            "target_fps": cfg.data.target_fps,
+            "seed": stage_seed(cfg, list(cfg.curriculum.stages).index(name)),
+            "caption_key": cfg.data.caption_key,
+            "caption_template": cfg.data.caption_template,
+            "patch": list(cfg.model.patch_size),
+            # settings that change no output (memory placement, memo size) stay out: toggling them reuses the cache
+            # (the dc_ae architecture only when it is the autoencoder: other kinds keep their cache folders)
+            "autoencoder": {
+                k: v
+                for k, v in asdict(cfg.autoencoder).items()
+                if k != "offload_decoder" and (k != "dc_ae" or cfg.autoencoder.kind == "dc_ae")
+            },
+            "text_encoder": {k: v for k, v in asdict(cfg.text_encoder).items() if k != "cache_size"},
+            "image_condition": image_condition,
+        }
+        | (  # only when set, so caches built before the key existed keep their folders
+            {"image_caption_template": cfg.data.image_caption_template}
+            if cfg.data.image_caption_template is not None
+            else {}
+        )
+        | ({"autoencoder_weights": digest} if (digest := weights_digest(cfg.autoencoder.path)) else {})
     )
 
 
