@@ -1,6 +1,9 @@
 """Bad input: one clear line on stderr, a non-zero exit, and nothing written."""
 
-from conftest import cli, mini_overrides
+import os
+import subprocess
+
+from conftest import BIN, REPO, cli, mini_overrides
 
 
 def _fails_cleanly(out, run_root, expected: str):
@@ -48,3 +51,21 @@ def test_osl_train_needs_a_stage_name(shapes_dir, tmp_path):
 def test_sampling_a_missing_checkpoint(tmp_path):
     out = cli("osl-sample", f"checkpoint={tmp_path / 'nothing'}")
     _fails_cleanly(out, tmp_path / "nothing", "no weights at")
+
+
+def test_an_error_under_torchrun_is_printed_once_and_the_launcher_adds_one_line(shapes_dir, tmp_path):
+    """Two ranks under osl-torchrun (torchrun's arguments; slurm/stage_1node.sbatch uses it): an error every
+    rank meets at start-up is printed once, whole, by rank 0, and the launcher sums the failure up in one
+    line instead of torchrun's traceback and failure table."""
+    cmd = [str(BIN / "osl-torchrun"), "--standalone", "--nproc-per-node=2", "-m", "opensora_lite.cli.train"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    out = subprocess.run(
+        [*cmd, *mini_overrides(shapes_dir, tmp_path / "runs")], cwd=REPO, env=env, capture_output=True, text=True
+    )
+    said = out.stdout + out.stderr
+    assert out.returncode == 2, said[-3000:]
+    errors = [line for line in said.splitlines() if "run.stage: osl-train runs one stage" in line]
+    assert len(errors) == 1 and errors[0].startswith("error: run.stage:"), said[-3000:]
+    assert "Traceback" not in said and "ChildFailedError" not in said, said[-3000:]
+    assert out.stderr.strip().splitlines()[-1].startswith("osl: rank 0 exited with status 2"), said[-3000:]
+    assert not (tmp_path / "runs").exists()

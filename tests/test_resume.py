@@ -94,20 +94,33 @@ def reference(shapes_dir, tmp_path_factory):
 
 
 def _same_end(reference, run_dir: Path, context: str) -> None:
+    """Same final weights, and metrics.jsonl reads as one run: each step once, in order, with the
+    uninterrupted job's loss (the rerun dropped what the first job logged after its checkpoint)."""
     losses, weights = reference
     final = load_weights(run_dir / "t2v" / "final" / "model.safetensors")
     assert all(torch.equal(final[k], weights[k]) for k in weights), f"final weights differ ({context})"
-    logged = _losses(_records(run_dir))  # both jobs' lines; a step logged twice must agree with itself
-    for record in _records(run_dir):
-        if "loss" in record:
-            assert record["loss"] == losses[record["step"]], f"step {record['step']} loss differs ({context})"
-    assert sorted(logged) == list(range(1, STEPS + 1)), context
+    logged = [(r["step"], r["loss"]) for r in _records(run_dir) if "loss" in r]
+    assert [step for step, _ in logged] == list(range(1, STEPS + 1)), f"steps logged: {logged} ({context})"
+    for step, loss in logged:
+        assert loss == losses[step], f"step {step} loss differs ({context})"
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    """Every file under `folder` and its bytes."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def test_sigkill_at_a_random_step_resumes_to_the_same_loss_sequence(shapes_dir, tmp_path, reference):
-    kill_after = random.Random(SEED).randint(2, STEPS - 3)
+    """Killed between checkpoints (every 3 steps): the rerun repeats the steps after the newest one. Both
+    metrics.jsonl and the W&B run read as one run: the steps the killed job logged past its checkpoint
+    are dropped (W&B rewinds the same run to the checkpoint's step) and logged once, by the rerun."""
+    kill_after = random.Random(SEED).randint(4, STEPS - 3)
     context = f"seed {SEED}, killed after step {kill_after} was logged"
-    overrides = _overrides(shapes_dir, tmp_path)
+    overrides = [
+        *_overrides(shapes_dir, tmp_path, checkpoint_every=3, keep_checkpoints=1),
+        "logger=wandb",
+        "logger.wandb.mode=offline",
+    ]
     run_dir, log = tmp_path / "job", tmp_path / "job.log"
     proc = _start(overrides, log)
     _wait_for(lambda: len(_losses(_records(run_dir))) >= kill_after, proc)
@@ -115,11 +128,58 @@ def test_sigkill_at_a_random_step_resumes_to_the_same_loss_sequence(shapes_dir, 
     proc.wait(timeout=30)
     newest = StageDir(run_dir / "t2v").latest_checkpoint()
     assert newest is not None, context
+    from_step = int(newest.name.split("_")[1])
+    logged = max(_losses(_records(run_dir)))
     _finish(overrides, log)
     rerun = _after_resume(_records(run_dir))
-    from_step = int(newest.name.split("_")[1])
     assert min(_losses(rerun)) == from_step + 1, f"the rerun did not start after step {from_step} ({context})"
-    _same_end(reference, run_dir, context)
+    _same_end(reference, run_dir, f"{context}, logged up to {logged}, resumed from {from_step}")
+    files = sorted((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(files) == 2 and files[0].name == files[1].name, files  # the same W&B run, twice
+    first, second = read_run(files[0]), read_run(files[1])
+    offset = [h["_step"] for h in first["history"] if "loss" in h][0] - 1  # the stages before t2v
+    assert second["rewound_to"] == offset + from_step, context
+    assert [h["_step"] - offset for h in second["history"] if "loss" in h] == list(range(from_step + 1, STEPS + 1))
+
+
+def test_ctrl_c_checkpoints_and_a_refused_restart_leaves_the_run_as_it_was(shapes_dir, tmp_path, reference):
+    """Ctrl-C (SIGINT to the job's process group, as a terminal sends it): the step in hand finishes and is
+    checkpointed (periodic checkpoints are off), the job exits 130 with one line naming the command that
+    resumes, no traceback. A restart with a changed model is refused with one line and leaves every file
+    of the run byte-identical (config.yaml, checkpoints, metrics); the real rerun continues the loss
+    sequence bitwise."""
+    signal_after = random.Random(SEED).randint(2, STEPS - 3)
+    overrides = _overrides(shapes_dir, tmp_path, checkpoint_every=0)
+    run_dir, log = tmp_path / "job", tmp_path / "job.log"
+    proc = _start(overrides, log)
+    _wait_for(lambda: len(_losses(_records(run_dir))) >= signal_after, proc)
+    os.killpg(proc.pid, signal.SIGINT)  # the trainer and its loader workers alike
+    assert proc.wait(timeout=60) == 130, log.read_text()[-3000:]
+    text = log.read_text()
+    assert "Traceback" not in text, text[-3000:]
+    (said,) = [line for line in text.splitlines() if line.startswith("interrupted:")]
+    assert "checkpoint written" in said and "osl-train" in said and "run.stage=t2v" in said, said
+    (event,) = [r for r in _records(run_dir) if r.get("event") == "preempted"]
+    at = event["at_step"]
+    assert at >= signal_after and event["signal"] == "SIGINT"
+    assert [p.name for p in StageDir(run_dir / "t2v").list_checkpoints()] == [f"step_{at:08d}"]
+
+    before = _tree(run_dir)
+    bad = subprocess.run(
+        [str(BIN / "osl-train"), *overrides, "model.hidden_size=256", "model.num_heads=8"],
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode == 2, bad.stderr[-3000:]
+    assert bad.stderr.strip().startswith("error:") and "do not fit the model" in bad.stderr, bad.stderr[-3000:]
+    assert len(bad.stderr.strip().splitlines()) == 1 and "Traceback" not in bad.stdout + bad.stderr
+    assert _tree(run_dir) == before, "the refused restart changed the run directory"
+
+    _finish(overrides, log)
+    assert min(_losses(_after_resume(_records(run_dir)))) == at + 1
+    _same_end(reference, run_dir, f"seed {SEED}, SIGINT after step {signal_after}, stopped at {at}")
 
 
 @pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])

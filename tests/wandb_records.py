@@ -34,12 +34,15 @@ def records(path: Path) -> list:
 
 
 def read_run(run_file: Path) -> dict:
-    """{'id', 'history': [{key: value}], 'summary': {key: value}, 'config': {key: value}}."""
-    out = {"id": None, "history": [], "summary": {}, "config": {}}
+    """{'id', 'history': [{key: value}], 'summary': {key: value}, 'config': {key: value}, 'rewound_to': the
+    step a rewound run's history was cut after, else None}."""
+    out = {"id": None, "history": [], "summary": {}, "config": {}, "rewound_to": None}
     for rec in records(run_file):
         kind = rec.WhichOneof("record_type")
         if kind == "run":
             out["id"] = rec.run.run_id
+            if rec.run.HasField("branch_point"):  # wandb.init(resume_from=...): history cut after this step
+                out["rewound_to"] = int(rec.run.branch_point.value)
             out["config"].update({i.key: json.loads(i.value_json) for i in rec.run.config.update})
         elif kind == "history":
             out["history"].append({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in rec.history.item})

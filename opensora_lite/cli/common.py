@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Callable
@@ -20,6 +21,7 @@ from opensora_lite.errors import UserError
 from opensora_lite.train.preemption import Preempted, requeue_slurm_job
 
 PREEMPTED_EXIT = 3  # stopped early on a signal after a checkpoint: rerunning resumes
+INTERRUPTED_EXIT = 130  # stopped by Ctrl-C (128 + SIGINT, as shells report it): rerunning resumes
 
 
 def hydra_entry(config_name: str, validate_on_print: bool = False) -> Callable:
@@ -32,23 +34,34 @@ def hydra_entry(config_name: str, validate_on_print: bool = False) -> Callable:
         def task(cfg: DictConfig) -> None:
             try:
                 fn(cfg)
-            except UserError as exc:
-                _fail(f"error: {exc}", 2)
+            except UserError as exc:  # `rank`: raised once the ranks had started (train/curriculum.py)
+                rank = getattr(exc, "rank", None)
+                _fail(f"{f'rank {rank}: ' if rank else ''}error: {exc}", 2, every_rank=rank is not None)
             except MissingMandatoryValue as exc:
                 key = exc.full_key or "?"
                 _fail(f"error: {key}: a value is required (add {key}=...)", 2)
             except Preempted as exc:  # the checkpoint is written: requeue (Slurm) and stop
                 from opensora_lite.parallel.engine import launch_env
 
+                if exc.interrupted:  # Ctrl-C: the user's stop, never requeued
+                    _say(f"interrupted: {exc}; to resume, rerun {resume_command()}", once=True)
+                    sys.exit(INTERRUPTED_EXIT)
                 if launch_env()[0] == 0:
                     requeue_slurm_job(exc)
                 sys.exit(PREEMPTED_EXIT)
+            except KeyboardInterrupt:  # a second Ctrl-C, or one before training started
+                _say(
+                    "interrupted: stopped at once (Ctrl-C); a rerun resumes from the newest checkpoint "
+                    f"written before it: {resume_command()}",
+                    once=True,
+                )
+                sys.exit(INTERRUPTED_EXIT)
             except Exception as exc:
                 lost = collective_failure(exc)
                 if lost is None:
                     raise
                 logging.getLogger("opensora_lite").debug("collective failure", exc_info=True)  # into train.log
-                _fail(f"error: {lost}", 1)
+                _fail(f"error: {lost}", 1, every_rank=True)
 
         def main() -> None:
             register()
@@ -56,11 +69,37 @@ def hydra_entry(config_name: str, validate_on_print: bool = False) -> Callable:
                 _validate_argv(config_name)
             if any(a in ("--multirun", "-m") for a in sys.argv[1:]):  # for jobs that run elsewhere (Slurm)
                 os.environ[SWEPT_KEYS_ENV] = ",".join(sorted(_swept_keys_in_argv()))
-            hydra.main(config_path=str(config_dir()), config_name=config_name, version_base="1.3")(task)()
+            try:
+                hydra.main(config_path=str(config_dir()), config_name=config_name, version_base="1.3")(task)()
+            except KeyboardInterrupt:  # Ctrl-C while Hydra composes the config: nothing was written
+                _say("interrupted (Ctrl-C) before anything was written", once=True)
+                sys.exit(INTERRUPTED_EXIT)
 
         return main
 
     return decorate
+
+
+def resume_command() -> str:
+    """The command that resumes this job: this process's own command line, or the launcher's."""
+    if "TORCHELASTIC_RUN_ID" in os.environ:  # a torchrun worker: its argv is not what the user typed
+        return "the same torchrun command"
+    program = Path(sys.argv[0]).name
+    if not program.startswith("osl-"):  # python -m opensora_lite.cli.<entry>
+        spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+        program = f"python -m {spec.name}" if spec is not None else sys.argv[0]
+    return " ".join([program, *map(shlex.quote, sys.argv[1:])])
+
+
+def _say(message: str, once: bool = False) -> None:
+    """One line on stderr in one write, so that several ranks' lines never merge. `once`: the same
+    message on every rank, printed by rank 0 alone."""
+    from opensora_lite.parallel.engine import launch_env
+
+    if once and launch_env()[0] != 0:
+        return
+    sys.stderr.flush()
+    os.write(2, f"{message.strip()}\n".encode())
 
 
 class JobFailed(CompactHydraException):
@@ -68,8 +107,11 @@ class JobFailed(CompactHydraException):
     and the sweeping command reports it (one line, exit status 1) instead of waiting for a result."""
 
 
-def _fail(message: str, status: int) -> None:
-    print(message, file=sys.stderr, flush=True)
+def _fail(message: str, status: int, every_rank: bool = False) -> None:
+    """Report `message` and exit with `status`. Errors raised before the ranks started (config, data,
+    start-up checks) are the same on every rank: rank 0 prints them, once. Later ones may be one rank's
+    own (`every_rank`): each rank prints its own."""
+    _say(message, once=not every_rank)
     if os.environ.get("SUBMITIT_EXECUTOR"):
         raise JobFailed(message) from None
     sys.exit(status)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from opensora_lite.cli.common import hydra_entry, load, run_dir_for
+from opensora_lite.errors import UserError
 from opensora_lite.train.curriculum import format_results, run_stages
 from opensora_lite.train.preflight import check_data, check_inits
 from opensora_lite.train.runtime import build_runtime
@@ -32,6 +33,10 @@ def run(cfg: DictConfig, only: str | None = None) -> list:
             print(f"\nrun directory: {run_dir}", flush=True)
         clean = True
         return results
+    except UserError as exc:  # raised once the ranks started: it may be this rank's own (cli/common.py)
+        if rt.engine.world_size > 1:
+            exc.rank = rt.engine.rank
+        raise
     finally:
         rt.close(clean)
 

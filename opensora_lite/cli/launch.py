@@ -1,4 +1,4 @@
-"""torchrun for Slurm jobs (slurm/torchrun_multinode.sbatch): the same arguments, two differences.
+"""`osl-torchrun`: torchrun with the same arguments and three differences (slurm/*.sbatch use it).
 
 - USR1 and USR2 are ignored by the agent. Slurm's `--signal=USR1@N` (USR2 from submitit, or either from
   `scancel --signal`) reaches every process of the job step; its default action would end the agent,
@@ -6,6 +6,9 @@
   The training processes install their own handler (opensora_lite/train/preemption.py).
 - SIGTERM (the job step ending, e.g. after a requeue) stops the agent with one line instead of a
   traceback; the agent has already passed the signal on to the training processes.
+- A training process that fails is summed up in one line (which rank, its exit status) instead of
+  torchrun's traceback and failure table: the process printed its own error already (once, by rank 0,
+  for errors every rank shares: opensora_lite/cli/common.py).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ def main() -> None:
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     signal.signal(signal.SIGUSR2, signal.SIG_IGN)
     from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
     try:
@@ -25,6 +29,14 @@ def main() -> None:
     except SignalException as exc:
         print(f"osl: torchrun agent stopped by {exc.sigval.name}", file=sys.stderr, flush=True)
         sys.exit(128 + int(exc.sigval))
+    except ChildFailedError as exc:
+        rank, failure = exc.get_first_failure()
+        code = failure.exitcode
+        how = f"exited with status {code}" if code >= 0 else f"was killed by {signal.Signals(-code).name}"
+        others = len(exc.failures) - 1
+        also = f" ({others} other process{'es' if others > 1 else ''} failed after it)" if others else ""
+        print(f"osl: rank {rank} {how}{also}; its error is printed above", file=sys.stderr, flush=True)
+        sys.exit(code if code > 0 else 128 - code)
 
 
 if __name__ == "__main__":

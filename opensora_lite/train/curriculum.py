@@ -10,6 +10,7 @@ import json
 import logging
 
 from opensora_lite.eval.shapes import format_confusion
+from opensora_lite.train.preemption import Preempted
 from opensora_lite.train.runtime import Runtime
 from opensora_lite.train.state import StageDir
 from opensora_lite.train.trainer import StageResult, StageTrainer
@@ -38,6 +39,9 @@ def run_stages(rt: Runtime, names: list[str]) -> list[StageResult]:
             continue
         rt.tracker.event("stage_start", step_offset(rt, name), name)
         results.append(StageTrainer(rt, name, step_offset(rt, name)).run())
+        # a signal during the stage's last step or its evaluation: stop before the next stage starts
+        if name != names[-1] and (signame := rt.preemption.should_stop(rt.engine.world_size, rt.device)):
+            raise Preempted(name, rt.cfg.curriculum.stages[name].steps, signame, "stage complete")
     return results
 
 

@@ -11,6 +11,12 @@ The requeued job resumes from that checkpoint, into the same run directory and W
 A SIGTERM from `scancel` is told apart from a preemption by the job's state: a cancelled job is
 checkpointed but not requeued; one that Slurm is requeuing itself (`scontrol requeue`) is left to it.
 Loader workers ignore these signals (data/loader.py), so the main process alone acts on them.
+
+Ctrl-C (SIGINT) is a stop too: the step in hand finishes, a checkpoint is written and the entry point
+exits with status 130 and the command that resumes (never requeued). A second Ctrl-C stops at once,
+keeping only the newest checkpoint already written. One press reaches a process more than once when a
+launcher passes it on (torchrun's agent sends its own SIGINT after the terminal's), so repeats within
+`REPEAT_S` count as the same press.
 """
 
 from __future__ import annotations
@@ -20,12 +26,17 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import torch
 import torch.distributed as dist
 
 log = logging.getLogger("opensora_lite")
-SIGNALS = ("SIGUSR1", "SIGUSR2", "SIGTERM")  # USR2: what submitit asks Slurm for (Slurm sweeps)
+# USR2: what submitit asks Slurm for (Slurm sweeps); INT last: where ranks saw different signals, a
+# user's Ctrl-C wins (a stop, not a requeue)
+SIGNALS = ("SIGUSR1", "SIGUSR2", "SIGTERM", "SIGINT")
+INTERRUPT = "SIGINT"
+REPEAT_S = 1.0  # a second SIGINT sooner than this is the same press, passed on by a launcher
 
 
 class Preempted(Exception):
@@ -35,12 +46,18 @@ class Preempted(Exception):
         super().__init__(f"{stage}: stopped at step {step} on {signame}, {kept}")
         self.stage, self.step, self.signame = stage, step, signame
 
+    @property
+    def interrupted(self) -> bool:
+        """Stopped by Ctrl-C: the user's stop, not a preemption (not requeued)."""
+        return self.signame == INTERRUPT
+
 
 class PreemptionWatch:
     """Installs the handlers (main thread only) and answers, collectively, whether to stop now."""
 
     def __init__(self, signals=SIGNALS):
         self.received: str | None = None
+        self._interrupted_at: float | None = None
         self._previous = {}
         for name in signals:
             sig = getattr(signal, name)
@@ -50,7 +67,17 @@ class PreemptionWatch:
                 pass
 
     def _note(self, signum, frame) -> None:
-        self.received = signal.Signals(signum).name
+        name = signal.Signals(signum).name
+        if name == INTERRUPT:
+            now = time.monotonic()
+            if self._interrupted_at is None:
+                self._interrupted_at = now
+                if os.environ.get("RANK", "0") == "0":  # os.write: safe inside a handler, one line
+                    os.write(2, b"Ctrl-C: stopping after this step with a checkpoint (Ctrl-C again: stop at once)\n")
+            elif now - self._interrupted_at > REPEAT_S:
+                raise KeyboardInterrupt  # the second press: stop now, without a checkpoint
+        if self.received is None or SIGNALS.index(name) > SIGNALS.index(self.received):
+            self.received = name
 
     def should_stop(self, world_size: int, device: torch.device) -> str | None:
         """The signal some rank received (the same answer on every rank), else None."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import logging.handlers
 import os
 import sys
 from contextlib import AbstractContextManager, nullcontext
@@ -36,6 +37,28 @@ class Runtime:
     tracker: Tracker
     preemption: PreemptionWatch = field(default_factory=PreemptionWatch)
     autoencoders: dict = field(default_factory=dict, repr=False)  # built ones by config, shared by for_stage views
+    resolved: dict = field(default_factory=dict, repr=False)  # the config as config.yaml records it
+    committed: list = field(default_factory=list, repr=False)  # [True] once commit() ran (shared by stage views)
+
+    def commit(self, rewind_to: int | None = None) -> None:
+        """The run directory becomes this run's: config.yaml, the log file, the empty prompt and the
+        tracker's sinks. Stages call it once their weights and checkpoint are loaded, so a start refused
+        before then (a checkpoint that does not fit a changed model, a broken file) leaves the directory
+        exactly as it was. `rewind_to`: the global step a resumed stage continues from (the tracker drops
+        what was logged after it). Later calls only rewind."""
+        if self.committed:
+            if rewind_to is not None:
+                self.tracker.rewind(rewind_to)
+            return
+        self.committed.append(True)
+        if self.engine.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            tmp = self.run_dir / ".config.yaml.partial"
+            OmegaConf.save(OmegaConf.create(self.resolved), tmp)
+            tmp.replace(self.run_dir / "config.yaml")
+            setup_logging(self.run_dir, True)
+            self.text.keep_empty_with(self.run_dir / EMPTY_PROMPT_FILE, write=True)  # CFG's empty prompt
+        self.tracker.start(rewind_to)
 
     @property
     def device(self) -> torch.device:
@@ -83,7 +106,9 @@ class Runtime:
         self.engine.shutdown(clean)
 
 
-def setup_logging(run_dir: Path | None, is_main: bool) -> None:
+def setup_logging(run_dir: Path | None, is_main: bool, hold: bool = False) -> None:
+    """Console logging (rank 0 at INFO), and on rank 0 the run's logs/train.log. `hold`: no run
+    directory yet; the file's records wait in memory until a later call names it (Runtime.commit)."""
     root = logging.getLogger("opensora_lite")
     root.setLevel(logging.INFO if is_main else logging.WARNING)
     root.propagate = False
@@ -91,7 +116,16 @@ def setup_logging(run_dir: Path | None, is_main: bool) -> None:
         console = logging.StreamHandler(sys.stdout)
         console.setFormatter(logging.Formatter("[%(asctime)s] %(message)s", "%H:%M:%S"))
         root.addHandler(console)
-    if run_dir is None or not is_main:
+    if not is_main:
+        return
+    held = [h for h in root.handlers if isinstance(h, logging.handlers.MemoryHandler)]
+    if hold:  # an earlier run's file (or its held records) in this process: not this run's
+        for h in [h for h in root.handlers if isinstance(h, (logging.FileHandler, logging.handlers.MemoryHandler))]:
+            root.removeHandler(h)
+            h.close()
+        root.addHandler(logging.handlers.MemoryHandler(capacity=100_000, flushLevel=logging.CRITICAL + 1))
+        return
+    if run_dir is None:
         return
     path = (run_dir / "logs" / "train.log").resolve()
     for h in [h for h in root.handlers if isinstance(h, logging.FileHandler)]:
@@ -102,21 +136,24 @@ def setup_logging(run_dir: Path | None, is_main: bool) -> None:
         (run_dir / "logs").mkdir(parents=True, exist_ok=True)
         fh = logging.FileHandler(path)
         fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        for h in held:  # what was logged before the run directory was this run's
+            h.setTarget(fh)
+            h.flush()
         root.addHandler(fh)
+    for h in held:
+        root.removeHandler(h)
+        h.close()
 
 
 def build_runtime(cfg: Config, run_dir: Path, resolved: dict) -> Runtime:
-    """Create the run directory and everything stages share. Call after preflight() passed."""
+    """Everything stages share. Call after preflight() passed. Nothing is written into the run
+    directory until the first stage commits it (Runtime.commit)."""
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
     engine = build_engine(cfg.parallel, cfg.run.device)
-    if engine.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(OmegaConf.create(resolved), run_dir / "config.yaml")
-    engine.barrier()
-    setup_logging(run_dir, engine.is_main)
+    setup_logging(run_dir, engine.is_main, hold=True)
     text = TextEncoders(cfg.text_encoder, engine.device)
-    text.keep_empty_with(run_dir / EMPTY_PROMPT_FILE, write=engine.is_main)  # CFG's empty prompt, once per run
+    text.keep_empty_with(run_dir / EMPTY_PROMPT_FILE, write=False)  # written by commit(), once per run
     tracker = Tracker(cfg.logger, run_dir, cfg.run.name, resolved, active=engine.is_main)
     log.info(
         "run %s on %s (%d process%s), engine %s",
@@ -126,7 +163,7 @@ def build_runtime(cfg: Config, run_dir: Path, resolved: dict) -> Runtime:
         "es" if engine.world_size > 1 else "",
         cfg.parallel.engine,
     )
-    rt = Runtime(cfg, run_dir, engine, text, None, tracker)
+    rt = Runtime(cfg, run_dir, engine, text, None, tracker, resolved=resolved)
     if any(stage.autoencoder is None for stage in cfg.curriculum.stages.values()):
         rt.ae = rt.autoencoder(cfg.autoencoder)  # a stage's own autoencoder is built when it starts
     return rt

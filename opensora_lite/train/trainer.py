@@ -252,6 +252,9 @@ class StageTrainer:
         start, data_state = 0, LoaderState()
         if ckpt:
             start, data_state = self._restore(resume, ckpt, model, opt, sched, gen, ema)
+        # weights and checkpoint fit: the run directory is this run's now (nothing was written before)
+        rt.commit(self.step_offset + start if ckpt else None)
+        if ckpt:
             log.info("[%s] resumed from %s (step %d)", self.name, resume, start)
             rt.tracker.event("resume", self.step_offset + start, self.name, from_step=start, checkpoint=str(resume))
         log.info(
