@@ -11,3 +11,11 @@ class DataError(UserError, RuntimeError):
 
 class CheckpointError(UserError, FileNotFoundError):
     """A checkpoint that should exist does not, or does not fit the model."""
+
+
+class ConfigError(UserError, ValueError):
+    """A config value that cannot work; str() is one line starting with the key."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(f"{key}: {message}")
+        self.key = key

@@ -7,17 +7,8 @@ from opensora_lite.config.schema import Config, StageConfig
 from opensora_lite.data.buckets import parse_resolution
 from opensora_lite.data.synthetic import ALL_COLOURS
 from opensora_lite.diffusion.conditioning import TASKS
-from opensora_lite.errors import UserError
+from opensora_lite.errors import ConfigError
 from opensora_lite.models.attention import BACKENDS
-
-
-class ConfigError(UserError, ValueError):
-    """A config value that cannot work; str() is one line starting with the key."""
-
-    def __init__(self, key: str, message: str):
-        super().__init__(f"{key}: {message}")
-        self.key = key
-
 
 AE_KINDS = ("pixel", "hunyuan", "hunyuan15", "wan", "ltx", "dc_ae")
 
