@@ -22,6 +22,16 @@ class ConfigError(UserError, ValueError):
 AE_KINDS = ("pixel", "hunyuan", "hunyuan15", "wan", "ltx", "dc_ae")
 
 
+def installed(package: str) -> bool:
+    """Whether an optional package can be imported (checked at start-up, before anything is created)."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(package) is not None
+    except (ImportError, ValueError):  # present in sys.modules but unusable
+        return False
+
+
 def _require(cond: bool, key: str, message: str) -> None:
     if not cond:
         raise ConfigError(key, message)
@@ -216,6 +226,13 @@ def validate_stage(cfg: Config, name: str, stage: StageConfig, first: bool) -> N
     _require(stage.keep_checkpoints >= 1, f"{key}.keep_checkpoints", "must be >= 1")
     if stage.lora.rank:
         validate_lora(cfg, key, stage)
+        if cfg.run.stage in (None, name):  # a stage that runs here needs peft (an optional extra)
+            _require(
+                installed("peft"),
+                f"{key}.lora.rank",
+                "a LoRA stage needs the peft package, which is not installed: add the lora extra "
+                "(scripts/install.sh lora, or pip install -e '.[lora]'; docs/lora.md)",
+            )
 
 
 LORA_ENGINES = ("single", "ddp", "fsdp2", "deepspeed_zero2")

@@ -11,20 +11,14 @@ _PACKAGES = {"colossalai": "docs/engines/colossalai.md", "deepspeed": "docs/engi
 
 def require_package(engine: str) -> None:
     """One clear error when an engine's package is missing (before any process group is made)."""
-    import importlib.util
-
-    from opensora_lite.config.validate import ConfigError
+    from opensora_lite.config.validate import ConfigError, installed
 
     for package, doc in _PACKAGES.items():
-        if not engine.startswith(package):
-            continue
-        try:
-            found = importlib.util.find_spec(package) is not None
-        except (ImportError, ValueError):  # present in sys.modules but unusable
-            found = False
-        if not found:
+        if engine.startswith(package) and not installed(package):
             raise ConfigError(
-                "parallel.engine", f"{engine} needs the {package} package, which is not installed (see {doc})"
+                "parallel.engine",
+                f"{engine} needs the {package} package, which is not installed: add the {package} extra "
+                f"(scripts/install.sh {package}; see {doc})",
             )
 
 
