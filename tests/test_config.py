@@ -114,6 +114,9 @@ def test_unknown_key_and_wrong_type_fail_at_composition_naming_the_key(override,
         ("data.caption_template='{caption} {fsp}'", "data.caption_template"),
         ("data.image_caption_template='{caption} {fsp}'", "data.image_caption_template"),
         (("experiment=opensora2_finetune", "sample.motion_score=null"), "sample.motion_score"),
+        ("sample.num_frames=0", "sample.num_frames"),  # 0 is not null: refused, not read as "the default"
+        ("sample.fps=0", "sample.fps"),
+        ("sample.batch_size=0", "sample.batch_size"),
     ],
 )
 def test_inconsistent_values_raise_config_error_naming_the_key(override, key):

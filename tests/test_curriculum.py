@@ -155,6 +155,36 @@ def test_sample_cli_writes_videos_from_a_stage(mini_run, tmp_path):
     assert len(list((tmp_path / "i2v").glob("i2v_*.mp4"))) == 1
 
 
+def test_each_sample_call_gets_its_own_folder_and_record(mini_run, tmp_path):
+    """Two calls without `out` write two numbered folders, each with its own contact sheet and
+    samples.json listing exactly its mp4s; an `out` holding an earlier record, or num_frames=0, is
+    one config error before any work."""
+    from opensora_lite.cli.sample import sample
+    from opensora_lite.config import ConfigError
+
+    run_dir, _ = mini_run
+    stage = tmp_path / "run" / "t2v"
+    shutil.copytree(run_dir / "t2v" / "final", stage / "final")
+    shutil.copy(run_dir / "config.yaml", tmp_path / "run")
+    job = [f"checkpoint={stage}", "num_steps=1"]
+    first = sample(compose([*job, "prompts=[a fast red circle moving left]"], "sample"))
+    second = sample(compose([*job, "prompts=[a slow blue square moving up]", "seed=5"], "sample"))
+    assert (first, second) == (stage / "samples_cli" / "001", stage / "samples_cli" / "002")
+    for folder, prompt, seed in (
+        (first, "a fast red circle moving left", 0),
+        (second, "a slow blue square moving up", 5),
+    ):
+        record = json.loads((folder / "samples.json").read_text())
+        assert [(s["prompt"], s["seed"]) for s in record["samples"]] == [(prompt, seed)]
+        assert {Path(s["video"]) for s in record["samples"]} == set(folder.glob("*.mp4"))
+        assert (folder / "contact_sheet.png").is_file()
+    for bad, key in ((f"out={first}", "out"), ("num_frames=0", "num_frames"), ("v2v_frames=0", "v2v_frames")):
+        with pytest.raises(ConfigError) as info:
+            sample(compose([*job, bad], "sample"))
+        assert info.value.key == key and "\n" not in str(info.value)
+    assert sorted(p.name for p in (stage / "samples_cli").iterdir()) == ["001", "002"]
+
+
 def test_sample_cli_v2v_from_a_prompt_file_with_three_way_guidance(mini_run, tmp_path):
     """Prompts from a file, two seeds each, video extension with three-way guidance and oscillation:
     an mp4 per sample, the contact sheet and the settings json."""

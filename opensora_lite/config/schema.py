@@ -386,7 +386,7 @@ class SampleJobConfig:
     """`osl-sample`: generate videos from a checkpoint of a run."""
 
     checkpoint: str = "???"  # a stage dir (runs/<name>/<stage>) or a model .safetensors inside one
-    out: Optional[str] = None  # default: <checkpoint stage dir>/samples_cli
+    out: Optional[str] = None  # default: a new <checkpoint stage dir>/samples_cli/<NNN> per call
     prompts: List[str] = field(default_factory=lambda: ["a fast red circle moving right"])
     prompt_file: Optional[str] = None  # one prompt a line (.txt), or .jsonl/.csv rows with prompt and reference
     task: Optional[str] = None  # t2v | i2v_head | i2v_tail | i2v_loop | v2v_head | v2v_tail (default: i2v_head

@@ -157,7 +157,15 @@ def validate_components(cfg: Config) -> None:
     _require(cfg.eval.kind in (None, "shapes"), "eval.kind", f"unknown {cfg.eval.kind!r} (shapes | null)")
     unknown = sorted(set(cfg.eval.colours or []) - set(ALL_COLOURS))
     _require(not unknown, "eval.colours", f"unknown {unknown} (choose from {list(ALL_COLOURS)})")
-    _require(cfg.sample.num_steps > 0, "sample.num_steps", "must be positive")
+    s = cfg.sample
+    _require(s.num_steps > 0, "sample.num_steps", "must be positive")
+    # 0 is not "unset" (null is): refused rather than silently replaced by the default
+    _require(
+        s.num_frames is None or s.num_frames >= 1, "sample.num_frames", f"must be >= 1 or null, got {s.num_frames}"
+    )
+    _require(s.fps is None or s.fps > 0, "sample.fps", f"must be positive or null (data.target_fps), got {s.fps}")
+    _require(s.batch_size >= 1, "sample.batch_size", f"must be >= 1, got {s.batch_size}")
+    _require(s.save_videos >= 0, "sample.save_videos", f"must be >= 0, got {s.save_videos}")
     _require(
         cfg.logger.wandb.mode in ("online", "offline", "disabled"), "logger.wandb.mode", "online | offline | disabled"
     )
