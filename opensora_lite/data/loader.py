@@ -27,6 +27,8 @@ import logging
 import multiprocessing
 import os
 import random
+import re
+import tarfile
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -47,11 +49,14 @@ VIDEO_EXTS = ("mp4", "avi", "mov", "mkv", "webm")
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 
 
+REMOTE = ("pipe:", "http://", "https://", "s3://", "gs://")  # shard URLs that are not local paths
+
+
 def expand_shards(spec: str) -> list[str]:
     """Shard URLs from a folder, a glob, a brace pattern, or URLs / `pipe:` commands."""
     from braceexpand import braceexpand
 
-    if spec.startswith(("pipe:", "http://", "https://", "s3://", "gs://")):
+    if spec.startswith(REMOTE):
         return list(braceexpand(spec))
     path = Path(spec)
     if path.is_dir():
@@ -59,6 +64,36 @@ def expand_shards(spec: str) -> list[str]:
     if any(c in spec for c in "*?["):
         return sorted(glob.glob(spec))
     return [p for p in braceexpand(spec) if Path(p).is_file()]
+
+
+class _CutShort(tarfile.TarInfo):
+    """TarInfo that marks its archive when the header stream stops before tar's end-of-archive blocks.
+    Python's tarfile reads an archive cut off at (or inside) a member header as one that simply ends;
+    the loader would then take the partial last sample (its caption without its video: "no_media") and
+    lose the rest of the shard without a word."""
+
+    @classmethod
+    def fromtarfile(cls, tar):
+        try:
+            return super().fromtarfile(tar)
+        except (tarfile.EmptyHeaderError, tarfile.TruncatedHeaderError) as exc:
+            tar.cut_short = str(exc)
+            raise
+
+
+def tar_members(stream, url: str, seen: Counter):
+    """(name, bytes) of the regular files of a tar stream in order, like webdataset's tar_file_iterator
+    (seen["members"] counts them); raises tarfile.ReadError when the archive is cut off anywhere, in a
+    member's data or in a header."""
+    tar = tarfile.open(fileobj=stream, mode="r|*", tarinfo=_CutShort)
+    for info in tar:
+        if info.isreg() and not re.match(r"__[^/]*__($|/)", info.name):  # webdataset's meta files
+            data = tar.extractfile(info).read()
+            seen["members"] += 1
+            yield {"fname": info.name, "data": data, "__url__": url}
+        tar.members = []  # a stream: keep no index
+    if getattr(tar, "cut_short", None):
+        raise tarfile.ReadError(f"the archive ends without its end-of-archive blocks ({tar.cut_short})")
 
 
 def _rng_for(seed: int, epoch: int, key: str) -> random.Random:
@@ -126,6 +161,7 @@ class BucketedVideoStream(IterableDataset):
         self.resume = resume or LoaderState()
         self.open_retries, self.retry_delay_s = open_retries, retry_delay_s
         self._warned: dict[str, tuple[float, int]] = {}
+        self._unreadable: set[str] = set()  # local shards given up on in this process, for the whole run
         self.replayed_decodes = 0  # decodes done while replaying (0 unless an item waits in a buffer)
 
     # -- samples -------------------------------------------------------------------------------
@@ -137,28 +173,36 @@ class BucketedVideoStream(IterableDataset):
 
     def _samples(self, shards: list[str], skipped: Counter):
         import webdataset as wds
-        from webdataset.tariterators import group_by_keys, tar_file_iterator
+        from webdataset.tariterators import group_by_keys
 
         for url in shards:
+            local = not url.startswith(REMOTE)
+            if url in self._unreadable:  # a local shard this worker could not read earlier in the run
+                skipped["unreadable_shard"] += 1
+                continue
             for attempt in range(self.open_retries + 1):
-                read = 0
+                read, seen = 0, Counter()
                 try:
                     stream = wds.gopen(url, "rb")
                     try:
-                        for sample in group_by_keys(dict(f, __url__=url) for f in tar_file_iterator(stream)):
+                        for sample in group_by_keys(tar_members(stream, url, seen)):
                             read += 1
                             yield sample
                     finally:
                         stream.close()
                     break
                 except Exception as exc:  # cannot open / read (network, missing file), or a damaged tar
-                    if read:  # samples already went out: a retry would repeat them; keep what was read
+                    # samples already went out (a retry would repeat them; keep what was read), or a local
+                    # tar that breaks after some files (reading it again breaks at the same place)
+                    if read or (local and seen["members"]) or (attempt == self.open_retries and seen["members"]):
                         skipped["truncated_shard"] += 1
                         self._warn("truncated_shard", "shard %s is damaged after %d samples: %s", url, read, exc)
                         break
                     if attempt == self.open_retries:
                         skipped["unreadable_shard"] += 1
                         self._warn("unreadable_shard", "skipping shard %s after %d tries: %s", url, attempt + 1, exc)
+                        if local:  # not tried again on the next passes (a URL's failure may be the network's)
+                            self._unreadable.add(url)
                         break
                     time.sleep(self.retry_delay_s * 2**attempt)
 
