@@ -53,7 +53,7 @@ def lora_flux():
     return ref, ours, inputs, adapted
 
 
-def test_exported_adapters_load_into_diffusers_flux_and_reproduce_ours(lora_flux, tmp_path):
+def test_exported_adapters_load_into_diffusers_flux_and_reproduce_ours(lora_flux, tmp_path, capsys):
     from opensora_lite.cli.export import LORA_FILE, export
 
     ref, ours, inputs, adapted = lora_flux
@@ -64,6 +64,7 @@ def test_exported_adapters_load_into_diffusers_flux_and_reproduce_ours(lora_flux
         ExportJobConfig(checkpoint=str(tmp_path), out=str(tmp_path / "out"), formats=["lora"], dtype="fp32")
     )
     assert path == tmp_path / "out" / "lora" / LORA_FILE
+    assert f"wrote {path} (diffusers Flux LoRA" in capsys.readouterr().out  # osl-export says where it wrote
     ref.load_lora_adapter(str(path.parent), weight_name=LORA_FILE, prefix="transformer", adapter_name="ours")
     try:
         with torch.no_grad():
