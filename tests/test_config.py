@@ -142,6 +142,8 @@ def test_hunyuan_frame_counts_must_be_4k_plus_1():
 def test_cli_prints_config_and_rejects_bad_values_in_one_line():
     ok = cli("osl-curriculum", "experiment=opensora2", "--cfg", "job")
     assert ok.returncode == 0 and "hidden_size: 3072" in ok.stdout
+    # resolved, as docs/cli.md says: the model's links to the autoencoder and text encoders are values
+    assert "${" not in ok.stdout and "context_in_dim: 4096" in ok.stdout
     bad = cli("osl-curriculum", "model.num_heads=5", "--cfg", "job")
     assert bad.returncode == 2
     assert bad.stderr.strip() == "error: model.num_heads: 5 does not divide hidden_size 128"

@@ -54,6 +54,8 @@ def hydra_entry(config_name: str, validate_on_print: bool = False) -> Callable:
             register()
             if validate_on_print and any(a in ("--cfg", "-c") for a in sys.argv[1:]):
                 _validate_argv(config_name)
+            if any(a in ("--cfg", "-c") for a in sys.argv[1:]) and "--resolve" not in sys.argv:
+                sys.argv.append("--resolve")  # print values, not ${...} links (docs/cli.md: "resolved")
             if any(a in ("--multirun", "-m") for a in sys.argv[1:]):  # for jobs that run elsewhere (Slurm)
                 os.environ[SWEPT_KEYS_ENV] = ",".join(sorted(_swept_keys_in_argv()))
             hydra.main(config_path=str(config_dir()), config_name=config_name, version_base="1.3")(task)()
