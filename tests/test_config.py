@@ -144,6 +144,8 @@ def test_cli_prints_config_and_rejects_bad_values_in_one_line():
     assert ok.returncode == 0 and "hidden_size: 3072" in ok.stdout
     # resolved, as docs/cli.md says: the model's links to the autoencoder and text encoders are values
     assert "${" not in ok.stdout and "context_in_dim: 4096" in ok.stdout
+    hydra_part = cli("osl-curriculum", "--cfg", "hydra")  # Hydra's own settings: printed as they are
+    assert hydra_part.returncode == 0 and "${run.root}/${run.name}" in hydra_part.stdout
     bad = cli("osl-curriculum", "model.num_heads=5", "--cfg", "job")
     assert bad.returncode == 2
     assert bad.stderr.strip() == "error: model.num_heads: 5 does not divide hidden_size 128"

@@ -54,8 +54,9 @@ def hydra_entry(config_name: str, validate_on_print: bool = False) -> Callable:
             register()
             if validate_on_print and any(a in ("--cfg", "-c") for a in sys.argv[1:]):
                 _validate_argv(config_name)
-            if any(a in ("--cfg", "-c") for a in sys.argv[1:]) and "--resolve" not in sys.argv:
-                sys.argv.append("--resolve")  # print values, not ${...} links (docs/cli.md: "resolved")
+            shown = [b for a, b in zip(sys.argv[1:], sys.argv[2:]) if a in ("--cfg", "-c")]
+            if shown and shown[0] in ("job", "all") and "--resolve" not in sys.argv:
+                sys.argv.append("--resolve")  # values, not ${...} links (hydra's own part resolves only in a job)
             if any(a in ("--multirun", "-m") for a in sys.argv[1:]):  # for jobs that run elsewhere (Slurm)
                 os.environ[SWEPT_KEYS_ENV] = ",".join(sorted(_swept_keys_in_argv()))
             hydra.main(config_path=str(config_dir()), config_name=config_name, version_base="1.3")(task)()
