@@ -174,3 +174,26 @@ def test_async_checkpoint_is_said_to_be_synchronous_where_the_engine_cannot_writ
     else:
         assert note.startswith(f"async_checkpoint is not available with parallel={engine}") and "\n" not in note
     assert async_checkpoint_note(cfg, cfg.curriculum.stages["image"]) is None  # not asked for there
+
+
+def test_the_default_output_folders_are_git_ignored():
+    """What the commands write by default (runs, the Shapes data, the latent cache, the docs' export
+    folder) stays out of `git status` of a checkout."""
+    import shutil
+    import subprocess
+
+    from conftest import REPO
+
+    from opensora_lite.config.schema import BuildDataConfig, Config
+
+    if shutil.which("git") is None or not (REPO / ".git").exists():
+        pytest.skip("not a git checkout")
+    cfg = Config()
+    paths = [
+        f"{cfg.run.root}/{cfg.run.name}/config.yaml",
+        f"{BuildDataConfig().out}/shapes-000000.tar",
+        f"{cfg.data.cache_dir}/t2v-0123abcd/00000.tar",
+        "exports/tiny/tiny.safetensors",  # docs/cli.md's osl-export out=exports/...
+    ]
+    out = subprocess.run(["git", "check-ignore", "--no-index", *paths], cwd=REPO, capture_output=True, text=True)
+    assert sorted(out.stdout.split()) == sorted(paths)
