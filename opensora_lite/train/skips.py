@@ -43,6 +43,14 @@ class SkipList:
                 fh.write(HEADER)
             fh.writelines("\t".join(str(v) for v in row) + "\n" for row in rows)
 
+    def counts(self, counts: dict) -> dict:
+        """Every rank's skip counts summed (each rank calls this: a gather)."""
+        total: dict = {}
+        for part in self.engine.all_gather_object(dict(counts) if self.lists else {}):
+            for reason, n in part.items():
+                total[reason] = total.get(reason, 0) + n
+        return total
+
     def _keep_until(self, step: int) -> None:
         """Drop the rows past `step`: an earlier start listed them after its last checkpoint."""
         lines = self.path.read_text(encoding="utf-8").splitlines(keepends=True)

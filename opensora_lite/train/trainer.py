@@ -447,6 +447,7 @@ class StageTrainer:
         engine, rt = self.engine, self.rt
         self.writer.wait(self.stage.steps)
         self.skips.flush()
+        skipped = Counter(self.skips.counts(skipped))  # all ranks' (the summary's skipped_samples)
         seconds = time.perf_counter() - began
         weights, adapters = self.full_weights(model, adapters=True)
         ema_state = ema.state_dict() if ema else None
