@@ -11,10 +11,18 @@ _PACKAGES = {"colossalai": "docs/engines/colossalai.md", "deepspeed": "docs/engi
 
 def require_package(engine: str) -> None:
     """One clear error when an engine's package is missing (before any process group is made)."""
-    from opensora_lite.config.validate import ConfigError, installed
+    import importlib.util
+
+    from opensora_lite.config.validate import ConfigError
 
     for package, doc in _PACKAGES.items():
-        if engine.startswith(package) and not installed(package):
+        if not engine.startswith(package):
+            continue
+        try:
+            found = importlib.util.find_spec(package) is not None
+        except (ImportError, ValueError):  # present in sys.modules but unusable
+            found = False
+        if not found:
             raise ConfigError(
                 "parallel.engine",
                 f"{engine} needs the {package} package, which is not installed: add the {package} extra "
