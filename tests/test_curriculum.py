@@ -1,6 +1,5 @@
 """A mini curriculum end to end: stage hand-off, run-directory layout, metrics, resume, sampling."""
 
-import io
 import json
 import os
 import shutil
@@ -111,62 +110,6 @@ def test_next_stage_starts_from_the_previous_final_weights(shapes_dir, tmp_path)
     assert max((image[k] - t2v[k]).abs().max().item() for k in image) < 1e-6
     fresh_gap = max((image[k]).abs().max().item() for k in image if k.startswith("final_layer.linear"))
     assert fresh_gap > 1e-3  # trained away from its zero init, so equality above is not trivial
-
-
-def test_samples_skipped_in_training_are_listed_in_the_stage_and_a_resume_lists_each_once(shapes_dir, tmp_path):
-    """1-frame clips and an undecodable one in a 5-frame-only stage, read by two loader worker processes:
-    <stage>/skipped.tsv lists each skip (step, key, shard, reason) as osl-data lists skipped inputs;
-    a run resumed from its mid-stage checkpoint ends with the same list, no row twice."""
-    import tarfile
-
-    from opensora_lite.data.video import encode_mp4
-
-    data = tmp_path / "data"
-    data.mkdir()
-    good = sorted(shapes_dir.glob("*.tar"))[0]
-    shutil.copy(good, data / "good.tar")
-    with tarfile.open(good) as tar:
-        files = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
-    one_frame = encode_mp4(np.full((1, 16, 16, 3), 200, np.uint8), 8.0)
-    clips = sorted({n.split(".")[0] for n in files})
-    with tarfile.open(data / "mixed.tar", "w") as tar:
-        for i, key in enumerate(clips):  # the good shard's clips, every third one replaced
-            video = {0: one_frame, 1: files[f"{key}.mp4"]}.get(i % 3, b"not a video" if i == 2 else one_frame)
-            for ext, blob in (("mp4", video), ("txt", files[f"{key}.txt"])):
-                info = tarfile.TarInfo(f"m{i:03d}.{ext}")
-                info.size = len(blob)
-                tar.addfile(info, io.BytesIO(blob))
-    overrides = [
-        *mini_overrides(data, tmp_path / "runs"),
-        "data.num_workers=2",
-        "~curriculum.stages.image",
-        "~curriculum.stages.i2v",
-        "curriculum.stages.t2v.init=none",
-        "curriculum.stages.t2v.steps=4",
-        "curriculum.stages.t2v.checkpoint_every=2",
-        "curriculum.stages.t2v.buckets={16px:{5:[1.0,2]}}",
-        "curriculum.stages.t2v.evaluate=false",
-        "data.shuffle_buffer=4",  # skips spread over the steps
-    ]
-    run(compose(overrides))
-    stage = tmp_path / "runs" / "mini" / "t2v"
-    lines = (stage / "skipped.tsv").read_text().splitlines()
-    assert lines[0] == "step\tkey\tshard\treason"
-    rows = [line.split("\t") for line in lines[1:]]
-    assert {(key, shard) for _, key, shard, reason in rows if reason == "no_bucket"} <= {
-        (f"m{i:03d}", str(data / "mixed.tar")) for i in range(len(clips)) if i % 3 != 1
-    }
-    assert {r[3] for r in rows} == {"no_bucket", "corrupt_video"} and ["m002", str(data / "mixed.tar")] in [
-        r[1:3] for r in rows
-    ]
-    steps = [int(r[0]) for r in rows]
-    assert steps == sorted(steps) and steps[-1] > 2  # skips reported after the checkpoint too
-    summary = json.loads((stage / "final" / "summary.json").read_text())
-    assert sum(summary["skipped_samples"].values()) == len(rows)  # one process: its counts are every row
-    # the run stopped after its step-2 checkpoint (its list already holds rows past it) and resumed
-    shutil.rmtree(stage / "final")
-    run(compose(overrides))
-    assert (stage / "skipped.tsv").read_text().splitlines() == lines
 
 
 def test_rerun_skips_done_stages_and_mid_stage_resume_is_exact(mini_run, shapes_dir, tmp_path):
@@ -342,16 +285,25 @@ def test_multirun_sweeps_get_one_run_directory_each(shapes_dir, tmp_path):
 
 def test_resume_with_two_workers_and_undecodable_clips_is_exact(shapes_dir, tmp_path):
     """Resume at an odd batch count with two loader workers, over shards holding clips that fail to
-    decode: the checkpoint's loader state brings the stream back exactly (bitwise-equal weights)."""
+    decode and 1-frame clips no bucket of the 5-frame stage takes: the checkpoint's loader state brings
+    the stream back exactly (bitwise-equal weights). <stage>/skipped.tsv lists each skip (step, key,
+    shard, reason; as osl-data lists skipped inputs), and the resumed run ends with the same list."""
     import sys
 
+    from opensora_lite.data.video import encode_mp4
+
     sys.path.insert(0, str(Path(__file__).parent))
-    from test_loader import _with_undecodable_clips
+    from test_loader import _shard, _with_undecodable_clips
 
     data = tmp_path / "data"
     data.mkdir()
     for url in _with_undecodable_clips(shapes_dir, tmp_path):
         shutil.copy(url, data)
+    one_frame = encode_mp4(np.full((1, 16, 16, 3), 200, np.uint8), 8.0)
+    _shard(
+        data / "stills.tar",
+        [(f"still{i}.{ext}", blob) for i in range(12) for ext, blob in (("mp4", one_frame), ("txt", b"a red circle"))],
+    )
     overrides = mini_overrides(data, tmp_path / "runs", name="w2") + [
         "data.num_workers=2",
         "run.stage=t2v",
@@ -379,6 +331,18 @@ def test_resume_with_two_workers_and_undecodable_clips_is_exact(shapes_dir, tmp_
     a = load_weights(stage / "final" / "model.safetensors")
     b = load_weights(copy / "w2" / "t2v" / "final" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed training diverged from the uninterrupted run"
+    lines = (stage / "skipped.tsv").read_text().splitlines()
+    assert lines[0] == "step\tkey\tshard\treason"
+    rows = [line.split("\t") for line in lines[1:]]
+    assert {(key, shard) for _, key, shard, reason in rows if reason == "no_bucket"} <= {
+        (f"still{i}", str(data / "stills.tar")) for i in range(12)
+    }
+    assert {r[3] for r in rows} == {"no_bucket", "corrupt_video"}
+    assert all(shard == str(data / "cut.tar") for _, _, shard, reason in rows if reason == "corrupt_video")
+    steps = [int(r[0]) for r in rows]
+    assert steps == sorted(steps) and steps[0] <= 3 < steps[-1]  # listed before and after the checkpoint
+    # the copy held the whole list when it resumed from step 3: it ends with the same rows, none twice
+    assert (copy / "w2" / "t2v" / "skipped.tsv").read_text().splitlines() == lines
 
 
 def test_trainer_state_is_json_and_tensors_and_a_foreign_pickle_is_refused(tmp_path):
