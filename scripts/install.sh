@@ -3,7 +3,8 @@
 #
 #   scripts/install.sh          core dependencies
 #   scripts/install.sh dev      + test tools and every engine's package
-#                               (extras: dev, deepspeed, colossalai, slurm, parquet, flash-attn; comma-separated)
+#                               (extras: dev, lora, deepspeed, colossalai, slurm, parquet, flash-attn; comma-separated)
+#   scripts/install.sh lora     + peft, for LoRA stages (docs/lora.md)
 #
 # torch is installed first and only when the environment has none, so a CUDA build already present
 # (a cluster's own) is never replaced. Settings:

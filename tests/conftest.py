@@ -145,15 +145,18 @@ def typed(overrides: list[str] | None = None):
     return to_config(compose(overrides))
 
 
-def cli(*args: str, cwd: Path | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
-    """Run an installed console script (osl-train, osl-curriculum, ...) as a user would."""
+def cli(
+    *args: str, cwd: Path | None = None, timeout: int = 300, env: dict | None = None
+) -> subprocess.CompletedProcess:
+    """Run an installed console script (osl-train, osl-curriculum, ...) as a user would (`env`: extra
+    environment variables)."""
     return subprocess.run(
         [str(BIN / args[0]), *args[1:]],
         cwd=cwd or REPO,
         capture_output=True,
         text=True,
         timeout=timeout,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
     )
 
 

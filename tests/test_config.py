@@ -114,6 +114,9 @@ def test_unknown_key_and_wrong_type_fail_at_composition_naming_the_key(override,
         ("data.caption_template='{caption} {fsp}'", "data.caption_template"),
         ("data.image_caption_template='{caption} {fsp}'", "data.image_caption_template"),
         (("experiment=opensora2_finetune", "sample.motion_score=null"), "sample.motion_score"),
+        ("sample.num_frames=0", "sample.num_frames"),  # 0 is not null: refused, not read as "the default"
+        ("sample.fps=0", "sample.fps"),
+        ("sample.batch_size=0", "sample.batch_size"),
     ],
 )
 def test_inconsistent_values_raise_config_error_naming_the_key(override, key):
@@ -139,6 +142,10 @@ def test_hunyuan_frame_counts_must_be_4k_plus_1():
 def test_cli_prints_config_and_rejects_bad_values_in_one_line():
     ok = cli("osl-curriculum", "experiment=opensora2", "--cfg", "job")
     assert ok.returncode == 0 and "hidden_size: 3072" in ok.stdout
+    # resolved, as docs/cli.md says: the model's links to the autoencoder and text encoders are values
+    assert "${" not in ok.stdout and "context_in_dim: 4096" in ok.stdout
+    hydra_part = cli("osl-curriculum", "--cfg", "hydra")  # Hydra's own settings: printed as they are
+    assert hydra_part.returncode == 0 and "${run.root}/${run.name}" in hydra_part.stdout
     bad = cli("osl-curriculum", "model.num_heads=5", "--cfg", "job")
     assert bad.returncode == 2
     assert bad.stderr.strip() == "error: model.num_heads: 5 does not divide hidden_size 128"
@@ -167,3 +174,26 @@ def test_async_checkpoint_is_said_to_be_synchronous_where_the_engine_cannot_writ
     else:
         assert note.startswith(f"async_checkpoint is not available with parallel={engine}") and "\n" not in note
     assert async_checkpoint_note(cfg, cfg.curriculum.stages["image"]) is None  # not asked for there
+
+
+def test_the_default_output_folders_are_git_ignored():
+    """What the commands write by default (runs, the Shapes data, the latent cache, the docs' export
+    folder) stays out of `git status` of a checkout."""
+    import shutil
+    import subprocess
+
+    from conftest import REPO
+
+    from opensora_lite.config.schema import BuildDataConfig, Config
+
+    if shutil.which("git") is None or not (REPO / ".git").exists():
+        pytest.skip("not a git checkout")
+    cfg = Config()
+    paths = [
+        f"{cfg.run.root}/{cfg.run.name}/config.yaml",
+        f"{BuildDataConfig().out}/shapes-000000.tar",
+        f"{cfg.data.cache_dir}/t2v-0123abcd/00000.tar",
+        "exports/tiny/tiny.safetensors",  # docs/cli.md's osl-export out=exports/...
+    ]
+    out = subprocess.run(["git", "check-ignore", "--no-index", *paths], cwd=REPO, capture_output=True, text=True)
+    assert sorted(out.stdout.split()) == sorted(paths)

@@ -155,6 +155,36 @@ def test_sample_cli_writes_videos_from_a_stage(mini_run, tmp_path):
     assert len(list((tmp_path / "i2v").glob("i2v_*.mp4"))) == 1
 
 
+def test_each_sample_call_gets_its_own_folder_and_record(mini_run, tmp_path):
+    """Two calls without `out` write two numbered folders, each with its own contact sheet and
+    samples.json listing exactly its mp4s; an `out` holding an earlier record, or num_frames=0, is
+    one config error before any work."""
+    from opensora_lite.cli.sample import sample
+    from opensora_lite.config import ConfigError
+
+    run_dir, _ = mini_run
+    stage = tmp_path / "run" / "t2v"
+    shutil.copytree(run_dir / "t2v" / "final", stage / "final")
+    shutil.copy(run_dir / "config.yaml", tmp_path / "run")
+    job = [f"checkpoint={stage}", "num_steps=1"]
+    first = sample(compose([*job, "prompts=[a fast red circle moving left]"], "sample"))
+    second = sample(compose([*job, "prompts=[a slow blue square moving up]", "seed=5"], "sample"))
+    assert (first, second) == (stage / "samples_cli" / "001", stage / "samples_cli" / "002")
+    for folder, prompt, seed in (
+        (first, "a fast red circle moving left", 0),
+        (second, "a slow blue square moving up", 5),
+    ):
+        record = json.loads((folder / "samples.json").read_text())
+        assert [(s["prompt"], s["seed"]) for s in record["samples"]] == [(prompt, seed)]
+        assert {Path(s["video"]) for s in record["samples"]} == set(folder.glob("*.mp4"))
+        assert (folder / "contact_sheet.png").is_file()
+    for bad, key in ((f"out={first}", "out"), ("num_frames=0", "num_frames"), ("v2v_frames=0", "v2v_frames")):
+        with pytest.raises(ConfigError) as info:
+            sample(compose([*job, bad], "sample"))
+        assert info.value.key == key and "\n" not in str(info.value)
+    assert sorted(p.name for p in (stage / "samples_cli").iterdir()) == ["001", "002"]
+
+
 def test_sample_cli_v2v_from_a_prompt_file_with_three_way_guidance(mini_run, tmp_path):
     """Prompts from a file, two seeds each, video extension with three-way guidance and oscillation:
     an mp4 per sample, the contact sheet and the settings json."""
@@ -255,16 +285,25 @@ def test_multirun_sweeps_get_one_run_directory_each(shapes_dir, tmp_path):
 
 def test_resume_with_two_workers_and_undecodable_clips_is_exact(shapes_dir, tmp_path):
     """Resume at an odd batch count with two loader workers, over shards holding clips that fail to
-    decode: the checkpoint's loader state brings the stream back exactly (bitwise-equal weights)."""
+    decode and 1-frame clips no bucket of the 5-frame stage takes: the checkpoint's loader state brings
+    the stream back exactly (bitwise-equal weights). <stage>/skipped.tsv lists each skip (step, key,
+    shard, reason; as osl-data lists skipped inputs), and the resumed run ends with the same list."""
     import sys
 
+    from opensora_lite.data.video import encode_mp4
+
     sys.path.insert(0, str(Path(__file__).parent))
-    from test_loader import _with_undecodable_clips
+    from test_loader import _shard, _with_undecodable_clips
 
     data = tmp_path / "data"
     data.mkdir()
     for url in _with_undecodable_clips(shapes_dir, tmp_path):
         shutil.copy(url, data)
+    one_frame = encode_mp4(np.full((1, 16, 16, 3), 200, np.uint8), 8.0)
+    _shard(
+        data / "stills.tar",
+        [(f"still{i}.{ext}", blob) for i in range(12) for ext, blob in (("mp4", one_frame), ("txt", b"a red circle"))],
+    )
     overrides = mini_overrides(data, tmp_path / "runs", name="w2") + [
         "data.num_workers=2",
         "run.stage=t2v",
@@ -292,6 +331,18 @@ def test_resume_with_two_workers_and_undecodable_clips_is_exact(shapes_dir, tmp_
     a = load_weights(stage / "final" / "model.safetensors")
     b = load_weights(copy / "w2" / "t2v" / "final" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed training diverged from the uninterrupted run"
+    lines = (stage / "skipped.tsv").read_text().splitlines()
+    assert lines[0] == "step\tkey\tshard\treason"
+    rows = [line.split("\t") for line in lines[1:]]
+    assert {(key, shard) for _, key, shard, reason in rows if reason == "no_bucket"} <= {
+        (f"still{i}", str(data / "stills.tar")) for i in range(12)
+    }
+    assert {r[3] for r in rows} == {"no_bucket", "corrupt_video"}
+    assert all(shard == str(data / "cut.tar") for _, _, shard, reason in rows if reason == "corrupt_video")
+    steps = [int(r[0]) for r in rows]
+    assert steps == sorted(steps) and steps[0] <= 3 < steps[-1]  # listed before and after the checkpoint
+    # the copy held the whole list when it resumed from step 3: it ends with the same rows, none twice
+    assert (copy / "w2" / "t2v" / "skipped.tsv").read_text().splitlines() == lines
 
 
 def test_trainer_state_is_json_and_tensors_and_a_foreign_pickle_is_refused(tmp_path):

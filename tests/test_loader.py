@@ -102,6 +102,79 @@ def test_bad_samples_are_skipped_and_counted(shapes_dir, tmp_path, caplog):
     assert sum(skipped.values()) > len(messages)
 
 
+def test_a_shard_cut_off_anywhere_is_counted_as_truncated(shapes_dir, tmp_path):
+    """A shard cut off at any byte (a copy that stopped): inside a file's data, inside a header, exactly
+    at a header, or after the last file before tar's end-of-archive blocks. Its whole samples are kept,
+    the sample the cut runs through is dropped, and the shard counts once as truncated_shard (a cut at
+    a header used to read as a shorter archive: the partial sample's caption without its video, no_media)."""
+    good = sorted(shapes_dir.glob("*.tar"))[0]
+    data = good.read_bytes()
+    with tarfile.open(good) as tar:
+        members = tar.getmembers()
+    key = lambda m: m.name.split(".")[0]  # noqa: E731
+    order = list(dict.fromkeys(key(m) for m in members))
+    fourth = [m for m in members if key(m) == order[3]]
+    cuts = {
+        "inside a file's data": (fourth[1].offset_data + 100, 3),
+        "inside a header": (fourth[1].offset + 100, 3),
+        "at a header": (fourth[1].offset, 3),
+        "before the end-of-archive blocks": (-(-(members[-1].offset_data + members[-1].size) // 512) * 512, 23),
+    }
+    s = stream([str(good)])
+    whole = [it.key for it in s.items(str(good), 0, Counter())]
+    assert len(order) == 24 and len(whole) == 24
+    for where, (cut, kept) in cuts.items():
+        path = tmp_path / "cut.tar"
+        path.write_bytes(data[:cut])
+        skipped = Counter()
+        keys = [it.key for it in s.items(str(path), 0, skipped)]
+        assert skipped == Counter(truncated_shard=1), where
+        assert keys == [k for k in whole if k in order[:kept]], where
+
+
+def test_a_local_shard_that_cannot_be_read_is_given_up_for_the_run(shapes_dir, tmp_path):
+    """A local shard that cannot be read is tried (with back-off) on the first pass over the data only;
+    later passes skip it at once and count it. The shard is a named pipe: a writer thread counts the
+    times it is opened and hands each reader bytes that are no tar."""
+    import os
+    import threading
+    import time
+
+    broken = tmp_path / "broken.tar"
+    os.mkfifo(broken)
+    opens, stop = [], threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:  # succeeds only while a reader has the pipe open (or waits in open())
+                fd = os.open(broken, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError:
+                time.sleep(0.002)
+                continue
+            opens.append(time.monotonic())
+            os.write(fd, b"this is not a tar archive\n" * 40)
+            os.close(fd)
+            while not stop.is_set():  # until that reader has closed it
+                try:
+                    os.close(os.open(broken, os.O_WRONLY | os.O_NONBLOCK))
+                except OSError:
+                    break
+                time.sleep(0.002)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        good = str(sorted(shapes_dir.glob("*.tar"))[0])
+        skipped = Counter()
+        for batch in take(stream([good, str(broken)], shuffle_buffer=4, open_retries=1, retry_delay_s=0.2), 18):
+            skipped.update(batch["skipped"])
+    finally:
+        stop.set()
+        thread.join(5)
+    assert len(opens) == 2  # the first pass: a try and one retry; none on the passes after
+    assert skipped["unreadable_shard"] >= 3  # counted on every pass (18 batches of 4: three passes over 24 clips)
+
+
 def test_unusable_data_raises_one_clear_error(tmp_path):
     bad = tmp_path / "bad.tar"
     _shard(bad, [("x1.mp4", b"junk"), ("x1.txt", b"a caption")])
@@ -146,7 +219,9 @@ def _with_undecodable_clips(shapes_dir, tmp_path):
 @pytest.mark.parametrize("workers", [0, 2])
 def test_resume_continues_the_exact_batch_sequence_without_decoding_the_past(shapes_dir, tmp_path, workers):
     urls = _with_undecodable_clips(shapes_dir, tmp_path)
-    kw = dict(shuffle_buffer=8, world_size=1)
+    (tmp_path / "unreadable.tar").write_bytes(b"no tar" * 100)  # skipped on every pass, tried on the first
+    urls.append(str(tmp_path / "unreadable.tar"))
+    kw = dict(shuffle_buffer=8, world_size=1, retry_delay_s=0.01)
 
     def loader(resume=None):
         s = stream(urls, resume=resume, **kw)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
-from conftest import compose, mini_overrides, tiny_mmdit, two_ranks, typed
+from conftest import cli, compose, mini_overrides, tiny_mmdit, two_ranks, typed
 
 from opensora_lite.config.schema import ExportJobConfig, LoraConfig, ParallelConfig, StageConfig
 from opensora_lite.models.flux_reference import diffusers_forward, matching_mmdit, random_diffusers_flux
@@ -53,7 +53,7 @@ def lora_flux():
     return ref, ours, inputs, adapted
 
 
-def test_exported_adapters_load_into_diffusers_flux_and_reproduce_ours(lora_flux, tmp_path):
+def test_exported_adapters_load_into_diffusers_flux_and_reproduce_ours(lora_flux, tmp_path, capsys):
     from opensora_lite.cli.export import LORA_FILE, export
 
     ref, ours, inputs, adapted = lora_flux
@@ -64,6 +64,7 @@ def test_exported_adapters_load_into_diffusers_flux_and_reproduce_ours(lora_flux
         ExportJobConfig(checkpoint=str(tmp_path), out=str(tmp_path / "out"), formats=["lora"], dtype="fp32")
     )
     assert path == tmp_path / "out" / "lora" / LORA_FILE
+    assert f"wrote {path} (diffusers Flux LoRA" in capsys.readouterr().out  # osl-export says where it wrote
     ref.load_lora_adapter(str(path.parent), weight_name=LORA_FILE, prefix="transformer", adapter_name="ours")
     try:
         with torch.no_grad():
@@ -240,6 +241,38 @@ def test_lora_settings_it_cannot_run_are_one_config_error(overrides, key, says):
         typed(["curriculum=tiny", "curriculum.stages.t2v.lora.rank=4", *overrides])
     assert info.value.key == f"curriculum.stages.t2v.{key}" and says in str(info.value)
     assert "\n" not in str(info.value)
+
+
+def test_a_lora_stage_without_peft_is_one_line_naming_the_extra_before_anything_is_created(shapes_dir, tmp_path):
+    """The quickstart install has no peft (the lora extra). `osl-curriculum experiment=tiny_lora` then
+    stops at start-up with one line naming the extra, and leaves no run directory. peft is hidden for
+    real: a sitecustomize marks it unimportable in the CLI's own process (as Python does for a module
+    that failed to import)."""
+    hide = tmp_path / "no_peft"
+    hide.mkdir()
+    (hide / "sitecustomize.py").write_text("import sys\n\nsys.modules['peft'] = None\n")
+    runs = tmp_path / "runs"
+    args = [f"data.shards={shapes_dir}", f"run.root={runs}", "curriculum.stages.orange.init=none"]
+    out = cli("osl-curriculum", "experiment=tiny_lora", *args, env={"PYTHONPATH": str(hide)})
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert out.stderr.strip().splitlines() == [
+        "error: curriculum.stages.orange.lora.rank: a LoRA stage needs the peft package, which is not "
+        "installed: add the lora extra (scripts/install.sh lora, or pip install -e '.[lora]'; docs/lora.md)"
+    ]
+    assert not runs.exists()
+
+
+def test_peft_is_needed_only_where_a_lora_stage_runs(monkeypatch):
+    import sys
+
+    from opensora_lite.config import ConfigError
+
+    monkeypatch.setitem(sys.modules, "peft", None)
+    lora_t2v = ["curriculum=tiny", "curriculum.stages.t2v.lora.rank=4"]
+    with pytest.raises(ConfigError, match="lora extra") as info:
+        typed([*lora_t2v, "run.stage=t2v"])
+    assert info.value.key == "curriculum.stages.t2v.lora.rank"
+    typed([*lora_t2v, "run.stage=image"])  # osl-train of a full-training stage of the same curriculum
 
 
 def test_tiny_lora_experiment_teaches_a_colour_the_base_data_lacks():

@@ -67,6 +67,9 @@ def hydra_entry(config_name: str, validate_on_print: bool = False) -> Callable:
             register()
             if validate_on_print and any(a in ("--cfg", "-c") for a in sys.argv[1:]):
                 _validate_argv(config_name)
+            shown = [b for a, b in zip(sys.argv[1:], sys.argv[2:]) if a in ("--cfg", "-c")]
+            if shown and shown[0] in ("job", "all") and "--resolve" not in sys.argv:
+                sys.argv.append("--resolve")  # values, not ${...} links (hydra's own part resolves only in a job)
             if any(a in ("--multirun", "-m") for a in sys.argv[1:]):  # for jobs that run elsewhere (Slurm)
                 os.environ[SWEPT_KEYS_ENV] = ",".join(sorted(_swept_keys_in_argv()))
             try:

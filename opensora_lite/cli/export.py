@@ -69,8 +69,9 @@ def export_lora(job: ExportJobConfig) -> Path:
         print(f"left out {len(left)} trained tensors diffusers' LoRA has no place for: {', '.join(left)}")
     target = Path(job.out) / "lora" / LORA_FILE
     tensors = {k: v.to(DTYPES[job.dtype]) for k, v in state.items()}
-    write_whole(tensors, target, "diffusers-flux-lora")
     print(f"read {len(adapters)} adapter tensors from {path} (rank {meta['lora_rank']}, alpha {meta['lora_alpha']})")
+    write_whole(tensors, target, "diffusers-flux-lora")
+    print(f"wrote {target} (diffusers Flux LoRA, {len(tensors)} tensors, {job.dtype})")
     return target
 
 
@@ -103,10 +104,10 @@ def export(job: ExportJobConfig) -> list[Path]:
         f"{arch.depth} double + {arch.depth_single_blocks} single blocks, hidden {arch.hidden_size}, "
         f"{arch.num_heads} heads, guidance {arch.guidance_embed}, {job.dtype}"
     )
-    if "lora" in job.formats:
-        written.append(export_lora(job))
     for path in written:
         print(f"wrote {path} ({summary})")
+    if "lora" in job.formats:
+        written.append(export_lora(job))  # prints its own line
     return written
 
 

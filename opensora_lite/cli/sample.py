@@ -6,7 +6,8 @@ osl-sample checkpoint=runs/os2/i2v_256px task=v2v_head reference=clip.mp4 prompt
     cfg_scale=7.5 image_cfg_scale=3 text_oscillation=true image_oscillation=true image_ramp=true motion_score=4
 
 Writes one mp4 per sample, contact_sheet.png (a row per sample) and samples.json (the settings, and
-per sample its caption, seed and file) into `out`.
+per sample its caption, seed and file) into `out`; by default a new numbered folder per call,
+<stage>/samples_cli/001, 002, ..., so a second call never overwrites the record of the first.
 """
 
 from __future__ import annotations
@@ -86,6 +87,46 @@ def run_config_for(weights: Path) -> Config:
             merged = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(parent / "config.yaml"))
             return OmegaConf.to_object(merged)
     raise CheckpointError(f"no config.yaml of a run found above {weights}")
+
+
+def check_job(job: SampleJobConfig) -> None:
+    """Counts that cannot be zero are refused rather than read as unset (num_frames=0 once fell back to
+    the stage's default without a word)."""
+    for key, least in (("num_frames", 1), ("v2v_frames", 1), ("batch_size", 1), ("num_samples", 1), ("num_steps", 1)):
+        value = getattr(job, key)
+        if value is not None and value < least:
+            raise ConfigError(key, f"must be >= {least} (or leave it unset for the default), got {value}")
+    if job.fps is not None and job.fps <= 0:
+        raise ConfigError("fps", f"must be positive (or leave it unset: data.target_fps), got {job.fps}")
+
+
+def check_out(job: SampleJobConfig) -> None:
+    """An `out` given on the command line that already holds an earlier call's samples.json is refused
+    (before any work): writing there would leave the earlier videos without a record."""
+    if job.out and (Path(job.out) / "samples.json").exists():
+        raise ConfigError(
+            "out",
+            f"{job.out} holds the samples of an earlier call (samples.json): choose another folder, or leave "
+            "out unset (a new numbered folder per call)",
+        )
+
+
+def output_folder(job: SampleJobConfig, weights: Path, stages) -> Path:
+    """Where a call writes: `out` as given, else the next free <stage>/samples_cli/<NNN>, created here
+    (a concurrent call takes the next number)."""
+    if job.out:
+        return Path(job.out)
+    stage_dir = next((p for p in weights.parents if p.name in stages), weights.parent.parent)
+    base = stage_dir / "samples_cli"
+    base.mkdir(parents=True, exist_ok=True)
+    n = max((int(p.name) for p in base.iterdir() if p.name.isdigit()), default=0)
+    while True:
+        n += 1
+        try:
+            (base / f"{n:03d}").mkdir()
+            return base / f"{n:03d}"
+        except FileExistsError:
+            continue
 
 
 def read_frames(path: str, size: tuple[int, int], target_fps: float | None = None) -> np.ndarray:
@@ -184,9 +225,12 @@ def references(rows: list[Row], task: str, shape: tuple, ae, v2v_frames: int, fp
     return np.stack(refs), (np.stack(ends) if ends else None)
 
 
-@hydra_entry("sample")
-def main(cfg: DictConfig) -> None:
+def sample(cfg: DictConfig) -> Path | None:
+    """One osl-sample call (the composed `sample` config); returns the folder written (None on ranks
+    other than the first)."""
     job: SampleJobConfig = OmegaConf.to_object(cfg)
+    check_job(job)
+    check_out(job)
     began = time.perf_counter()
     weights = resolve_weights_path(job.checkpoint, ema=job.ema, latest=True)
     run_cfg = run_config_for(weights)
@@ -199,12 +243,12 @@ def main(cfg: DictConfig) -> None:
         raise ConfigError("task", f"unknown task {task!r}; choose from {', '.join(TASKS)}")
     engine = LocalEngine(job.parallel, job.device)  # a process group under torchrun, SP groups of sp_size
     try:
-        _sample(job, cfg, weights, run_cfg, rows, task, engine, began)
+        return _sample(job, cfg, weights, run_cfg, rows, task, engine, began)
     finally:
         engine.shutdown()
 
 
-def _sample(job, cfg, weights, run_cfg, rows, task, engine, began) -> None:
+def _sample(job, cfg, weights, run_cfg, rows, task, engine, began) -> Path | None:
     device = engine.device
     state, fmt = read_flux_weights(weights)
     stage_name = weights.parent.parent.name if weights.parent.name == "final" else weights.parent.name
@@ -248,14 +292,14 @@ def _sample(job, cfg, weights, run_cfg, rows, task, engine, began) -> None:
     lead = engine.sp is None or engine.sp.rank == 0  # one rank of each SP group reports its group's videos
     shares = engine.all_gather_object((mine, part) if lead and mine else None)
     if not engine.is_main:
-        return
+        return None
     placed: list = [None] * len(samples)
     for share in filter(None, shares):
         for i, video in zip(*share):
             placed[i] = video
     videos = np.stack(placed)
 
-    out = Path(job.out) if job.out else weights.parent.parent / "samples_cli"
+    out = output_folder(job, weights, run_cfg.curriculum.stages)
     paths = save_samples(videos, prompts, out, task, len(videos), fps)
     sheet = save_contact_sheet(
         out / "contact_sheet.png", videos, [f"[{task} seed {s}] {p}" for p, s in zip(prompts, seeds)]
@@ -289,6 +333,13 @@ def _sample(job, cfg, weights, run_cfg, rows, task, engine, began) -> None:
     (out / "samples.json").write_text(json.dumps(settings, indent=2))
     for p in [*paths, sheet, out / "samples.json"]:
         print(p)
+    print(f"samples: {out}")
+    return out
+
+
+@hydra_entry("sample")
+def main(cfg: DictConfig) -> None:
+    sample(cfg)
 
 
 if __name__ == "__main__":

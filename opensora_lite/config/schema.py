@@ -94,7 +94,8 @@ class DataConfig:
     # 2.0's: "{caption} {clip_fps:g} FPS, {vmaf_motion_int} motion score.")
     caption_template: str = "{caption}"
     image_caption_template: Optional[str] = None  # images' template; None: caption_template
-    open_retries: int = 2  # a shard that cannot be opened is retried (1 s, 2 s, ... apart), then skipped
+    # a shard that cannot be opened is retried (1 s, 2 s, ... apart), then skipped (a local one for the whole run)
+    open_retries: int = 2
     # video: decode and encode on the fly. cached: train from precomputed latents + text embeddings, built
     # once per stage under cache_dir (in a folder named by everything they depend on) by the run itself
     # or by `osl-data kind=cache` (docs/data.md#latent-cache)
@@ -386,7 +387,7 @@ class SampleJobConfig:
     """`osl-sample`: generate videos from a checkpoint of a run."""
 
     checkpoint: str = "???"  # a stage dir (runs/<name>/<stage>) or a model .safetensors inside one
-    out: Optional[str] = None  # default: <checkpoint stage dir>/samples_cli
+    out: Optional[str] = None  # default: a new <checkpoint stage dir>/samples_cli/<NNN> per call
     prompts: List[str] = field(default_factory=lambda: ["a fast red circle moving right"])
     prompt_file: Optional[str] = None  # one prompt a line (.txt), or .jsonl/.csv rows with prompt and reference
     task: Optional[str] = None  # t2v | i2v_head | i2v_tail | i2v_loop | v2v_head | v2v_tail (default: i2v_head

@@ -13,6 +13,16 @@ from opensora_lite.models.attention import BACKENDS
 AE_KINDS = ("pixel", "hunyuan", "hunyuan15", "wan", "ltx", "dc_ae")
 
 
+def installed(package: str) -> bool:
+    """Whether an optional package can be imported (checked at start-up, before anything is created)."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(package) is not None
+    except (ImportError, ValueError):  # present in sys.modules but unusable
+        return False
+
+
 def _require(cond: bool, key: str, message: str) -> None:
     if not cond:
         raise ConfigError(key, message)
@@ -138,7 +148,15 @@ def validate_components(cfg: Config) -> None:
     _require(cfg.eval.kind in (None, "shapes"), "eval.kind", f"unknown {cfg.eval.kind!r} (shapes | null)")
     unknown = sorted(set(cfg.eval.colours or []) - set(ALL_COLOURS))
     _require(not unknown, "eval.colours", f"unknown {unknown} (choose from {list(ALL_COLOURS)})")
-    _require(cfg.sample.num_steps > 0, "sample.num_steps", "must be positive")
+    s = cfg.sample
+    _require(s.num_steps > 0, "sample.num_steps", "must be positive")
+    # 0 is not "unset" (null is): refused rather than silently replaced by the default
+    _require(
+        s.num_frames is None or s.num_frames >= 1, "sample.num_frames", f"must be >= 1 or null, got {s.num_frames}"
+    )
+    _require(s.fps is None or s.fps > 0, "sample.fps", f"must be positive or null (data.target_fps), got {s.fps}")
+    _require(s.batch_size >= 1, "sample.batch_size", f"must be >= 1, got {s.batch_size}")
+    _require(s.save_videos >= 0, "sample.save_videos", f"must be >= 0, got {s.save_videos}")
     _require(
         cfg.logger.wandb.mode in ("online", "offline", "disabled"), "logger.wandb.mode", "online | offline | disabled"
     )
@@ -207,6 +225,13 @@ def validate_stage(cfg: Config, name: str, stage: StageConfig, first: bool) -> N
     _require(stage.keep_checkpoints >= 1, f"{key}.keep_checkpoints", "must be >= 1")
     if stage.lora.rank:
         validate_lora(cfg, key, stage)
+        if cfg.run.stage in (None, name):  # a stage that runs here needs peft (an optional extra)
+            _require(
+                installed("peft"),
+                f"{key}.lora.rank",
+                "a LoRA stage needs the peft package, which is not installed: add the lora extra "
+                "(scripts/install.sh lora, or pip install -e '.[lora]'; docs/lora.md)",
+            )
 
 
 LORA_ENGINES = ("single", "ddp", "fsdp2", "deepspeed_zero2")

@@ -239,24 +239,24 @@ class CachedStream(BucketedVideoStream):
     corrupt_reason = "corrupt_cache"
 
     def _prepare(self, sample: dict, epoch: int, skipped: Counter, replay: bool = False) -> Item | None:
-        key = sample.get("__key__", "?")
+        key, url = sample.get("__key__", "?"), sample.get("__url__", "")
         try:
             meta = json.loads(sample["json"])
             blob = sample["inputs.safetensors"]
         except (KeyError, ValueError):
-            self._skip(skipped, "corrupt_cache", key)
+            self._skip(skipped, "corrupt_cache", key, url)
             return None
         batch = self.table.batch_size(meta["resolution"], int(meta["num_frames"]))
         if batch is None:
-            self._skip(skipped, "bucket_not_in_stage", key)
+            self._skip(skipped, "bucket_not_in_stage", key, url)
             return None
         bucket = Bucket(meta["resolution"], int(meta["num_frames"]), int(meta["height"]), int(meta["width"]), batch)
         if replay:
-            return Item(bucket, None, meta["caption"], key, pending=(blob,))
+            return Item(bucket, None, meta["caption"], key, pending=(blob,), shard=url)
         try:
-            return Item(bucket, self._materialize((blob,)), meta["caption"], key)
+            return Item(bucket, self._materialize((blob,)), meta["caption"], key, shard=url)
         except VideoDecodeError:
-            self._skip(skipped, "corrupt_cache", key)
+            self._skip(skipped, "corrupt_cache", key, url)
             return None
 
     def _materialize(self, pending: tuple) -> dict[str, torch.Tensor]:

@@ -27,6 +27,8 @@ import logging
 import multiprocessing
 import os
 import random
+import re
+import tarfile
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -47,11 +49,14 @@ VIDEO_EXTS = ("mp4", "avi", "mov", "mkv", "webm")
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 
 
+REMOTE = ("pipe:", "http://", "https://", "s3://", "gs://")  # shard URLs that are not local paths
+
+
 def expand_shards(spec: str) -> list[str]:
     """Shard URLs from a folder, a glob, a brace pattern, or URLs / `pipe:` commands."""
     from braceexpand import braceexpand
 
-    if spec.startswith(("pipe:", "http://", "https://", "s3://", "gs://")):
+    if spec.startswith(REMOTE):
         return list(braceexpand(spec))
     path = Path(spec)
     if path.is_dir():
@@ -59,6 +64,36 @@ def expand_shards(spec: str) -> list[str]:
     if any(c in spec for c in "*?["):
         return sorted(glob.glob(spec))
     return [p for p in braceexpand(spec) if Path(p).is_file()]
+
+
+class _CutShort(tarfile.TarInfo):
+    """TarInfo that marks its archive when the header stream stops before tar's end-of-archive blocks.
+    Python's tarfile reads an archive cut off at (or inside) a member header as one that simply ends;
+    the loader would then take the partial last sample (its caption without its video: "no_media") and
+    lose the rest of the shard without a word."""
+
+    @classmethod
+    def fromtarfile(cls, tar):
+        try:
+            return super().fromtarfile(tar)
+        except (tarfile.EmptyHeaderError, tarfile.TruncatedHeaderError) as exc:
+            tar.cut_short = str(exc)
+            raise
+
+
+def tar_members(stream, url: str, seen: Counter):
+    """(name, bytes) of the regular files of a tar stream in order, like webdataset's tar_file_iterator
+    (seen["members"] counts them); raises tarfile.ReadError when the archive is cut off anywhere, in a
+    member's data or in a header."""
+    tar = tarfile.open(fileobj=stream, mode="r|*", tarinfo=_CutShort)
+    for info in tar:
+        if info.isreg() and not re.match(r"__[^/]*__($|/)", info.name):  # webdataset's meta files
+            data = tar.extractfile(info).read()
+            seen["members"] += 1
+            yield {"fname": info.name, "data": data, "__url__": url}
+        tar.members = []  # a stream: keep no index
+    if getattr(tar, "cut_short", None):
+        raise tarfile.ReadError(f"the archive ends without its end-of-archive blocks ({tar.cut_short})")
 
 
 def _rng_for(seed: int, epoch: int, key: str) -> random.Random:
@@ -73,6 +108,7 @@ class Item:
     caption: str
     key: str
     pending: tuple | None = None  # decode_window arguments of a replayed item
+    shard: str = ""  # the shard it came from
 
 
 @dataclass
@@ -96,7 +132,8 @@ class LoaderState:
 
 
 class BucketedVideoStream(IterableDataset):
-    """Infinite stream of batches {video [B,3,T,H,W] in [-1,1], captions, keys, bucket, skipped}."""
+    """Infinite stream of batches {video [B,3,T,H,W] in [-1,1], captions, keys, bucket, skipped (counts by
+    reason), skipped_rows ((key, shard, reason) of each skip since the previous batch), failed}."""
 
     def __init__(
         self,
@@ -126,6 +163,8 @@ class BucketedVideoStream(IterableDataset):
         self.resume = resume or LoaderState()
         self.open_retries, self.retry_delay_s = open_retries, retry_delay_s
         self._warned: dict[str, tuple[float, int]] = {}
+        self._unreadable: set[str] = set()  # local shards given up on in this process, for the whole run
+        self._skip_rows: list[tuple[str, str, str]] = []  # (key, shard, reason) since the last batch
         self.replayed_decodes = 0  # decodes done while replaying (0 unless an item waits in a buffer)
 
     # -- samples -------------------------------------------------------------------------------
@@ -137,34 +176,46 @@ class BucketedVideoStream(IterableDataset):
 
     def _samples(self, shards: list[str], skipped: Counter):
         import webdataset as wds
-        from webdataset.tariterators import group_by_keys, tar_file_iterator
+        from webdataset.tariterators import group_by_keys
 
         for url in shards:
+            local = not url.startswith(REMOTE)
+            if url in self._unreadable:  # a local shard this worker could not read earlier in the run
+                self._skip(skipped, "unreadable_shard", "", url, warn=False)
+                continue
             for attempt in range(self.open_retries + 1):
-                read = 0
+                read, seen = 0, Counter()
                 try:
                     stream = wds.gopen(url, "rb")
                     try:
-                        for sample in group_by_keys(dict(f, __url__=url) for f in tar_file_iterator(stream)):
+                        for sample in group_by_keys(tar_members(stream, url, seen)):
                             read += 1
                             yield sample
                     finally:
                         stream.close()
                     break
                 except Exception as exc:  # cannot open / read (network, missing file), or a damaged tar
-                    if read:  # samples already went out: a retry would repeat them; keep what was read
-                        skipped["truncated_shard"] += 1
+                    # samples already went out (a retry would repeat them; keep what was read), or a local
+                    # tar that breaks after some files (reading it again breaks at the same place)
+                    if read or (local and seen["members"]) or (attempt == self.open_retries and seen["members"]):
+                        self._skip(skipped, "truncated_shard", "", url, warn=False)
                         self._warn("truncated_shard", "shard %s is damaged after %d samples: %s", url, read, exc)
                         break
                     if attempt == self.open_retries:
-                        skipped["unreadable_shard"] += 1
+                        self._skip(skipped, "unreadable_shard", "", url, warn=False)
                         self._warn("unreadable_shard", "skipping shard %s after %d tries: %s", url, attempt + 1, exc)
+                        if local:  # not tried again on the next passes (a URL's failure may be the network's)
+                            self._unreadable.add(url)
                         break
                     time.sleep(self.retry_delay_s * 2**attempt)
 
-    def _skip(self, skipped: Counter, reason: str, key: str) -> None:
+    def _skip(self, skipped: Counter, reason: str, key: str, shard: str, warn: bool = True) -> None:
+        """Count a skip and list it (key, shard, reason: the batch's `skipped_rows`; a whole shard's skip
+        has no key)."""
         skipped[reason] += 1
-        self._warn(reason, "skipped sample %s: %s", key, reason)
+        self._skip_rows.append((key, shard, reason))
+        if warn:
+            self._warn(reason, "skipped sample %s: %s", key, reason)
 
     def _warn(self, reason: str, msg: str, *args) -> None:
         """A warning per reason at most every 60 s; the ones held back are counted in the next."""
@@ -188,38 +239,39 @@ class BucketedVideoStream(IterableDataset):
 
     # -- one sample -> one bucketed item -----------------------------------------------------------
     def _prepare(self, sample: dict, epoch: int, skipped: Counter, replay: bool = False) -> Item | None:
-        key = sample.get("__key__", "?")
+        key, url = sample.get("__key__", "?"), sample.get("__url__", "")
         meta = {}
         if "json" in sample:
             try:
                 meta = json.loads(sample["json"])
             except ValueError:
-                self._skip(skipped, "bad_metadata", key)
+                self._skip(skipped, "bad_metadata", key, url)
                 return None
         caption = sample.get(self.caption_key)
         caption = caption.decode("utf-8", "replace").strip() if caption else str(meta.get("caption", "")).strip()
         if not caption:
-            self._skip(skipped, "missing_caption", key)
+            self._skip(skipped, "missing_caption", key, url)
             return None
         video_ext = next((e for e in VIDEO_EXTS if e in sample), None)
         template = self.caption_template if video_ext is not None else self.image_caption_template
         try:
             caption = format_caption(template, caption, meta, self.target_fps)
         except (KeyError, ValueError, IndexError):  # metadata lacks a field the template names
-            self._skip(skipped, "caption_template_field", key)
+            self._skip(skipped, "caption_template_field", key, url)
             return None
         rng = _rng_for(self.seed, epoch, key)
         if video_ext is not None:
-            return self._prepare_video(sample[video_ext], meta, caption, key, rng, skipped, epoch, replay)
+            return self._prepare_video(sample[video_ext], meta, caption, (key, url), rng, skipped, epoch, replay)
         image_ext = next((e for e in IMAGE_EXTS if e in sample), None)
         if image_ext is not None:
-            return self._prepare_image(sample[image_ext], caption, key, rng, skipped)
-        self._skip(skipped, "no_media", key)
+            return self._prepare_image(sample[image_ext], caption, (key, url), rng, skipped)
+        self._skip(skipped, "no_media", key, url)
         return None
 
     def _prepare_video(
-        self, data: bytes, meta: dict, caption: str, key: str, rng, skipped: Counter, epoch: int, replay: bool
+        self, data: bytes, meta: dict, caption: str, where: tuple, rng, skipped: Counter, epoch: int, replay: bool
     ) -> Item | None:
+        key, url = where
         try:
             if not all(k in meta for k in ("num_frames", "fps", "height", "width")):
                 info = probe(data)
@@ -228,7 +280,7 @@ class BucketedVideoStream(IterableDataset):
             usable = (int(meta["num_frames"]) - 1) // stride + 1
             bucket = self.table.assign(int(meta["height"]), int(meta["width"]), usable, rng)
             if bucket is None:
-                self._skip(skipped, "no_bucket", key)
+                self._skip(skipped, "no_bucket", key, url)
                 return None
             span = (bucket.num_frames - 1) * stride + 1
             start = rng.randint(0, int(meta["num_frames"]) - span)
@@ -236,23 +288,24 @@ class BucketedVideoStream(IterableDataset):
             if replay:
                 if f"{epoch}/{key}" in self._failed:
                     raise VideoDecodeError("failed before the checkpoint")
-                return Item(bucket, None, caption, key, pending=window)
+                return Item(bucket, None, caption, key, pending=window, shard=url)
             frames = decode_window(*window)
         except VideoDecodeError:
-            self._skip(skipped, "corrupt_video", key)
+            self._skip(skipped, "corrupt_video", key, url)
             if not replay:
                 self._new_failures.append(f"{epoch}/{key}")
             return None
-        return Item(bucket, frames, caption, key)
+        return Item(bucket, frames, caption, key, shard=url)
 
-    def _prepare_image(self, data: bytes, caption: str, key: str, rng, skipped: Counter) -> Item | None:
+    def _prepare_image(self, data: bytes, caption: str, where: tuple, rng, skipped: Counter) -> Item | None:
+        key, url = where
         try:
             import av
 
             with av.open(io.BytesIO(data)) as container:
                 frame = next(container.decode(video=0))
         except Exception:
-            self._skip(skipped, "corrupt_image", key)
+            self._skip(skipped, "corrupt_image", key, url)
             return None
         from opensora_lite.data.video import frame_rotation, frame_to_rgb, resize_crop_size, upright_size
 
@@ -260,16 +313,16 @@ class BucketedVideoStream(IterableDataset):
         height, width = upright_size(frame.height, frame.width, rotation)
         bucket = self.table.assign(height, width, 1, rng)
         if bucket is None:
-            self._skip(skipped, "no_bucket", key)
+            self._skip(skipped, "no_bucket", key, url)
             return None
         nh, nw, top, left = resize_crop_size(height, width, (bucket.height, bucket.width))
         rgb = frame_to_rgb(frame, (nh, nw), rotation)
-        return Item(bucket, rgb[None, top : top + bucket.height, left : left + bucket.width], caption, key)
+        return Item(bucket, rgb[None, top : top + bucket.height, left : left + bucket.width], caption, key, shard=url)
 
     def items(self, shard: str, epoch: int, skipped: Counter):
         """Every usable item of one shard in shard order, decoded, bucketed and cropped exactly as the
         training stream does in `epoch` (what the latent cache precomputes)."""
-        self._failed, self._new_failures = set(), []
+        self._failed, self._new_failures, self._skip_rows = set(), [], []
         for sample in self._samples([shard], skipped):
             item = self._prepare(sample, epoch, skipped)
             if item is not None:
@@ -303,7 +356,7 @@ class BucketedVideoStream(IterableDataset):
                 try:
                     it.frames, it.pending = self._materialize(it.pending), None
                 except VideoDecodeError:
-                    skipped[self.corrupt_reason] += 1
+                    self._skip(skipped, self.corrupt_reason, it.key, it.shard, warn=False)
                     continue
             ready.append(it)
         return ready
@@ -317,6 +370,7 @@ class BucketedVideoStream(IterableDataset):
         to_replay = self.resume.worker_share(worker, workers)
         self._failed = set(self.resume.failed)
         self._new_failures: list[str] = []
+        self._skip_rows = []
         epoch = self.start_epoch
         skipped: Counter = Counter()
         buffers: dict[str, list[Item]] = defaultdict(list)  # partial batches carry over epochs
@@ -343,14 +397,16 @@ class BucketedVideoStream(IterableDataset):
                     buffers[item.bucket.key] = []
                     if to_replay == 0:
                         skipped.clear()  # counted and reported before the checkpoint
+                        self._skip_rows = []
                     continue
                 ready = self._decode_pending(buf, skipped)
                 if len(ready) < len(buf):
                     buffers[item.bucket.key] = ready
                     continue
-                yield self.collate(buf, skipped, self._new_failures)
+                batch = self.collate(buf, skipped, self._new_failures)
+                yield {**batch, "skipped_rows": self._skip_rows}
                 skipped.clear()  # in place: the shard reader holds this same counter
-                self._new_failures = []
+                self._new_failures, self._skip_rows = [], []
                 buffers[item.bucket.key] = []
             if usable == 0:
                 raise DataError(f"no usable sample in {len(shards)} shards (skipped: {dict(skipped)})")

@@ -24,7 +24,9 @@ def require_package(engine: str) -> None:
             found = False
         if not found:
             raise ConfigError(
-                "parallel.engine", f"{engine} needs the {package} package, which is not installed (see {doc})"
+                "parallel.engine",
+                f"{engine} needs the {package} package, which is not installed: add the {package} extra "
+                f"(scripts/install.sh {package}; see {doc})",
             )
 
 

@@ -37,6 +37,7 @@ from opensora_lite.train.evaluation import evaluate_stage
 from opensora_lite.train.optim import build_optimizer, build_scheduler
 from opensora_lite.train.preemption import Preempted
 from opensora_lite.train.runtime import Runtime, memory_gib
+from opensora_lite.train.skips import SkipList
 from opensora_lite.train.stage_init import InitReport, load_stage_weights, stage_init_report
 from opensora_lite.train.state import StageDir, resolve_weights_path
 from opensora_lite.train.validation import Validator
@@ -276,6 +277,7 @@ class StageTrainer:
         if engine.is_main and (note := async_checkpoint_note(cfg, stage)):
             log.info("[%s] %s", self.name, note)
         data = self._loader(data_state)
+        self.skips = SkipList(self.dir.root, engine, start)  # <stage>/skipped.tsv
         validator = Validator(self)
         if cfg.data.kind == "cached":
             rt.text.empty()  # kept where training runs (CFG dropout) while the encoders are parked
@@ -294,6 +296,7 @@ class StageTrainer:
                 data_state.batches += 1
                 data_state.failed.extend(batch["failed"])
                 skipped.update(batch["skipped"])
+                self.skips.add(step + 1, batch.get("skipped_rows", ()))
                 last = micro == stage.grad_accum - 1
                 if self.task:
                     loss, tokens, flops = self.task.micro_step(model, batch, gen, step, last)
@@ -378,6 +381,7 @@ class StageTrainer:
     def _checkpoint(self, model, opt, sched, gen, ema, step: int, data_state: LoaderState) -> None:
         """Every rank writes its part (weights, optimizer), rank 0 the trainer state; see checkpoint_writer."""
         engine = self.engine
+        self.skips.flush()  # the skips up to this step: a resume from here lists the later ones again
 
         def trainer_state() -> dict | None:
             failed = [key for rank in engine.all_gather_object(data_state.failed) for key in rank]
@@ -445,6 +449,8 @@ class StageTrainer:
     def _finish(self, model, ema, start: int, began: float, loss: float, skipped: Counter) -> StageResult:
         engine, rt = self.engine, self.rt
         self.writer.wait(self.stage.steps)
+        self.skips.flush()
+        skipped = Counter(self.skips.counts(skipped))  # all ranks' (the summary's skipped_samples)
         seconds = time.perf_counter() - began
         weights, adapters = self.full_weights(model, adapters=True)
         ema_state = ema.state_dict() if ema else None
@@ -490,7 +496,7 @@ class StageTrainer:
             for kind, sheet in sheets.items():
                 log.info("[%s] contact sheet (%s): %s", self.name, kind, sheet)
             if skipped:
-                log.info("[%s] skipped samples: %s", self.name, dict(skipped))
+                log.info("[%s] skipped samples: %s (listed in %s)", self.name, dict(skipped), self.skips.path)
             log.info(
                 "[%s] done: trained in %.0fs, evaluated in %.0fs, final loss %.4f %s",
                 self.name,
