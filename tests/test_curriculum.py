@@ -150,9 +150,11 @@ def test_sample_cli_writes_videos_from_a_stage(mini_run, tmp_path):
         "num_steps=2",
         f"image={ref}",
         "prompts=[a fast red circle moving left]",
+        "resolution=32px",  # not in the stage's bucket table (16px): the 16px row's 5 frames at 32x32
     )
     assert out.returncode == 0, out.stderr
-    assert len(list((tmp_path / "i2v").glob("i2v_*.mp4"))) == 1
+    (video,) = (tmp_path / "i2v").glob("i2v_*.mp4")
+    assert _frames(video).shape == (5, 32, 32, 3)
 
 
 def test_each_sample_call_gets_its_own_folder_and_record(mini_run, tmp_path):

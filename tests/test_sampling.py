@@ -147,3 +147,26 @@ def test_motion_score_and_fps_reach_the_caption_through_the_template():
     rt.cfg.sample.motion_score = None
     with pytest.raises(ConfigError, match="^motion_score: .*add motion_score="):
         sample_captions(rt, ["a cat"], (33, 256, 256))
+
+
+def test_sample_shape_takes_any_size_the_autoencoder_takes():
+    """A resolution without a row in the stage's bucket table samples at that size with the largest
+    resolution's frames (it was a KeyError); one below the autoencoder x patch step is one error line."""
+    from types import SimpleNamespace
+
+    from opensora_lite.train.evaluation import sample_shape
+
+    def shape(*overrides: str, stage: str = "t2v", prefix: str = "sample.") -> tuple[int, int, int]:
+        cfg = typed(list(overrides))  # the tiny curriculum: pixel autoencoder (factor 2) x patch 1
+        keys = {} if prefix == "sample." else {"prefix": prefix}  # osl-sample names its own keys
+        return sample_shape(SimpleNamespace(cfg=cfg), cfg.curriculum.stages[stage], **keys)
+
+    assert shape() == (5, 16, 16)
+    assert shape("sample.resolution=32px") == (5, 32, 32)  # the stage buckets 16px only: its 5 frames
+    assert shape("sample.resolution=32px", "sample.num_frames=9") == (9, 32, 32)
+    assert shape("sample.resolution=32px", stage="image") == (1, 32, 32)  # an image stage samples images
+    assert shape("sample.resolution=33px", "sample.aspect_ratio=0.75") == (5, 28, 38)  # sides: multiples of 2
+    with pytest.raises(ConfigError, match=r"^resolution: 1px is below the smallest size .* 2px"):
+        shape("sample.resolution=1px", prefix="")
+    with pytest.raises(ConfigError, match="^sample.resolution: .*must look like '256px'"):
+        shape("sample.resolution=32")

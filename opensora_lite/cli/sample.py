@@ -265,7 +265,7 @@ def _sample(job, cfg, weights, run_cfg, rows, task, engine, began) -> Path | Non
         run_cfg, TextEncoders(run_cfg.text_encoder, device), build_autoencoder(run_cfg.autoencoder).to(device), device
     )
     stage = run_cfg.curriculum.stages.get(stage_name, next(iter(run_cfg.curriculum.stages.values())))
-    shape = sample_shape(ctx, stage)
+    shape = sample_shape(ctx, stage, prefix="")  # the job's keys: resolution=, num_frames=, aspect_ratio=
     if not ctx.ae.valid_num_frames(shape[0]):
         raise ConfigError("num_frames", f"{shape[0]} frames do not fit the autoencoder ({ctx.ae._frame_rule()})")
     v2v_frames = job.v2v_frames if job.v2v_frames is not None else stage.v2v_frames

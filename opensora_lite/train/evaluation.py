@@ -15,6 +15,7 @@ import numpy as np
 from torch import nn
 
 from opensora_lite.config.schema import StageConfig
+from opensora_lite.config.validate import ConfigError
 from opensora_lite.data.buckets import bucket_size, parse_resolution
 from opensora_lite.data.synthetic import ALL_COLOURS, COLOURS, DIRECTIONS, SHAPES, caption_for, render_frame
 from opensora_lite.data.video import write_video
@@ -25,17 +26,39 @@ from opensora_lite.eval.contact_sheet import save_contact_sheet
 log = logging.getLogger("opensora_lite")
 
 
-def sample_shape(rt, stage: StageConfig) -> tuple[int, int, int]:
+def sample_shape(rt, stage: StageConfig, prefix: str = "sample.") -> tuple[int, int, int]:
     """(frames, height, width) to sample at: config, else the stage's largest resolution and its
-    most likely video length (1 for image-only stages)."""
+    most likely video length (1 for image-only stages).
+
+    Any resolution the autoencoder and patch take works, in the stage's bucket table or not: sides are
+    rounded to multiples of spatial factor x patch (as buckets are), and a resolution without a row in
+    the table takes its frames from the largest resolution's row. A resolution that is not "<N>px" or
+    is below one such multiple is one ConfigError naming `<prefix>resolution`."""
     s = rt.cfg.sample
-    res = s.resolution or max(stage.buckets, key=parse_resolution)
-    frames_table = stage.buckets[res]
-    videos = {n: p for n, (p, _) in frames_table.items() if n > 1}
+    rows = {parse_resolution(r): row for r, row in stage.buckets.items()}  # keys checked at start-up
+    largest = max(rows)
+    px = largest if s.resolution is None else _resolution_px(s.resolution, prefix)
+    sf, patch = rt.cfg.autoencoder.spatial_factor, rt.cfg.model.patch_size[1]
+    multiple = sf * patch
+    if px < multiple:
+        raise ConfigError(
+            f"{prefix}resolution",
+            f"{s.resolution} is below the smallest size this model samples, {multiple}px "
+            f"(autoencoder spatial factor {sf} x patch {patch}; sides are multiples of {multiple})",
+        )
+    if s.aspect_ratio <= 0:
+        raise ConfigError(f"{prefix}aspect_ratio", f"{s.aspect_ratio} must be a positive height / width")
+    videos = {n: p for n, (p, _) in rows.get(px, rows[largest]).items() if n > 1}
     frames = s.num_frames or (max(videos, key=lambda n: (videos[n], n)) if videos else 1)
-    multiple = rt.cfg.autoencoder.spatial_factor * rt.cfg.model.patch_size[1]
-    h, w = bucket_size(parse_resolution(res), s.aspect_ratio, multiple)
+    h, w = bucket_size(px, s.aspect_ratio, multiple)
     return frames, h, w
+
+
+def _resolution_px(resolution: str, prefix: str) -> int:
+    try:
+        return parse_resolution(resolution)
+    except ValueError as exc:
+        raise ConfigError(f"{prefix}resolution", str(exc)) from None
 
 
 def sample_captions(rt, prompts: list[str], shape: tuple[int, int, int]) -> list[str]:
