@@ -26,7 +26,7 @@ from benchlib import heading, mmdit_config, publish, rss_mib, table
 def child(a) -> None:
     import torch
 
-    from opensora_lite.models.mmdit import MMDiT
+    from opensora_lite.models.flux.model import MMDiT
     from opensora_lite.parallel.checkpointing import apply_activation_checkpointing
 
     cfg = mmdit_config(a.hidden, a.heads, a.double, a.single, a.text_dim, 64)

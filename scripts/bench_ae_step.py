@@ -28,7 +28,7 @@ from torch import nn
 
 from opensora_lite.autoencoders.base import frames_fit, latent_frame_count
 from opensora_lite.config.stages import load_autoencoder
-from opensora_lite.models.mmdit import LastLayer, MMDiT
+from opensora_lite.models.flux.model import LastLayer, MMDiT
 
 
 def clip_frames(frames: int, temporal_factor: int, causal: bool) -> int:

@@ -20,7 +20,7 @@ from benchlib import heading, publish, table  # noqa: E402
 
 from opensora_lite.autoencoders.base import frames_fit, latent_frame_count  # noqa: E402
 from opensora_lite.config.stages import load_autoencoder  # noqa: E402
-from opensora_lite.models.flops import mmdit_flops  # noqa: E402
+from opensora_lite.models.flux.flops import mmdit_flops  # noqa: E402
 
 AUTOENCODERS = [
     ("hunyuan", "HunyuanVideo"),
@@ -36,7 +36,7 @@ SIZES = [256, 768]
 def recipe():
     from hydra import compose, initialize_config_dir
 
-    from opensora_lite.config import config_dir, register, to_config
+    from opensora_lite.config.load import config_dir, register, to_config
 
     register()
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):

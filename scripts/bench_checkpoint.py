@@ -26,11 +26,11 @@ import torch
 from benchlib import heading, publish, table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from opensora_lite.checkpoint.stage import StageCheckpoints as StageDir  # noqa: E402
+from opensora_lite.checkpoint.writer import CheckpointWriter  # noqa: E402
 from opensora_lite.config.schema import ParallelConfig  # noqa: E402
-from opensora_lite.models.mmdit import MMDiT, MMDiTConfig  # noqa: E402
+from opensora_lite.models.flux.model import MMDiT, MMDiTConfig  # noqa: E402
 from opensora_lite.parallel import build_engine  # noqa: E402
-from opensora_lite.train.checkpoint_writer import CheckpointWriter  # noqa: E402
-from opensora_lite.train.state import StageDir  # noqa: E402
 
 
 def main() -> None:

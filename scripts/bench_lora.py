@@ -31,8 +31,8 @@ def child(a) -> None:
     import torch
 
     from opensora_lite.config.schema import OptimConfig
+    from opensora_lite.models.flux.model import MMDiT
     from opensora_lite.models.lora import apply_lora
-    from opensora_lite.models.mmdit import MMDiT
     from opensora_lite.train.optim import build_optimizer
 
     cfg = mmdit_config(a.hidden, a.heads, a.double, a.single, a.text_dim, a.vec_dim)

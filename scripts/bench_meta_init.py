@@ -30,7 +30,7 @@ import torch.multiprocessing as mp
 from benchlib import heading, publish, table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from opensora_lite.models.mmdit import MMDiT, MMDiTConfig  # noqa: E402
+from opensora_lite.models.flux.model import MMDiT, MMDiTConfig  # noqa: E402
 
 
 def _config(a) -> MMDiTConfig:
@@ -90,7 +90,8 @@ def _rank(rank: int, port: int, variant: str, weights: str, a, out: str) -> None
         importlib.import_module(module)  # before the baseline: a trainer has imported them by then
 
     from opensora_lite.config.schema import ParallelConfig
-    from opensora_lite.models.flux_weights import load_into, read_flux_weights
+    from opensora_lite.models.flux.weights import read_flux_weights
+    from opensora_lite.models.loading import load_into
     from opensora_lite.parallel import build_engine
 
     engine = build_engine(ParallelConfig(engine="fsdp2", meta_init=variant == "meta-init"), "cpu")
@@ -128,7 +129,7 @@ def main() -> None:
         torch.manual_seed(1)
         model = MMDiT(_config(a))
         nparams = sum(p.numel() for p in model.parameters())
-        from opensora_lite.models.flux_weights import write_safetensors
+        from opensora_lite.checkpoint.files import write_safetensors
 
         write_safetensors(model.state_dict(), weights)
         del model

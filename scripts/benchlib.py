@@ -83,7 +83,7 @@ def rss_mib() -> float:
 def mmdit_config(hidden: int, heads: int, double: int, single: int, text_dim: int, vec_dim: int):
     """A benchmark MMDiT (16 latent channels, SDPA) with Flux's RoPE proportions (1/8 of a head on time).
     Imports opensora_lite here: the rest of this module is standard library only."""
-    from opensora_lite.models.mmdit import MMDiTConfig
+    from opensora_lite.models.flux.model import MMDiTConfig
 
     head_dim = hidden // heads
     rope_t = head_dim // 8

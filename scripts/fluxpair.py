@@ -4,9 +4,9 @@ same random weights, inputs for both, and each model's forward on them."""
 from __future__ import annotations
 
 import torch
+from flux_reference import diffusers_forward, matching_mmdit, random_diffusers_flux
 
-from opensora_lite.models.flux_reference import diffusers_forward, matching_mmdit, random_diffusers_flux
-from opensora_lite.models.rope import video_position_ids
+from opensora_lite.models.flux.rope import video_position_ids
 
 
 def pair(double, single, heads, head_dim, axes, guidance, text_dim, vec_dim, seed=0, std=0.02):

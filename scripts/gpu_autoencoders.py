@@ -27,9 +27,9 @@ from omegaconf import OmegaConf
 
 from opensora_lite.autoencoders import build_autoencoder
 from opensora_lite.autoencoders.base import frames_fit
-from opensora_lite.config import config_dir
 from opensora_lite.config.schema import AutoencoderConfig
 from opensora_lite.errors import CheckpointError
+from opensora_lite.layout import config_dir
 
 CONFIGS = ["pixel", "dc_ae", "hunyuan", "hunyuan15", "wan", "wan22", "ltx"]
 # --smoke: tiny versions of the same families (diffusers_vae.TINY_ARCHITECTURES), the config changes that

@@ -32,8 +32,9 @@ from opensora_lite.autoencoders.base import latent_frame_count
 from opensora_lite.data.buckets import BucketTable
 from opensora_lite.data.loader import BucketedVideoStream, build_loader
 from opensora_lite.data.video import temporal_stride
-from opensora_lite.models.flops import mmdit_flops, peak_tflops
-from opensora_lite.models.mmdit import MMDiTConfig
+from opensora_lite.models.flops import peak_tflops
+from opensora_lite.models.flux.flops import mmdit_flops
+from opensora_lite.models.flux.model import MMDiTConfig
 
 ASPECTS = [0.5625, 0.75, 1.0, 1.3333, 1.7778]  # data.aspect_ratios' default
 

@@ -34,8 +34,9 @@ ENGINES = ["fsdp2", "colossalai_zero2"]
 
 def worker(a) -> dict:
     from opensora_lite.config.schema import ParallelConfig
-    from opensora_lite.models.flops import mmdit_flops, peak_tflops
-    from opensora_lite.models.mmdit import MMDiT, MMDiTConfig
+    from opensora_lite.models.flops import peak_tflops
+    from opensora_lite.models.flux.flops import mmdit_flops
+    from opensora_lite.models.flux.model import MMDiT, MMDiTConfig
     from opensora_lite.parallel import build_engine
 
     cuda = torch.cuda.is_available() and not a.smoke

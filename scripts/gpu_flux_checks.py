@@ -26,8 +26,9 @@ from diffusers.utils import logging as diffusers_logging
 from fluxpair import make_inputs, pair, run_ours, run_ref
 
 from opensora_lite.models.attention import resolve_backend
-from opensora_lite.models.flops import mmdit_flops, peak_tflops
-from opensora_lite.models.mmdit import MMDiT
+from opensora_lite.models.flops import peak_tflops
+from opensora_lite.models.flux.flops import mmdit_flops
+from opensora_lite.models.flux.model import MMDiT
 from opensora_lite.parallel.checkpointing import apply_activation_checkpointing, compile_blocks
 
 PARITY_CONFIGS = [  # (double, single, heads, head_dim, axes, guidance)

@@ -20,7 +20,7 @@ from opensora_lite.autoencoders.pixel import PixelSpaceToDepth
 from opensora_lite.data.synthetic import COLOURS, DIRECTIONS, SHAPES, caption_for, render_frame
 from opensora_lite.diffusion import flow
 from opensora_lite.eval.shapes import score_t2v
-from opensora_lite.models.mmdit import MMDiT, MMDiTConfig
+from opensora_lite.models.flux.model import MMDiT, MMDiTConfig
 
 ONLY = ""
 
@@ -50,7 +50,7 @@ def text_encoders(device):
     """The framework's tiny T5 + CLIP, exactly as the tiny curriculum builds them."""
     from hydra import compose, initialize_config_dir
 
-    from opensora_lite.config import config_dir, register, to_config
+    from opensora_lite.config.load import config_dir, register, to_config
     from opensora_lite.text.encoders import TextEncoders
 
     register()

@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def both_flux_outputs(ours, ref, img, img_ids, txt, txt_ids, t, y, guidance=None):
     """(our output, diffusers' FluxTransformer2DModel output) for the same packed tokens and positions."""
-    from opensora_lite.models.flux_reference import diffusers_forward
+    from flux_reference import diffusers_forward
 
     with torch.no_grad():
         got = ours.forward_tokens(img, img_ids, txt, txt_ids, t, y, guidance=guidance)
@@ -38,7 +38,7 @@ def tiny_mmdit(**changes):
     """A seconds-fast MMDiT config (48 wide, 2 + 2 blocks) for model-level tests, with changes."""
     from dataclasses import replace
 
-    from opensora_lite.models.mmdit import MMDiTConfig
+    from opensora_lite.models.flux.model import MMDiTConfig
 
     base = MMDiTConfig(
         latent_channels=4,
@@ -132,7 +132,7 @@ def compose(overrides: list[str] | None = None, config_name: str = "config"):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from opensora_lite.config import config_dir, register
+    from opensora_lite.config.load import config_dir, register
 
     register()
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
@@ -140,7 +140,7 @@ def compose(overrides: list[str] | None = None, config_name: str = "config"):
 
 
 def typed(overrides: list[str] | None = None):
-    from opensora_lite.config import to_config
+    from opensora_lite.config.load import to_config
 
     return to_config(compose(overrides))
 

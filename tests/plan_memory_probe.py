@@ -17,7 +17,8 @@ import torch
 from conftest import spawn_ranks
 
 from opensora_lite.config.schema import ParallelConfig
-from opensora_lite.models.mmdit import MMDiT, MMDiTConfig
+from opensora_lite.models.flux import SPEC as FLUX
+from opensora_lite.models.flux.model import MMDiT, MMDiTConfig
 
 BATCH, FRAMES, SIDE, TXT = 2, 4, 32, 64  # per rank: 4 x 16 x 16 = 1024 video tokens + 64 text tokens
 MODEL = MMDiTConfig(
@@ -45,7 +46,8 @@ def measure(engine_kind: str, ac: bool) -> int:
     from opensora_lite.parallel import build_engine
 
     blocks = 100 if ac else 0
-    engine = build_engine(ParallelConfig(engine=engine_kind, ac_double_blocks=blocks, ac_single_blocks=blocks), "cpu")
+    ac = {"double_blocks": blocks, "single_blocks": blocks}
+    engine = build_engine(ParallelConfig(engine=engine_kind, ac_blocks=ac), "cpu")
     g = torch.Generator().manual_seed(engine.dp_rank)
     x = torch.randn(BATCH, 4, FRAMES, SIDE, SIDE, generator=g)
     t, txt, y = torch.rand(BATCH, generator=g), torch.randn(BATCH, TXT, 64, generator=g), torch.randn(BATCH, 32)
@@ -53,7 +55,7 @@ def measure(engine_kind: str, ac: bool) -> int:
     Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
     torch.manual_seed(0)
     model = MMDiT(MODEL)
-    model, opt = engine.prepare(model, lambda params: torch.optim.AdamW(params, lr=1e-4), 1.0)
+    model, opt = engine.prepare(model, lambda params: torch.optim.AdamW(params, lr=1e-4), 1.0, FLUX.blocks(model))
     for _ in range(2):
         loss = (model(x, t, txt, y).float() - x).pow(2).mean()
         engine.backward(model, loss)

@@ -10,9 +10,8 @@ import torch
 from conftest import compose, typed
 
 from opensora_lite.config.stages import stage_config, switches_autoencoder
-from opensora_lite.config.validate import ConfigError
-from opensora_lite.errors import CheckpointError
-from opensora_lite.models.mmdit import MMDiT
+from opensora_lite.errors import CheckpointError, ConfigError
+from opensora_lite.models.flux.model import MMDiT
 from opensora_lite.train.stage_init import load_across_latent_spaces
 
 SWITCH = ["~curriculum.stages.t2v", "~curriculum.stages.i2v", "~curriculum.stages.hires"]

@@ -25,9 +25,10 @@ from opensora_lite.autoencoders.losses import (
     hinge_d_loss,
     hinge_g_loss,
 )
-from opensora_lite.config import ConfigError
+from opensora_lite.checkpoint.files import load_weights
+from opensora_lite.checkpoint.stage import StageCheckpoints as StageDir
+from opensora_lite.errors import ConfigError
 from opensora_lite.eval.reconstruction import psnr, ssim
-from opensora_lite.train.state import StageDir, load_weights
 
 STEPS, DISC_START = 6, 2
 
@@ -157,7 +158,7 @@ def _train(kind: str) -> list[list[float]]:
     """TRAIN_STEPS steps of the autoencoder task on this rank's slice of fixed global batches;
     per step the global loss and the discriminator's loss."""
     from opensora_lite.parallel import build_engine
-    from opensora_lite.train.autoencoder_task import AutoencoderTask
+    from opensora_lite.train.tasks.autoencoder import AutoencoderTask
 
     s = "curriculum.stages.ae.reconstruction"
     cfg = typed(
@@ -168,8 +169,11 @@ def _train(kind: str) -> list[list[float]]:
         )
     )
     engine = build_engine(cfg.parallel, "cpu")
-    stage = cfg.curriculum.stages["ae"]
-    task = AutoencoderTask(engine, cfg, stage, 0)
+    from types import SimpleNamespace
+
+    from opensora_lite.train.tasks import StageContext
+
+    task = AutoencoderTask(StageContext(SimpleNamespace(cfg=cfg, engine=engine), "ae", 0, 0, cfg))
     model, opt = engine.prepare(task.build_model(), lambda p: torch.optim.AdamW(p, lr=1e-3), 1.0)
     per, out = BATCH // engine.dp_size, []
     for step in range(TRAIN_STEPS):

@@ -19,9 +19,9 @@ from safetensors.torch import load as load_tensors
 from opensora_lite.autoencoders import build_autoencoder
 from opensora_lite.data.cache import CachedStream, bucket_table, build_cache, cached_shards, stage_seed
 from opensora_lite.data.loader import BucketedVideoStream, expand_shards
+from opensora_lite.diffusion.conditioning import uses_image_condition
 from opensora_lite.parallel import build_engine
 from opensora_lite.text.encoders import TextEncoders
-from opensora_lite.train.trainer import uses_image_condition
 
 
 def _config(shapes_dir, tmp_path, cache_dir):
@@ -54,7 +54,7 @@ def test_cached_inputs_are_bitwise_the_on_the_fly_inputs(shapes_dir, tmp_path, e
     cfg = _config(shapes_dir, tmp_path, tmp_path / "cache")
     ae, text = encoders
     engine = build_engine(cfg.parallel, "cpu")
-    condition = uses_image_condition(cfg.curriculum.stages[stage])
+    condition = uses_image_condition(cfg.curriculum.stages[stage].tasks)
     folder = build_cache(cfg, stage, condition, ae, text, engine, progress=False)
     cached = _read(folder)
     manifest = json.loads((folder / "manifest.json").read_text())
@@ -229,7 +229,7 @@ def test_osl_cache_and_cached_training_work_with_every_new_autoencoder(few_clips
 
     from opensora_lite.cli.cache import run as cache_run
     from opensora_lite.cli.curriculum import run as train_run
-    from opensora_lite.config import to_config
+    from opensora_lite.config.load import to_config
     from opensora_lite.config.stages import load_autoencoder
     from opensora_lite.data.cache import cache_folder, item_generator
 

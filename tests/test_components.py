@@ -10,8 +10,8 @@ from opensora_lite.autoencoders.base import Autoencoder
 from opensora_lite.autoencoders.pixel import PixelSpaceToDepth
 from opensora_lite.config.schema import AutoencoderConfig, TextEncoderConfig, TextModelConfig
 from opensora_lite.errors import CheckpointError
-from opensora_lite.models.flux_weights import load_into
-from opensora_lite.models.mmdit import MMDiT
+from opensora_lite.models.flux.model import MMDiT
+from opensora_lite.models.loading import load_into
 from opensora_lite.text.encoders import TextEncoders
 
 TINY_TEXT = TextEncoderConfig(

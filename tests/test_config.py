@@ -6,7 +6,7 @@ import pytest
 from conftest import cli, compose, typed
 from hydra.errors import ConfigCompositionException
 
-from opensora_lite.config import ConfigError
+from opensora_lite.errors import ConfigError
 
 
 def test_default_is_the_tiny_cpu_experiment():

@@ -14,11 +14,12 @@ from conftest import TORCHRUN, cli, compose, mini_overrides
 from omegaconf import OmegaConf
 from safetensors import safe_open
 
+from opensora_lite.checkpoint.files import load_weights
+from opensora_lite.checkpoint.state import read_trainer_state
 from opensora_lite.cli.curriculum import run
-from opensora_lite.models.flops import mmdit_flops
-from opensora_lite.models.mmdit import MMDiTConfig
+from opensora_lite.models.flux.flops import mmdit_flops
+from opensora_lite.models.flux.model import MMDiTConfig
 from opensora_lite.train.curriculum import format_results
-from opensora_lite.train.state import load_weights, read_trainer_state
 
 
 def typed_model(cfg) -> MMDiTConfig:
@@ -162,7 +163,7 @@ def test_each_sample_call_gets_its_own_folder_and_record(mini_run, tmp_path):
     samples.json listing exactly its mp4s; an `out` holding an earlier record, or num_frames=0, is
     one config error before any work."""
     from opensora_lite.cli.sample import sample
-    from opensora_lite.config import ConfigError
+    from opensora_lite.errors import ConfigError
 
     run_dir, _ = mini_run
     stage = tmp_path / "run" / "t2v"
@@ -352,8 +353,8 @@ def test_trainer_state_is_json_and_tensors_and_a_foreign_pickle_is_refused(tmp_p
     `trainer_state.pt` holding anything but tensors and plain containers is refused with one error."""
     import argparse
 
+    from opensora_lite.checkpoint.state import write_trainer_state
     from opensora_lite.errors import CheckpointError
-    from opensora_lite.train.state import write_trainer_state
 
     gen = torch.Generator().manual_seed(7)
     state = {"step": 3, "data": {"batches": 3, "failed": ["0/a"]}, "scheduler": {"base_lrs": [1e-3], "x": None},

@@ -9,9 +9,9 @@ from safetensors.torch import save_file
 
 from opensora_lite.autoencoders import build_autoencoder
 from opensora_lite.autoencoders.dc_ae import VideoDCAE, _tiled
-from opensora_lite.config import config_dir
 from opensora_lite.config.schema import AutoencoderConfig, Config
 from opensora_lite.errors import CheckpointError
+from opensora_lite.layout import config_dir
 
 # (name, shape) of every tensor of Open-Sora's `dc-ae-f32t4c128` state dict, in order, listed by
 # building their module tree (opensora/models/dc_ae/, DCAE(dc_ae_f32("dc-ae-f32t4c128"))) on meta.
@@ -189,8 +189,8 @@ def test_inconsistent_architecture_names_the_key():
 def test_bucket_frame_counts_the_dc_ae_cannot_take_are_one_error_naming_the_key():
     from conftest import typed
 
-    from opensora_lite.config import ConfigError
     from opensora_lite.config.validate import check_frame_count
+    from opensora_lite.errors import ConfigError
 
     # Open-Sora 2.0's Hunyuan curriculum buckets 4k + 1 frames: with the DC-AE the first one is refused
     with pytest.raises(

@@ -12,7 +12,7 @@ import torch
 from conftest import BIN, REPO, TORCHRUN, mini_overrides, on_a_free_port
 from wandb_records import read_run
 
-from opensora_lite.train.state import load_weights
+from opensora_lite.checkpoint.files import load_weights
 
 
 def _launch(overrides, cwd):

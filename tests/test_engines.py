@@ -22,13 +22,15 @@ import torch
 from conftest import tiny_mmdit, two_ranks
 
 from opensora_lite.config.schema import ParallelConfig
-from opensora_lite.models.flux_weights import load_into, read_flux_weights
-from opensora_lite.models.mmdit import MMDiT
+from opensora_lite.models.flux import SPEC as FLUX
+from opensora_lite.models.flux.model import MMDiT
+from opensora_lite.models.flux.weights import read_flux_weights
+from opensora_lite.models.loading import load_into
 
 STEPS, SAVE_AT, BATCH, ACCUM = 5, 3, 4, 2
 SHIM = Path(__file__).parent / "colossalai_cpu"
 ENGINES = {  # engine -> (parallel config, loss tolerance)
-    "fsdp2": (dict(ac_single_blocks=1), 1e-5),
+    "fsdp2": (dict(ac_blocks={"single_blocks": 1}), 1e-5),
     "deepspeed_zero2": ({}, 1e-5),
     "deepspeed_zero3": ({}, 1e-5),
     "colossalai_zero2": ({}, 1e-5),
@@ -64,7 +66,7 @@ def _train(
         folder = Path(load)
         weights = folder / "model.safetensors" if (folder / "model.safetensors").is_file() else folder / "model_dcp"
         load_into(model, read_flux_weights(weights)[0], str(weights))
-    model, opt = engine.prepare(model, lambda params: torch.optim.AdamW(params, lr=1e-3), 0.5)
+    model, opt = engine.prepare(model, lambda params: torch.optim.AdamW(params, lr=1e-3), 0.5, FLUX.blocks(model))
     if load:
         engine.load_optimizer(Path(load), model, opt)
     per = BATCH // engine.dp_size

@@ -16,12 +16,13 @@ from diffusers import FluxTransformer2DModel
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
+from opensora_lite.checkpoint.stage import StageCheckpoints as StageDir
 from opensora_lite.config.schema import Config
-from opensora_lite.models.flux_export import flux_tensors, read_architecture, write_diffusers_folder
-from opensora_lite.models.flux_weights import load_into, read_flux_weights
-from opensora_lite.models.mmdit import MMDiT
-from opensora_lite.models.rope import video_position_ids
-from opensora_lite.train.state import StageDir
+from opensora_lite.models.flux.export import flux_tensors, read_architecture, write_diffusers_folder
+from opensora_lite.models.flux.model import MMDiT
+from opensora_lite.models.flux.rope import video_position_ids
+from opensora_lite.models.flux.weights import read_flux_weights
+from opensora_lite.models.loading import load_into
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # diffusers must find everything locally
 

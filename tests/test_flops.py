@@ -7,8 +7,8 @@ import torch
 from conftest import tiny_mmdit
 from torch.utils.flop_counter import FlopCounterMode
 
-from opensora_lite.models.flops import mmdit_flops
-from opensora_lite.models.mmdit import MMDiT
+from opensora_lite.models.flux.flops import mmdit_flops
+from opensora_lite.models.flux.model import MMDiT
 
 
 def _measure(model: MMDiT, batch: int, grid: tuple[int, int, int], txt_tokens: int, device: str, cond: bool):

@@ -4,14 +4,15 @@ loaded into our model, gives the same output for the same tokens, positions, tex
 import pytest
 import torch
 from conftest import both_flux_outputs
+from flux_reference import matching_mmdit, random_diffusers_flux
 from safetensors.torch import save_file
 
 from opensora_lite.errors import CheckpointError
-from opensora_lite.models.flux_convert import bfl_to_diffusers, diffusers_to_bfl, is_diffusers_state
-from opensora_lite.models.flux_reference import matching_mmdit, random_diffusers_flux
-from opensora_lite.models.flux_weights import load_into, read_flux_weights
-from opensora_lite.models.mmdit import MMDiT
-from opensora_lite.models.rope import video_position_ids
+from opensora_lite.models.flux.convert import bfl_to_diffusers, diffusers_to_bfl, is_diffusers_state
+from opensora_lite.models.flux.model import MMDiT
+from opensora_lite.models.flux.rope import video_position_ids
+from opensora_lite.models.flux.weights import read_flux_weights
+from opensora_lite.models.loading import load_into
 
 CONFIGS = [  # (double blocks, single blocks, heads, head dim, RoPE axes, guidance)
     (1, 1, 2, 16, (4, 6, 6), False),

@@ -15,13 +15,15 @@ import pytest
 import torch
 import torch.distributed as dist
 from conftest import cli, compose, mini_overrides, tiny_mmdit, two_ranks, typed
+from flux_reference import diffusers_forward, matching_mmdit, random_diffusers_flux
 
+from opensora_lite.checkpoint.files import load_weights, write_safetensors
 from opensora_lite.config.schema import ExportJobConfig, LoraConfig, ParallelConfig, StageConfig
-from opensora_lite.models.flux_reference import diffusers_forward, matching_mmdit, random_diffusers_flux
+from opensora_lite.layout import ADAPTER_FILE
+from opensora_lite.models.flux import SPEC as FLUX
+from opensora_lite.models.flux.model import MMDiT
+from opensora_lite.models.flux.rope import video_position_ids
 from opensora_lite.models.lora import adapter_metadata, apply_lora, load_adapters, merge_adapters, stored_name
-from opensora_lite.models.mmdit import MMDiT
-from opensora_lite.models.rope import video_position_ids
-from opensora_lite.train.state import ADAPTER_FILE, load_weights, save_weights
 
 RANK, ALPHA = 4, 8.0
 ALL = ["attention", "mlp", "modulation", "text_in", "final_layer[.]adaLN_modulation[.]1"]  # + (shift, scale) swap
@@ -44,7 +46,7 @@ def lora_flux():
     )
     with torch.no_grad():
         base = ours.forward_tokens(*inputs)
-        apply_lora(ours, RANK, ALPHA, 0.0, ALL)
+        apply_lora(ours, RANK, ALPHA, 0.0, ALL, FLUX.lora_groups, FLUX.lora_also_train)
         for name, p in ours.named_parameters():
             if "lora_B" in name:
                 p.normal_(std=0.5, generator=g)
@@ -59,7 +61,7 @@ def test_exported_adapters_load_into_diffusers_flux_and_reproduce_ours(lora_flux
     ref, ours, inputs, adapted = lora_flux
     adapters = {stored_name(n): p.detach() for n, p in ours.named_parameters() if p.requires_grad}
     (tmp_path / "final").mkdir()
-    save_weights(tmp_path / "final" / ADAPTER_FILE, adapters, adapter_metadata(RANK, ALPHA, ALL))
+    write_safetensors(adapters, tmp_path / "final" / ADAPTER_FILE, adapter_metadata(RANK, ALPHA, ALL))
     [path] = export(
         ExportJobConfig(checkpoint=str(tmp_path), out=str(tmp_path / "out"), formats=["lora"], dtype="fp32")
     )
@@ -98,12 +100,12 @@ def _train(kind: str, first: int, last: int, load: str | None, save: str | None)
     model = MMDiT(tiny_mmdit(attention_backend="math"))
     for p in model.parameters():
         torch.nn.init.normal_(p, std=0.05)
-    lora = StageLora(StageConfig(lora=LoraConfig(rank=RANK, alpha=ALPHA, targets=ALL)), engine, "fp32")
+    lora = StageLora(StageConfig(lora=LoraConfig(rank=RANK, alpha=ALPHA, targets=ALL)), engine, "fp32", FLUX)
     lora.prepare(model, "test")
     frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
     if load:
         load_adapters(model, load_weights(Path(load) / ADAPTER_FILE), load)
-    model, opt = engine.prepare(model, lambda params: torch.optim.AdamW(params, lr=2e-3), 0.5)
+    model, opt = engine.prepare(model, lambda params: torch.optim.AdamW(params, lr=2e-3), 0.5, FLUX.blocks(model))
     if load:
         engine.load_optimizer(Path(load), model, opt)
     per = BATCH // engine.dp_size
@@ -175,7 +177,9 @@ def test_lora_on_two_ranks_matches_one_process_and_resumes(kind, reference, tmp_
 def test_i2v_cond_in_trains_fully_or_stays_frozen_by_config():
     for train_cond_in in (True, False):
         model = MMDiT(tiny_mmdit(), image_condition=True)
-        apply_lora(model, RANK, ALPHA, 0.0, ["attention"], train_cond_in=train_cond_in)
+        apply_lora(
+            model, RANK, ALPHA, 0.0, ["attention"], FLUX.lora_groups, FLUX.lora_also_train if train_cond_in else ()
+        )
         trainable = {n for n, p in model.named_parameters() if p.requires_grad}
         assert ("cond_in.weight" in trainable) == train_cond_in
         assert all(".lora_" in n for n in trainable - {"cond_in.weight", "cond_in.bias"})
@@ -235,7 +239,7 @@ def test_curriculum_full_then_lora_then_full_with_exact_lora_resume(shapes_dir, 
     ],
 )
 def test_lora_settings_it_cannot_run_are_one_config_error(overrides, key, says):
-    from opensora_lite.config import ConfigError
+    from opensora_lite.errors import ConfigError
 
     with pytest.raises(ConfigError) as info:
         typed(["curriculum=tiny", "curriculum.stages.t2v.lora.rank=4", *overrides])
@@ -265,7 +269,7 @@ def test_a_lora_stage_without_peft_is_one_line_naming_the_extra_before_anything_
 def test_peft_is_needed_only_where_a_lora_stage_runs(monkeypatch):
     import sys
 
-    from opensora_lite.config import ConfigError
+    from opensora_lite.errors import ConfigError
 
     monkeypatch.setitem(sys.modules, "peft", None)
     lora_t2v = ["curriculum=tiny", "curriculum.stages.t2v.lora.rank=4"]

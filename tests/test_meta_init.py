@@ -19,10 +19,13 @@ import torch
 import torch.distributed as dist
 from conftest import REPO, spawn_ranks, tiny_mmdit
 
+from opensora_lite.checkpoint.files import write_safetensors
 from opensora_lite.config.schema import ParallelConfig
-from opensora_lite.models.flux_weights import load_into, read_flux_weights, write_safetensors
-from opensora_lite.models.mmdit import MMDiT
-from opensora_lite.models.opensora_convert import bfl_to_opensora
+from opensora_lite.models.flux import SPEC as FLUX
+from opensora_lite.models.flux.model import MMDiT
+from opensora_lite.models.flux.opensora_convert import bfl_to_opensora
+from opensora_lite.models.flux.weights import read_flux_weights
+from opensora_lite.models.loading import load_into
 
 SEED = 1234
 
@@ -31,7 +34,7 @@ def _write_sources(folder: Path) -> None:
     """Weights a T2V stage could start from, each holding the same trained-looking values."""
     import torch.distributed.checkpoint as dcp
 
-    from opensora_lite.models.flux_export import read_architecture, write_diffusers_folder
+    from opensora_lite.models.flux.export import read_architecture, write_diffusers_folder
 
     torch.manual_seed(7)
     state = {k: torch.randn(v.shape) for k, v in MMDiT(tiny_mmdit()).state_dict().items()}
@@ -57,12 +60,12 @@ def _rank(rank: int, port: int, folder: str) -> None:
             model = MMDiT(tiny_mmdit(), image_condition=i2v)
             if path is not None:
                 load_into(model, read_flux_weights(path)[0], str(path))
-            today, _ = engine.prepare(model, lambda ps: torch.optim.AdamW(ps), 1.0)
+            today, _ = engine.prepare(model, lambda ps: torch.optim.AdamW(ps), 1.0, FLUX.blocks(model))
             torch.manual_seed(99)  # whatever the RNG holds by then: materialize replays from the seed
             with torch.device("meta"):
                 meta = MMDiT(tiny_mmdit(), image_condition=i2v)
-            meta, _ = engine.prepare(meta, lambda ps: torch.optim.AdamW(ps), 1.0)
-            report = engine.materialize(meta, path, SEED)
+            meta, _ = engine.prepare(meta, lambda ps: torch.optim.AdamW(ps), 1.0, FLUX.blocks(meta))
+            report = engine.materialize(meta, FLUX, path, SEED)
             local = {n: p.to_local() for n, p in meta.named_parameters()}  # this rank's shard only
             assert all(v.numel() < p.numel() or p.numel() == 1 for v, p in zip(local.values(), meta.parameters()))
             a, b = engine.full_state_dict(today), engine.full_state_dict(meta)
@@ -89,9 +92,9 @@ def _zero3_rank(rank: int, port: int, folder: str) -> None:
     inputs = (x, torch.rand(1, generator=g), torch.randn(1, 5, 16, generator=g), torch.randn(1, 8, generator=g))
 
     def trained(model, partitioned: bool) -> dict:
-        model, opt = engine.prepare(model, lambda ps: torch.optim.AdamW(ps, lr=1e-2), 1.0)
+        model, opt = engine.prepare(model, lambda ps: torch.optim.AdamW(ps, lr=1e-2), 1.0, FLUX.blocks(model))
         if partitioned:
-            out[f"{name}/{'i2v' if i2v else 't2v'}/missing"] = engine.materialize(model, path, SEED).missing
+            out[f"{name}/{'i2v' if i2v else 't2v'}/missing"] = engine.materialize(model, FLUX, path, SEED).missing
         engine.backward(model, (model(*inputs) - x).pow(2).mean())
         engine.step(model, opt)
         return engine.full_state_dict(model)

@@ -6,9 +6,10 @@ import torch
 from conftest import tiny_mmdit
 
 from opensora_lite.config.schema import ParallelConfig
-from opensora_lite.models.layers import QKNorm
-from opensora_lite.models.mmdit import MMDiT
-from opensora_lite.models.rope import apply_rope, rope_cos_sin, video_position_ids
+from opensora_lite.models.flux import SPEC as FLUX
+from opensora_lite.models.flux.layers import QKNorm
+from opensora_lite.models.flux.model import MMDiT
+from opensora_lite.models.flux.rope import apply_rope, rope_cos_sin, video_position_ids
 from opensora_lite.parallel import build_engine
 from opensora_lite.parallel.checkpointing import compile_blocks
 
@@ -73,15 +74,16 @@ def test_compiled_blocks_compute_the_eager_model():
     ~90 s for this tiny model on one CPU thread, so the values are checked through aot_eager (the same
     dynamo capture and autograd graph, run without inductor's code generation)."""
     plain, compiled = twins()
-    assert compile_blocks(compiled, backend="aot_eager") == 4
+    assert compile_blocks(FLUX.blocks(compiled), backend="aot_eager") == 4
     same_function(plain, compiled, atol=1e-6)
     engine = build_engine(ParallelConfig(engine="single", compile=True), "cpu")
-    wrapped = engine.wrap(MMDiT(tiny_mmdit()))  # compiles lazily: nothing runs here
+    plain = MMDiT(tiny_mmdit())
+    wrapped = engine.wrap(plain, FLUX.blocks(plain))  # compiles lazily: nothing runs here
     assert all(blk._compiled_call_impl is not None for blk in [*wrapped.double_blocks, *wrapped.single_blocks])
     assert wrapped._compiled_call_impl is None  # never the whole model
 
 
 def test_fused_and_compiled_together():
     plain, both = twins(fused_qk_norm_rope=True)
-    compile_blocks(both, backend="aot_eager")
+    compile_blocks(FLUX.blocks(both), backend="aot_eager")
     same_function(plain, both, atol=1e-6)

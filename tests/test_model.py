@@ -6,10 +6,11 @@ import pytest
 import torch
 from conftest import tiny_mmdit
 
+from opensora_lite.checkpoint.files import clean_key
 from opensora_lite.models.attention import attention, available_backends, resolve_backend
-from opensora_lite.models.flux_weights import clean_key
-from opensora_lite.models.mmdit import MMDiT, patchify, unpatchify
-from opensora_lite.models.rope import apply_rope, rope_cos_sin, video_position_ids
+from opensora_lite.models.flux import SPEC as FLUX
+from opensora_lite.models.flux.model import MMDiT, patchify, unpatchify
+from opensora_lite.models.flux.rope import apply_rope, rope_cos_sin, video_position_ids
 from opensora_lite.parallel.checkpointing import apply_activation_checkpointing
 
 TINY = tiny_mmdit()
@@ -220,7 +221,8 @@ def test_activation_checkpointing_keeps_values_gradients_and_names():
         torch.nn.init.normal_(p, std=0.1)
     ckpt = MMDiT(plain.cfg)
     ckpt.load_state_dict(plain.state_dict())
-    assert apply_activation_checkpointing(ckpt, 1, 99) == 4  # one double block, every single block
+    counts = {"double_blocks": 1, "single_blocks": 99}
+    assert apply_activation_checkpointing(FLUX.blocks(ckpt), counts) == 4  # one double block, every single block
     assert type(ckpt.double_blocks[1]) is type(plain.double_blocks[1])  # the second double block stays plain
     assert {clean_key(k) for k in ckpt.state_dict()} == set(plain.state_dict())
     x, t, txt, y = inputs()

@@ -14,9 +14,10 @@ from conftest import cli, tiny_mmdit
 from safetensors.torch import load_file, save_file
 
 from opensora_lite.errors import CheckpointError
-from opensora_lite.models.flux_weights import load_into, read_flux_weights
-from opensora_lite.models.mmdit import MMDiT
-from opensora_lite.models.opensora_convert import bfl_to_opensora, is_opensora_state, opensora_to_bfl
+from opensora_lite.models.flux.model import MMDiT
+from opensora_lite.models.flux.opensora_convert import bfl_to_opensora, is_opensora_state, opensora_to_bfl
+from opensora_lite.models.flux.weights import read_flux_weights
+from opensora_lite.models.loading import load_into
 
 SPECS = {  # Open-Sora's two released shapes, tiny: patch 2 over 16-channel latents; patch 1 over 128
     "hunyuan": dict(latent_channels=4, patch_size=[1, 2, 2]),

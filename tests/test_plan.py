@@ -24,12 +24,13 @@ import torch
 from conftest import cli, compose, mini_overrides
 from PIL import Image
 
-from opensora_lite.config import to_config
+from opensora_lite.config.load import to_config
 from opensora_lite.config.schema import AutoencoderConfig, ParallelConfig, SampleKind, StageConfig
-from opensora_lite.config.validate import ConfigError
 from opensora_lite.data.buckets import Bucket, BucketTable
-from opensora_lite.models.flops import mmdit_flops
-from opensora_lite.models.mmdit import MMDiT
+from opensora_lite.errors import ConfigError
+from opensora_lite.models.flux import SPEC as FLUX
+from opensora_lite.models.flux.flops import mmdit_flops
+from opensora_lite.models.flux.model import MMDiT
 from opensora_lite.parallel.checkpointing import apply_activation_checkpointing
 from opensora_lite.plan import build_plan
 from opensora_lite.plan.memory import GIB, activation_bytes, static_bytes
@@ -57,14 +58,14 @@ def _counted(model, x, t, txt, y) -> float:
 
 @pytest.mark.parametrize("ac", [0, 2])
 def test_planner_flops_match_flops_py_and_torch_count(ac):
-    plan = plan_of("experiment=tiny_cpu", f"parallel.ac_double_blocks={ac}", f"parallel.ac_single_blocks={ac}")
+    plan = plan_of("experiment=tiny_cpu", f"parallel.ac_blocks={{double_blocks:{ac},single_blocks:{ac}}}")
     cfg = to_config(compose(["experiment=tiny_cpu"], config_name="plan"))
     stage = next(s for s in plan.stages if s.cost.name == "t2v")
     row = stage.cost.buckets[0]
     assert row.model_flops == mmdit_flops(cfg.model, row.tokens, row.text_tokens).train
     torch.manual_seed(0)
     model = MMDiT(replace(cfg.model, attention_backend="math"))  # matmuls torch's counter sees (not fused SDPA)
-    apply_activation_checkpointing(model, ac, ac)
+    apply_activation_checkpointing(FLUX.blocks(model), {"double_blocks": ac, "single_blocks": ac})
     b = row.bucket
     ae = cfg.autoencoder
     x = torch.randn(1, ae.latent_channels, b.num_frames, b.height // ae.spatial_factor, b.width // ae.spatial_factor)
@@ -86,7 +87,7 @@ def _probe_prediction(engine: str, world: int, ac: bool) -> float:
     setup = StageSetup(
         "probe", StageConfig(), MODEL,
         AutoencoderConfig(kind="pixel", latent_channels=4, spatial_factor=1, temporal_factor=1),
-        ParallelConfig(engine=engine, ac_double_blocks=blocks, ac_single_blocks=blocks),
+        ParallelConfig(engine=engine, ac_blocks={"double_blocks": blocks, "single_blocks": blocks}),
         None, world, 1, 1.0, None, False, None, None,
     )  # fmt: skip
     bucket = Bucket("32px", FRAMES, SIDE, SIDE, BATCH)

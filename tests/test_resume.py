@@ -21,7 +21,8 @@ import torch
 from conftest import BIN, REPO, mini_overrides
 from wandb_records import read_run
 
-from opensora_lite.train.state import StageDir, load_weights
+from opensora_lite.checkpoint.files import load_weights
+from opensora_lite.checkpoint.stage import StageCheckpoints as StageDir
 
 STEPS = 12
 SEED = int(os.environ.get("OSL_TEST_SEED", time.time_ns() % 100_000))
@@ -215,7 +216,7 @@ def test_sigkill_while_a_checkpoint_is_written_leaves_the_previous_one_usable(
     stage = StageDir(run_dir / "t2v")
     newest = stage.latest_checkpoint()
     assert newest is not None and newest.name == f"step_{step - 1:08d}", context
-    ckpt = stage.load_checkpoint(newest)  # complete: weights, optimizer, trainer state
+    ckpt = stage.read_checkpoint(newest)  # complete: weights, optimizer, trainer state
     assert ckpt["trainer_state"]["step"] == step - 1 and (newest / "optim_dcp" / ".metadata").is_file(), context
     # asynchronous checkpoints of the single engine are DCP folders (model_dcp/), synchronous ones one file
     assert (newest / "model_dcp" / ".metadata").is_file() == asynchronous, context

@@ -10,13 +10,13 @@ from conftest import typed
 
 from opensora_lite.autoencoders import build_autoencoder
 from opensora_lite.cli.sample import SampleContext
-from opensora_lite.config.validate import ConfigError
 from opensora_lite.diffusion import flow
 from opensora_lite.diffusion.conditioning import applicable, build_condition, given_frames
 from opensora_lite.diffusion.guidance import Guidance, image_ramp, oscillated
 from opensora_lite.diffusion.pipeline import generate
 from opensora_lite.diffusion.sampler import sample_latents
-from opensora_lite.models.mmdit import MMDiT
+from opensora_lite.errors import ConfigError
+from opensora_lite.models.flux.model import MMDiT
 from opensora_lite.text.encoders import TextEncoders
 
 

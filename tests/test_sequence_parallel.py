@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 from conftest import spawn_ranks, tiny_mmdit
 
-from opensora_lite.models.mmdit import MMDiT
+from opensora_lite.models.flux.model import MMDiT
 from opensora_lite.parallel.sequence import SPContext
 
 CASES = {  # latent (T, H, W) -> video tokens after 2x2 patches

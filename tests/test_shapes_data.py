@@ -135,7 +135,7 @@ def test_osl_data_presets(preset):
     curriculum trains and evaluates); shapes=mixed gives three aspect ratios and three frame rates."""
     from hydra import compose, initialize_config_dir
 
-    from opensora_lite.config import config_dir, register
+    from opensora_lite.config.load import config_dir, register
 
     register()
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):

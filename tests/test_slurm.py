@@ -19,7 +19,7 @@ import pytest
 import torch
 from conftest import BIN, REPO, mini_overrides
 
-from opensora_lite.train.state import load_weights
+from opensora_lite.checkpoint.files import load_weights
 
 
 @pytest.fixture(scope="module")

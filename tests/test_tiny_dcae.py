@@ -13,11 +13,11 @@ import torch
 from conftest import cli, typed
 
 from opensora_lite.autoencoders import build_autoencoder
+from opensora_lite.checkpoint.files import load_weights
 from opensora_lite.config.stages import stage_config
-from opensora_lite.config.validate import ConfigError
 from opensora_lite.data.cache import bucket_table
 from opensora_lite.data.loader import BucketedVideoStream, expand_shards
-from opensora_lite.train.state import load_weights
+from opensora_lite.errors import ConfigError
 
 
 def _overrides(data: Path, root: Path) -> list[str]:

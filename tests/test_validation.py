@@ -14,8 +14,8 @@ from conftest import REPO, compose, mini_overrides
 from test_ddp_smoke import _torchrun
 from wandb_records import read_run
 
+from opensora_lite.checkpoint.files import load_weights
 from opensora_lite.cli.curriculum import run
-from opensora_lite.train.state import load_weights
 
 
 def _i2v_stage(data, root, name: str, *extra: str) -> list[str]:

@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from opensora_lite.config import config_dir
 from opensora_lite.config.schema import AutoencoderConfig
+from opensora_lite.layout import config_dir
 
 WAN22_MEAN, WAN22_STD = [0.01 * i for i in range(48)], [1.0 + 0.02 * i for i in range(48)]
 LTX_MEAN, LTX_STD = torch.linspace(-0.5, 0.5, 8), torch.linspace(0.5, 2.0, 8)

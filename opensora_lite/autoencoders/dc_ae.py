@@ -16,9 +16,8 @@ from torch import Tensor
 from opensora_lite.autoencoders.base import Autoencoder
 from opensora_lite.autoencoders.dc_ae_blocks import Decoder, Encoder, init_weights
 from opensora_lite.config.schema import AutoencoderConfig
+from opensora_lite.dtypes import DTYPES
 from opensora_lite.errors import CheckpointError
-
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def _check_arch(cfg: AutoencoderConfig) -> None:
@@ -107,7 +106,7 @@ class VideoDCAE(Autoencoder):
             with torch.random.fork_rng(devices=[]):  # seeded without touching the global RNG
                 torch.manual_seed(0)
                 init_weights(self)
-        self.to(_DTYPES[cfg.dtype]).requires_grad_(False).eval()
+        self.to(DTYPES[cfg.dtype]).requires_grad_(False).eval()
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         if strict:

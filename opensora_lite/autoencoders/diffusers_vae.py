@@ -9,9 +9,9 @@ from torch import Tensor, nn
 
 from opensora_lite.autoencoders.base import Autoencoder
 from opensora_lite.config.schema import AutoencoderConfig
+from opensora_lite.dtypes import DTYPES
 from opensora_lite.errors import CheckpointError
 
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 _DECODER_PARTS = ("post_quant_conv", "decoder")  # what decode() runs; encode() never touches them
 
 
@@ -68,7 +68,7 @@ def _load(cfg: AutoencoderConfig) -> nn.Module:
     if not any(path.glob("diffusion_pytorch_model*")):
         raise CheckpointError(f"autoencoder.path: {path} has no weights (diffusion_pytorch_model.safetensors)")
     try:
-        return _vae_class(cfg.kind).from_pretrained(path, torch_dtype=_DTYPES[cfg.dtype], local_files_only=True)
+        return _vae_class(cfg.kind).from_pretrained(path, torch_dtype=DTYPES[cfg.dtype], local_files_only=True)
     except OSError as e:  # unreadable weights
         detail = " ".join(str(e).split())
         raise CheckpointError(f"autoencoder.path: cannot load a {cfg.kind} VAE from {path}: {detail}") from e
@@ -104,8 +104,8 @@ class DiffusersVideoVAE(Autoencoder):
                 f"autoencoder: the {cfg.kind} VAE has (latent_channels, spatial_factor, temporal_factor) {got}, "
                 f"the config says {want}"
             )
-        if any(p.dtype != _DTYPES[cfg.dtype] for p in vae.parameters()):  # (diffusers warns on any to(dtype))
-            vae = vae.to(_DTYPES[cfg.dtype])
+        if any(p.dtype != DTYPES[cfg.dtype] for p in vae.parameters()):  # (diffusers warns on any to(dtype))
+            vae = vae.to(DTYPES[cfg.dtype])
         self.vae = vae.requires_grad_(False).eval()
         if cfg.tiling:
             self.vae.enable_tiling()

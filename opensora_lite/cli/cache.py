@@ -16,12 +16,12 @@ from opensora_lite.autoencoders import build_autoencoder
 from opensora_lite.cli.common import hydra_entry, load
 from opensora_lite.config.stages import stage_config
 from opensora_lite.data.cache import build_cache
+from opensora_lite.diffusion.conditioning import uses_image_condition
 from opensora_lite.parallel import build_engine
 from opensora_lite.text.encoders import TextEncoders
 from opensora_lite.train.preemption import PreemptionWatch
 from opensora_lite.train.preflight import check_data
 from opensora_lite.train.runtime import setup_logging
-from opensora_lite.train.trainer import uses_image_condition
 
 
 def run(cfg: DictConfig) -> list:
@@ -46,7 +46,7 @@ def run(cfg: DictConfig) -> list:
                 built[key] = build_autoencoder(view.autoencoder).to(engine.device)
             ae = built[key].to(engine.device)
             stage = typed.curriculum.stages[name]
-            folders.append(build_cache(view, name, uses_image_condition(stage), ae, text, engine, watch=watch))
+            folders.append(build_cache(view, name, uses_image_condition(stage.tasks), ae, text, engine, watch=watch))
         if engine.is_main:
             for name, folder in zip(names, folders):
                 print(f"{name}: {folder}", flush=True)

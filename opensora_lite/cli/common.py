@@ -15,10 +15,10 @@ from hydra.errors import CompactHydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
-from opensora_lite.config import config_dir, register, to_config
+from opensora_lite.config.load import config_dir, register, to_config
 from opensora_lite.config.schema import Config
-from opensora_lite.errors import UserError
-from opensora_lite.train.preemption import Preempted, requeue_slurm_job
+from opensora_lite.errors import Preempted, UserError
+from opensora_lite.layout import SWEPT_KEYS_ENV, run_dir_for, swept_keys_in_argv  # noqa: F401 (run_dir_for: for the CLIs)
 
 PREEMPTED_EXIT = 3  # stopped early on a signal after a checkpoint: rerunning resumes
 INTERRUPTED_EXIT = 130  # stopped by Ctrl-C (128 + SIGINT, as shells report it): rerunning resumes
@@ -47,6 +47,8 @@ def hydra_entry(config_name: str, validate_on_print: bool = False) -> Callable:
                     _say(f"interrupted: {exc}; to resume, rerun {resume_command()}", once=True)
                     sys.exit(INTERRUPTED_EXIT)
                 if launch_env()[0] == 0:
+                    from opensora_lite.train.preemption import requeue_slurm_job
+
                     requeue_slurm_job(exc)
                 sys.exit(PREEMPTED_EXIT)
             except KeyboardInterrupt:  # a second Ctrl-C, or one before training started
@@ -71,7 +73,7 @@ def hydra_entry(config_name: str, validate_on_print: bool = False) -> Callable:
             if shown and shown[0] in ("job", "all") and "--resolve" not in sys.argv:
                 sys.argv.append("--resolve")  # values, not ${...} links (hydra's own part resolves only in a job)
             if any(a in ("--multirun", "-m") for a in sys.argv[1:]):  # for jobs that run elsewhere (Slurm)
-                os.environ[SWEPT_KEYS_ENV] = ",".join(sorted(_swept_keys_in_argv()))
+                os.environ[SWEPT_KEYS_ENV] = ",".join(sorted(swept_keys_in_argv()))
             try:
                 hydra.main(config_path=str(config_dir()), config_name=config_name, version_base="1.3")(task)()
             except KeyboardInterrupt:  # Ctrl-C while Hydra composes the config: nothing was written
@@ -159,44 +161,6 @@ def _validate_argv(config_name: str) -> None:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         sys.exit(2)
-
-
-def run_dir_for(cfg: Config) -> Path:
-    """<root>/<name>; inside a --multirun sweep each job gets <root>/<name>/<job number>_<swept values>."""
-    base = Path(cfg.run.root) / cfg.run.name
-    try:
-        from hydra.core.hydra_config import HydraConfig
-        from hydra.types import RunMode
-
-        hc = HydraConfig.get()
-    except ValueError:  # not running under Hydra (tests call the functions directly)
-        return base
-    if hc.mode != RunMode.MULTIRUN:
-        return base
-    swept = _swept_keys()
-    values = [o for o in hc.overrides.task if o.split("=", 1)[0].lstrip("+~") in swept]
-    tag = ",".join(values).replace("/", "_")[:120] or "job"
-    return base / f"{hc.job.num}_{tag}"
-
-
-SWEPT_KEYS_ENV = "OSL_SWEPT_KEYS"  # set by the sweeping command, inherited by its jobs (local or Slurm)
-
-
-def _swept_keys() -> set[str]:
-    """Keys given a sweep on the sweeping command line (a job on Slurm has another command line)."""
-    if SWEPT_KEYS_ENV in os.environ:
-        return {k for k in os.environ[SWEPT_KEYS_ENV].split(",") if k}
-    return _swept_keys_in_argv()
-
-
-def _swept_keys_in_argv() -> set[str]:
-    """Keys given a sweep (a,b / range / choice) on this command line."""
-    from hydra._internal.utils import get_args_parser
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    args = get_args_parser().parse_args(sys.argv[1:])
-    parsed = OverridesParser.create().parse_overrides(list(args.overrides))
-    return {o.key_or_group for o in parsed if o.is_sweep_override()}
 
 
 def load(cfg: DictConfig) -> tuple[Config, dict]:

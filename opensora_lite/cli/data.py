@@ -15,11 +15,10 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from opensora_lite.cli.common import hydra_entry
-from opensora_lite.config import ConfigError
 from opensora_lite.config.schema import BuildDataConfig
 from opensora_lite.data.ingest import list_folder, read_index, write_shards
 from opensora_lite.data.synthetic import ALL_COLOURS, write_shapes_shards
-from opensora_lite.errors import DataError
+from opensora_lite.errors import ConfigError, DataError
 
 
 @hydra_entry("build_data")

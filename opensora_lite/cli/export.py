@@ -12,20 +12,23 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from opensora_lite.checkpoint.files import write_safetensors
+from opensora_lite.checkpoint.stage import resolve_adapters_path, resolve_weights_path
 from opensora_lite.cli.common import hydra_entry
 from opensora_lite.config.schema import ExportJobConfig
-from opensora_lite.config.validate import ConfigError
-from opensora_lite.models.flux_export import (
-    DTYPES,
+from opensora_lite.dtypes import DTYPES
+from opensora_lite.errors import ConfigError
+from opensora_lite.models.flux.export import (
+    adapter_hidden_size,
+    adapters_to_diffusers,
     flux_tensors,
     read_architecture,
     write_bfl_file,
     write_diffusers_folder,
 )
-from opensora_lite.models.flux_weights import read_flux_weights, write_safetensors
-from opensora_lite.models.lora import adapter_hidden_size, adapters_to_diffusers, lora_scale, read_adapters
-from opensora_lite.models.opensora_convert import bfl_to_opensora
-from opensora_lite.train.state import resolve_adapters_path, resolve_weights_path
+from opensora_lite.models.flux.opensora_convert import bfl_to_opensora
+from opensora_lite.models.flux.weights import read_flux_weights
+from opensora_lite.models.lora import lora_scale, read_adapters
 
 FORMATS = ("bfl", "diffusers", "opensora", "lora")
 LORA_FILE = "pytorch_lora_weights.safetensors"  # the name diffusers' load_lora_weights looks for
@@ -79,6 +82,9 @@ def export(job: ExportJobConfig) -> list[Path]:
     unknown = sorted(set(job.formats) - set(FORMATS))
     if unknown or not job.formats:
         raise ConfigError("formats", f"{list(job.formats)}: choose one or more of {list(FORMATS)}")
+    family = _run_model(Path(job.checkpoint).resolve() / "x").get("family", "flux")
+    if family != "flux":  # the formats here are Flux's (BFL, diffusers Flux, Open-Sora 2.0, Flux LoRA)
+        raise ConfigError("checkpoint", f"osl-export writes Flux formats; this run's model family is {family}")
     if job.formats == ["lora"]:
         return [export_lora(job)]
     weights = resolve_weights_path(job.checkpoint, ema=job.ema, latest=True)

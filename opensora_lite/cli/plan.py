@@ -17,9 +17,9 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from opensora_lite.cli.common import hydra_entry
-from opensora_lite.config import to_config
+from opensora_lite.config.load import to_config
 from opensora_lite.config.schema import PlanJobConfig
-from opensora_lite.config.validate import ConfigError
+from opensora_lite.errors import ConfigError
 
 FLAGS = {"--format": "plan.format", "--chart": "plan.chart"}
 

@@ -12,32 +12,39 @@ per sample its caption, seed and file) into `out`; by default a new numbered fol
 
 from __future__ import annotations
 
-import csv
 import json
 import time
-from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from opensora_lite.autoencoders import build_autoencoder
+from opensora_lite.checkpoint.stage import resolve_weights_path
 from opensora_lite.cli.common import hydra_entry
-from opensora_lite.config.schema import Config, SampleJobConfig
+from opensora_lite.config.load import load_run_config
+from opensora_lite.config.schema import SampleJobConfig
 from opensora_lite.config.stages import stage_config
-from opensora_lite.config.validate import ConfigError
 from opensora_lite.diffusion.conditioning import TASKS, V2V
-from opensora_lite.diffusion.pipeline import generate, guidance_of, pixel_frames
-from opensora_lite.errors import CheckpointError
+from opensora_lite.diffusion.pipeline import generate, guidance_of
+from opensora_lite.diffusion.sampling import (
+    SampleContext,
+    check_job,
+    check_out,
+    output_folder,
+    read_rows,
+    references,
+    sample_captions,
+    sample_shape,
+    save_samples,
+)
+from opensora_lite.errors import CheckpointError, ConfigError
 from opensora_lite.eval.contact_sheet import save_contact_sheet
-from opensora_lite.models.flux_weights import load_into, read_flux_weights
-from opensora_lite.models.mmdit import MMDiT
+from opensora_lite.models.loading import load_into
+from opensora_lite.models.spec import spec_for
 from opensora_lite.parallel.local import LocalEngine
 from opensora_lite.text.encoders import TextEncoders
-from opensora_lite.train.evaluation import sample_captions, sample_shape, save_samples
-from opensora_lite.train.state import resolve_weights_path
 
 # job keys that, when set, replace the run's `sample` settings
 SAMPLE_KEYS = (
@@ -58,173 +65,6 @@ SAMPLE_KEYS = (
 )
 
 
-@dataclass
-class SampleContext:
-    """The parts of a Runtime that sampling needs."""
-
-    cfg: Config
-    text: TextEncoders
-    ae: torch.nn.Module
-    device: torch.device
-
-    def autocast(self):
-        return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.cfg.run.dtype == "bf16" else nullcontext()
-
-
-@dataclass
-class Row:
-    """One prompt of the job and its references (paths)."""
-
-    prompt: str
-    reference: str | None = None
-    reference_end: str | None = None
-
-
-def run_config_for(weights: Path) -> Config:
-    """The resolved config saved in the run directory that holds this checkpoint."""
-    for parent in weights.parents:
-        if (parent / "config.yaml").is_file():
-            merged = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(parent / "config.yaml"))
-            return OmegaConf.to_object(merged)
-    raise CheckpointError(f"no config.yaml of a run found above {weights}")
-
-
-def check_job(job: SampleJobConfig) -> None:
-    """Counts that cannot be zero are refused rather than read as unset (num_frames=0 once fell back to
-    the stage's default without a word)."""
-    for key, least in (("num_frames", 1), ("v2v_frames", 1), ("batch_size", 1), ("num_samples", 1), ("num_steps", 1)):
-        value = getattr(job, key)
-        if value is not None and value < least:
-            raise ConfigError(key, f"must be >= {least} (or leave it unset for the default), got {value}")
-    if job.fps is not None and job.fps <= 0:
-        raise ConfigError("fps", f"must be positive (or leave it unset: data.target_fps), got {job.fps}")
-
-
-def check_out(job: SampleJobConfig) -> None:
-    """An `out` given on the command line that already holds an earlier call's samples.json is refused
-    (before any work): writing there would leave the earlier videos without a record."""
-    if job.out and (Path(job.out) / "samples.json").exists():
-        raise ConfigError(
-            "out",
-            f"{job.out} holds the samples of an earlier call (samples.json): choose another folder, or leave "
-            "out unset (a new numbered folder per call)",
-        )
-
-
-def output_folder(job: SampleJobConfig, weights: Path, stages) -> Path:
-    """Where a call writes: `out` as given, else the next free <stage>/samples_cli/<NNN>, created here
-    (a concurrent call takes the next number)."""
-    if job.out:
-        return Path(job.out)
-    stage_dir = next((p for p in weights.parents if p.name in stages), weights.parent.parent)
-    base = stage_dir / "samples_cli"
-    base.mkdir(parents=True, exist_ok=True)
-    n = max((int(p.name) for p in base.iterdir() if p.name.isdigit()), default=0)
-    while True:
-        n += 1
-        try:
-            (base / f"{n:03d}").mkdir()
-            return base / f"{n:03d}"
-        except FileExistsError:
-            continue
-
-
-def read_frames(path: str, size: tuple[int, int], target_fps: float | None = None) -> np.ndarray:
-    """Every frame of an image or video (at the training frame rate: strided like the loader), resized
-    and centre-cropped to size -> uint8 [F, H, W, 3]."""
-    import av
-
-    from opensora_lite.data.video import frame_rotation, frame_to_rgb, resize_crop_size, temporal_stride, upright_size
-
-    if not Path(path).is_file():
-        raise ConfigError("reference", f"no such file {path}")
-    frames = []
-    try:
-        with av.open(str(path)) as container:
-            stream = container.streams.video[0]
-            rate = float(stream.average_rate or 0)
-            stride = temporal_stride(rate, target_fps) if rate and target_fps else 1
-            for i, frame in enumerate(container.decode(video=0)):
-                if i % stride:
-                    continue
-                rotation = frame_rotation(frame)
-                nh, nw, top, left = resize_crop_size(*upright_size(frame.height, frame.width, rotation), size)
-                rgb = frame_to_rgb(frame, (nh, nw), rotation)
-                frames.append(rgb[top : top + size[0], left : left + size[1]])
-    except (av.error.FFmpegError, IndexError) as exc:
-        raise ConfigError("reference", f"cannot decode {path}: {exc}") from None
-    if not frames:
-        raise ConfigError("reference", f"{path} has no video frames")
-    return np.stack(frames)
-
-
-def read_first_frame(path: str, size: tuple[int, int]) -> np.ndarray:
-    return read_frames(path, size)[0]
-
-
-def read_rows(job: SampleJobConfig) -> list[Row]:
-    """The prompts: `prompt_file` (.txt one a line; .jsonl / .csv rows with prompt or text, and optional
-    reference / reference_end, relative to the file) or `prompts`, with the job's references."""
-    default_ref = job.reference or job.image
-    if not job.prompt_file:
-        return [Row(p, default_ref, job.reference_end) for p in job.prompts]
-    path = Path(job.prompt_file)
-    if not path.is_file():
-        raise ConfigError("prompt_file", f"no such file {path}")
-    if path.suffix in (".jsonl", ".csv"):
-        with path.open(newline="") as fh:
-            records = (
-                [json.loads(line) for line in fh if line.strip()]
-                if path.suffix == ".jsonl"
-                else list(csv.DictReader(fh))
-            )
-        rows = []
-        for n, rec in enumerate(records, 1):
-            prompt = rec.get("prompt") or rec.get("text")
-            if not prompt:
-                raise ConfigError("prompt_file", f"{path} row {n} has no prompt (or text) field")
-
-            ref = _relative(path, rec.get("reference") or rec.get("ref")) or default_ref
-            rows.append(Row(prompt, ref, _relative(path, rec.get("reference_end")) or job.reference_end))
-    else:
-        rows = [
-            Row(line.strip(), default_ref, job.reference_end) for line in path.read_text().splitlines() if line.strip()
-        ]
-    if not rows:
-        raise ConfigError("prompt_file", f"{path} holds no prompts")
-    return rows
-
-
-def _relative(listing: Path, value: str | None) -> str | None:
-    """A reference path of a prompt file's row, relative to the file."""
-    if not value:
-        return None
-    return value if Path(value).is_absolute() else str(listing.parent / value)
-
-
-def references(rows: list[Row], task: str, shape: tuple, ae, v2v_frames: int, fps: float):
-    """uint8 references for the rows [N, F, H, W, 3] (and the i2v_loop ends), the frames each task
-    needs: i2v the first and last frame; v2v the first / last frames of its given latent frames."""
-    if task == "t2v":
-        return None, None
-    size = shape[1:]
-    if any(r.reference is None for r in rows):
-        raise ConfigError("reference", f"task {task} needs a reference image or video for every prompt")
-    refs, ends = [], []
-    for r in rows:
-        frames = read_frames(r.reference, size, fps)
-        if task in V2V:
-            lat_t = ae.latent_frames(shape[0]) if ae.valid_num_frames(shape[0]) else shape[0]
-            n = pixel_frames(ae, max(1, min(v2v_frames, lat_t - 1)))
-            if len(frames) < n:
-                raise ConfigError("reference", f"{r.reference} has {len(frames)} frames; {task} needs {n}")
-            refs.append(frames[:n] if task == "v2v_head" else frames[-n:])
-        else:
-            refs.append(frames[[0, -1]])
-            ends.append(read_frames(r.reference_end, size, fps)[[0, -1]] if r.reference_end else frames[[0, -1]])
-    return np.stack(refs), (np.stack(ends) if ends else None)
-
-
 def sample(cfg: DictConfig) -> Path | None:
     """One osl-sample call (the composed `sample` config); returns the folder written (None on ranks
     other than the first)."""
@@ -233,7 +73,7 @@ def sample(cfg: DictConfig) -> Path | None:
     check_out(job)
     began = time.perf_counter()
     weights = resolve_weights_path(job.checkpoint, ema=job.ema, latest=True)
-    run_cfg = run_config_for(weights)
+    run_cfg = load_run_config(weights)
     for key in SAMPLE_KEYS:
         if getattr(job, key) is not None:
             setattr(run_cfg.sample, key, getattr(job, key))
@@ -250,17 +90,24 @@ def sample(cfg: DictConfig) -> Path | None:
 
 def _sample(job, cfg, weights, run_cfg, rows, task, engine, began) -> Path | None:
     device = engine.device
-    state, fmt = read_flux_weights(weights)
     stage_name = weights.parent.parent.name if weights.parent.name == "final" else weights.parent.name
     owner = next((p.name for p in weights.parents if p.name in run_cfg.curriculum.stages), None)
     if owner is not None:  # the stage's own autoencoder and patch (stage.autoencoder)
         run_cfg = stage_config(run_cfg, owner)
-    model = MMDiT(run_cfg.model, image_condition="cond_in.weight" in state)
-    print(load_into(model, state, str(weights)).summary())
-    if task != "t2v" and not model.image_condition:
-        raise CheckpointError(f"{weights} has no image condition (cond_in): sample {task} from an I2V stage")
+    spec = spec_for(run_cfg.model)
+    state, fmt = spec.read_weights(weights)
+    conditioned = (
+        any(k.startswith(spec.optional_keys()[:1]) for k in state) if spec.capabilities.image_condition else False
+    )
+    model = spec.build(run_cfg.model, image_condition=conditioned)
+    print(load_into(model, state, str(weights), spec.optional_keys()).summary())
+    if task != "t2v" and not spec.has_image_condition(model):
+        raise CheckpointError(f"{weights} has no image condition: sample {task} from an I2V stage")
     model.to(device).eval()
-    model.set_sequence_parallel(engine.sp)
+    if spec.capabilities.sequence_parallel:
+        spec.set_sequence_parallel(model, engine.sp)
+    elif engine.sp is not None:
+        raise ConfigError("parallel.sp_size", f"model family {spec.family} has no sequence parallelism yet")
     ctx = SampleContext(
         run_cfg, TextEncoders(run_cfg.text_encoder, device), build_autoencoder(run_cfg.autoencoder).to(device), device
     )

@@ -18,7 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from opensora_lite.config import config_dir, register, to_config
+from opensora_lite.config.load import config_dir, register, to_config
 from opensora_lite.errors import UserError
 
 REPO = Path(__file__).resolve().parents[2]

@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 
 from opensora_lite.cli.common import hydra_entry
 from opensora_lite.cli.curriculum import run
-from opensora_lite.config import ConfigError
+from opensora_lite.errors import ConfigError
 
 
 @hydra_entry("config", validate_on_print=True)

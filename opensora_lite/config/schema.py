@@ -8,9 +8,39 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
-from opensora_lite.data.synthetic import ShapesConfig
-from opensora_lite.diffusion.flow import FlowConfig
-from opensora_lite.models.mmdit import MMDiTConfig
+
+@dataclass
+class FlowConfig:
+    """The rectified-flow objective and its timestep distribution (the `flow` config node)."""
+
+    sigma_min: float = 1e-5
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    shift: bool = True
+    base_tokens: int = 256  # tokens per latent frame at which the shift is base_shift
+    base_shift: float = 1.0
+    max_tokens: int = 4096  # tokens per latent frame at which the shift is max_shift
+    max_shift: float = 3.0
+    temporal_shift: bool = True  # multiply the shift by sqrt(latent frames)
+
+
+@dataclass
+class ShapesConfig:
+    """Generator settings (the `source` node of `osl-data` for kind=shapes)."""
+
+    num_clips: int = 1200
+    # colour names drawn from (COLOURS, and NEW_COLOURS such as orange); the default is COLOURS in order
+    colours: list[str] = field(default_factory=lambda: ["red", "green", "blue", "yellow", "magenta", "cyan"])
+    clips_per_shard: int = 150
+    seed: int = 0
+    sizes: list[list[int]] = field(default_factory=lambda: [[64, 64], [48, 64], [64, 48]])  # (h, w) choices
+    fps: list[float] = field(default_factory=lambda: [8.0, 16.0, 24.0])
+    min_seconds: float = 1.2
+    max_seconds: float = 2.5
+    speeds: dict[str, float] = field(default_factory=lambda: {"slow": 0.5, "fast": 0.9})  # frame extents / s
+    size_range: list[float] = field(default_factory=lambda: [0.3, 0.4])  # shape diameter / min(h, w)
+    max_background: int = 30  # background grey level is drawn from [0, max_background]
+    crf: int = 18
 
 
 @dataclass
@@ -197,8 +227,10 @@ class ParallelConfig:
     backend: str = "auto"  # process-group backend: auto (nccl on GPU, gloo on CPU) | nccl | gloo
     timeout_s: int = 600  # collective timeout: a dead rank makes the others fail within this
     compile: bool = False
-    ac_double_blocks: int = 0  # activation checkpointing: how many double / single blocks
-    ac_single_blocks: int = 0
+    # activation checkpointing: how many blocks of each of the model's block groups are recomputed in
+    # backward, e.g. {double_blocks: 8, single_blocks: 38} (flux) or {blocks: 30} (wan); more than a
+    # group holds means all of it. The groups are the model spec's (models/<family>/__init__.py)
+    ac_blocks: Dict[str, int] = field(default_factory=dict)
     sp_size: int = 1  # sequence parallelism: ranks per group sharing one batch, video tokens split among them
     hsdp_replicas: int = 1  # fsdp2: >1 shards within groups of world/replicas ranks, replicates across them
     # fsdp2 (several ranks): build the model on the meta device, shard it, then each rank fills only its
@@ -268,7 +300,8 @@ class LoggerConfig:
 @dataclass
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
-    model: MMDiTConfig = field(default_factory=MMDiTConfig)
+    # the model family's config (model.family: flux | wan; models/<family>/): typed by config/load.py
+    model: Any = field(default_factory=lambda: {"family": "flux"})
     autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
     text_encoder: TextEncoderConfig = field(default_factory=TextEncoderConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -300,8 +333,7 @@ class StagePlanConfig:
     mfu: Optional[float] = None
     engine: Optional[str] = None
     sp_size: Optional[int] = None
-    ac_double_blocks: Optional[int] = None
-    ac_single_blocks: Optional[int] = None
+    ac_blocks: Optional[Dict[str, int]] = None  # parallel.ac_blocks for this stage
     autoencoder: Optional[str] = None  # a configs/autoencoder/<name> used by this stage only
     patch_size: Optional[List[int]] = None  # the model's patch for this stage (e.g. [1, 1, 1] with dc_ae)
     samples: Optional[List[SampleKind]] = None  # this stage's data distribution (plan.mix=given)

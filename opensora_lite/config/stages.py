@@ -15,12 +15,10 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from opensora_lite.config import config_dir
 from opensora_lite.config.schema import AutoencoderConfig, Config
-from opensora_lite.config.validate import ConfigError
+from opensora_lite.errors import ConfigError
+from opensora_lite.layout import config_dir
 
-# The layers whose shapes follow the latent space (channels x patch): a switching stage re-initialises them.
-LATENT_LAYERS = ("img_in.", "final_layer.linear.", "cond_in.")
 # stage.autoencoder: "stage:<name>" -- the autoencoder an earlier stage of kind autoencoder trained in this run
 TRAINED = "stage:"
 
@@ -60,8 +58,7 @@ def trained_autoencoder(cfg: Config, source: str, name: str, key: str) -> Autoen
     latents scaled to zero mean and unit variance by the statistics its evaluation measured
     (final/summary.json: latent_mean, latent_std). Until that stage has finished, the path does not exist
     yet (building the autoencoder then fails, naming it) and scale and shift are the config's."""
-    from opensora_lite.cli.common import run_dir_for
-    from opensora_lite.train.state import EMA_FILE, MODEL_FILE
+    from opensora_lite.layout import EMA_FILE, MODEL_FILE, run_dir_for
 
     order = list(cfg.curriculum.stages)
     src = cfg.curriculum.stages.get(source)

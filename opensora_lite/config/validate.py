@@ -8,9 +8,8 @@ from opensora_lite.data.buckets import parse_resolution
 from opensora_lite.data.synthetic import ALL_COLOURS
 from opensora_lite.diffusion.conditioning import TASKS
 from opensora_lite.errors import ConfigError
-from opensora_lite.models.attention import BACKENDS
-
-AE_KINDS = ("pixel", "hunyuan", "hunyuan15", "wan", "ltx", "dc_ae")
+from opensora_lite.models.spec import spec_for
+from opensora_lite.registry import AUTOENCODER_KINDS, ENGINES, STAGE_KINDS, TRAINABLE_AUTOENCODERS, engines_with
 
 
 def installed(package: str) -> bool:
@@ -44,34 +43,48 @@ def check_frame_count(cfg: Config, n: int, key: str) -> None:
 
 
 def validate_model(cfg: Config) -> None:
-    m, ae, te = cfg.model, cfg.autoencoder, cfg.text_encoder
-    _require(m.hidden_size > 0 and m.num_heads > 0, "model.num_heads", "hidden_size and num_heads must be positive")
-    _require(
-        m.hidden_size % m.num_heads == 0,
-        "model.num_heads",
-        f"{m.num_heads} does not divide hidden_size {m.hidden_size}",
-    )
-    _require(len(m.axes_dim) == 3, "model.axes_dim", f"needs 3 entries (t, h, w), got {list(m.axes_dim)}")
-    _require(all(d % 2 == 0 for d in m.axes_dim), "model.axes_dim", f"entries must be even, got {list(m.axes_dim)}")
-    _require(sum(m.axes_dim) == m.head_dim, "model.axes_dim", f"sum {sum(m.axes_dim)} != head dim {m.head_dim}")
+    """The model family's own checks (its spec), and what the run asks of the family."""
+    m = cfg.model
+    spec = spec_for(m)
     _require(
         len(m.patch_size) == 3 and min(m.patch_size) >= 1, "model.patch_size", "needs 3 positive entries (t, h, w)"
     )
-    _require(m.depth >= 0 and m.depth_single_blocks >= 0, "model.depth", "block counts must be >= 0")
-    _require(m.attention_backend in BACKENDS, "model.attention_backend", f"{m.attention_backend!r} not in {BACKENDS}")
+    spec.validate(m, cfg.text_encoder)
     _require(
-        m.latent_channels == ae.latent_channels,
+        m.latent_channels == cfg.autoencoder.latent_channels,
         "model.latent_channels",
-        f"{m.latent_channels} != autoencoder.latent_channels {ae.latent_channels}",
+        f"{m.latent_channels} != autoencoder.latent_channels {cfg.autoencoder.latent_channels}",
+    )
+    can = spec.capabilities
+    par = cfg.parallel
+    _require(
+        par.sp_size == 1 or can.sequence_parallel,
+        "parallel.sp_size",
+        f"model family {spec.family} has no sequence parallelism yet (parallel.sp_size=1)",
     )
     _require(
-        m.context_in_dim == te.t5.dim, "model.context_in_dim", f"{m.context_in_dim} != text_encoder.t5.dim {te.t5.dim}"
+        not par.meta_init or can.meta_init,
+        "parallel.meta_init",
+        f"model family {spec.family} cannot start on the meta device yet (parallel.meta_init=false)",
     )
-    _require(m.vec_in_dim == te.clip.dim, "model.vec_in_dim", f"{m.vec_in_dim} != text_encoder.clip.dim {te.clip.dim}")
+    for group in par.ac_blocks:
+        _require(
+            group in spec.block_groups,
+            f"parallel.ac_blocks.{group}",
+            f"model family {spec.family} has no block group {group!r}; its groups: {list(spec.block_groups)}",
+        )
+        _require(par.ac_blocks[group] >= 0, f"parallel.ac_blocks.{group}", "must be >= 0")
+    for name, stage in cfg.curriculum.stages.items():
+        conditioned = [t for t, w in stage.tasks.items() if t != "t2v" and w > 0]
+        _require(
+            stage.kind != "diffusion" or not conditioned or can.image_condition,
+            f"curriculum.stages.{name}.tasks",
+            f"model family {spec.family} has no image/video condition yet: {conditioned} need one (t2v only)",
+        )
 
 
 def validate_autoencoder(ae, key: str = "autoencoder") -> None:
-    _require(ae.kind in AE_KINDS, f"{key}.kind", f"unknown {ae.kind!r} ({' | '.join(AE_KINDS)})")
+    _require(ae.kind in AUTOENCODER_KINDS, f"{key}.kind", f"unknown {ae.kind!r} ({' | '.join(AUTOENCODER_KINDS)})")
     if ae.kind == "pixel":
         _require(
             ae.latent_channels == 3 * ae.spatial_factor**2,
@@ -111,38 +124,38 @@ def validate_components(cfg: Config) -> None:
     _require(0 <= f.sigma_min < 1, "flow.sigma_min", "must be in [0, 1)")
     _require(cfg.run.device in ("auto", "cpu", "cuda"), "run.device", f"unknown {cfg.run.device!r} (auto | cpu | cuda)")
     _require(cfg.run.dtype in ("fp32", "bf16"), "run.dtype", f"unknown {cfg.run.dtype!r} (fp32 | bf16)")
-    from opensora_lite.parallel import ENGINES, require_package
+    from opensora_lite.parallel import require_package
 
     engine = cfg.parallel.engine
     _require(engine in ENGINES, "parallel.engine", f"unknown {engine!r} ({' | '.join(ENGINES)})")
     require_package(engine)
     _require(cfg.parallel.hsdp_replicas >= 1, "parallel.hsdp_replicas", "must be at least 1")
     _require(
-        cfg.parallel.hsdp_replicas == 1 or engine == "fsdp2",
+        cfg.parallel.hsdp_replicas == 1 or ENGINES[engine].hsdp,
         "parallel.hsdp_replicas",
-        f"only fsdp2 has HSDP, not {engine}",
+        f"only {' | '.join(engines_with('hsdp'))} has HSDP, not {engine}",
     )
+    info = ENGINES[engine]
     _require(
-        not cfg.parallel.meta_init or engine in ("fsdp2", "deepspeed_zero3"),
+        not cfg.parallel.meta_init or info.meta_init,
         "parallel.meta_init",
-        f"only fsdp2 and deepspeed_zero3 build the model sharded, not {engine}",
+        f"only {' and '.join(engines_with('meta_init'))} build the model sharded, not {engine}",
     )
     _require(
-        engine != "colossalai_zero2" or cfg.parallel.sp_size == 1,
+        info.sequence_parallel or cfg.parallel.sp_size == 1,
         "parallel.sp_size",
-        "colossalai_zero2 has no sequence-parallel axis; use parallel=colossalai_hybrid_sp",
+        f"{engine} has no sequence-parallel axis; use one of {' | '.join(engines_with('sequence_parallel'))}",
     )
     _require(
-        not cfg.parallel.options or engine.startswith(("deepspeed", "colossalai")),
+        not cfg.parallel.options or info.options,
         "parallel.options",
-        f"{engine} takes no backend options (DeepSpeed and ColossalAI engines do)",
+        f"{engine} takes no backend options ({' | '.join(engines_with('options'))} do)",
     )
     sp = cfg.parallel.sp_size
     _require(sp >= 1, "parallel.sp_size", "must be at least 1")
+    heads = spec_for(cfg.model).heads(cfg.model) if sp > 1 else 1
     _require(
-        cfg.model.num_heads % sp == 0,
-        "parallel.sp_size",
-        f"{sp} does not divide model.num_heads={cfg.model.num_heads} (Ulysses splits heads)",
+        heads % sp == 0, "parallel.sp_size", f"{sp} does not divide the model's {heads} heads (Ulysses splits heads)"
     )
     _require(cfg.parallel.param_dtype in ("auto", "bf16", "fp32"), "parallel.param_dtype", "auto | bf16 | fp32")
     _require(cfg.eval.kind in (None, "shapes"), "eval.kind", f"unknown {cfg.eval.kind!r} (shapes | null)")
@@ -170,9 +183,9 @@ def validate_stage(cfg: Config, name: str, stage: StageConfig, first: bool) -> N
     _require(not (first and stage.init == "previous"), f"{key}.init", "'previous' but this is the first stage")
     _require(len(stage.buckets) > 0, f"{key}.buckets", "needs at least one resolution")
     _require(
-        not (stage.ema_decay > 0 and cfg.parallel.engine == "deepspeed_zero3"),
+        not (stage.ema_decay > 0 and not ENGINES[cfg.parallel.engine].ema),
         f"{key}.ema_decay",
-        "EMA is not supported with deepspeed_zero3 (its weights are partitioned); use fsdp2 or deepspeed_zero2",
+        f"EMA is not supported with {cfg.parallel.engine} (its weights are partitioned); use fsdp2 or deepspeed_zero2",
     )
     multiple = cfg.autoencoder.spatial_factor * cfg.model.patch_size[1]
     for res, frames in stage.buckets.items():
@@ -234,17 +247,15 @@ def validate_stage(cfg: Config, name: str, stage: StageConfig, first: bool) -> N
             )
 
 
-LORA_ENGINES = ("single", "ddp", "fsdp2", "deepspeed_zero2")
-STAGE_KINDS = ("diffusion", "autoencoder")
-AUTOENCODER_ENGINES = ("single", "ddp", "fsdp2")
-TRAINABLE_AUTOENCODERS = ("dc_ae",)  # kinds whose module's forward(video) reconstructs with gradients
-
-
 def validate_reconstruction(cfg: Config, key: str, stage: StageConfig) -> None:
     """An autoencoder stage (stage.kind=autoencoder): its loss settings and what it runs with."""
     r, rkey = stage.reconstruction, f"{key}.reconstruction"
     engine = cfg.parallel.engine
-    _require(engine in AUTOENCODER_ENGINES, "parallel.engine", f"an autoencoder stage runs on {AUTOENCODER_ENGINES}")
+    _require(
+        ENGINES[engine].autoencoder_stage,
+        "parallel.engine",
+        f"an autoencoder stage runs on {' | '.join(engines_with('autoencoder_stage'))}",
+    )
     _require(cfg.parallel.sp_size == 1, "parallel.sp_size", "an autoencoder stage has no sequence parallelism")
     _require(cfg.data.kind != "cached", "data.kind", "an autoencoder stage trains on pixels, not a latent cache")
     _require(stage.lora.rank == 0, f"{key}.lora.rank", "LoRA applies to the MMDiT, not an autoencoder stage")
@@ -270,7 +281,7 @@ def validate_lora(cfg: Config, key: str, stage: StageConfig) -> None:
     """stage.lora with rank > 0: its settings, and what LoRA does not run with (one line each)."""
     import re
 
-    from opensora_lite.models.lora import GROUPS
+    GROUPS = spec_for(cfg.model).lora_groups
 
     lora, key = stage.lora, f"{key}.lora"
     _require(lora.rank > 0, f"{key}.rank", "must be >= 0 (0: full training)")
@@ -288,9 +299,9 @@ def validate_lora(cfg: Config, key: str, stage: StageConfig) -> None:
     _require(lora.base_dtype in ("auto", "fp32", "bf16"), f"{key}.base_dtype", "auto | fp32 | bf16")
     engine = cfg.parallel.engine
     _require(
-        engine in LORA_ENGINES,
+        ENGINES[engine].lora,
         f"{key}.rank",
-        f"LoRA is not supported with parallel={engine}; use one of {' | '.join(LORA_ENGINES)}",
+        f"LoRA is not supported with parallel={engine}; use one of {' | '.join(engines_with('lora'))}",
     )
     _require(not cfg.parallel.meta_init, f"{key}.rank", "LoRA stages do not build on meta (parallel.meta_init=false)")
     _require(stage.ema_decay == 0, f"{key}.rank", "EMA of the adapters is not supported yet (ema_decay=0)")
@@ -306,19 +317,16 @@ def validate_lora(cfg: Config, key: str, stage: StageConfig) -> None:
     )
 
 
-ASYNC_CHECKPOINT_ENGINES = ("single", "ddp", "fsdp2")  # their checkpoints are DCP folders
-
-
 def async_checkpoint_note(cfg: Config, stage: StageConfig) -> str | None:
     """The start-up line where `stage.async_checkpoint` is asked of an engine that cannot write in the
     background (DeepSpeed's and ColossalAI's optimizer checkpoints are their own, written synchronously).
     Not an error: the stage runs, with synchronous checkpoints."""
-    if not stage.async_checkpoint or cfg.parallel.engine in ASYNC_CHECKPOINT_ENGINES:
+    if not stage.async_checkpoint or ENGINES[cfg.parallel.engine].writes_async:
         return None
     return (
         f"async_checkpoint is not available with parallel={cfg.parallel.engine} (its optimizer checkpoint is "
         f"the backend's own format, written synchronously); checkpoints are written synchronously "
-        f"(asynchronous with {' | '.join(ASYNC_CHECKPOINT_ENGINES)})"
+        f"(asynchronous with {' | '.join(engines_with('writes_async'))})"
     )
 
 

@@ -207,7 +207,7 @@ def build_cache(cfg, name: str, image_condition: bool, ae, text, engine, progres
     engine.barrier()
     signame = watch.should_stop(engine.world_size, engine.device) if watch is not None else None
     if signame:
-        from opensora_lite.train.preemption import Preempted
+        from opensora_lite.errors import Preempted
 
         done = sum(1 for i in range(len(sources)) if (folder / f"{i:05d}.tar").is_file())
         kept = f"latent cache: {done} of {len(sources)} shards written and kept"

@@ -11,10 +11,11 @@ from __future__ import annotations
 import json
 import math
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from opensora_lite.config.schema import ShapesConfig  # noqa: F401 (the generator's settings)
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (225, 35, 35),
@@ -30,25 +31,6 @@ NEW_COLOURS: dict[str, tuple[int, int, int]] = {"orange": (245, 135, 20)}
 ALL_COLOURS = {**COLOURS, **NEW_COLOURS}
 SHAPES = ("circle", "square", "triangle")
 DIRECTIONS: dict[str, tuple[float, float]] = {"left": (0, -1), "right": (0, 1), "up": (-1, 0), "down": (1, 0)}
-
-
-@dataclass
-class ShapesConfig:
-    """Generator settings (the `source` node of `osl-data` for kind=shapes)."""
-
-    num_clips: int = 1200
-    # colour names drawn from (COLOURS, and NEW_COLOURS such as orange); the default is COLOURS in order
-    colours: list[str] = field(default_factory=lambda: list(COLOURS))
-    clips_per_shard: int = 150
-    seed: int = 0
-    sizes: list[list[int]] = field(default_factory=lambda: [[64, 64], [48, 64], [64, 48]])  # (h, w) choices
-    fps: list[float] = field(default_factory=lambda: [8.0, 16.0, 24.0])
-    min_seconds: float = 1.2
-    max_seconds: float = 2.5
-    speeds: dict[str, float] = field(default_factory=lambda: {"slow": 0.5, "fast": 0.9})  # frame extents / s
-    size_range: list[float] = field(default_factory=lambda: [0.3, 0.4])  # shape diameter / min(h, w)
-    max_background: int = 30  # background grey level is drawn from [0, max_background]
-    crf: int = 18
 
 
 def caption_for(colour: str, shape: str, direction: str, speed: str) -> str:

@@ -79,3 +79,8 @@ def write_back(latents: Tensor, cond: Tensor) -> Tensor:
     """The given latents put back into their frames after sampling (the generated ones kept elsewhere)."""
     mask = cond[:, :1]
     return torch.where(mask > 0, cond[:, 1:].to(latents.dtype), latents)
+
+
+def uses_image_condition(tasks: dict[str, float]) -> bool:
+    """A stage trains I2V/v2v (and its model gets an image condition) when any such task has weight."""
+    return any(w > 0 for task, w in tasks.items() if task != "t2v")

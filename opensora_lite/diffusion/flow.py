@@ -11,25 +11,11 @@ max_tokens -> max_shift) times sqrt(latent frames) (Open-Sora 2.0's rule).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-
-@dataclass
-class FlowConfig:
-    """The rectified-flow objective and its timestep distribution (the `flow` config node)."""
-
-    sigma_min: float = 1e-5
-    logit_mean: float = 0.0
-    logit_std: float = 1.0
-    shift: bool = True
-    base_tokens: int = 256  # tokens per latent frame at which the shift is base_shift
-    base_shift: float = 1.0
-    max_tokens: int = 4096  # tokens per latent frame at which the shift is max_shift
-    max_shift: float = 3.0
-    temporal_shift: bool = True  # multiply the shift by sqrt(latent frames)
+from opensora_lite.config.schema import FlowConfig
 
 
 def shift_alpha(cfg: FlowConfig, tokens_per_frame: int, latent_frames: int) -> float:

@@ -11,10 +11,10 @@ import torch
 from torch import Tensor, nn
 
 from opensora_lite.config.schema import SampleConfig
-from opensora_lite.config.validate import ConfigError
 from opensora_lite.diffusion.conditioning import TASKS, V2V, build_condition
 from opensora_lite.diffusion.guidance import Guidance
 from opensora_lite.diffusion.sampler import sample_latents
+from opensora_lite.errors import ConfigError
 
 
 def guidance_of(s: SampleConfig) -> Guidance:

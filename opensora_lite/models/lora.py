@@ -1,17 +1,13 @@
-"""LoRA on the MMDiT, applied from outside (peft), and its adapters in and out.
+"""LoRA on any model family, applied from outside (peft), and its adapters in and out.
 
-`apply_lora` injects peft LoRA layers into the linears that `stage.lora.targets` names and freezes
-everything else (cond_in stays trainable in an I2V stage unless `train_cond_in=false`); the MMDiT
-itself knows nothing of adapters. Adapters are stored under BFL module names without peft's adapter
-name (`double_blocks.0.img_attn.qkv.lora_A.weight`), with rank and alpha in the file's metadata.
-
-Two conversions are pure functions over tensors: `merge_adapters` (base + alpha/rank * B @ A, back to
-plain BFL names: the merged model every reader takes) and `adapters_to_diffusers` (diffusers/peft
-LoRA names for FluxTransformer2DModel.load_lora_adapter). Where BFL fuses linears that diffusers keeps
-apart (qkv -> to_q/to_k/to_v; a single block's linear1 -> to_q/to_k/to_v/proj_mlp), the fused delta
-B @ A splits by rows of B, so each diffusers linear gets A unchanged and its rows of B; the final
-layer's (shift, scale) halves swap as the weights do (flux_convert). The scale alpha/rank is folded
-into B, so the exported adapters need no alpha.
+`apply_lora` injects peft LoRA layers into the linears that `stage.lora.targets` names (the family's
+target groups, ModelSpec.lora_groups, or module-name patterns) and freezes everything else (inputs
+the family trains beside the adapters, e.g. the MMDiT's cond_in, stay trainable unless
+`train_cond_in=false`); the model itself knows nothing of adapters. Adapters are stored under the
+model's own module names without peft's adapter name (`double_blocks.0.img_attn.qkv.lora_A.weight`),
+with rank and alpha in the file's metadata. `merge_adapters` (base + alpha/rank * B @ A, back to plain
+names: the merged model every reader takes) is a pure function over tensors; conversions to other
+LoRA formats are the family's (models/flux/export.py: diffusers Flux LoRA names).
 """
 
 from __future__ import annotations
@@ -23,25 +19,16 @@ import torch
 from torch import Tensor, nn
 
 from opensora_lite.errors import CheckpointError
-from opensora_lite.models.flux_convert import _depths, _pairs, _swap
 
-_GROUPS = {
-    "attention": [r"double_blocks\.\d+\.(img|txt)_attn\.(qkv|proj)", r"single_blocks\.\d+\.linear[12]"],
-    "mlp": [r"double_blocks\.\d+\.(img|txt)_mlp\.[02]", r"single_blocks\.\d+\.linear[12]"],
-    "modulation": [r"double_blocks\.\d+\.(img|txt)_mod\.lin", r"single_blocks\.\d+\.modulation\.lin"],
-    # the text embedders: T5 tokens into the stream (txt_in), the pooled CLIP vector into the modulation
-    "text_in": [r"txt_in", r"vector_in\.(in|out)_layer"],
-}
-GROUPS = tuple(_GROUPS)
 ADAPTER = "default"  # peft's adapter name inside the model; stored names leave it out
-NAMING = "bfl-flux-lora"
+NAMING = "lora"  # adapters files' metadata "naming" ends with this (the family's names: bfl-flux-lora)
 
 
-def target_pattern(targets: list[str]) -> str:
+def target_pattern(targets: list[str], groups: dict[str, tuple[str, ...]]) -> str:
     """One regular expression (peft matches it against whole module names) for groups and/or patterns."""
     parts = []
     for target in targets:
-        parts.extend(_GROUPS.get(target, [target]))
+        parts.extend(groups.get(target, [target]))
     return "|".join(f"(?:{p})" for p in dict.fromkeys(parts))
 
 
@@ -50,19 +37,26 @@ def lora_scale(rank: int, alpha: float) -> float:
 
 
 def apply_lora(
-    model: nn.Module, rank: int, alpha: float, dropout: float, targets: list[str], train_cond_in: bool = True
+    model: nn.Module,
+    rank: int,
+    alpha: float,
+    dropout: float,
+    targets: list[str],
+    groups: dict[str, tuple[str, ...]],
+    also_train: tuple[str, ...] = (),
 ) -> list[str]:
-    """Inject LoRA adapters (in place) and freeze the base; returns the adapted module names."""
+    """Inject LoRA adapters (in place) into the linears `targets` name (groups of `groups`, or patterns)
+    and freeze the rest but the parameters under `also_train` prefixes; returns the adapted names."""
     from peft import LoraConfig, inject_adapter_in_model
 
-    pattern = target_pattern(targets)
+    pattern = target_pattern(targets, groups)
     names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and re.fullmatch(pattern, n)]
     if not names:
         raise ValueError(f"stage.lora.targets {targets} match no linear of the model")
     config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=names, init_lora_weights=True)
     inject_adapter_in_model(config, model, adapter_name=ADAPTER)
     for name, p in model.named_parameters():
-        p.requires_grad = ".lora_" in name or (train_cond_in and name.startswith("cond_in."))
+        p.requires_grad = ".lora_" in name or (bool(also_train) and name.startswith(also_train))
     return names
 
 
@@ -87,7 +81,7 @@ def is_adapter_state(state) -> bool:
 
 
 def load_adapters(model: nn.Module, adapters: dict[str, Tensor], source: str) -> int:
-    """Adapters (and the other trainable tensors, e.g. cond_in) from a checkpoint into a model that
+    """Adapters (and the other trainable tensors, e.g. the MMDiT's cond_in) from a checkpoint into a model that
     apply_lora prepared; every trainable parameter must be there."""
     wanted = {stored_name(n) for n, p in model.named_parameters() if p.requires_grad}
     missing = sorted(wanted - adapters.keys())
@@ -125,43 +119,6 @@ def merge_adapters(state: dict[str, Tensor], scale: float) -> dict[str, Tensor]:
     return out
 
 
-def adapters_to_diffusers(
-    adapters: dict[str, Tensor], scale: float, hidden: int, prefix: str = "transformer"
-) -> tuple[dict[str, Tensor], list[str]]:
-    """Stored adapters (BFL names) -> diffusers/peft LoRA names (`transformer.<module>.lora_A.weight`),
-    scale folded into B; returns them and the tensors left out (no LoRA in diffusers: cond_in)."""
-    depth = _depths(adapters, "double_blocks", "single_blocks")
-    table = {bfl: (diff, how) for bfl, diff, how in _pairs(*depth)}
-    out, left = {}, []
-    for key in adapters:
-        if ".lora_A." not in key:
-            if ".lora_B." not in key:
-                left.append(key)
-            continue
-        module = key.split(".lora_A.")[0]
-        if module not in table:
-            raise CheckpointError(f"adapter on {module}: no diffusers Flux counterpart")
-        names, how = table[module]
-        a, b = adapters[key], adapters[f"{module}.lora_B.weight"].float() * scale
-        if how == "cat":
-            sizes = [hidden] * 3 + ([b.shape[0] - 3 * hidden] if len(names) == 4 else [])
-            parts = torch.split(b, sizes, dim=0)
-        else:
-            parts = [_swap(b) if how == "swap" else b]
-        for name, part in zip(names, parts):
-            out[f"{prefix}.{name}.lora_A.weight"] = a.clone()  # one tensor per linear, not shared
-            out[f"{prefix}.{name}.lora_B.weight"] = part.to(a.dtype).contiguous()
-    return out, left
-
-
-def adapter_hidden_size(adapters: dict[str, Tensor]) -> int:
-    """The model width, from an adapter whose linear takes the hidden state as input."""
-    for key, value in adapters.items():
-        if re.search(r"\.(qkv|proj|linear1|mlp\.0|lin)\.lora_A\.weight$", key):
-            return value.shape[1]
-    raise CheckpointError("the adapters hold no linear of the hidden width (qkv, proj, linear1, mlp.0, lin)")
-
-
 def read_adapters(path: str | Path) -> tuple[dict[str, Tensor], dict[str, str]]:
     """Stored adapters and their metadata (lora_rank, lora_alpha) from an adapters .safetensors file."""
     from safetensors import safe_open
@@ -172,15 +129,16 @@ def read_adapters(path: str | Path) -> tuple[dict[str, Tensor], dict[str, str]]:
     with safe_open(str(path), "pt") as f:
         meta = f.metadata() or {}
         state = {k: f.get_tensor(k) for k in f.keys()}
-    if meta.get("naming") != NAMING or not is_adapter_state(state):
+    if not str(meta.get("naming", "")).endswith(NAMING) or not is_adapter_state(state):
         raise CheckpointError(f"{path}: not a LoRA adapters file of this framework (naming={meta.get('naming')})")
     return state, meta
 
 
-def adapter_metadata(rank: int, alpha: float, targets: list[str]) -> dict[str, str]:
+def adapter_metadata(rank: int, alpha: float, targets: list[str], naming: str = "bfl-flux-lora") -> dict[str, str]:
+    """`naming`: the family's (ModelSpec.lora_naming), ending in "lora"."""
     return {
         "format": "pt",
-        "naming": NAMING,
+        "naming": naming,
         "lora_rank": str(rank),
         "lora_alpha": str(alpha),
         "targets": ",".join(targets),

@@ -35,6 +35,19 @@ class FlopCount:
         return self.forward + self.backward
 
 
+@dataclass
+class Activations:
+    """What a training step keeps for backward, per token and hidden unit (elements), measured with
+    saved-tensor hooks: per block of each group, outside the blocks, and the fp32 extra per block under
+    bf16 autocast. The planner turns it into bytes (plan/memory.py)."""
+
+    width: int
+    per_block: dict[str, float]
+    blocks: dict[str, int]  # blocks per group
+    outside: float
+    fp32_under_bf16: float = 0.0
+
+
 @dataclass(frozen=True)
 class Capabilities:
     """What a family can do; the start-up checks refuse the rest with one line naming the key."""
@@ -56,6 +69,9 @@ class ModelSpec(ABC):
     block_groups: ClassVar[tuple[str, ...]]
     # LoRA target groups (stage.lora.targets) -> regexes over module names (peft's target_modules)
     lora_groups: ClassVar[dict[str, tuple[str, ...]]] = {}
+    lora_naming: ClassVar[str] = "lora"  # adapters files' metadata "naming" (ends in "lora")
+    lora_also_train: ClassVar[tuple[str, ...]] = ()  # parameter prefixes that train beside the adapters
+    weights_metadata: ClassVar[dict[str, str]] = {"format": "pt"}  # metadata of the final weights file
 
     # -- building ----------------------------------------------------------------------------------
     @abstractmethod
@@ -81,6 +97,23 @@ class ModelSpec(ABC):
         """Whether this built model takes an I2V condition (a stage with i2v/v2v tasks builds one)."""
         return False
 
+    def conditioned(self, state: dict[str, Tensor]) -> bool:
+        """Whether weights (canonical names) are those of a model with an image condition."""
+        return False
+
+    def validate(self, cfg: Any, text_encoder: Any, key: str = "model") -> None:
+        """Cross-field checks of this family's config (ConfigError naming `key`.<field>); none by default."""
+        return None
+
+    def heads(self, cfg: Any) -> int:
+        """Attention heads (Ulysses sequence parallelism splits them)."""
+        raise NotImplementedError
+
+    def latent_layers(self) -> tuple[str, ...]:
+        """Parameter prefixes whose shapes follow the latent space (channels x patch): a stage that
+        switches autoencoder re-initialises them."""
+        return ()
+
     # -- cost ----------------------------------------------------------------------------------------
     @abstractmethod
     def flops(self, cfg: Any, video_tokens: int, text_tokens: int, image_condition: bool = False) -> FlopCount:
@@ -90,6 +123,10 @@ class ModelSpec(ABC):
         """Forward FLOPs of one block of each group (attention included): what activation checkpointing
         recomputes per block."""
         raise NotImplementedError
+
+    def activations(self, cfg: Any) -> Activations:
+        """Saved activations of a training step per token (the planner's memory model)."""
+        raise NotImplementedError(f"model family {self.family} has no activation profile")
 
     def parameter_count(self, cfg: Any, image_condition: bool = False) -> int:
         """Parameters of the model of `cfg`, counted on the meta device (nothing allocated)."""

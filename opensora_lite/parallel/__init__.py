@@ -1,38 +1,34 @@
-"""Parallel engines behind one interface (parallel/engine.py), chosen by `parallel.engine`."""
+"""Parallel engines behind one interface (parallel/engine.py), chosen by `parallel.engine`; what each
+can do is written in registry.py."""
 
 from __future__ import annotations
 
 from opensora_lite.config.schema import ParallelConfig
+from opensora_lite.errors import ConfigError
 from opensora_lite.parallel.engine import Engine
-
-ENGINES = ("single", "ddp", "fsdp2", "colossalai_zero2", "colossalai_hybrid_sp", "deepspeed_zero2", "deepspeed_zero3")
-_PACKAGES = {"colossalai": "docs/engines/colossalai.md", "deepspeed": "docs/engines/deepspeed.md"}
+from opensora_lite.registry import ENGINES
 
 
 def require_package(engine: str) -> None:
     """One clear error when an engine's package is missing (before any process group is made)."""
     import importlib.util
 
-    from opensora_lite.config.validate import ConfigError
-
-    for package, doc in _PACKAGES.items():
-        if not engine.startswith(package):
-            continue
-        try:
-            found = importlib.util.find_spec(package) is not None
-        except (ImportError, ValueError):  # present in sys.modules but unusable
-            found = False
-        if not found:
-            raise ConfigError(
-                "parallel.engine",
-                f"{engine} needs the {package} package, which is not installed: add the {package} extra "
-                f"(scripts/install.sh {package}; see {doc})",
-            )
+    info = ENGINES[engine]
+    if info.package is None:
+        return
+    try:
+        found = importlib.util.find_spec(info.package) is not None
+    except (ImportError, ValueError):  # present in sys.modules but unusable
+        found = False
+    if not found:
+        raise ConfigError(
+            "parallel.engine",
+            f"{engine} needs the {info.package} package, which is not installed: add the {info.package} extra "
+            f"(scripts/install.sh {info.package}; see {info.doc})",
+        )
 
 
 def build_engine(cfg: ParallelConfig, device: str) -> Engine:
-    from opensora_lite.config.validate import ConfigError
-
     require_package(cfg.engine)
     if cfg.engine.startswith("deepspeed"):
         from opensora_lite.parallel.deepspeed_engine import DeepSpeedEngine

@@ -1,5 +1,6 @@
-"""Applied to the model's blocks from outside the model: selective activation checkpointing (as Open-Sora:
-per block type) and torch.compile per block (`parallel.compile`)."""
+"""Applied to a model's repeated blocks from outside the model: selective activation checkpointing (as
+Open-Sora: a number of blocks per group) and torch.compile per block (`parallel.compile`). The blocks
+come from the model's spec (models/spec.py), so nothing here names a model's layers."""
 
 from __future__ import annotations
 
@@ -7,23 +8,25 @@ from torch import nn
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 
 
-def apply_activation_checkpointing(model: nn.Module, double_blocks: int, single_blocks: int) -> int:
-    """Recompute the first `double_blocks` double-stream and `single_blocks` single-stream blocks in
-    backward. Counts above the depth mean all. Returns how many blocks were wrapped."""
+def apply_activation_checkpointing(blocks: dict[str, nn.ModuleList], counts: dict[str, int]) -> int:
+    """Recompute in backward the first `counts[group]` blocks of each group (a count above the group's
+    depth means all of it). Returns how many blocks were wrapped."""
     wrapped = 0
-    for name, count in (("double_blocks", double_blocks), ("single_blocks", single_blocks)):
-        blocks: nn.ModuleList = getattr(model, name, [])  # (a model without such blocks: an autoencoder)
-        for i in range(min(count, len(blocks))):
-            blocks[i] = checkpoint_wrapper(blocks[i], preserve_rng_state=False)
+    for group, count in counts.items():
+        if group not in blocks:  # (validated at start-up against the model's block groups)
+            raise KeyError(f"parallel.ac_blocks.{group}: the model has no block group {group!r} ({list(blocks)})")
+        chain = blocks[group]
+        for i in range(min(count, len(chain))):
+            chain[i] = checkpoint_wrapper(chain[i], preserve_rng_state=False)
             wrapped += 1
     return wrapped
 
 
-def compile_blocks(model: nn.Module, backend: str = "inductor") -> int:
-    """torch.compile each double- and single-stream block on its own (not the whole model): the blocks
-    of one type share one compiled graph, and AC wrappers and FSDP2 sharding still see one module per
-    block. Call after activation checkpointing. Returns how many blocks were compiled."""
-    blocks = [*getattr(model, "double_blocks", []), *getattr(model, "single_blocks", [])]
-    for block in blocks:
+def compile_blocks(blocks: dict[str, nn.ModuleList], backend: str = "inductor") -> int:
+    """torch.compile each block on its own (not the whole model): the blocks of one group share one
+    compiled graph, and AC wrappers and FSDP2 sharding still see one module per block. Call after
+    activation checkpointing. Returns how many blocks were compiled."""
+    every = [block for chain in blocks.values() for block in chain]
+    for block in every:
         block.compile(backend=backend)
-    return len(blocks)
+    return len(every)

@@ -4,7 +4,7 @@
   ranks, full weights on each (Open-Sora 2.0's 256px stages).
 - colossalai_hybrid_sp: HybridParallelPlugin with ZeRO and a sequence-parallel axis of
   `parallel.sp_size` ranks (Open-Sora 2.0's 768px stage). Gradients are reduced over data x sequence
-  ranks; the MMDiT's own Ulysses attention does the all-to-alls (parallel/sequence.py) on a group with
+  ranks; the model's own Ulysses attention does the all-to-alls (parallel/sequence.py) on a group with
   the same members as the plugin's sequence axis (consecutive ranks), so no model-specific shardformer
   policy is needed.
 
@@ -25,13 +25,14 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from opensora_lite.config.validate import ConfigError
-from opensora_lite.parallel.engine import Engine, MakeOptimizer, require_optimizer_state
-from opensora_lite.train.state import OPTIM_COLOSSALAI
+from opensora_lite.checkpoint.dcp import require_optimizer_state
+from opensora_lite.errors import ConfigError
+from opensora_lite.layout import OPTIM_COLOSSALAI
+from opensora_lite.parallel.engine import Blocks, Engine, MakeOptimizer
 
 
 def _no_shard_policy():
-    """A shardformer policy that changes nothing: the MMDiT brings its own sequence parallelism."""
+    """A shardformer policy that changes nothing: the model brings its own sequence parallelism."""
     from colossalai.shardformer.policies.base_policy import Policy
 
     class KeepModel(Policy):
@@ -52,7 +53,6 @@ def _no_shard_policy():
 
 class ColossalAIEngine(Engine):
     needs_process_group = True
-    writes_async = False  # its own optimizer checkpoint format, written synchronously
 
     def __init__(self, cfg, device_preference: str):
         super().__init__(cfg, device_preference)
@@ -83,10 +83,10 @@ class ColossalAIEngine(Engine):
             )
         return HybridParallelPlugin(**kwargs)
 
-    def prepare(self, model: nn.Module, make_optimizer: MakeOptimizer, grad_clip: float):
+    def prepare(self, model: nn.Module, make_optimizer: MakeOptimizer, grad_clip: float, blocks: Blocks | None = None):
         from colossalai.booster import Booster
 
-        model = self.wrap(model)
+        model = self.wrap(model, blocks or {})
         opt = make_optimizer([p for p in model.parameters() if p.requires_grad])
         plugin = self.plugin(grad_clip)
         if self.hybrid and self.sp is not None:

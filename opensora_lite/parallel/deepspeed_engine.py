@@ -25,10 +25,12 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from opensora_lite.checkpoint.dcp import require_optimizer_state
+from opensora_lite.checkpoint.files import clean_key
 from opensora_lite.errors import CheckpointError
-from opensora_lite.models.flux_weights import NEW_IN_VIDEO, OPTIONAL, LoadReport, clean_key
-from opensora_lite.parallel.engine import Engine, MakeOptimizer, require_optimizer_state
-from opensora_lite.train.state import OPTIM_DEEPSPEED
+from opensora_lite.layout import OPTIM_DEEPSPEED
+from opensora_lite.models.loading import FIT_HINT, LoadReport
+from opensora_lite.parallel.engine import Blocks, Engine, MakeOptimizer
 
 _TAG = "state"
 _LAYOUT = "layout.json"
@@ -44,7 +46,6 @@ def merge(base: dict, extra: dict) -> dict:
 
 class DeepSpeedEngine(Engine):
     needs_process_group = True
-    writes_async = False  # its own optimizer checkpoint format, written synchronously
 
     def __init__(self, cfg, device_preference: str):
         super().__init__(cfg, device_preference)
@@ -74,42 +75,39 @@ class DeepSpeedEngine(Engine):
             return super().model_context()
         return deepspeed.zero.Init(config_dict_or_path=self.ds_config(0.0))  # (its dtype and ZeRO settings)
 
-    def materialize(self, model, weights: Path | None, seed: int) -> LoadReport:
+    def materialize(self, model, spec, weights: Path | None, seed: int) -> LoadReport:
         """Values for a model built partitioned and prepared: parameter by parameter, gathered, written
-        on rank 0 (from `weights`: a BFL file or diffusers folder read one memory-mapped tensor at a
-        time, or a DCP folder that rank 0 reads whole; else, and for keys the weights may lack
-        (cond_in), the from-scratch init replayed from `seed`), and split again. Then the optimizer's
+        on rank 0 (from `weights`: read one memory-mapped tensor at a time by the model spec's lazy
+        reader, or a DCP folder that rank 0 reads whole; else, and for keys the weights may lack
+        (spec.optional_keys: inputs added on purpose), the from-scratch init replayed from `seed` by
+        spec.initial_tensors), and split again. Then the optimizer's
         fp32 master partitions are refreshed from them: DeepSpeed made those in prepare(), from the
         placeholders. From the same seed and weights, bitwise the values of today's build."""
         import deepspeed
 
-        from opensora_lite.models.flux_weights import LazyFluxWeights, is_dcp_folder, read_flux_weights
+        from opensora_lite.checkpoint.files import dcp_shapes, is_dcp_folder
 
         params = {clean_key(n): p for n, p in self.unwrap(model).named_parameters()}
         report = LoadReport(str(weights) if weights else "initialised from scratch")
         shapes: dict[str, tuple[int, ...]] = {}
         read = None
         if weights is not None and is_dcp_folder(weights):
-            import torch.distributed.checkpoint as dcp
-
-            meta = dcp.FileSystemReader(str(weights)).read_metadata().state_dict_metadata
-            shapes = {clean_key(k): tuple(v.size) for k, v in meta.items() if hasattr(v, "size")}
+            shapes = dcp_shapes(weights)
             if self.is_main:
-                read = read_flux_weights(weights)[0].__getitem__
+                read = spec.read_weights(weights)[0].__getitem__
         elif weights is not None:
-            source = LazyFluxWeights(weights)
+            source = spec.lazy_weights(weights)
             report.source = f"{weights} ({source.format}, one tensor at a time)"
             shapes, read = {k: source.shape(k) for k in source.keys()}, source.read
         for key, shape in shapes.items():
             if key in params and shape != tuple(params[key].ds_shape):
                 raise CheckpointError(
-                    f"{weights}: {key} is {shape}, the model's {tuple(params[key].ds_shape)} "
-                    "(is the model config the one this checkpoint was trained with?)"
+                    f"{weights}: {key} is {shape}, the model's {tuple(params[key].ds_shape)} {FIT_HINT}"
                 )
         found = [k for k in params if k in shapes]
         report.unexpected = sorted(shapes.keys() - params.keys())
         report.missing = sorted(params.keys() - shapes.keys()) if weights is not None else []
-        fatal = [k for k in report.missing if not k.startswith(NEW_IN_VIDEO + OPTIONAL)]
+        fatal = [k for k in report.missing if not k.startswith(spec.optional_keys())]
         if fatal:
             raise CheckpointError(f"{weights}: {len(fatal)} model tensors are missing, e.g. {fatal[:3]}")
 
@@ -124,7 +122,7 @@ class DeepSpeedEngine(Engine):
             todo = set(report.missing) if weights is not None else set(params)
             if todo:
                 torch.manual_seed(seed)  # the draws of the CPU build, replayed one tensor at a time
-                for key, value in self.unwrap(model).initial_tensors(todo):
+                for key, value in spec.initial_tensors(self.unwrap(model), todo):
                     write(key, lambda value=value: value)
         model.optimizer.refresh_fp32_params()
         report.loaded = len(found)
@@ -144,10 +142,10 @@ class DeepSpeedEngine(Engine):
         }
         return merge(config, dict(self.cfg.options))
 
-    def prepare(self, model: nn.Module, make_optimizer: MakeOptimizer, grad_clip: float):
+    def prepare(self, model: nn.Module, make_optimizer: MakeOptimizer, grad_clip: float, blocks: Blocks | None = None):
         import deepspeed
 
-        model = self.wrap(model)
+        model = self.wrap(model, blocks or {})
         opt = make_optimizer([p for p in model.parameters() if p.requires_grad])
         ds_model, *_ = deepspeed.initialize(
             model=model, optimizer=opt, config=self.ds_config(grad_clip), dist_init_required=False

@@ -5,12 +5,14 @@ An engine owns the distributed context (ranks, device, groups), wraps the model 
 the update: backward with gradient accumulation, clipping, the optimizer step, and checkpoint state.
 The trainer calls only these methods, so engines are swappable by `parallel.engine`:
 
-    model, opt = engine.prepare(model, make_optimizer, grad_clip)
+    model, opt = engine.prepare(model, make_optimizer, grad_clip, blocks)
     for each micro-batch: engine.backward(model, loss, sync=<last micro-batch>)
     grad_norm = engine.step(model, opt)
 
-`opt` is always the plain torch optimizer the engine steps (its param_groups carry the learning rate
-the schedule sets), whatever wrapper the engine puts around it.
+`blocks` are the model's repeated blocks by group, from its model spec (models/spec.py): engines shard,
+checkpoint and compile those one block at a time and never name a model's layers. `opt` is always the
+plain torch optimizer the engine steps (its param_groups carry the learning rate the schedule sets),
+whatever wrapper the engine puts around it. What each engine can do is written once, in registry.py.
 """
 
 from __future__ import annotations
@@ -28,12 +30,16 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from opensora_lite.checkpoint import dcp as dcp_files
+from opensora_lite.checkpoint.files import clean_key, write_safetensors
 from opensora_lite.config.schema import ParallelConfig
-from opensora_lite.models.flux_weights import clean_key, single_process_dcp, write_safetensors
+from opensora_lite.errors import ConfigError
+from opensora_lite.layout import MODEL_FILE
 from opensora_lite.parallel.checkpointing import apply_activation_checkpointing, compile_blocks
-from opensora_lite.train.state import MODEL_DCP, MODEL_FILE, OPTIM_DCP
+from opensora_lite.registry import ENGINES
 
 MakeOptimizer = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+Blocks = dict[str, nn.ModuleList]  # a model's repeated blocks by group (ModelSpec.blocks)
 
 
 def launch_env() -> tuple[int, int, int]:
@@ -81,15 +87,13 @@ class Engine(ABC):
     shards_parameters = False
     # True where the backend needs a process group even for one process (DeepSpeed, ColossalAI)
     needs_process_group = False
-    # True where save_async() works: checkpoints are DCP folders (the DeepSpeed and ColossalAI engines write
-    # their backend's own optimizer checkpoint, synchronously)
-    writes_async = True
     # True where the trainer builds the model inside model_context() (on the meta device, or partitioned as
     # it is built) and calls materialize() after prepare() instead of loading weights into it
     builds_on_meta = False
 
     def __init__(self, cfg: ParallelConfig, device_preference: str):
         self.cfg = cfg
+        self.info = ENGINES[cfg.engine]
         self.rank, self.world_size, self.local_rank = launch_env()
         self.device = pick_device(device_preference, self.local_rank)
         if (self.world_size > 1 or self.needs_process_group) and not dist.is_initialized():
@@ -105,12 +109,17 @@ class Engine(ABC):
 
         self.sp = self._sequence_parallel_groups()
 
+    @property
+    def writes_async(self) -> bool:
+        """save_async() works: checkpoints are DCP folders (DeepSpeed's and ColossalAI's optimizer
+        checkpoints are their backend's own, written synchronously)."""
+        return self.info.writes_async
+
     def _sequence_parallel_groups(self):
         """Consecutive ranks form SP groups of parallel.sp_size; data parallelism runs across groups."""
         size = self.cfg.sp_size
         if size == 1:
             return None
-        from opensora_lite.config.validate import ConfigError
         from opensora_lite.parallel.sequence import SPContext
 
         if self.world_size % size:
@@ -147,14 +156,15 @@ class Engine(ABC):
         deepspeed_zero3's partitioning construction, else none."""
         return torch.device("meta") if self.builds_on_meta else contextlib.nullcontext()
 
-    def wrap(self, model: nn.Module) -> nn.Module:
-        """Prepare the model for training from outside: activation checkpointing, device, compile per block.
-        Engines that replicate or shard do that on top."""
-        apply_activation_checkpointing(model, self.cfg.ac_double_blocks, self.cfg.ac_single_blocks)
+    def wrap(self, model: nn.Module, blocks: Blocks) -> nn.Module:
+        """Prepare the model for training from outside: activation checkpointing (parallel.ac_blocks: how
+        many blocks of each group), device, compile per block. Engines that replicate or shard do that on
+        top. `blocks`: the model's repeated blocks (ModelSpec.blocks; empty for a model without them)."""
+        self.recomputed = apply_activation_checkpointing(blocks, dict(self.cfg.ac_blocks))
         if not any(p.is_meta for p in model.parameters()):  # a model built on meta gets its device at materialize()
             model = model.to(self.device)
         if self.cfg.compile:
-            compile_blocks(model)
+            compile_blocks(blocks)
         return model
 
     @abstractmethod
@@ -162,10 +172,10 @@ class Engine(ABC):
         """The plain module inside whatever wrap() returned."""
 
     def prepare(
-        self, model: nn.Module, make_optimizer: MakeOptimizer, grad_clip: float
+        self, model: nn.Module, make_optimizer: MakeOptimizer, grad_clip: float, blocks: Blocks | None = None
     ) -> tuple[nn.Module, torch.optim.Optimizer]:
         """Wrap the model, build its optimizer over the wrapped parameters; returns (model, optimizer)."""
-        model = self.wrap(model)
+        model = self.wrap(model, blocks or {})
         self.grad_clip = grad_clip
         return model, make_optimizer([p for p in model.parameters() if p.requires_grad])
 
@@ -227,35 +237,14 @@ class Engine(ABC):
 
     def save_optimizer(self, folder: Path, model: nn.Module, opt: torch.optim.Optimizer) -> None:
         """Optimizer state as a DCP folder keyed by parameter names: loads on any engine and world size."""
-        import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
-
-        state = {"optim": get_optimizer_state_dict(model, opt)}
-        with single_process_dcp():
-            dcp.save(state, checkpoint_id=str(folder / OPTIM_DCP), no_dist=not dist.is_initialized())
+        dcp_files.save_optimizer(folder, model, opt)
 
     def save_async(self, folder: Path, model: nn.Module, opt: torch.optim.Optimizer) -> list[Future]:
-        """Model and optimizer as DCP folders (`model_dcp/`, `optim_dcp/`) written in the background
-        (stage.async_checkpoint). Their state is copied to host memory before this returns, so training may
-        go on updating it; each future completes when every rank's files and the metadata are on disk.
-        Each write plans over a gloo group of its own, so its collectives never interleave with training's."""
-        import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
-
-        parts = {MODEL_DCP: get_model_state_dict(model), OPTIM_DCP: {"optim": get_optimizer_state_dict(model, opt)}}
-        futures = []
-        for i, (name, state) in enumerate(parts.items()):
-            with single_process_dcp():
-                futures.append(
-                    dcp.async_save(
-                        state,
-                        checkpoint_id=str(folder / name),
-                        process_group=self._checkpoint_group(i),
-                        async_stager=self._stager(i),
-                        no_dist=not dist.is_initialized(),
-                    )
-                )
-        return futures
+        """Model and optimizer as DCP folders written in the background (stage.async_checkpoint); see
+        checkpoint/dcp.py. The host-memory stagers and gloo groups are made on first use and kept."""
+        return dcp_files.save_async(
+            folder, model, opt, [self._checkpoint_group(i) for i in (0, 1)], [self._stager(i) for i in (0, 1)]
+        )
 
     def _stager(self, index: int):
         """The index-th host-memory stager, kept for the run: later checkpoints copy into the buffers the
@@ -279,14 +268,7 @@ class Engine(ABC):
         return groups[index]
 
     def load_optimizer(self, folder: Path, model: nn.Module, opt: torch.optim.Optimizer) -> None:
-        import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
-
-        require_optimizer_state(folder, OPTIM_DCP, self.cfg.engine)
-        state = {"optim": get_optimizer_state_dict(model, opt)}
-        with single_process_dcp():
-            dcp.load(state, checkpoint_id=str(folder / OPTIM_DCP), no_dist=not dist.is_initialized())
-        set_optimizer_state_dict(model, opt, state["optim"])
+        dcp_files.load_optimizer(folder, model, opt, self.cfg.engine)
 
     def all_reduce_mean(self, value: float) -> float:
         return self.all_reduce_floats([value], "mean")[0]
@@ -329,17 +311,3 @@ class Engine(ABC):
             if clean:
                 dist.barrier()
             dist.destroy_process_group()
-
-
-def require_optimizer_state(folder: Path, name: str, engine: str) -> None:
-    """One clear error when a checkpoint's optimizer state is not in the form this engine reads."""
-    from opensora_lite.train.state import OPTIMIZER_FOLDERS, CheckpointError
-
-    if (folder / name).is_dir():
-        return
-    found = [f"{f} (parallel={owner})" for f, owner in OPTIMIZER_FOLDERS.items() if (folder / f).exists()]
-    raise CheckpointError(
-        f"{folder} has no {name}/ optimizer state for parallel={engine}"
-        + (f"; it holds {', '.join(found)}" if found else "")
-        + ". Resume with the engine that wrote it, or start a new stage from its weights (stage.init=<checkpoint>)"
-    )

@@ -15,12 +15,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from opensora_lite.checkpoint import dcp as dcp_files
+from opensora_lite.checkpoint.files import clean_key
+from opensora_lite.dtypes import DTYPES
 from opensora_lite.errors import CheckpointError
-from opensora_lite.models.flux_weights import NEW_IN_VIDEO, OPTIONAL, LoadReport, clean_key
-from opensora_lite.parallel.engine import Engine
-from opensora_lite.train.state import MODEL_DCP
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+from opensora_lite.models.loading import FIT_HINT, LoadReport
+from opensora_lite.parallel.engine import Blocks, Engine
 
 
 class FSDP2Engine(Engine):
@@ -38,17 +38,21 @@ class FSDP2Engine(Engine):
             )
         return init_device_mesh(self.device.type, (self.world_size,), mesh_dim_names=("shard",))
 
-    def wrap(self, model: nn.Module) -> nn.Module:
+    def wrap(self, model: nn.Module, blocks: Blocks) -> nn.Module:
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-        model = super().wrap(model)  # AC, device, compile per block
+        model = super().wrap(model, blocks)  # AC, device, compile per block
+        self.sharded_blocks = 0
         if self.world_size == 1:  # nothing to shard: plain training, same code paths
             return model
         mesh = self._mesh()
         policy = MixedPrecisionPolicy(param_dtype=DTYPES[self.compute_dtype()], reduce_dtype=torch.float32)
-        # the MMDiT's blocks one by one; a model without them (an autoencoder) is sharded as one unit
-        for block in [*getattr(model, "double_blocks", []), *getattr(model, "single_blocks", [])]:
-            fully_shard(block, mesh=mesh, mp_policy=policy)
+        # the model's blocks one by one (its spec's); what is outside them (or a model without blocks: an
+        # autoencoder) is sharded with the root
+        for chain in blocks.values():
+            for block in chain:
+                fully_shard(block, mesh=mesh, mp_policy=policy)
+                self.sharded_blocks += 1
         fully_shard(model, mesh=mesh, mp_policy=policy)
         return model
 
@@ -61,15 +65,16 @@ class FSDP2Engine(Engine):
         calls materialize() after prepare(), instead of building it whole on every rank."""
         return self.cfg.meta_init and self.world_size > 1
 
-    def materialize(self, model: nn.Module, weights: Path | None, seed: int) -> LoadReport:
+    def materialize(self, model: nn.Module, spec, weights: Path | None, seed: int) -> LoadReport:
         """Give a model built on meta and sharded by prepare() its values, each rank only its shards:
-        from `weights` (a BFL file or diffusers folder read by memory-mapped row slices, or a DCP folder
-        of which each rank reads its part), else, and for keys the weights may lack (cond_in), the
-        from-scratch init replayed from `seed`, bitwise what building the model on the CPU gives."""
+        from `weights` (read by the model spec's lazy reader in memory-mapped row slices, or a DCP folder
+        of which each rank reads its part), else, and for keys the weights may lack (spec.optional_keys:
+        inputs added on purpose), the from-scratch init replayed from `seed` by spec.initial_tensors,
+        bitwise what building the model on the CPU gives."""
         import torch.distributed.checkpoint as dcp
         from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
 
-        from opensora_lite.models.flux_weights import LazyFluxWeights, is_dcp_folder
+        from opensora_lite.checkpoint.files import is_dcp_folder
 
         model.to_empty(device=self.device)
         params = {clean_key(n): p for n, p in model.named_parameters()}
@@ -89,27 +94,25 @@ class FSDP2Engine(Engine):
                 dcp.load({stored[k]: params[k] for k in found}, checkpoint_id=str(weights))
                 report.unexpected = sorted(stored.keys() - params.keys())
             elif weights is not None:
-                source = LazyFluxWeights(weights)
+                source = spec.lazy_weights(weights)
                 report.source = f"{weights} ({source.format}, rank-local slices)"
                 for key in source.keys():
                     if key not in params:
                         report.unexpected.append(key)
                         continue
                     if source.shape(key) != tuple(params[key].shape):
-                        raise CheckpointError(
-                            f"{weights}: {key} is {source.shape(key)}, the model's {tuple(params[key].shape)} "
-                            "(is the model config the one this checkpoint was trained with?)"
-                        )
+                        own = tuple(params[key].shape)
+                        raise CheckpointError(f"{weights}: {key} is {source.shape(key)}, the model's {own} {FIT_HINT}")
                     params[key].to_local().copy_(source.read(key, rows(params[key])))
                     found.add(key)
             report.missing = sorted(params.keys() - found) if weights is not None else []
-            fatal = [k for k in report.missing if not k.startswith(NEW_IN_VIDEO + OPTIONAL)]
+            fatal = [k for k in report.missing if not k.startswith(spec.optional_keys())]
             if fatal:
                 raise CheckpointError(f"{weights}: {len(fatal)} model tensors are missing, e.g. {fatal[:3]}")
             todo = set(report.missing) if weights is not None else set(params)
             if todo:
                 torch.manual_seed(seed)  # the draws of the CPU build, replayed one tensor at a time
-                for key, value in model.initial_tensors(todo):
+                for key, value in spec.initial_tensors(model, todo):
                     params[key].to_local().copy_(value[rows(params[key])])
         report.loaded = len(found)
         return report
@@ -126,9 +129,6 @@ class FSDP2Engine(Engine):
         return {clean_key(k): v.detach().float().contiguous() for k, v in sd.items()}
 
     def save_model(self, folder: Path, model: nn.Module) -> None:
-        import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint.state_dict import get_model_state_dict
-
         if self.world_size == 1:
             return super().save_model(folder, model)
-        dcp.save(get_model_state_dict(model), checkpoint_id=str(folder / MODEL_DCP))
+        dcp_files.save_model(folder, model)

@@ -6,12 +6,12 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from opensora_lite.parallel.engine import Engine
+from opensora_lite.parallel.engine import Blocks, Engine
 
 
 class LocalEngine(Engine):
-    def wrap(self, model: nn.Module) -> nn.Module:
-        model = super().wrap(model)  # AC, device, compile per block
+    def wrap(self, model: nn.Module, blocks: Blocks) -> nn.Module:
+        model = super().wrap(model, blocks)  # AC, device, compile per block
         if self.cfg.engine == "ddp" and self.world_size > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
             model = DistributedDataParallel(model, device_ids=ids)

@@ -1,4 +1,4 @@
-"""Ulysses sequence parallelism for the MMDiT's joint text + video attention, independent of the engine.
+"""Ulysses sequence parallelism for joint text + video attention, independent of the engine.
 
 The ranks of a sequence-parallel (SP) group train on the same samples. Each holds 1/sp of the video
 tokens (padded to a multiple of sp; padded keys are masked out of attention) and all text tokens.
@@ -121,8 +121,3 @@ class _GatherSeq(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor):
         return grad.chunk(ctx.sp.size, dim=ctx.dim)[ctx.sp.rank].contiguous(), None, None
-
-
-def check_heads(num_heads: int, sp_size: int) -> None:
-    if num_heads % sp_size:
-        raise ValueError(f"sequence parallel size {sp_size} does not divide the {num_heads} attention heads")

@@ -8,8 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from opensora_lite.config.schema import PlanJobConfig
-from opensora_lite.config.validate import ConfigError
-from opensora_lite.errors import UserError
+from opensora_lite.errors import ConfigError, UserError
 from opensora_lite.plan.cost import StageCost, stage_cost
 from opensora_lite.plan.hardware import GPU, resolve_gpu
 from opensora_lite.plan.memory import GIB, Memory, bucket_memory, levers, text_placement
@@ -26,7 +25,7 @@ class StagePlan:
     memory: list[Memory]  # one per bucket, in the cost's bucket order
     mix_note: str
     engine: str
-    ac: tuple[int, int]
+    ac: dict  # parallel.ac_blocks: blocks recomputed per group
     autoencoder: str
 
     @property
@@ -146,7 +145,7 @@ def build_plan(cfg: PlanJobConfig) -> Plan:
         par = setup.parallel
         stages.append(
             StagePlan(
-                cost, memory, note, par.engine, (par.ac_double_blocks, par.ac_single_blocks), setup.autoencoder.kind
+                cost, memory, note, par.engine, dict(par.ac_blocks), setup.autoencoder.kind
             )
         )
     return Plan(plan.label or cfg.run.name, gpu, source, stages, placement)

@@ -1,4 +1,4 @@
-"""Tokens, FLOPs, step time, GPU-days and cost of a stage, bucket by bucket (models/flops.py counts).
+"""Tokens, FLOPs, step time, GPU-days and cost of a stage, bucket by bucket (the model spec counts FLOPs).
 
 A data-parallel rank draws one batch per step from one bucket. With a share p_b of the samples in
 bucket b of batch size B_b, batches come from b with frequency q_b ~ p_b / B_b, so a rank sees
@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 
 from opensora_lite.autoencoders.base import latent_frame_count
 from opensora_lite.data.buckets import Bucket
-from opensora_lite.models.flops import block_forward_flops, mmdit_flops
 from opensora_lite.plan.mix import Mix
 from opensora_lite.plan.stages import StageSetup
 
@@ -31,11 +30,9 @@ def video_tokens(setup: StageSetup, bucket: Bucket) -> int:
 
 def recompute_flops(setup: StageSetup, img: int, txt: int) -> float:
     """Forward FLOPs activation checkpointing repeats in backward, per sample."""
-    m, par = setup.model, setup.parallel
-    double, single, attention = block_forward_flops(m, img, txt)
-    n_double = min(par.ac_double_blocks, m.depth)
-    n_single = min(par.ac_single_blocks, m.depth_single_blocks)
-    return n_double * (double + attention) + n_single * (single + attention)
+    per_block = setup.spec.block_flops(setup.model, img, txt)
+    counts = setup.block_counts()
+    return sum(per_block[g] * min(n, counts[g]) for g, n in setup.parallel.ac_blocks.items())
 
 
 @dataclass
@@ -107,10 +104,6 @@ class StageCost:
         flops = self.model_flops_per_gpu_step * self.steps * self.gpus
         return flops / (self.reference_gpu_days * SECONDS_PER_DAY * self.peak_tflops * 1e12)
 
-    @property
-    def hfu(self) -> float:
-        return self.mfu * self.hardware_flops_per_gpu_step / self.model_flops_per_gpu_step
-
 
 def stage_cost(
     setup: StageSetup, mix: Mix, peak_tflops: float, price: float, dataset_clips: float | None, txt: int
@@ -121,7 +114,7 @@ def stage_cost(
         if share <= 0:
             continue
         img = video_tokens(setup, bucket)
-        model = mmdit_flops(setup.model, img, txt, setup.image_condition).train
+        model = setup.spec.flops(setup.model, img, txt, setup.image_condition).train
         rows.append(BucketCost(bucket, share, 0.0, img, txt, model, model + recompute_flops(setup, img, txt)))
     inv = sum(r.share / r.bucket.batch_size for r in rows)  # batches per sample
     per_sample_model = sum(r.share * r.model_flops for r in rows)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from opensora_lite.config.schema import PlanConfig
-from opensora_lite.config.validate import ConfigError
+from opensora_lite.errors import ConfigError
 from opensora_lite.models.flops import PEAK_TFLOPS
 
 # Device memory as the driver reports it (MiB), in GiB.

@@ -21,44 +21,39 @@ import torch
 
 from opensora_lite.config.schema import AutoencoderConfig, TextEncoderConfig, TextModelConfig
 from opensora_lite.data.buckets import Bucket
-from opensora_lite.models.mmdit import MMDiT, MMDiTConfig
+from opensora_lite.models.spec import spec_for
 from opensora_lite.plan.cost import video_tokens
 from opensora_lite.plan.stages import StageSetup
+from opensora_lite.registry import ENGINES
 
 GIB = 2.0**30
 ADAM_BYTES = 8  # exp_avg + exp_avg_sq in fp32
-# Saved activations per token and hidden unit (elements), a + b * mlp_ratio, from saved-tensor hooks
-# on DoubleStreamBlock / SingleStreamBlock; outside the blocks about OUTSIDE per token and unit.
-DOUBLE = (18.4, 2.0)
-SINGLE = (13.3, 2.0)
-OUTSIDE = 2.0
+# Saved activations per token and hidden unit of each block group: the model spec's (ModelSpec.activations).
 # Backward holds gradients of a block's intermediates beside its saved tensors: measured on CPU
 # (tests/test_plan.py) as about this many of the largest block's activations at the peak.
 BACKWARD_BLOCKS = 2.0
-BF16_FP32_EXTRA = 2.0  # q/k RMSNorm statistics kept in fp32 under bf16 autocast (per token, unit)
 ZERO2_BUCKET_GIB = 1.0  # gradient bucket of the ZeRO-2 engines (reduce_bucket_size order)
 # Parameters of the frozen parts where no config can be built (datasheet sizes).
 TEXT_PARAMS = {4096: 4.762e9, 768: 123.1e6}  # T5-v1.1-XXL encoder, CLIP-L text tower (by output width)
 AE_ENCODER_PARAMS = {"pixel": 0.0, "hunyuan": 100e6, "hunyuan15": 200e6, "wan": 55e6, "wan22": 300e6, "ltx": 200e6}
-ZERO2 = ("deepspeed_zero2", "colossalai_zero2", "colossalai_hybrid_sp")
-ZERO3 = ("fsdp2", "deepspeed_zero3")
 
 
 @lru_cache(maxsize=32)
-def _param_counts(cfg_items: tuple, image_condition: bool) -> tuple[int, int]:
-    cfg = MMDiTConfig(**{k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg_items})
+def _param_counts(family: str, cfg_items: tuple, image_condition: bool) -> tuple[int, int]:
+    spec = spec_for(family)
+    cfg = spec.config_class(**{k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg_items})
     with torch.device("meta"):
-        model = MMDiT(cfg, image_condition=image_condition)
+        model = spec.build(cfg, image_condition=image_condition)
     total = sum(p.numel() for p in model.parameters())
-    blocks = [*model.double_blocks, *model.single_blocks]
+    blocks = [block for chain in spec.blocks(model).values() for block in chain]
     largest = max((sum(p.numel() for p in b.parameters()) for b in blocks), default=0)
     return total, largest
 
 
-def dit_params(cfg: MMDiTConfig, image_condition: bool) -> tuple[int, int]:
-    """(all parameters, parameters of the largest block), counted on the meta device."""
+def dit_params(cfg, image_condition: bool) -> tuple[int, int]:
+    """(all parameters, parameters of the largest block) of the model, counted on the meta device."""
     items = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in cfg.__dict__.items())
-    return _param_counts(items, image_condition)
+    return _param_counts(spec_for(cfg).family, items, image_condition)
 
 
 def _text_params(kind: str, cfg: TextModelConfig) -> float:
@@ -126,13 +121,14 @@ def static_bytes(setup: StageSetup, compute: str, on_gpu: bool) -> tuple[float, 
     total, block = dit_params(setup.model, setup.image_condition)
     c = _dtype_bytes(compute)
     engine = par.engine
-    if engine in ("single", "ddp"):
+    layout = ENGINES[engine].memory
+    if layout == "replicated":
         params = 4.0 * total + (c * total if (on_gpu and c == 2) else 0.0)  # autocast caches bf16 copies
         grads = 4.0 * total
         working = 4.0 * total if engine == "ddp" and setup.gpus > 1 else 0.0  # DDP's gradient buckets
         return params, grads, ADAM_BYTES * total, working
     shards = setup.gpus
-    if engine in ZERO2:
+    if layout == "zero2":
         master = 4.0 * total / shards if c == 2 else 0.0
         return c * total + master, 4.0 * total / shards, ADAM_BYTES * total / shards, ZERO2_BUCKET_GIB * GIB
     if engine == "fsdp2":
@@ -147,18 +143,16 @@ def activation_bytes(setup: StageSetup, bucket: Bucket, txt: int, compute: str, 
     m, par = setup.model, setup.parallel
     batch = bucket.batch_size if batch is None else batch
     tokens = txt + video_tokens(setup, bucket) / par.sp_size  # text is whole on every rank of an SP group
-    h, r = m.hidden_size, m.mlp_ratio
+    act = setup.spec.activations(m)
     e = 4.0 if compute == "fp32" else 2.0
-    extra = 0.0 if compute == "fp32" else BF16_FP32_EXTRA * 4.0
-    per_double = (DOUBLE[0] + DOUBLE[1] * r) * e + extra
-    per_single = (SINGLE[0] + SINGLE[1] * r) * e + extra
-    n_double = min(par.ac_double_blocks, m.depth)
-    n_single = min(par.ac_single_blocks, m.depth_single_blocks)
-    kept = (m.depth - n_double) * per_double + (m.depth_single_blocks - n_single) * per_single
-    kept += (n_double + n_single) * e  # a checkpointed block keeps its input
-    largest = max(per_double if m.depth else 0.0, per_single if m.depth_single_blocks else 0.0)
-    recompute = largest if n_double + n_single else 0.0  # one block rebuilt inside backward
-    return batch * tokens * h * (kept + OUTSIDE * e + recompute + BACKWARD_BLOCKS * largest)
+    extra = 0.0 if compute == "fp32" else act.fp32_under_bf16 * 4.0
+    per_block = {g: v * e + extra for g, v in act.per_block.items()}
+    recomputed = {g: min(par.ac_blocks.get(g, 0), n) for g, n in act.blocks.items()}
+    kept = sum((n - recomputed[g]) * per_block[g] for g, n in act.blocks.items())
+    kept += sum(recomputed.values()) * e  # a checkpointed block keeps its input
+    largest = max((per_block[g] for g, n in act.blocks.items() if n), default=0.0)
+    recompute = largest if sum(recomputed.values()) else 0.0  # one block rebuilt inside backward
+    return batch * tokens * act.width * (kept + act.outside * e + recompute + BACKWARD_BLOCKS * largest)
 
 
 def text_placement(plan_value: str, data_kind: str) -> str:
@@ -200,12 +194,13 @@ def levers(setup: StageSetup, mem: Memory, txt: int, compute: str, on_gpu: bool,
         return m.total if m.fits else None
 
     m, par = setup.model, setup.parallel
-    if par.ac_double_blocks < m.depth or par.ac_single_blocks < m.depth_single_blocks:
-        full = replace(setup, parallel=replace(par, ac_double_blocks=m.depth, ac_single_blocks=m.depth_single_blocks))
+    counts = setup.block_counts()
+    if any(par.ac_blocks.get(g, 0) < n for g, n in counts.items()):
+        full = replace(setup, parallel=replace(par, ac_blocks=dict(counts)))
         if (t := fits(full)) is not None:
             out.append(f"activation checkpointing of every block ({t / GIB:.0f} GiB)")
-    sp = par.sp_size * 2
-    while sp <= setup.gpus and m.num_heads % sp == 0 and setup.gpus % sp == 0:
+    sp, heads = par.sp_size * 2, setup.spec.heads(m)
+    while setup.spec.capabilities.sequence_parallel and sp <= setup.gpus and heads % sp == 0 and setup.gpus % sp == 0:
         if (t := fits(replace(setup, parallel=replace(par, sp_size=sp)))) is not None:
             out.append(f"sp_size={sp} ({t / GIB:.0f} GiB)")
             break
@@ -215,7 +210,7 @@ def levers(setup: StageSetup, mem: Memory, txt: int, compute: str, on_gpu: bool,
         batch -= 1
     if batch >= 1:
         out.append(f"batch size <= {batch}")
-    if par.engine not in ZERO3:
+    if ENGINES[par.engine].memory != "zero3":
         if (t := fits(replace(setup, parallel=replace(par, engine="fsdp2", hsdp_replicas=1)))) is not None:
             out.append(f"engine fsdp2 ({t / GIB:.0f} GiB)")
     return out or ["none of activation checkpointing, SP, batch 1 or FSDP suffices: a larger GPU"]

@@ -17,11 +17,10 @@ from collections import Counter
 from pathlib import Path
 
 from opensora_lite.config.schema import SampleKind
-from opensora_lite.config.validate import ConfigError
 from opensora_lite.data.buckets import Bucket, BucketTable, bucket_size
 from opensora_lite.data.loader import expand_shards
 from opensora_lite.data.video import temporal_stride
-from opensora_lite.errors import DataError
+from opensora_lite.errors import ConfigError, DataError
 
 Mix = dict[Bucket, float]  # bucket -> share of the samples (the shares of kept samples sum to 1)
 

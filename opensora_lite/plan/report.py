@@ -121,7 +121,7 @@ def render(plans: list[Plan], fmt: str, buckets: bool = True) -> str:
         if k == 0 and (ref := reference_rows(plan)):  # the published figures belong to the base plan
             parts.append(table(REFERENCE_COLS, ref))
         for s in plan.stages:
-            ac = f"AC {s.ac[0]} double / {s.ac[1]} single blocks"
+            ac = "AC " + (", ".join(f"{n} {group}" for group, n in s.ac.items()) or "off")
             parts.append(f"{s.cost.name}: mix {s.mix_note}; autoencoder {s.autoencoder}; {ac}")
             if buckets:
                 parts.append(table(BUCKET_COLS, bucket_rows(s)))
@@ -144,7 +144,7 @@ def as_dict(plan: Plan) -> dict:
                 "hardware_flops_per_gpu_step": c.hardware_flops_per_gpu_step, "step_seconds": c.step_seconds,
                 "gpu_days": c.gpu_days, "cost": c.cost, "clips_seen": c.clips_seen, "epochs": c.epochs,
                 "mfu": c.mfu, "implied_mfu": c.implied_mfu, "reference_gpu_days": c.reference_gpu_days,
-                "mix": s.mix_note, "autoencoder": s.autoencoder, "ac": list(s.ac),
+                "mix": s.mix_note, "autoencoder": s.autoencoder, "ac": dict(s.ac),
                 "buckets": [
                     {
                         "bucket": b.bucket.key, "share": b.share, "batch_size": b.bucket.batch_size,

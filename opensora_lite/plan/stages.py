@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 from omegaconf import OmegaConf
 
@@ -16,27 +17,18 @@ from opensora_lite.config.schema import (
     StagePlanConfig,
 )
 from opensora_lite.config.stages import load_autoencoder, stage_config
-from opensora_lite.config.validate import ConfigError
 from opensora_lite.data.buckets import BucketTable
-from opensora_lite.models.mmdit import MMDiTConfig
-from opensora_lite.train.trainer import uses_image_condition
-
-ENGINES = (
-    "single",
-    "ddp",
-    "fsdp2",
-    "colossalai_zero2",
-    "colossalai_hybrid_sp",
-    "deepspeed_zero2",
-    "deepspeed_zero3",
-)
+from opensora_lite.diffusion.conditioning import uses_image_condition
+from opensora_lite.errors import ConfigError
+from opensora_lite.models.spec import ModelSpec, spec_for
+from opensora_lite.registry import ENGINES
 
 
 @dataclass
 class StageSetup:
     name: str
     stage: StageConfig
-    model: MMDiTConfig
+    model: Any  # the model family's config (model.family)
     autoencoder: AutoencoderConfig
     parallel: ParallelConfig
     table: BucketTable
@@ -51,6 +43,14 @@ class StageSetup:
     @property
     def dp_size(self) -> int:
         return self.gpus // self.parallel.sp_size
+
+    @property
+    def spec(self) -> ModelSpec:
+        return spec_for(self.model)
+
+    def block_counts(self) -> dict[str, int]:
+        """Blocks per group of the model (what parallel.ac_blocks counts)."""
+        return dict(self.spec.activations(self.model).blocks)
 
 
 def stage_plans(cfg: PlanJobConfig) -> dict[str, StagePlanConfig]:
@@ -100,7 +100,7 @@ def stage_setups(cfg: PlanJobConfig, mfu: float) -> list[StageSetup]:
             cfg.parallel,
             **{
                 f: getattr(sp, f)
-                for f in ("engine", "sp_size", "ac_double_blocks", "ac_single_blocks")
+                for f in ("engine", "sp_size", "ac_blocks")
                 if getattr(sp, f) is not None
             },
         )
@@ -109,11 +109,15 @@ def stage_setups(cfg: PlanJobConfig, mfu: float) -> list[StageSetup]:
         gpus = sp.gpus if sp.gpus is not None else plan.gpus
         if gpus < 1:
             raise ConfigError(f"{key}.gpus" if sp.gpus is not None else "plan.gpus", f"must be >= 1, got {gpus}")
-        if par.sp_size < 1 or gpus % par.sp_size or model.num_heads % par.sp_size:
+        heads = spec_for(model).heads(model) if par.sp_size > 1 else 1
+        if par.sp_size < 1 or gpus % par.sp_size or heads % par.sp_size:
             raise ConfigError(
-                f"{key}.sp_size",
-                f"sp_size {par.sp_size} must divide the GPUs ({gpus}) and the heads ({model.num_heads})",
+                f"{key}.sp_size", f"sp_size {par.sp_size} must divide the GPUs ({gpus}) and the heads ({heads})"
             )
+        for group in par.ac_blocks:
+            if group not in spec_for(model).block_groups:
+                groups = list(spec_for(model).block_groups)
+                raise ConfigError(f"{key}.ac_blocks.{group}", f"the model has no block group {group!r} ({groups})")
         stage_mfu = sp.mfu if sp.mfu is not None else mfu
         if not 0 < stage_mfu <= (1 if plan.metrics is None or sp.mfu is not None else float("inf")):
             raise ConfigError(f"{key}.mfu" if sp.mfu is not None else "plan.mfu", f"must be in (0, 1], got {stage_mfu}")
@@ -131,7 +135,7 @@ def stage_setups(cfg: PlanJobConfig, mfu: float) -> list[StageSetup]:
                 steps=sp.steps if sp.steps is not None else stage.steps,
                 mfu=stage_mfu,
                 samples=list(sp.samples) if sp.samples is not None else None,
-                image_condition=uses_image_condition(stage),
+                image_condition=uses_image_condition(stage.tasks),
                 reference_gpu_days=sp.reference_gpu_days,
                 reference_clips=sp.reference_clips,
             )

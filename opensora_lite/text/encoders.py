@@ -15,9 +15,8 @@ from packaging.version import Version
 from torch import Tensor, nn
 
 from opensora_lite.config.schema import TextEncoderConfig, TextModelConfig
+from opensora_lite.dtypes import DTYPES
 from opensora_lite.errors import CheckpointError
-
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def _load(kind: str, cfg: TextModelConfig) -> tuple[nn.Module, object]:
@@ -36,7 +35,7 @@ def _load(kind: str, cfg: TextModelConfig) -> tuple[nn.Module, object]:
     dtype_kw = "dtype" if Version(tf.__version__) >= Version("4.56") else "torch_dtype"  # renamed in 4.56
     try:
         tokenizer = tf.AutoTokenizer.from_pretrained(path, local_files_only=True)
-        model = cls.from_pretrained(path, local_files_only=True, **{dtype_kw: _DTYPES[cfg.dtype]})
+        model = cls.from_pretrained(path, local_files_only=True, **{dtype_kw: DTYPES[cfg.dtype]})
     except (OSError, ValueError) as e:  # weights or tokenizer files missing or unreadable
         detail = " ".join(str(e).split())
         raise CheckpointError(f"text_encoder.{kind}.path: cannot load from {path}: {detail}") from e
@@ -109,7 +108,7 @@ def _build(kind: str, cfg: TextModelConfig, seed: int) -> tuple[nn.Module, objec
         else:
             # Both tokenizers: pad 0, eos 1; CLIP pools the hidden state at the first eos token.
             model = tf.CLIPTextModel(tf.CLIPTextConfig(pad_token_id=0, eos_token_id=1, bos_token_id=0, **cfg.tiny))
-    return model.to(_DTYPES[cfg.dtype]), _tokenizer(kind, cfg)
+    return model.to(DTYPES[cfg.dtype]), _tokenizer(kind, cfg)
 
 
 class TextEncoders(nn.Module):

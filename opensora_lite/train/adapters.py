@@ -15,20 +15,20 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from opensora_lite.checkpoint.files import clean_key, write_safetensors
 from opensora_lite.config.schema import StageConfig
-from opensora_lite.models.flux_weights import clean_key
+from opensora_lite.layout import ADAPTER_FILE
 from opensora_lite.models.lora import adapter_metadata, apply_lora, cast_frozen, lora_scale, merge_adapters, stored_name
-from opensora_lite.train.state import ADAPTER_FILE, save_weights
 
 log = logging.getLogger("opensora_lite")
 
 
 class StageLora:
-    def __init__(self, stage: StageConfig, engine, run_dtype: str):
+    def __init__(self, stage: StageConfig, engine, run_dtype: str, spec):
         self.cfg = stage.lora
-        self.engine = engine
+        self.engine, self.spec = engine, spec  # the model family's (its LoRA target groups and names)
         self.scale = lora_scale(self.cfg.rank, self.cfg.alpha)
-        self.metadata = adapter_metadata(self.cfg.rank, self.cfg.alpha, list(self.cfg.targets))
+        self.metadata = adapter_metadata(self.cfg.rank, self.cfg.alpha, list(self.cfg.targets), spec.lora_naming)
         self.base_dtype = self._base_dtype(run_dtype)
 
     def _base_dtype(self, run_dtype: str) -> torch.dtype:
@@ -40,8 +40,9 @@ class StageLora:
 
     def prepare(self, model: nn.Module, name: str) -> None:
         """Adapters on the model (its base weights already loaded), base frozen (and cast)."""
+        also = self.spec.lora_also_train if self.cfg.train_cond_in else ()
         targets = apply_lora(
-            model, self.cfg.rank, self.cfg.alpha, self.cfg.dropout, list(self.cfg.targets), self.cfg.train_cond_in
+            model, self.cfg.rank, self.cfg.alpha, self.cfg.dropout, list(self.cfg.targets), self.spec.lora_groups, also
         )
         if self.base_dtype != torch.float32:
             cast_frozen(model, self.base_dtype)
@@ -66,7 +67,7 @@ class StageLora:
         """(every rank) The trainable tensors of a mid-stage checkpoint: adapters.safetensors from rank 0."""
         weights = self.engine.trainable_weights(model)
         if self.engine.is_main:
-            save_weights(folder / ADAPTER_FILE, {stored_name(k): v for k, v in weights.items()}, self.metadata)
+            write_safetensors({stored_name(k): v for k, v in weights.items()}, folder / ADAPTER_FILE, self.metadata)
 
     def split(self, model: nn.Module, full: dict[str, torch.Tensor]) -> tuple[dict, dict]:
         """A gathered full state (peft names) -> (merged BFL weights, stored adapters)."""

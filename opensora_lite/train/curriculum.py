@@ -9,10 +9,10 @@ from __future__ import annotations
 import json
 import logging
 
+from opensora_lite.errors import Preempted
 from opensora_lite.eval.shapes import format_confusion
-from opensora_lite.train.preemption import Preempted
+from opensora_lite.layout import SUMMARY_FILE, StageDir
 from opensora_lite.train.runtime import Runtime
-from opensora_lite.train.state import StageDir
 from opensora_lite.train.trainer import StageResult, StageTrainer
 
 log = logging.getLogger("opensora_lite")
@@ -33,7 +33,7 @@ def run_stages(rt: Runtime, names: list[str]) -> list[StageResult]:
     for name in names:
         sdir = StageDir(rt.run_dir / name)
         if sdir.done:
-            summary = json.loads((sdir.final / "summary.json").read_text())
+            summary = json.loads((sdir.final / SUMMARY_FILE).read_text())
             log.info("[%s] already complete (%s), skipping", name, sdir.final)
             results.append(StageResult(**summary))
             continue

@@ -5,13 +5,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from opensora_lite.models.flux_weights import clean_key
+from opensora_lite.checkpoint.files import clean_key
 
 
 class EMA:
     def __init__(self, model: nn.Module, decay: float):
         self.decay = decay
-        # Keys are BFL names (wrapper prefixes removed) so EMA weights export like the model's.
+        # Keys are the model's own names (wrapper prefixes removed) so EMA weights export like the model's.
         self.shadow = {clean_key(k): p.detach().float().clone() for k, p in model.named_parameters() if p.requires_grad}
 
     @torch.no_grad()

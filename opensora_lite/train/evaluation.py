@@ -12,92 +12,22 @@ import logging
 from pathlib import Path
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from torch import nn
 
 from opensora_lite.config.schema import StageConfig
-from opensora_lite.config.validate import ConfigError
-from opensora_lite.data.buckets import bucket_size, parse_resolution
+from opensora_lite.data.cache import bucket_table
+from opensora_lite.data.loader import BucketedVideoStream, expand_shards
 from opensora_lite.data.synthetic import ALL_COLOURS, COLOURS, DIRECTIONS, SHAPES, caption_for, render_frame
-from opensora_lite.data.video import write_video
-from opensora_lite.diffusion.pipeline import generate, template_captions, to_uint8  # noqa: F401 (re-exported)
+from opensora_lite.diffusion import flow
+from opensora_lite.diffusion.pipeline import generate
+from opensora_lite.diffusion.sampling import sample_captions, sample_shape, save_samples
 from opensora_lite.eval import shapes as shapes_eval
 from opensora_lite.eval.contact_sheet import save_contact_sheet
+from opensora_lite.models.spec import spec_for
 
 log = logging.getLogger("opensora_lite")
-
-
-def sample_shape(rt, stage: StageConfig, prefix: str = "sample.") -> tuple[int, int, int]:
-    """(frames, height, width) to sample at: config, else the stage's largest resolution and its
-    most likely video length (1 for image-only stages).
-
-    Any resolution the autoencoder and patch take works, in the stage's bucket table or not: sides are
-    rounded to multiples of spatial factor x patch (as buckets are), and a resolution without a row in
-    the table takes its frames from the largest resolution's row. A resolution that is not "<N>px" or
-    is below one such multiple is one ConfigError naming `<prefix>resolution`."""
-    s = rt.cfg.sample
-    rows = {parse_resolution(r): row for r, row in stage.buckets.items()}  # keys checked at start-up
-    largest = max(rows)
-    px = largest if s.resolution is None else _resolution_px(s.resolution, prefix)
-    sf, patch = rt.cfg.autoencoder.spatial_factor, rt.cfg.model.patch_size[1]
-    multiple = sf * patch
-    if px < multiple:
-        raise ConfigError(
-            f"{prefix}resolution",
-            f"{s.resolution} is below the smallest size this model samples, {multiple}px "
-            f"(autoencoder spatial factor {sf} x patch {patch}; sides are multiples of {multiple})",
-        )
-    if s.aspect_ratio <= 0:
-        raise ConfigError(f"{prefix}aspect_ratio", f"{s.aspect_ratio} must be a positive height / width")
-    videos = {n: p for n, (p, _) in rows.get(px, rows[largest]).items() if n > 1}
-    frames = s.num_frames or (max(videos, key=lambda n: (videos[n], n)) if videos else 1)
-    h, w = bucket_size(px, s.aspect_ratio, multiple)
-    return frames, h, w
-
-
-def _resolution_px(resolution: str, prefix: str) -> int:
-    try:
-        return parse_resolution(resolution)
-    except ValueError as exc:
-        raise ConfigError(f"{prefix}resolution", str(exc)) from None
-
-
-def sample_captions(rt, prompts: list[str], shape: tuple[int, int, int]) -> list[str]:
-    """Prompts through the run's caption template, with the sampling values of its fields."""
-    cfg = rt.cfg
-    fps = cfg.sample.fps or cfg.data.target_fps
-    frames = shape[0]
-    return template_captions(prompts, caption_template_for(cfg.data, frames), **sampling_fields(cfg, fps, shape))
-
-
-def caption_template_for(data, frames: int) -> str:
-    """The template training applied to clips of `frames` frames (images have their own, when set)."""
-    if frames == 1 and data.image_caption_template is not None:
-        return data.image_caption_template
-    return data.caption_template
-
-
-def sampling_fields(cfg, fps: float, shape: tuple[int, int, int]) -> dict:
-    """The caption template's fields for a sampled clip: its shape, fps (also the clip's frame rate) and
-    sample.motion_score standing for whichever motion score the template names."""
-    from opensora_lite.data.captions import caption_fields
-
-    frames, h, w = shape
-    m = cfg.sample.motion_score
-    meta = dict(fps=fps, num_frames=frames, width=w, height=h, duration=frames / fps)
-    meta |= dict(motion_score=m, vmaf_motion=m) if m is not None else {}
-    return caption_fields(meta, fps) | {"clip_fps": fps}
-
-
-def save_samples(
-    videos: np.ndarray, captions: list[str], folder: Path, prefix: str, limit: int, fps: float
-) -> list[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i, (video, caption) in enumerate(zip(videos[:limit], captions)):
-        path = folder / f"{prefix}_{i:02d}_{caption.replace(' ', '_')[:60]}.mp4"
-        write_video(path, video, fps)
-        paths.append(path)
-    return paths
 
 
 def evaluate_stage(rt, model: nn.Module, stage: StageConfig, folder: Path) -> tuple[dict, list[Path], dict[str, Path]]:
@@ -142,7 +72,7 @@ def _evaluate(rt, model: nn.Module, stage: StageConfig, folder: Path) -> tuple[d
     rows = len(probes)  # one row per colour x direction prompt
     sheets = {"t2v": save_contact_sheet(folder.parent / "contact_sheet_t2v.png", videos[:rows], captions[:rows])}
 
-    if getattr(model, "cond_in", None) is not None and shape[0] > 1:
+    if spec_for(cfg.model).has_image_condition(model) and shape[0] > 1:
         refs, ref_captions = _i2v_references(cfg.eval.i2v_clips, shape[1], shape[2], seed, colours)
         i2v = generate(rt, model, sample_captions(rt, ref_captions, shape), shape, seed + 10_000, reference=refs)
         metrics.update(shapes_eval.score_i2v(list(i2v), list(refs), colours))
@@ -169,3 +99,43 @@ def _i2v_references(
         refs.append(render_frame(h, w, shape, ALL_COLOURS[colour], cy, cx, r, int(rng.integers(0, 31))))
         captions.append(caption_for(colour, shape, direction, "fast"))
     return np.stack(refs), captions
+
+
+@torch.no_grad()
+def held_out_loss(rt, model, stage, seed: int) -> dict[str, float]:
+    """The flow loss on `eval.val_batches` batches of the held-out `eval.val_shards` (the stage's buckets,
+    read in a fixed order), at each of `eval.val_timesteps` with fixed noise: the same batches, times and
+    noise every validation, so the numbers form a curve. Text-to-video (an empty condition)."""
+    cfg = rt.cfg
+    stream = BucketedVideoStream(
+        expand_shards(cfg.eval.val_shards),
+        bucket_table(cfg, stage),
+        cfg.data.target_fps,
+        seed=seed,
+        shuffle_buffer=1,
+        caption_key=cfg.data.caption_key,
+        caption_template=cfg.data.caption_template,
+        image_caption_template=cfg.data.image_caption_template,
+    )
+    batches, noise = iter(stream), torch.Generator().manual_seed(seed)
+    times = list(cfg.eval.val_timesteps)
+    sums = dict.fromkeys(times, 0.0)
+    spec = spec_for(cfg.model)
+    model.eval()
+    for _ in range(cfg.eval.val_batches):
+        batch = next(batches)
+        x0 = rt.ae.encode(batch["video"].to(rt.device), sample=False)
+        t5, clip = rt.text.encode(batch["captions"])
+        cond = None
+        if spec.has_image_condition(model):
+            cond = x0.new_zeros(x0.shape[0], x0.shape[1] + 1, *x0.shape[2:])
+        for t in times:
+            eps = torch.randn(x0.shape, generator=noise).to(x0.device)
+            tt = torch.full((x0.shape[0],), t, device=x0.device)
+            with rt.autocast():
+                pred = spec.forward(model, flow.add_noise(x0, eps, tt, cfg.flow.sigma_min), tt, t5, clip, cond)
+            sums[t] += F.mse_loss(pred.float(), flow.velocity_target(x0, eps, cfg.flow.sigma_min)).item()
+    model.train()
+    out = {f"loss_t{t:g}": s / cfg.eval.val_batches for t, s in sums.items()}
+    out["loss"] = sum(out.values()) / len(times)
+    return out

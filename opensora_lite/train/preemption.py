@@ -31,25 +31,13 @@ import time
 import torch
 import torch.distributed as dist
 
+from opensora_lite.errors import INTERRUPT, Preempted
+
 log = logging.getLogger("opensora_lite")
 # USR2: what submitit asks Slurm for (Slurm sweeps); INT last: where ranks saw different signals, a
 # user's Ctrl-C wins (a stop, not a requeue)
 SIGNALS = ("SIGUSR1", "SIGUSR2", "SIGTERM", "SIGINT")
-INTERRUPT = "SIGINT"
 REPEAT_S = 1.0  # a second SIGINT sooner than this is the same press, passed on by a launcher
-
-
-class Preempted(Exception):
-    """Raised after the preemption checkpoint was written; the job should requeue and exit."""
-
-    def __init__(self, stage: str, step: int, signame: str, kept: str = "checkpoint written"):
-        super().__init__(f"{stage}: stopped at step {step} on {signame}, {kept}")
-        self.stage, self.step, self.signame = stage, step, signame
-
-    @property
-    def interrupted(self) -> bool:
-        """Stopped by Ctrl-C: the user's stop, not a preemption (not requeued)."""
-        return self.signame == INTERRUPT
 
 
 class PreemptionWatch:

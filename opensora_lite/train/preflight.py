@@ -5,10 +5,11 @@ from __future__ import annotations
 import tarfile
 from pathlib import Path
 
+from opensora_lite.checkpoint.stage import resolve_weights_path
 from opensora_lite.config.schema import Config
 from opensora_lite.data.loader import expand_shards
 from opensora_lite.errors import CheckpointError, DataError
-from opensora_lite.train.state import StageDir, resolve_weights_path
+from opensora_lite.layout import StageDir
 
 
 def check_data(cfg: Config) -> list[str]:

@@ -18,13 +18,13 @@ from omegaconf import OmegaConf
 from opensora_lite.autoencoders import Autoencoder, build_autoencoder
 from opensora_lite.config.schema import AutoencoderConfig, Config
 from opensora_lite.config.stages import stage_config
+from opensora_lite.layout import CONFIG_FILE, EMPTY_PROMPT_FILE
 from opensora_lite.parallel import Engine, build_engine
 from opensora_lite.text.encoders import TextEncoders
 from opensora_lite.tracking import Tracker
 from opensora_lite.train.preemption import PreemptionWatch
 
 log = logging.getLogger("opensora_lite")
-EMPTY_PROMPT_FILE = "empty_prompt.safetensors"
 
 
 @dataclass
@@ -55,7 +55,7 @@ class Runtime:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             tmp = self.run_dir / ".config.yaml.partial"
             OmegaConf.save(OmegaConf.create(self.resolved), tmp)
-            tmp.replace(self.run_dir / "config.yaml")
+            tmp.replace(self.run_dir / CONFIG_FILE)
             setup_logging(self.run_dir, True)
             self.text.keep_empty_with(self.run_dir / EMPTY_PROMPT_FILE, write=True)  # CFG's empty prompt
         self.tracker.start(rewind_to)
@@ -63,6 +63,10 @@ class Runtime:
     @property
     def device(self) -> torch.device:
         return self.engine.device
+
+    def stage_dir(self, name: str) -> Path:
+        """runs/<run>/<stage>/ (layout.py)."""
+        return self.run_dir / name
 
     def autocast(self) -> AbstractContextManager:
         if self.cfg.run.dtype == "bf16":

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from opensora_lite.layout import SKIPPED_FILE as FILE
 from opensora_lite.parallel.engine import Engine
 
-FILE = "skipped.tsv"
 HEADER = "step\tkey\tshard\treason\n"
 
 

@@ -1,9 +1,10 @@
 """A stage's initial weights across a change of latent space (Open-Sora 2.0's high-compression adaptation).
 
 When a stage's autoencoder or patch differs from its parent's (config/stages.py), the layers whose
-shapes follow the latent space -- img_in, final_layer.linear and cond_in (latent channels x patch) --
-cannot take the parent's tensors: they keep the model's fresh initialisation. Everything else (the
-blocks, the text and time embedders, the final modulation) carries over. Any other shape mismatch is
+shapes follow the latent space (the model spec's latent_layers: the MMDiT's img_in, final_layer.linear
+and cond_in, latent channels x patch) cannot take the parent's tensors: they keep the model's fresh
+initialisation. Everything else (the blocks, the text and time embedders, the final modulation)
+carries over. Any other shape mismatch is
 still an error: it means the parent is a different model, not the same one in another latent space.
 
 The report (carried N tensors, re-initialised [layers]) is logged in one line, recorded as the `init`
@@ -21,9 +22,9 @@ import torch
 from torch import nn
 
 from opensora_lite.config.schema import Config
-from opensora_lite.config.stages import LATENT_LAYERS, parent_config, switches_autoencoder
+from opensora_lite.config.stages import parent_config, switches_autoencoder
 from opensora_lite.errors import CheckpointError
-from opensora_lite.models.flux_weights import LoadReport, load_into
+from opensora_lite.models.loading import LoadReport, load_into
 
 INIT_FILE = "init.json"
 
@@ -73,31 +74,35 @@ def layer_name(key: str) -> str:
     return key.rsplit(".", 1)[0]
 
 
-def load_across_latent_spaces(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> tuple[LoadReport, list]:
+def load_across_latent_spaces(
+    model: nn.Module, state: dict[str, torch.Tensor], source: str, spec
+) -> tuple[LoadReport, list]:
     """Load `state` into `model`, keeping the model's own values for the latent-space layers whose
     shapes differ; returns the load report and those layers' tensor names."""
+    latent = spec.latent_layers()
     own = model.state_dict()
     changed = [k for k, v in state.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
-    foreign = [k for k in changed if not k.startswith(LATENT_LAYERS)]
+    foreign = [k for k in changed if not k.startswith(latent)]
     if foreign:
         k = foreign[0]
         raise CheckpointError(
-            f"{source}: {len(foreign)} tensors outside the latent-space layers ({', '.join(LATENT_LAYERS)}) do not "
+            f"{source}: {len(foreign)} tensors outside the latent-space layers ({', '.join(latent)}) do not "
             f"fit the model, e.g. {k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}: a change of autoencoder "
             "re-initialises only those layers"
         )
     usable = {**state, **{k: own[k] for k in changed}}  # the fresh values, loaded back in place
-    report = load_into(model, usable, source)
+    report = load_into(model, usable, source, spec.optional_keys())
     return report, changed
 
 
 def load_stage_weights(
-    model: nn.Module, state: dict[str, torch.Tensor], source: str, switching: bool
+    model: nn.Module, state: dict[str, torch.Tensor], source: str, switching: bool, spec
 ) -> tuple[LoadReport, list[str]]:
-    """A stage's initial weights: across latent spaces where the stage switches autoencoder, else exactly."""
+    """A stage's initial weights: across latent spaces where the stage switches autoencoder, else exactly
+    (`spec`: the model's family, models/spec.py)."""
     if switching:
-        return load_across_latent_spaces(model, state, source)
-    return load_into(model, state, source), []
+        return load_across_latent_spaces(model, state, source, spec)
+    return load_into(model, state, source, spec.optional_keys()), []
 
 
 def stage_init_report(cfg: Config, name: str, loaded: LoadReport, changed: list[str]) -> InitReport:

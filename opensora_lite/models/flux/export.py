@@ -13,17 +13,19 @@ the RoPE split (`axes_dim`) is not visible in weights and comes from the run's c
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch import Tensor
 
+from opensora_lite.checkpoint.files import DIFFUSERS_INDEX, write_safetensors
+from opensora_lite.dtypes import DTYPES
 from opensora_lite.errors import CheckpointError
-from opensora_lite.models.flux_convert import bfl_to_diffusers
-from opensora_lite.models.flux_weights import DIFFUSERS_INDEX, write_safetensors
+from opensora_lite.models.flux.convert import _depths, _pairs, _swap, bfl_to_diffusers
 
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 # Parameters of our video model that FLUX.1 has no slot for (the I2V condition input).
 NOT_IN_FLUX = ("cond_in.",)
 
@@ -159,3 +161,40 @@ def write_diffusers_folder(
         shutil.rmtree(folder)
     tmp.rename(folder)
     return folder
+
+
+def adapters_to_diffusers(
+    adapters: dict[str, Tensor], scale: float, hidden: int, prefix: str = "transformer"
+) -> tuple[dict[str, Tensor], list[str]]:
+    """Stored adapters (BFL names) -> diffusers/peft LoRA names (`transformer.<module>.lora_A.weight`),
+    scale folded into B; returns them and the tensors left out (no LoRA in diffusers: cond_in)."""
+    depth = _depths(adapters, "double_blocks", "single_blocks")
+    table = {bfl: (diff, how) for bfl, diff, how in _pairs(*depth)}
+    out, left = {}, []
+    for key in adapters:
+        if ".lora_A." not in key:
+            if ".lora_B." not in key:
+                left.append(key)
+            continue
+        module = key.split(".lora_A.")[0]
+        if module not in table:
+            raise CheckpointError(f"adapter on {module}: no diffusers Flux counterpart")
+        names, how = table[module]
+        a, b = adapters[key], adapters[f"{module}.lora_B.weight"].float() * scale
+        if how == "cat":
+            sizes = [hidden] * 3 + ([b.shape[0] - 3 * hidden] if len(names) == 4 else [])
+            parts = torch.split(b, sizes, dim=0)
+        else:
+            parts = [_swap(b) if how == "swap" else b]
+        for name, part in zip(names, parts):
+            out[f"{prefix}.{name}.lora_A.weight"] = a.clone()  # one tensor per linear, not shared
+            out[f"{prefix}.{name}.lora_B.weight"] = part.to(a.dtype).contiguous()
+    return out, left
+
+
+def adapter_hidden_size(adapters: dict[str, Tensor]) -> int:
+    """The model width, from an adapter whose linear takes the hidden state as input."""
+    for key, value in adapters.items():
+        if re.search(r"\.(qkv|proj|linear1|mlp\.0|lin)\.lora_A\.weight$", key):
+            return value.shape[1]
+    raise CheckpointError("the adapters hold no linear of the hidden width (qkv, proj, linear1, mlp.0, lin)")

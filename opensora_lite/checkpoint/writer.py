@@ -1,7 +1,7 @@
 """Mid-stage checkpoints, written synchronously or in the background (`stage.async_checkpoint`).
 
 Either way a checkpoint is written into `checkpoints/.tmp-step_N/` and renamed into place only once
-complete (train/state.py), so a kill at any moment leaves the previous checkpoint the newest loadable
+complete (checkpoint/stage.py), so a kill at any moment leaves the previous checkpoint the newest loadable
 one. Synchronous: every rank writes its part, rank 0 publishes, training goes on. Asynchronous (engines
 whose checkpoints are DCP folders: single, ddp, fsdp2): each rank copies its model and optimizer state to
 host memory and DCP writes it from a background thread while training continues; rank 0 adds the trainer
@@ -21,9 +21,8 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+from opensora_lite.checkpoint.stage import StageCheckpoints
 from opensora_lite.errors import CheckpointError
-from opensora_lite.parallel.engine import Engine
-from opensora_lite.train.state import StageDir
 
 log = logging.getLogger("opensora_lite")
 
@@ -62,8 +61,9 @@ class _InFlight:
 class CheckpointWriter:
     """Writes a stage's checkpoints; every rank calls save() and wait() at the same points."""
 
-    def __init__(self, engine: Engine, stage_dir: StageDir, keep: int, asynchronous: bool, report, save_model=None):
-        """`report(metrics, step)`: where the per-checkpoint timings go (the tracker, on rank 0).
+    def __init__(self, engine, stage_dir: StageCheckpoints, keep: int, asynchronous: bool, report, save_model=None):
+        """`engine`: the stage's (parallel/engine.py: save_model, save_optimizer, save_async, collectives).
+        `report(metrics, step)`: where the per-checkpoint timings go (the tracker, on rank 0).
         `save_model(folder, model)`: what writes the weights (default: the engine's full weights; a LoRA
         stage writes its adapters)."""
         self.engine, self.dir, self.keep = engine, stage_dir, keep

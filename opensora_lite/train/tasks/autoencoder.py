@@ -34,14 +34,17 @@ from opensora_lite.autoencoders.losses import (
 )
 from opensora_lite.errors import CheckpointError, UserError
 from opensora_lite.eval.reconstruction import psnr, reconstruction_sheet, ssim
+from opensora_lite.train.tasks.base import StageContext, Task
 
 log = logging.getLogger("opensora_lite")
 
 
-class AutoencoderTask:
+class AutoencoderTask(Task):
     kind = "autoencoder"
 
-    def __init__(self, engine, cfg, stage, index: int):
+    def __init__(self, ctx: StageContext):
+        super().__init__(ctx)
+        engine, cfg, stage, index = ctx.engine, ctx.cfg, ctx.stage, ctx.index
         self.engine, self.cfg, self.stage, self.index = engine, cfg, stage, index
         self.r = r = stage.reconstruction
         self.perceptual = load_perceptual(r.vgg_path).to(engine.device) if r.perceptual_weight > 0 else None
@@ -66,23 +69,30 @@ class AutoencoderTask:
             )
         return ae.requires_grad_(True)
 
-    def copy_model(self, weights: dict) -> nn.Module:
+    def eval_model(self, weights: dict) -> nn.Module:
         """A local autoencoder holding `weights` (gathered or EMA), for evaluation on rank 0."""
         ae = build_autoencoder(self.cfg.autoencoder)
         ae.load_state_dict(weights)
         return ae.to(self.engine.device)
 
-    def load_weights(self, model: nn.Module, path: Path) -> None:
-        """Weights of a checkpoint (a safetensors file or a DCP folder) into the unwrapped model."""
-        from opensora_lite.models.flux_weights import is_dcp_folder, read_dcp_folder
-        from opensora_lite.train.state import load_weights
+    def load_weights(self, model: nn.Module, path: Path | None, initial: bool) -> None:
+        """Weights of a checkpoint or the stage's init (a safetensors file or a DCP folder) into the
+        unwrapped model; none: the autoencoder config's own (autoencoder.path or its seeded init)."""
+        from opensora_lite.checkpoint.files import read_tensors
 
-        state = read_dcp_folder(path) if is_dcp_folder(path) else load_weights(path)
+        ctx = self.ctx
+        if path is None:
+            log.info("[%s] autoencoder weights from the autoencoder config", ctx.name)
+            return
+        state, _ = read_tensors(path)
         missing, unexpected = model.load_state_dict(state, strict=False)
         if missing or unexpected:
             raise CheckpointError(
                 f"{path}: not this autoencoder's weights ({len(missing)} missing, e.g. {missing[:2]})"
             )
+        if initial:
+            log.info("[%s] autoencoder weights from %s", ctx.name, path)
+            ctx.rt.tracker.event("init", ctx.step_offset, ctx.name, source=str(path), missing=[], unexpected=[])
 
     # -- one step ----------------------------------------------------------------------------------
     def images_at(self, step: int) -> bool:
@@ -190,7 +200,7 @@ class AutoencoderTask:
 
     # -- evaluation --------------------------------------------------------------------------------
     @torch.no_grad()
-    def evaluate(self, rt, model: nn.Module, folder: Path) -> tuple[dict, list[Path], dict[str, Path]]:
+    def evaluate(self, model: nn.Module, folder: Path, validation: bool = False) -> tuple[dict, list, dict]:
         """PSNR/SSIM over `eval.val_batches` batches of the held-out `eval.val_shards` (data.shards when
         unset), read in a fixed order; a contact sheet of the first batch (inputs above reconstructions)."""
         from opensora_lite.data.cache import bucket_table

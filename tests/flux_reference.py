@@ -7,9 +7,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from opensora_lite.models.flux_convert import diffusers_to_bfl
-from opensora_lite.models.flux_weights import load_into
-from opensora_lite.models.mmdit import MMDiT, MMDiTConfig
+from opensora_lite.models.flux.convert import diffusers_to_bfl
+from opensora_lite.models.flux.model import MMDiT, MMDiTConfig
+from opensora_lite.models.loading import load_into
 
 
 def random_diffusers_flux(

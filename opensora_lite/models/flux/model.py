@@ -15,14 +15,15 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from opensora_lite.models.attention import AttentionCore
-from opensora_lite.models.layers import MLPEmbedder, Modulation, QKNorm, gelu_tanh, layer_norm, timestep_embedding
-from opensora_lite.models.rope import apply_rope, rope_cos_sin, video_position_ids
+from opensora_lite.models.flux.layers import MLPEmbedder, Modulation, QKNorm, gelu_tanh, layer_norm, timestep_embedding
+from opensora_lite.models.flux.rope import apply_rope, rope_cos_sin, video_position_ids
 
 
 @dataclass
 class MMDiTConfig:
-    """Architecture of the MMDiT (the `model` config group)."""
+    """Architecture of the MMDiT (the `model` config group, model.family=flux)."""
 
+    family: str = "flux"
     latent_channels: int = 16  # channels of the autoencoder latent
     patch_size: list[int] = field(default_factory=lambda: [1, 2, 2])  # (t, h, w) patch over latents
     hidden_size: int = 3072
@@ -241,7 +242,7 @@ class MMDiT(nn.Module):
         It draws the global RNG exactly as that build does (nn.Linear's own init first, in construction
         order, then the normal pass), so from the same seed the values are bitwise today's. `names`: yield
         only these (the draws still all happen). Names are BFL names (wrapper prefixes removed)."""
-        from opensora_lite.models.flux_weights import clean_key
+        from opensora_lite.checkpoint.files import clean_key
 
         linears = [(clean_key(n), m) for n, m in self.named_modules() if isinstance(m, nn.Linear)]
         with torch.device("cpu"):

@@ -1,0 +1,19 @@
+"""What a stage computes, as task objects of the one loop (train/trainer.py): `diffusion` (the flow
+objective on a model family behind its spec) and `autoencoder` (reconstruction with a discriminator).
+A task gives the model, what a step computes, what its checkpoint holds beyond the model, and what an
+evaluation samples; the loop owns the plumbing. `stage.kind` picks one (registry.STAGE_KINDS)."""
+
+from __future__ import annotations
+
+from opensora_lite.train.tasks.base import StageContext, Task
+
+
+def build_task(ctx: StageContext) -> Task:
+    """The task of the stage's kind."""
+    if ctx.stage.kind == "autoencoder":
+        from opensora_lite.train.tasks.autoencoder import AutoencoderTask
+
+        return AutoencoderTask(ctx)
+    from opensora_lite.train.tasks.diffusion import DiffusionTask
+
+    return DiffusionTask(ctx)
