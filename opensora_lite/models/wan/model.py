@@ -8,8 +8,9 @@ Two changes to what diffusers builds, both from outside its classes:
 - from-scratch values follow the original Wan release's recipe (xavier-uniform linears, zero biases,
   N(0, 0.02) text and time embedders, a zero output projection; the modulation tables randn/sqrt(dim)
   as diffusers draws them), each tensor from its own generator seeded by one draw of the global RNG
-  and the tensor's name. So a model built on meta and sharded gets, tensor by tensor, bitwise what the
-  CPU build gives (`initial_tensors`), and building draws the global RNG exactly once either way.
+  and the tensor's name. diffusers' constructor runs on meta (its own init would be overwritten), then
+  the parameters are allocated and filled. So a model built on meta and sharded gets, tensor by tensor,
+  bitwise what the CPU build gives (`initial_tensors`), and both draw the global RNG exactly once.
 """
 
 from __future__ import annotations
@@ -66,11 +67,12 @@ def diffusers_kwargs(cfg: WanConfig) -> dict:
 
 
 def build_wan(cfg: WanConfig) -> WanTransformer3DModel:
-    """The model of `cfg`, initialised from scratch (one draw of the global RNG); on the meta device
-    (built inside torch.device("meta")) nothing is drawn and initial_tensors gives the values later."""
+    """The model of `cfg`, initialised from scratch (one draw of the global RNG). Inside
+    torch.device("meta") it stays on meta, nothing is drawn, and initial_tensors gives the values later."""
     if cfg.attention_backend not in ATTENTION_BACKENDS:
         raise ConfigError("model.attention_backend", f"{cfg.attention_backend!r} is not one of {ATTENTION_BACKENDS}")
-    with torch.random.fork_rng(devices=[]):  # diffusers' own init draws are replaced below
+    device = torch.get_default_device()
+    with torch.device("meta"):  # diffusers' own init would be overwritten: skip it (40% of a CPU build)
         model = WanTransformer3DModel(**diffusers_kwargs(cfg))
     model.rope = WanRope(cfg.attention_head_dim, tuple(cfg.patch_size), cfg.rope_max_seq_len)
     backend = _DIFFUSERS_BACKEND[cfg.attention_backend]
@@ -79,7 +81,8 @@ def build_wan(cfg: WanConfig) -> WanTransformer3DModel:
             model.set_attention_backend(backend)
         except Exception as e:  # the flash-attn package missing
             raise ConfigError("model.attention_backend", f"{cfg.attention_backend}: {e}") from None
-    if not next(model.parameters()).is_meta:
+    if device.type != "meta":
+        model.to_empty(device=device)  # parameters only: the model holds no buffers
         with torch.no_grad():
             for name, value in initial_tensors(model):
                 model.get_parameter(name).copy_(value)
