@@ -98,6 +98,9 @@ class TextModelConfig:
     max_length: int = 512
     dim: int = 4096  # hidden size of the output (T5: per token; CLIP: pooled)
     dtype: str = "bf16"
+    # T5 only: attend to the caption's tokens alone and zero the padding positions (Wan's recipe); false:
+    # padding tokens are encoded like any other (Flux, Open-Sora 2.0)
+    mask_padding: bool = False
 
 
 @dataclass

@@ -3,10 +3,13 @@
 Real weights load from local folders (`path`); nothing is downloaded. With `tiny` set instead, a small
 random model is built from that transformers config under a fixed seed, so every process and every
 stage sees the same encoder, with a tokenizer that needs no vocabulary file (bytes, or hashed words).
+The token encoder is T5 or UMT5 (Wan's UMT5-XXL), chosen by the folder's config.json `model_type`
+(`tiny`: its `model_type` key, t5 unless set).
 """
 
 from __future__ import annotations
 
+import json
 from collections import OrderedDict
 from pathlib import Path
 
@@ -31,10 +34,16 @@ def _load(kind: str, cfg: TextModelConfig) -> tuple[nn.Module, object]:
         )
     if not (path / "config.json").is_file():
         raise CheckpointError(f"text_encoder.{kind}.path: {path} has no config.json (a transformers model folder)")
-    cls = tf.T5EncoderModel if kind == "t5" else tf.CLIPTextModel
+    if kind == "t5":
+        model_type = json.loads((path / "config.json").read_text()).get("model_type", "t5")
+        cls = tf.UMT5EncoderModel if model_type == "umt5" else tf.T5EncoderModel  # UMT5: a bias in every layer
+    else:
+        cls = tf.CLIPTextModel
+    # a diffusers pipeline's text_encoder/ keeps its tokenizer in the sibling tokenizer/
+    vocab = path.parent / "tokenizer" if path.name == "text_encoder" and (path.parent / "tokenizer").is_dir() else path
     dtype_kw = "dtype" if Version(tf.__version__) >= Version("4.56") else "torch_dtype"  # renamed in 4.56
     try:
-        tokenizer = tf.AutoTokenizer.from_pretrained(path, local_files_only=True)
+        tokenizer = tf.AutoTokenizer.from_pretrained(vocab, local_files_only=True)
         model = cls.from_pretrained(path, local_files_only=True, **{dtype_kw: DTYPES[cfg.dtype]})
     except (OSError, ValueError) as e:  # weights or tokenizer files missing or unreadable
         detail = " ".join(str(e).split())
@@ -94,6 +103,16 @@ def _tokenizer(kind: str, cfg: TextModelConfig):
     raise ValueError(f"text_encoder.{kind}.tokenizer: {cfg.tokenizer!r} is not one of bytes, words")
 
 
+def tiny_token_encoder(tiny: dict) -> nn.Module:
+    """A random T5 encoder from transformers config kwargs, UMT5 where they say `model_type: umt5`."""
+    import transformers as tf
+
+    kwargs = dict(tiny)
+    if kwargs.pop("model_type", "t5") == "umt5":
+        return tf.UMT5EncoderModel(tf.UMT5Config(**kwargs))
+    return tf.T5EncoderModel(tf.T5Config(**kwargs))
+
+
 def _build(kind: str, cfg: TextModelConfig, seed: int) -> tuple[nn.Module, object]:
     import transformers as tf
 
@@ -104,7 +123,7 @@ def _build(kind: str, cfg: TextModelConfig, seed: int) -> tuple[nn.Module, objec
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if kind == "t5":
-            model = tf.T5EncoderModel(tf.T5Config(**cfg.tiny))
+            model = tiny_token_encoder(cfg.tiny)
         else:
             # Both tokenizers: pad 0, eos 1; CLIP pools the hidden state at the first eos token.
             model = tf.CLIPTextModel(tf.CLIPTextConfig(pad_token_id=0, eos_token_id=1, bos_token_id=0, **cfg.tiny))
@@ -138,8 +157,15 @@ class TextEncoders(nn.Module):
         `encode` is this followed by `.float()`: storing these (a latent cache) and converting at training
         time gives bitwise what `encode` returns for the same batch.
         """
-        # No attention mask on T5, as Flux and Open-Sora: padding tokens are part of the sequence.
-        t5 = self.t5(input_ids=self._ids(self.t5_tokenizer, texts, self.cfg.t5.max_length)).last_hidden_state
+        # No attention mask on T5, as Flux and Open-Sora: padding tokens are part of the sequence. With
+        # t5.mask_padding (Wan) the encoder sees only the caption and the padding positions are zeros.
+        ids = self._ids(self.t5_tokenizer, texts, self.cfg.t5.max_length)
+        if self.cfg.t5.mask_padding:
+            keep = ids != self.t5_tokenizer.pad_token_id
+            t5 = self.t5(input_ids=ids, attention_mask=keep.long()).last_hidden_state
+            t5 = t5.masked_fill(~keep[..., None], 0.0)
+        else:
+            t5 = self.t5(input_ids=ids).last_hidden_state
         clip = self.clip(input_ids=self._ids(self.clip_tokenizer, texts, self.cfg.clip.max_length)).pooler_output
         return t5, clip
 
