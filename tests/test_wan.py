@@ -22,14 +22,15 @@ TINY = WanConfig(latent_channels=4, num_attention_heads=2, attention_head_dim=16
 
 
 def model_config(name: str, latent_channels: int = 16, text_dim: int = 4096) -> WanConfig:
-    """configs/model/<name>.yaml as the `model` group, its interpolations given these values."""
+    """configs/model/<name>.yaml as the `model` group (its defaults list names the WanConfig schema it
+    extends), its interpolations given these values."""
+    node = OmegaConf.load(REPO / f"configs/model/{name}.yaml")
+    assert list(node.pop("defaults")) == ["wan_schema", "_self_"]
     root = OmegaConf.create(
         {
             "autoencoder": {"latent_channels": latent_channels},
             "text_encoder": {"t5": {"dim": text_dim}},
-            "model": OmegaConf.merge(
-                OmegaConf.structured(WanConfig), OmegaConf.load(REPO / f"configs/model/{name}.yaml")
-            ),
+            "model": OmegaConf.merge(OmegaConf.structured(WanConfig), node),
         }
     )
     return OmegaConf.to_object(root.model)

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from opensora_lite.errors import CheckpointError
 from opensora_lite.checkpoint.files import DIFFUSERS_FILE, DIFFUSERS_INDEX, write_safetensors
+from opensora_lite.errors import CheckpointError
 from opensora_lite.models.wan.config import WanConfig
 
 MAX_SHARD = "10GB"  # diffusers' own default shard size

@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from opensora_lite.errors import CheckpointError
 from opensora_lite.checkpoint.files import DIFFUSERS_FILE, DIFFUSERS_INDEX, is_dcp_folder, read_dcp_folder
+from opensora_lite.errors import CheckpointError
 
 _DIFFUSERS_MARK = ("condition_embedder.", "proj_out.")  # names only diffusers' Wan has
 _ORIGINAL_MARK = ("head.head.", "text_embedding.", "time_projection.")  # names only the original release has
