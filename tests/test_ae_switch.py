@@ -11,6 +11,7 @@ from conftest import compose, typed
 
 from opensora_lite.config.stages import stage_config, switches_autoencoder
 from opensora_lite.errors import CheckpointError, ConfigError
+from opensora_lite.models.flux import SPEC as FLUX
 from opensora_lite.models.flux.model import MMDiT
 from opensora_lite.train.stage_init import load_across_latent_spaces
 
@@ -28,7 +29,7 @@ def test_reinitialises_only_the_latent_layers_and_carries_the_rest():
     torch.manual_seed(1)
     child = MMDiT(view.model, image_condition=True)  # 8 DC-AE channels
     fresh = {k: v.clone() for k, v in child.state_dict().items()}
-    loaded, changed = load_across_latent_spaces(child, parent.state_dict(), "parent")
+    loaded, changed = load_across_latent_spaces(child, parent.state_dict(), "parent", FLUX)
     # (img_in's and cond_in's biases are [hidden] in both spaces: they carry over)
     assert sorted(changed) == [
         "cond_in.weight",
@@ -51,7 +52,7 @@ def test_a_mismatch_outside_the_latent_layers_is_still_an_error():
     small = MMDiT(cfg.model)
     other = MMDiT(typed(["model.hidden_size=64", "model.num_heads=2", "model.axes_dim=[8,12,12]"]).model)
     with pytest.raises(CheckpointError, match="outside the latent-space layers"):
-        load_across_latent_spaces(small, other.state_dict(), "other")
+        load_across_latent_spaces(small, other.state_dict(), "other", FLUX)
 
 
 def test_a_lora_stage_cannot_switch_autoencoder():

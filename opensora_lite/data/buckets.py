@@ -88,14 +88,6 @@ class BucketTable:
                 return batch
         return None
 
-    def all_buckets(self) -> list[Bucket]:
-        """Every (resolution, frames, aspect) bucket, for reports and shape checks."""
-        return [
-            Bucket(res, frames, *bucket_size(px, a, self.multiple), batch)
-            for px, frames, _, batch, res in self.entries
-            for a in self.aspect_ratios
-        ]
-
 
 def aspect_table(resolution: str, aspect_ratios: list[float], multiple: int) -> dict[float, tuple[int, int]]:
     """The (h, w) of every aspect ratio at one resolution (documentation and tests)."""

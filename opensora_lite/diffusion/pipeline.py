@@ -6,6 +6,8 @@ anything with cfg, text, ae, device and autocast() (a training Runtime or the sa
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 from torch import Tensor, nn
@@ -15,6 +17,7 @@ from opensora_lite.diffusion.conditioning import TASKS, V2V, build_condition
 from opensora_lite.diffusion.guidance import Guidance
 from opensora_lite.diffusion.sampler import sample_latents
 from opensora_lite.errors import ConfigError
+from opensora_lite.models.spec import spec_for
 
 
 def guidance_of(s: SampleConfig) -> Guidance:
@@ -115,12 +118,13 @@ def generate(
     task = task or ("i2v_head" if reference is not None else "t2v")
     if task not in TASKS:
         raise ConfigError("task", f"unknown task {task!r}; choose from {', '.join(TASKS)}")
-    has_cond = getattr(model, "cond_in", None) is not None
+    spec = spec_for(cfg.model)  # the model's family: its forward call and whether it takes a condition
+    has_cond = spec.has_image_condition(model)
     if task != "t2v":
         if reference is None:
             raise ConfigError("reference", f"task {task} needs a reference image or video")
         if not has_cond:
-            raise ConfigError("task", f"{task} needs a model with an image condition (cond_in): use an I2V stage")
+            raise ConfigError("task", f"{task} needs a model with an image condition: use an I2V stage")
         reference = reference[:, None] if reference.ndim == 4 else reference
         reference_end = (
             reference_end[:, None] if reference_end is not None and reference_end.ndim == 4 else reference_end
@@ -148,7 +152,7 @@ def generate(
                 end = None if reference_end is None else reference_end[i : i + bs]
                 cond = reference_condition(ae, task, reference[i : i + bs], end, lat_shape, v2v_frames, rt.device)
         latents = sample_latents(
-            model,
+            functools.partial(spec.forward, model),
             noise,
             t5,
             clip,

@@ -9,10 +9,11 @@ is skipped. After the last step the given latents are written back into their fr
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from opensora_lite.diffusion import flow
 from opensora_lite.diffusion.conditioning import write_back
@@ -22,7 +23,7 @@ from opensora_lite.diffusion.objective import tokens_per_frame
 
 @torch.no_grad()
 def sample_latents(
-    model: nn.Module,
+    model: Callable[..., Tensor],
     noise: Tensor,
     t5: Tensor,
     clip: Tensor,
@@ -35,7 +36,8 @@ def sample_latents(
     autocast: AbstractContextManager | None = None,
     image_task: bool = False,
 ) -> Tensor:
-    """Latents for the prompts encoded in (t5, clip), starting from `noise` [B, C, T, H, W].
+    """Latents for the prompts encoded in (t5, clip), starting from `noise` [B, C, T, H, W]. `model` is
+    the velocity: model(x, t, t5, clip, cond=...) (a family's spec.forward bound to a model).
 
     `guidance`: a Guidance, or a float for plain text CFG. `image_task`: the condition gives single
     frames (i2v), where the image-scale ramp applies."""

@@ -114,10 +114,6 @@ def read_frames(path: str, size: tuple[int, int], target_fps: float | None = Non
     return np.stack(frames)
 
 
-def read_first_frame(path: str, size: tuple[int, int]) -> np.ndarray:
-    return read_frames(path, size)[0]
-
-
 def read_rows(job: SampleJobConfig) -> list[Row]:
     """The prompts: `prompt_file` (.txt one a line; .jsonl / .csv rows with prompt or text, and optional
     reference / reference_end, relative to the file) or `prompts`, with the job's references."""

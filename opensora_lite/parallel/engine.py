@@ -90,6 +90,8 @@ class Engine(ABC):
     # True where the trainer builds the model inside model_context() (on the meta device, or partitioned as
     # it is built) and calls materialize() after prepare() instead of loading weights into it
     builds_on_meta = False
+    recomputed = 0  # blocks wrapped for activation checkpointing by wrap()
+    sharded_blocks = 0  # blocks sharded one by one by wrap() (fsdp2 on several ranks)
 
     def __init__(self, cfg: ParallelConfig, device_preference: str):
         self.cfg = cfg

@@ -143,11 +143,7 @@ def build_plan(cfg: PlanJobConfig) -> Plan:
                 mem.levers = levers(setup, mem, txt, compute, on_gpu, cfg.text_encoder, placement, reserved)
             memory.append(mem)
         par = setup.parallel
-        stages.append(
-            StagePlan(
-                cost, memory, note, par.engine, dict(par.ac_blocks), setup.autoencoder.kind
-            )
-        )
+        stages.append(StagePlan(cost, memory, note, par.engine, dict(par.ac_blocks), setup.autoencoder.kind))
     return Plan(plan.label or cfg.run.name, gpu, source, stages, placement)
 
 

@@ -98,11 +98,7 @@ def stage_setups(cfg: PlanJobConfig, mfu: float) -> list[StageSetup]:
         model = dataclasses.replace(view.model, latent_channels=ae.latent_channels, patch_size=list(patch))
         par = dataclasses.replace(
             cfg.parallel,
-            **{
-                f: getattr(sp, f)
-                for f in ("engine", "sp_size", "ac_blocks")
-                if getattr(sp, f) is not None
-            },
+            **{f: getattr(sp, f) for f in ("engine", "sp_size", "ac_blocks") if getattr(sp, f) is not None},
         )
         if par.engine not in ENGINES:
             raise ConfigError(f"{key}.engine", f"unknown engine {par.engine!r}: choose one of {list(ENGINES)}")

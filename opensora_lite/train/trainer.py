@@ -95,8 +95,9 @@ class StageTrainer:
         if ckpt:
             log.info("[%s] resumed from %s (step %d)", self.name, resume, start)
             rt.tracker.event("resume", self.step_offset + start, self.name, from_step=start, checkpoint=str(resume))
-        log.info("[%s] %s: %d steps, %.2fM parameters, %s", self.name, stage.description or "stage", stage.steps,
-                 nparams / 1e6, self._layout())  # fmt: skip
+        layout = self._layout(nparams)
+        log.info("[%s] %s: %d steps, %s", self.name, stage.description or "stage", stage.steps, layout.pop("line"))
+        rt.tracker.event("layout", self.step_offset + start, self.name, **layout)
         report = lambda metrics, at: rt.tracker.log(metrics, self.step_offset + at, self.name)  # noqa: E731
         asynchronous = stage.async_checkpoint and self.weights.asynchronous
         self.writer = CheckpointWriter(
@@ -158,16 +159,16 @@ class StageTrainer:
         return self._finish(model, ema, start, began, loss_value, skipped)
 
     # -- components ------------------------------------------------------------------------------
-    def _layout(self) -> str:
-        """How the engine laid the model out: blocks recomputed in backward, blocks sharded one by one."""
+    def _layout(self, nparams: int) -> dict:
+        """How the engine laid the model out (a log line and the `layout` event): parameters, blocks
+        recomputed in backward, blocks sharded one by one."""
         engine = self.engine
-        parts = [
-            f"image condition {self.task.image_condition}",
-            f"activation checkpointing on {engine.recomputed} blocks",
-        ]
-        if getattr(engine, "sharded_blocks", 0):
-            parts.append(f"{engine.sharded_blocks} blocks sharded one by one")
-        return ", ".join(parts)
+        out = dict(parameters=nparams, recomputed_blocks=engine.recomputed, sharded_blocks=engine.sharded_blocks)
+        out["line"] = (
+            f"{nparams / 1e6:.2f}M parameters, image condition {self.task.image_condition}, "
+            f"{engine.recomputed} blocks recomputed in backward, {engine.sharded_blocks} blocks sharded one by one"
+        )
+        return out
 
     def _validator(self) -> Validator:
         rt, at = self.rt, lambda step: self.step_offset + step
