@@ -12,8 +12,9 @@ import logging
 from opensora_lite.errors import Preempted
 from opensora_lite.eval.shapes import format_confusion
 from opensora_lite.layout import SUMMARY_FILE, StageDir
+from opensora_lite.train.metrics import StageResult
 from opensora_lite.train.runtime import Runtime
-from opensora_lite.train.trainer import StageResult, StageTrainer
+from opensora_lite.train.trainer import StageTrainer
 
 log = logging.getLogger("opensora_lite")
 

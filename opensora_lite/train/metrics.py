@@ -5,12 +5,40 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass, field
 
 import torch
 
 from opensora_lite.train.runtime import memory_gib
 
 log = logging.getLogger("opensora_lite")
+
+
+@dataclass
+class StageResult:
+    name: str
+    steps: int
+    seconds: float  # training wall time (the end-of-stage evaluation is eval_seconds)
+    final_loss: float
+    metrics: dict = field(default_factory=dict)
+    skipped_samples: dict = field(default_factory=dict)
+    resumed_from: int = 0
+    eval_seconds: float = 0.0
+    init: dict = field(default_factory=dict)  # the initial weights' report (train/stage_init.py)
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def stage_layout(engine, nparams: int, image_condition: bool) -> dict:
+    """How the engine laid the model out (the `layout` event, and its log line as "line"): parameters,
+    blocks recomputed in backward, blocks sharded one by one."""
+    out = dict(parameters=nparams, recomputed_blocks=engine.recomputed, sharded_blocks=engine.sharded_blocks)
+    out["line"] = (
+        f"{nparams / 1e6:.2f}M parameters, image condition {image_condition}, "
+        f"{engine.recomputed} blocks recomputed in backward, {engine.sharded_blocks} blocks sharded one by one"
+    )
+    return out
 
 
 class StepWindow:

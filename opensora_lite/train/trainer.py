@@ -16,7 +16,6 @@ import logging
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass, field
 
 import torch
 from tqdm import tqdm
@@ -28,7 +27,7 @@ from opensora_lite.data.loader import LoaderState
 from opensora_lite.errors import Preempted
 from opensora_lite.models.flops import peak_tflops
 from opensora_lite.train.ema import EMA
-from opensora_lite.train.metrics import StepWindow, console_line, report_stage_end
+from opensora_lite.train.metrics import StageResult, StepWindow, console_line, report_stage_end, stage_layout
 from opensora_lite.train.optim import build_optimizer, build_scheduler
 from opensora_lite.train.runtime import Runtime
 from opensora_lite.train.skips import SkipList
@@ -39,22 +38,6 @@ from opensora_lite.train.validation import Validator
 from opensora_lite.train.weights import stage_weights
 
 log = logging.getLogger("opensora_lite")
-
-
-@dataclass
-class StageResult:
-    name: str
-    steps: int
-    seconds: float  # training wall time (the end-of-stage evaluation is eval_seconds)
-    final_loss: float
-    metrics: dict = field(default_factory=dict)
-    skipped_samples: dict = field(default_factory=dict)
-    resumed_from: int = 0
-    eval_seconds: float = 0.0
-    init: dict = field(default_factory=dict)  # the initial weights' report (train/stage_init.py)
-
-    def as_dict(self) -> dict:
-        return dict(self.__dict__)
 
 
 class StageTrainer:
@@ -95,7 +78,7 @@ class StageTrainer:
         if ckpt:
             log.info("[%s] resumed from %s (step %d)", self.name, resume, start)
             rt.tracker.event("resume", self.step_offset + start, self.name, from_step=start, checkpoint=str(resume))
-        layout = self._layout(nparams)
+        layout = stage_layout(engine, nparams, task.image_condition)
         log.info("[%s] %s: %d steps, %s", self.name, stage.description or "stage", stage.steps, layout.pop("line"))
         rt.tracker.event("layout", self.step_offset + start, self.name, **layout)
         report = lambda metrics, at: rt.tracker.log(metrics, self.step_offset + at, self.name)  # noqa: E731
@@ -159,17 +142,6 @@ class StageTrainer:
         return self._finish(model, ema, start, began, loss_value, skipped)
 
     # -- components ------------------------------------------------------------------------------
-    def _layout(self, nparams: int) -> dict:
-        """How the engine laid the model out (a log line and the `layout` event): parameters, blocks
-        recomputed in backward, blocks sharded one by one."""
-        engine = self.engine
-        out = dict(parameters=nparams, recomputed_blocks=engine.recomputed, sharded_blocks=engine.sharded_blocks)
-        out["line"] = (
-            f"{nparams / 1e6:.2f}M parameters, image condition {self.task.image_condition}, "
-            f"{engine.recomputed} blocks recomputed in backward, {engine.sharded_blocks} blocks sharded one by one"
-        )
-        return out
-
     def _validator(self) -> Validator:
         rt, at = self.rt, lambda step: self.step_offset + step
 
