@@ -36,6 +36,30 @@ _TAG = "state"
 _LAYOUT = "layout.json"
 
 
+# DeepSpeed's CPU shared-memory all-reduce op, which its communication layer JIT-compiles at start-up
+SHM_COMM_OP = "deepspeed_shm_comm"
+
+
+def skip_shm_comm_build() -> None:
+    """Keep DeepSpeed from compiling SHM_COMM_OP when its communication layer starts.
+
+    On CPUs deepspeed.init_distributed loads that C++ op on every rank, JIT-compiling it on a machine's
+    first start (deepspeed/comm/torch.py, build_shm_op), although only deepspeed.comm.inference_all_reduce
+    uses it (AutoTP and inference layers): the ZeRO collectives these engines run go through
+    torch.distributed. The first start then compiles silently for 1-2 minutes on 2 cores and needs a C++
+    compiler and ninja. Every rank passes through torch's lock file in TORCH_EXTENSIONS_DIR/deepspeed_shm_comm;
+    a rank killed while it holds the lock (the launcher's SIGTERM when another rank fails, a time limit)
+    leaves it behind, and every later DeepSpeed start on the machine waits for it forever. DeepSpeed asks
+    deepspeed.ops.__compatible_ops__ before building: an op marked incompatible there is not built, and
+    inference_all_reduce falls back to torch.distributed's all_reduce. (GPU accelerators have no such op.)
+    """
+    import deepspeed.ops
+
+    compatible = getattr(deepspeed.ops, "__compatible_ops__", None)  # DeepSpeed probes it on first access
+    if isinstance(compatible, dict):
+        compatible[SHM_COMM_OP] = False
+
+
 def merge(base: dict, extra: dict) -> dict:
     """base with extra's keys set, nested dicts merged key by key."""
     out = dict(base)
@@ -54,6 +78,7 @@ class DeepSpeedEngine(Engine):
         self.stage = 3 if cfg.engine == "deepspeed_zero3" else 2
         for key, value in (("RANK", self.rank), ("WORLD_SIZE", self.world_size), ("LOCAL_RANK", self.local_rank)):
             os.environ.setdefault(key, str(value))  # DeepSpeed reads these (srun and single-process launches lack them)
+        skip_shm_comm_build()
         # the process group exists already (Engine): DeepSpeed's communication layer attaches to it
         deepspeed.init_distributed(dist_backend=dist.get_backend() if dist.is_initialized() else "gloo")
 
