@@ -3,6 +3,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install.sh dev
-.venv/bin/ruff check opensora_lite tests scripts        # lint (rules in pyproject.toml)
-.venv/bin/ruff format --check opensora_lite tests scripts
+.venv/bin/ruff check opensora_lite tests benchmarks        # lint (rules in pyproject.toml)
+.venv/bin/ruff format --check opensora_lite tests benchmarks
 exec .venv/bin/python -m pytest -q "$@"

@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def both_flux_outputs(ours, ref, img, img_ids, txt, txt_ids, t, y, guidance=None):
     """(our output, diffusers' FluxTransformer2DModel output) for the same packed tokens and positions."""
-    from flux_reference import diffusers_forward
+    from benchmarks.flux_reference import diffusers_forward
 
     with torch.no_grad():
         got = ours.forward_tokens(img, img_ids, txt, txt_ids, t, y, guidance=guidance)

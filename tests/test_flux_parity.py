@@ -4,9 +4,9 @@ loaded into our model, gives the same output for the same tokens, positions, tex
 import pytest
 import torch
 from conftest import both_flux_outputs
-from flux_reference import matching_mmdit, random_diffusers_flux
 from safetensors.torch import save_file
 
+from benchmarks.flux_reference import matching_mmdit, random_diffusers_flux
 from opensora_lite.errors import CheckpointError
 from opensora_lite.models.flux.convert import bfl_to_diffusers, diffusers_to_bfl, is_diffusers_state
 from opensora_lite.models.flux.model import MMDiT

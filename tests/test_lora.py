@@ -15,8 +15,8 @@ import pytest
 import torch
 import torch.distributed as dist
 from conftest import cli, compose, mini_overrides, tiny_mmdit, two_ranks, typed
-from flux_reference import diffusers_forward, matching_mmdit, random_diffusers_flux
 
+from benchmarks.flux_reference import diffusers_forward, matching_mmdit, random_diffusers_flux
 from opensora_lite.checkpoint.files import load_weights, write_safetensors
 from opensora_lite.config.schema import ExportJobConfig, LoraConfig, ParallelConfig, StageConfig
 from opensora_lite.layout import ADAPTER_FILE

@@ -4,7 +4,7 @@ time. The initial weights must be bitwise those of today's build (the whole mode
 weights loaded, then sharded): from scratch (the init replayed from the seed), from a BFL file, a
 diffusers folder and an Open-Sora 2.0 layout file (memory-mapped row slices, or one parameter's parts
 at a time; an I2V model's cond_in, absent from them, zero), and from a DCP folder the trainer writes.
-Peak host memory per rank is measured by scripts/bench_meta_init.py (test_scripts-style run below)."""
+Peak host memory per rank is measured by benchmarks/bench_meta_init.py (test_scripts-style run below)."""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ from conftest import REPO
 
 def _script(name: str, *args: str, env: dict | None = None) -> str:
     proc = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / name), *args, "--no-append"],
+        [sys.executable, "-m", f"benchmarks.{name.removesuffix('.py')}", *args, "--no-append"],
         capture_output=True,
         text=True,
         timeout=300,
@@ -23,12 +23,12 @@ def _script(name: str, *args: str, env: dict | None = None) -> str:
 
 
 def test_gpu_suite_runs_in_smoke_mode():
-    """scripts/gpu_suite.sh --smoke: every part of the GPU suite on CPU at tiny shapes, nothing appended
+    """benchmarks/gpu_suite.sh --smoke: every part of the GPU suite on CPU at tiny shapes, nothing appended
     (the GPU flux checks with the MFU switches, engine step, activation checkpointing, decoding,
     autoencoder throughput and data-stall scripts with it)."""
     env = dict(os.environ, PYTHON=sys.executable, OMP_NUM_THREADS="1")
     proc = subprocess.run(
-        ["bash", str(REPO / "scripts" / "gpu_suite.sh"), "--smoke"],
+        ["bash", str(REPO / "benchmarks" / "gpu_suite.sh"), "--smoke"],
         capture_output=True,
         text=True,
         timeout=300,
@@ -53,7 +53,7 @@ def test_gpu_suite_runs_in_smoke_mode():
 
 def test_gpu_suite_refuses_gpu_mode_without_a_gpu():
     env = dict(os.environ, PYTHON=sys.executable, CUDA_VISIBLE_DEVICES="")
-    proc = subprocess.run(["bash", str(REPO / "scripts" / "gpu_suite.sh")], capture_output=True, text=True, env=env)
+    proc = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_suite.sh")], capture_output=True, text=True, env=env)
     assert proc.returncode == 2 and "no CUDA device visible" in proc.stderr
 
 

@@ -73,8 +73,8 @@ def test_validation_logs_metrics_over_steps_and_leaves_training_unchanged(shapes
     assert any(h.get("i2v/validation/samples/_type") == "videos" for h in history)
     assert any(h.get("i2v/validation/contact_sheet_i2v/_type") == "image-file" for h in history)
     # the curve as a PNG, from metrics.jsonl alone
-    plot = [sys.executable, str(REPO / "scripts" / "plot_validation.py"), str(val / "metrics.jsonl")]
-    out = subprocess.run([*plot, "--out", str(tmp_path / "curve.png")], capture_output=True, text=True)
+    plot = [sys.executable, "-m", "benchmarks.plot_validation", str(val / "metrics.jsonl")]
+    out = subprocess.run([*plot, "--out", str(tmp_path / "curve.png")], capture_output=True, text=True, cwd=REPO)
     assert out.returncode == 0 and (tmp_path / "curve.png").stat().st_size > 1000, out.stderr
     assert len([line for line in out.stdout.splitlines() if line.strip()[:1].isdigit()]) == 2  # two points
 

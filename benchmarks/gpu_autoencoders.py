@@ -9,9 +9,9 @@ One 256px clip of as many frames as the AE's frame rule allows up to 129 (129 fo
 AEs, 128 for DC-AE's multiples of 4), batch 1, the decoder on the GPU (no offload: this is the
 device's rate). Median of --iters timed calls after one warm-up; peak memory per call.
 
-    python3 scripts/gpu_autoencoders.py                      # H100/H200, 129 frames: appends to docs/benchmarks.md
-    python3 scripts/gpu_autoencoders.py --frames 33 --iters 2 --budget-s 30   # the suite's part
-    python3 scripts/gpu_autoencoders.py --smoke --no-append  # tiny AEs on CPU: checks the script runs
+    python3 -m benchmarks.gpu_autoencoders                      # H100/H200, 129 frames: appends to docs/benchmarks.md
+    python3 -m benchmarks.gpu_autoencoders --frames 33 --iters 2 --budget-s 30   # the suite's part
+    python3 -m benchmarks.gpu_autoencoders --smoke --no-append  # tiny AEs on CPU: checks the script runs
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ import time
 import traceback
 
 import torch
-from benchlib import heading, parse_gpu_args, publish, table
 from omegaconf import OmegaConf
 
+from benchmarks.benchlib import heading, parse_gpu_args, publish, table
 from opensora_lite.autoencoders import build_autoencoder
 from opensora_lite.autoencoders.base import frames_fit
 from opensora_lite.config.schema import AutoencoderConfig
@@ -153,7 +153,7 @@ def main() -> None:
         if cuda:
             torch.cuda.empty_cache()  # the last AE's memory back before the next
     gpu = torch.cuda.get_device_name() if cuda else "CPU (smoke)"
-    lines = heading(f"Autoencoders on one {gpu}: encode/decode throughput", "python3 scripts/gpu_autoencoders.py")
+    lines = heading(f"Autoencoders on one {gpu}: encode/decode throughput", "python3 -m benchmarks.gpu_autoencoders")
     lines += [
         f"torch {torch.__version__}. One {a.size}x{a.size} clip (batch 1), random weights "
         f"({'tiny' if a.smoke else 'full size'}), each "

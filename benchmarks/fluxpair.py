@@ -4,8 +4,8 @@ same random weights, inputs for both, and each model's forward on them."""
 from __future__ import annotations
 
 import torch
-from flux_reference import diffusers_forward, matching_mmdit, random_diffusers_flux
 
+from benchmarks.flux_reference import diffusers_forward, matching_mmdit, random_diffusers_flux
 from opensora_lite.models.flux.rope import video_position_ids
 
 

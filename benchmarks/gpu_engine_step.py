@@ -8,9 +8,9 @@ What each engine does on one GPU is what it would do per GPU with one rank: fsdp
 model under bf16 autocast (fp32 weights; nothing to shard), colossalai_zero2 keeps bf16 weights with
 fp32 masters in its optimizer, the DeepSpeed engines the same with DeepSpeed's bf16 mode.
 
-    python3 scripts/gpu_engine_step.py                       # H100/H200: fsdp2 and colossalai_zero2
-    python3 scripts/gpu_engine_step.py --engines fsdp2 deepspeed_zero2 --double 4 --single 8
-    python3 scripts/gpu_engine_step.py --smoke --no-append   # tiny model on CPU: checks the script runs
+    python3 -m benchmarks.gpu_engine_step                       # H100/H200: fsdp2 and colossalai_zero2
+    python3 -m benchmarks.gpu_engine_step --engines fsdp2 deepspeed_zero2 --double 4 --single 8
+    python3 -m benchmarks.gpu_engine_step --smoke --no-append   # tiny model on CPU: checks the script runs
 
 ColossalAI on a GPU machine: install it as docs/engines/colossalai.md says (wheels travel to machines
 without a registry). Median step time over --iters steps after 2 warm-up steps; peak memory is
@@ -27,7 +27,8 @@ import sys
 import time
 
 import torch
-from benchlib import heading, publish, table
+
+from benchmarks.benchlib import REPO, heading, publish, table
 
 ENGINES = ["fsdp2", "colossalai_zero2"]
 
@@ -35,6 +36,7 @@ ENGINES = ["fsdp2", "colossalai_zero2"]
 def worker(a) -> dict:
     from opensora_lite.config.schema import ParallelConfig
     from opensora_lite.models.flops import peak_tflops
+    from opensora_lite.models.flux import SPEC as FLUX
     from opensora_lite.models.flux.flops import mmdit_flops
     from opensora_lite.models.flux.model import MMDiT, MMDiTConfig
     from opensora_lite.parallel import build_engine
@@ -55,14 +57,17 @@ def worker(a) -> dict:
     )
     engine = build_engine(
         ParallelConfig(
-            engine=a.worker, param_dtype="bf16" if cuda else "fp32", ac_double_blocks=a.ac, ac_single_blocks=a.ac
+            engine=a.worker,
+            param_dtype="bf16" if cuda else "fp32",
+            ac_blocks={"double_blocks": a.ac, "single_blocks": a.ac},
         ),
         "cuda" if cuda else "cpu",
     )
     torch.manual_seed(0)
     model = MMDiT(cfg)
     nparams = sum(p.numel() for p in model.parameters())
-    model, opt = engine.prepare(model, lambda params: torch.optim.AdamW(params, lr=1e-5, fused=cuda), 1.0)
+    make_opt = lambda params: torch.optim.AdamW(params, lr=1e-5, fused=cuda)  # noqa: E731
+    model, opt = engine.prepare(model, make_opt, 1.0, FLUX.blocks(model))
     dev = engine.device
     t, h, w = a.grid
     x = torch.randn(1, 16, t, 2 * h, 2 * w, device=dev)
@@ -127,7 +132,11 @@ def main() -> None:
         for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT"):
             env.pop(key, None)
         out = subprocess.run(
-            [sys.executable, __file__, *args, "--worker", name], capture_output=True, text=True, env=env
+            [sys.executable, "-m", "benchmarks.gpu_engine_step", *args, "--worker", name],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=REPO,
         )
         found = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
         if out.returncode != 0 or not found:
@@ -145,7 +154,7 @@ def main() -> None:
             ]
         )
     device = torch.cuda.get_device_name() if torch.cuda.is_available() and not a.smoke else "CPU (smoke)"
-    lines = heading(f"Engines on one {device}: bf16 step time and peak memory", "python3 scripts/gpu_engine_step.py")
+    lines = heading(f"Engines on one {device}: bf16 step time and peak memory", "python3 -m benchmarks.gpu_engine_step")
     lines += [
         f"torch {torch.__version__}. {a.double} double + {a.single} single blocks at Flux width, "
         f"{'x'.join(map(str, a.grid))} video + {a.text_tokens} text tokens, batch 1, AdamW, AC blocks {a.ac}.",

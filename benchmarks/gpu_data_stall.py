@@ -10,8 +10,8 @@ full Flux-dev MMDiT (19 + 38 blocks) on that clip, over the GPU's datasheet peak
 worker count, the fraction of wall time the step waited for data (the trainer's `data_stall_frac`),
 after the first batch (worker start-up, reported apart).
 
-    python3 scripts/gpu_data_stall.py                      # GPU machine: ~50 s, appends to docs/benchmarks.md
-    python3 scripts/gpu_data_stall.py --smoke --no-append  # tiny clips on CPU: checks the script runs
+    python3 -m benchmarks.gpu_data_stall                      # GPU machine: ~50 s, appends to docs/benchmarks.md
+    python3 -m benchmarks.gpu_data_stall --smoke --no-append  # tiny clips on CPU: checks the script runs
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from pathlib import Path
 
 import torch
 from bench_decode import make_clip
-from benchlib import heading, parse_gpu_args, publish, table
 
+from benchmarks.benchlib import heading, parse_gpu_args, publish, table
 from opensora_lite.autoencoders.base import latent_frame_count
 from opensora_lite.data.buckets import BucketTable
 from opensora_lite.data.loader import BucketedVideoStream, build_loader
@@ -134,7 +134,7 @@ def main() -> None:
         if a.step_ms
         else f"full Flux-dev MMDiT, analytic FLOPs at {a.mfu:.0%} MFU of the bf16 peak"
     )
-    lines = heading(f"Data stall at stage-1 rates, one {gpu}", "python3 scripts/gpu_data_stall.py")
+    lines = heading(f"Data stall at stage-1 rates, one {gpu}", "python3 -m benchmarks.gpu_data_stall")
     lines += [
         f"Clips: {a.source[1]}x{a.source[0]} H.264, {fps} fps, {len(clip) / 2**20:.1f} MiB; windows of {a.frames} "
         f"frames at stride {stride} to the {bucket.height}x{bucket.width} bucket ({a.resolution}px), batch 1, "

@@ -10,8 +10,8 @@
    and diffusers' side by side, same weights, same step; ours also with each MFU switch and with both
    (`parallel.compile`: each block compiled; `model.fused_qk_norm_rope`).
 
-    python3 scripts/gpu_flux_checks.py                    # on an H100/H200: ~3 min, appends to docs/benchmarks.md
-    python3 scripts/gpu_flux_checks.py --smoke --no-append  # tiny shapes on CPU: checks the script runs
+    python3 -m benchmarks.gpu_flux_checks                    # on an H100/H200: ~3 min, appends to docs/benchmarks.md
+    python3 -m benchmarks.gpu_flux_checks --smoke --no-append  # tiny shapes on CPU: checks the script runs
 """
 
 from __future__ import annotations
@@ -21,12 +21,13 @@ import time
 from dataclasses import replace
 
 import torch
-from benchlib import heading, publish, table
 from diffusers.utils import logging as diffusers_logging
-from fluxpair import make_inputs, pair, run_ours, run_ref
 
+from benchmarks.benchlib import heading, publish, table
+from benchmarks.fluxpair import make_inputs, pair, run_ours, run_ref
 from opensora_lite.models.attention import resolve_backend
 from opensora_lite.models.flops import peak_tflops
+from opensora_lite.models.flux import SPEC as FLUX
 from opensora_lite.models.flux.flops import mmdit_flops
 from opensora_lite.models.flux.model import MMDiT
 from opensora_lite.parallel.checkpointing import apply_activation_checkpointing, compile_blocks
@@ -117,9 +118,9 @@ def mfu(device, dtype, a) -> tuple[list[list[str]], str]:
         model, fn = (ref, run_ref) if fused is None else (with_switch(ours.cfg, state, fused), run_ours)
         model.to(device, dtype).train()
         if fused is not None and a.ac:
-            apply_activation_checkpointing(model, a.double, a.single)
+            apply_activation_checkpointing(FLUX.blocks(model), {"double_blocks": a.double, "single_blocks": a.single})
         if compiled:
-            compile_blocks(model, a.compile_backend)  # after AC, as the engine does
+            compile_blocks(FLUX.blocks(model), a.compile_backend)  # after AC, as the engine does
         seconds = timed_step(fn, model, x, a.iters, device)
         del model
         if device.type == "cuda":
@@ -167,7 +168,7 @@ def main() -> None:
     parity_grid, parity_text = ([3, 8, 8], 64) if not a.smoke else ([1, 2, 2], 4)
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU (smoke)"
-    lines = heading(f"Flux MMDiT on {name}: bf16 parity and MFU", "python3 scripts/gpu_flux_checks.py")
+    lines = heading(f"Flux MMDiT on {name}: bf16 parity and MFU", "python3 -m benchmarks.gpu_flux_checks")
     lines += [
         f"torch {torch.__version__}. Parity: {'x'.join(map(str, parity_grid))} video + {parity_text} text tokens.",
         "",

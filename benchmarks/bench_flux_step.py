@@ -7,8 +7,8 @@ on a CPU).
 One step is forward + backward of a mean-square loss. The two are timed in alternating rounds in one
 process, so machine noise hits both alike; the ratio is the figure.
 
-    python3 scripts/bench_flux_step.py                 # ~2 min on 2 CPU cores, appends to docs/benchmarks.md
-    python3 scripts/bench_flux_step.py --no-append --rounds 2
+    python3 -m benchmarks.bench_flux_step                 # ~2 min on 2 CPU cores, appends to docs/benchmarks.md
+    python3 -m benchmarks.bench_flux_step --no-append --rounds 2
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ import statistics
 import time
 
 import torch
-from benchlib import heading, publish, table
-from fluxpair import make_inputs, pair, run_ours, run_ref
+
+from benchmarks.benchlib import heading, publish, table
+from benchmarks.fluxpair import make_inputs, pair, run_ours, run_ref
 
 
 def step_ours(model, x: dict) -> None:
@@ -85,7 +86,7 @@ def main() -> None:
         ["opensora_lite MMDiT", f"{ours_med * 1000:.0f}", f"{ours_med / ref_med:.3f}"],
         ["diffusers FluxTransformer2DModel", f"{ref_med * 1000:.0f}", "1.000"],
     ]
-    lines = heading("Flux step time vs diffusers (CPU)", "python3 scripts/bench_flux_step.py")
+    lines = heading("Flux step time vs diffusers (CPU)", "python3 -m benchmarks.bench_flux_step")
     lines += [f"Shape: {shape}.", ""]
     lines += table(["model", "fwd+bwd ms (median of rounds)", "ratio"], rows)
     lines += ["", f"Per-round ratios: {', '.join(f'{r:.3f}' for r in ratios)} (target: at most 0.9)."]

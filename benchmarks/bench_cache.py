@@ -9,9 +9,9 @@ is a small random Hunyuan video VAE (diffusers AutoencoderKLHunyuanVideo built f
 saved locally, 4x8x8, 16 channels, 32-64 wide): encoding then costs what a VAE costs, which is what the cache
 saves at scale. Rounds alternate the two settings to share the machine's noise.
 
-    python3 scripts/bench_cache.py                  # ~4 min on 2 CPU cores, appends to docs/benchmarks.md
-    python3 scripts/bench_cache.py --vae hunyuan
-    python3 scripts/bench_cache.py --steps 3 --rounds 1 --clips 48 --no-append   # smoke
+    python3 -m benchmarks.bench_cache                  # ~4 min on 2 CPU cores, appends to docs/benchmarks.md
+    python3 -m benchmarks.bench_cache --vae hunyuan
+    python3 -m benchmarks.bench_cache --steps 3 --rounds 1 --clips 48 --no-append   # smoke
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchlib import REPO, heading, publish, table
+from benchmarks.benchlib import heading, publish, table
 
 
 def hunyuan_vae(folder: Path) -> list[str]:
@@ -62,11 +62,7 @@ def main() -> None:
     p.add_argument("--no-append", action="store_true")
     a = p.parse_args()
 
-    import sys
-
-    sys.path.insert(0, str(REPO / "tests"))
-    from conftest import compose
-
+    from benchmarks.benchlib import compose
     from opensora_lite.cli.curriculum import run
     from opensora_lite.data.synthetic import ShapesConfig, write_shapes_shards
 
@@ -115,7 +111,7 @@ def main() -> None:
     ]
     lines = heading(
         f"Latent cache vs on-the-fly encoding ({a.vae} autoencoder)",
-        "python3 scripts/bench_cache.py" + (f" --vae {a.vae}" if a.vae != "pixel" else ""),
+        "python3 -m benchmarks.bench_cache" + (f" --vae {a.vae}" if a.vae != "pixel" else ""),
     )
     lines += [
         f"Tiny curriculum t2v stage, {a.steps} steps from scratch, 1 loader worker, {a.clips} Shapes clips; "

@@ -4,7 +4,7 @@ Trains on clips rendered in memory at the training size (no mp4, no loader) with
 model, flow and evaluator, so many settings can be compared quickly. Prints accuracy against steps.
 Used to choose the tiny curriculum's sizes; see docs/tiny-curriculum.md.
 
-    python scripts/probe_motion.py --res 16 --frames 5 --hidden 128 --steps 1500
+    python3 -m benchmarks.probe_motion --res 16 --frames 5 --hidden 128 --steps 1500
 """
 
 from __future__ import annotations

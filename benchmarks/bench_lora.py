@@ -8,8 +8,8 @@ resident memory above the baseline (ru_maxrss: weights, gradients, optimizer sta
 LoRA: peft adapters as a LoRA stage puts them (models/lora.py, default targets attention + mlp), base
 frozen in fp32 (bf16 is slow on CPUs); the checkpoint size is what a mid-stage checkpoint holds.
 
-    OMP_NUM_THREADS=1 python3 scripts/bench_lora.py              # ~3 min on one core
-    python3 scripts/bench_lora.py --no-append --hidden 256 --heads 4 --text-dim 64 --vec-dim 32
+    OMP_NUM_THREADS=1 python3 -m benchmarks.bench_lora              # ~3 min on one core
+    python3 -m benchmarks.bench_lora --no-append --hidden 256 --heads 4 --text-dim 64 --vec-dim 32
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import subprocess
 import sys
 import time
 
-from benchlib import heading, mmdit_config, publish, rss_mib, table
+from benchmarks.benchlib import REPO, heading, mmdit_config, publish, rss_mib, table
 
 
 def child(a) -> None:
@@ -31,6 +31,7 @@ def child(a) -> None:
     import torch
 
     from opensora_lite.config.schema import OptimConfig
+    from opensora_lite.models.flux import SPEC as FLUX
     from opensora_lite.models.flux.model import MMDiT
     from opensora_lite.models.lora import apply_lora
     from opensora_lite.train.optim import build_optimizer
@@ -45,7 +46,7 @@ def child(a) -> None:
     torch.manual_seed(0)
     model = MMDiT(cfg)
     if a.lora_rank:
-        apply_lora(model, a.lora_rank, float(a.lora_rank), 0.0, ["attention", "mlp"])
+        apply_lora(model, a.lora_rank, float(a.lora_rank), 0.0, ["attention", "mlp"], FLUX.lora_groups)
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt = build_optimizer(trainable, OptimConfig(lr=1e-5), torch.device("cpu"))
     times = []
@@ -87,8 +88,8 @@ def main() -> None:
     passthrough = [arg for arg in sys.argv[1:] if arg != "--no-append"]
     results = []
     for rank in [0, *a.ranks]:
-        cmd = [sys.executable, __file__, *passthrough, "--lora-rank", str(rank)]
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        cmd = [sys.executable, "-m", __spec__.name, *passthrough, "--lora-rank", str(rank)]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=REPO)
         results.append((rank, json.loads(out.stdout.strip().splitlines()[-1])))
     full = results[0][1]
     rows = [
@@ -104,7 +105,7 @@ def main() -> None:
         for rank, r in results
     ]
     tokens = a.grid[0] * a.grid[1] * a.grid[2]
-    lines = heading("LoRA step against a full step (CPU)", "OMP_NUM_THREADS=1 python3 scripts/bench_lora.py")
+    lines = heading("LoRA step against a full step (CPU)", "OMP_NUM_THREADS=1 python3 -m benchmarks.bench_lora")
     lines += [
         f"Shape: hidden {a.hidden}, {a.heads} heads, {a.double} double + {a.single} single blocks, text {a.text_dim} / "
         f"pooled {a.vec_dim} wide, batch {a.batch}, {tokens} video + {a.text_tokens} text tokens, fp32, AdamW, "

@@ -3,9 +3,9 @@
 and the minimum. This is how the quickstart's figures are stated (one seed says little: direction is
 learned at a seed-dependent step).
 
-    python3 scripts/bench_seeds.py                                  # the quickstart, seeds 0 1 2
-    python3 scripts/bench_seeds.py --experiment tiny_cpu_30min --seeds 0 1 2
-    python3 scripts/bench_seeds.py --jobs 1 -- curriculum.stages.t2v.steps=800   # extra Hydra overrides
+    python3 -m benchmarks.bench_seeds                                  # the quickstart, seeds 0 1 2
+    python3 -m benchmarks.bench_seeds --experiment tiny_cpu_30min --seeds 0 1 2
+    python3 -m benchmarks.bench_seeds --jobs 1 -- curriculum.stages.t2v.steps=800   # extra Hydra overrides
 
 Seeds run side by side (`--jobs`, default 2: one per core of a 2-core machine) at `--threads` torch
 threads each, from the installed `.venv` and the Shapes shards in data/shapes. Runs go under
@@ -20,7 +20,7 @@ import statistics
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from benchlib import REPO, heading, publish, run_logged, table
+from benchmarks.benchlib import REPO, heading, publish, run_logged, table
 
 METRICS = ("colour_acc", "direction_acc", "i2v_colour_keep")
 
@@ -68,7 +68,9 @@ def main() -> None:
                 continue
             cells = [f"{per_seed[s][stage][key]:.3f}" for s in a.seeds]
             rows.append([stage, key, *cells, f"{statistics.mean(vals):.3f}", f"**{min(vals):.3f}**"])
-    command = "python3 scripts/bench_seeds.py --experiment " + a.experiment + " --seeds " + " ".join(map(str, a.seeds))
+    command = (
+        "python3 -m benchmarks.bench_seeds --experiment " + a.experiment + " --seeds " + " ".join(map(str, a.seeds))
+    )
     if a.overrides:
         command += " -- " + " ".join(a.overrides)
     walls = ", ".join(f"{t:.0f}" for _, t, _ in done)

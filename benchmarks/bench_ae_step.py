@@ -10,8 +10,8 @@ every parameter that got a gradient, on random latents of the shape the autoenco
 no autoencoder runs. The autoencoders are timed in alternating rounds in one process, so machine
 noise hits all alike; each figure is the median over the rounds, after one warm-up step.
 
-    python3 scripts/bench_ae_step.py                # ~6 min on 2 CPU cores, appends to docs/benchmarks.md
-    python3 scripts/bench_ae_step.py --no-append --rounds 1 --double 0 --single 1
+    python3 -m benchmarks.bench_ae_step                # ~6 min on 2 CPU cores, appends to docs/benchmarks.md
+    python3 -m benchmarks.bench_ae_step --no-append --rounds 1 --double 0 --single 1
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ import time
 
 import torch
 from bench_ae_tokens import AUTOENCODERS, recipe
-from benchlib import heading, publish, table
 from torch import nn
 
+from benchmarks.benchlib import heading, publish, table
 from opensora_lite.autoencoders.base import frames_fit, latent_frame_count
 from opensora_lite.config.stages import load_autoencoder
 from opensora_lite.models.flux.model import LastLayer, MMDiT
@@ -122,7 +122,7 @@ def main() -> None:
     n_params = sum(p.numel() for p in trunk)
     lines = heading(
         "Train step time by autoencoder latent shape (Flux-width MMDiT cut to a few blocks, CPU)",
-        "python3 scripts/bench_ae_step.py",
+        "python3 -m benchmarks.bench_ae_step",
     )
     lines += [
         f"Clip: {a.size}x{a.size} px, {a.frames + 1} frames ({a.frames} where the autoencoder takes multiples "

@@ -10,8 +10,8 @@ memory at that point (the Python, torch and process-group baseline). `anonymous,
 RssAnon once the model is ready: what the rank keeps, without the page-cache pages its memory-mapped
 reads mapped (file-backed, shared, reclaimable, but counted in the peak). Equal values: tests/test_meta_init.py.
 
-    python3 scripts/bench_meta_init.py                          # Flux width, 2 single blocks: ~2 min, ~6 GiB
-    python3 scripts/bench_meta_init.py --hidden 1024 --heads 8 --no-append
+    python3 -m benchmarks.bench_meta_init                          # Flux width, 2 single blocks: ~2 min, ~6 GiB
+    python3 -m benchmarks.bench_meta_init --hidden 1024 --heads 8 --no-append
 """
 
 from __future__ import annotations
@@ -21,15 +21,14 @@ import json
 import os
 import resource
 import socket
-import sys
 import tempfile
 from pathlib import Path
 
 import torch
 import torch.multiprocessing as mp
-from benchlib import heading, publish, table
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.benchlib import heading, publish, table
+from opensora_lite.models.flux import SPEC as FLUX
 from opensora_lite.models.flux.model import MMDiT, MMDiTConfig  # noqa: E402
 
 
@@ -102,12 +101,12 @@ def _rank(rank: int, port: int, variant: str, weights: str, a, out: str) -> None
     if engine.builds_on_meta:
         with torch.device("meta"):
             model = MMDiT(_config(a))
-        model, _ = engine.prepare(model, lambda ps: torch.optim.AdamW(ps), 1.0)
-        engine.materialize(model, Path(weights), 0)
+        model, _ = engine.prepare(model, lambda ps: torch.optim.AdamW(ps), 1.0, FLUX.blocks(model))
+        engine.materialize(model, FLUX, Path(weights), 0)
     else:
         model = MMDiT(_config(a))
         load_into(model, read_flux_weights(weights)[0], weights)
-        model, _ = engine.prepare(model, lambda ps: torch.optim.AdamW(ps), 1.0)
+        model, _ = engine.prepare(model, lambda ps: torch.optim.AdamW(ps), 1.0, FLUX.blocks(model))
     peaks = engine.all_gather_object([start, _peak_mib(), _anon_mib() - anon])
     if rank == 0:
         Path(out).write_text(json.dumps(peaks))
@@ -148,7 +147,7 @@ def main() -> None:
     model_mib = nparams * 4 / 2**20
     lines = heading(
         "fsdp2 start-up: peak host memory per rank, today vs meta-init (CPU, 2 gloo ranks)",
-        "python3 scripts/bench_meta_init.py",
+        "python3 -m benchmarks.bench_meta_init",
         note=(
             f"; {a.hidden}-wide MMDiT, {a.double} double + {a.single} single blocks, {nparams / 1e6:.0f}M parameters "
             f"(model {model_mib:.0f} MiB in fp32), initial weights from a BFL safetensors file; the worse rank"

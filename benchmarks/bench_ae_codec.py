@@ -12,8 +12,8 @@ a random input (a clip, or latents of the clip's shape), note the resident memor
 the time, the process's peak resident memory (ru_maxrss) and that peak minus the memory held before the
 call (the weights, the input, the interpreter): what the call itself needed.
 
-    python3 scripts/bench_ae_codec.py                              # 256px, 32 (DC-AE) / 33 (Hunyuan) frames
-    python3 scripts/bench_ae_codec.py --no-append --size 64 --frames 4
+    python3 -m benchmarks.bench_ae_codec                              # 256px, 32 (DC-AE) / 33 (Hunyuan) frames
+    python3 -m benchmarks.bench_ae_codec --no-append --size 64 --frames 4
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import subprocess
 import sys
 import time
 
-from benchlib import heading, publish, rss_mib, table
+from benchmarks.benchlib import REPO, heading, publish, rss_mib, table
 
 # what the released HunyuanVideo VAE's config.json says (hunyuanvideo-community/HunyuanVideo, vae/)
 HUNYUAN_RELEASED = dict(
@@ -128,11 +128,21 @@ def main() -> None:
         for tiling in a.tilings:
             for op in ("encode", "decode"):
                 key = f"{name},{tiling},{op}"
-                cmd = [sys.executable, __file__, "--child", key, "--size", str(a.size), "--frames", str(frames[name])]
+                cmd = [
+                    sys.executable,
+                    "-m",
+                    __spec__.name,
+                    "--child",
+                    key,
+                    "--size",
+                    str(a.size),
+                    "--frames",
+                    str(frames[name]),
+                ]
                 cmd += ["--tile", str(a.tile)] if a.tile else []
                 label = [LABELS[name], tiling, op, f"{a.size}px x {frames[name]}"]
                 try:
-                    out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=a.timeout_s)
+                    out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=a.timeout_s, cwd=REPO)
                 except subprocess.TimeoutExpired:
                     rows.append(label + [f"> {a.timeout_s:.0f} (stopped)", "", "", ""])
                     print(key, "timed out", flush=True)
@@ -155,7 +165,7 @@ def main() -> None:
                 )
     import torch
 
-    command = " ".join(["python3 scripts/bench_ae_codec.py", *sys.argv[1:]]).replace(" --no-append", "")
+    command = " ".join(["python3 -m benchmarks.bench_ae_codec", *sys.argv[1:]]).replace(" --no-append", "")
     tiles = (
         f"{a.tile} px tiles for both (a quarter of a tile overlapping)"
         if a.tile

@@ -8,8 +8,8 @@ checkpoints alternate in one process, so machine noise hits both alike. After an
 checkpoint returns, training steps go on until the background write is published: their count is the
 evidence that training continues during the write.
 
-    python3 scripts/bench_checkpoint.py                   # ~4 min on 2 CPU cores, ~9 GiB RAM; appends
-    python3 scripts/bench_checkpoint.py --no-append --single 1 --rounds 1
+    python3 -m benchmarks.bench_checkpoint                   # ~4 min on 2 CPU cores, ~9 GiB RAM; appends
+    python3 -m benchmarks.bench_checkpoint --no-append --single 1 --rounds 1
 """
 
 from __future__ import annotations
@@ -17,18 +17,17 @@ from __future__ import annotations
 import argparse
 import logging
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-from benchlib import heading, publish, table
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.benchlib import heading, publish, table
 from opensora_lite.checkpoint.stage import StageCheckpoints as StageDir  # noqa: E402
 from opensora_lite.checkpoint.writer import CheckpointWriter  # noqa: E402
 from opensora_lite.config.schema import ParallelConfig  # noqa: E402
+from opensora_lite.models.flux import SPEC as FLUX
 from opensora_lite.models.flux.model import MMDiT, MMDiTConfig  # noqa: E402
 from opensora_lite.parallel import build_engine  # noqa: E402
 
@@ -59,7 +58,8 @@ def main() -> None:
         attention_backend="math",
     )
     engine = build_engine(ParallelConfig(engine="single"), "cpu")
-    model, opt = engine.prepare(MMDiT(cfg), lambda ps: torch.optim.AdamW(ps, lr=1e-5), 1.0)
+    model = MMDiT(cfg)
+    model, opt = engine.prepare(model, lambda ps: torch.optim.AdamW(ps, lr=1e-5), 1.0, FLUX.blocks(model))
     nparams = sum(p.numel() for p in model.parameters())
     g = torch.Generator().manual_seed(0)
     inputs = (
@@ -114,7 +114,7 @@ def main() -> None:
     ]
     lines = heading(
         "Checkpoint blocking time, sync vs async (CPU)",
-        "python3 scripts/bench_checkpoint.py" + (" --smoke" if a.smoke else ""),
+        "python3 -m benchmarks.bench_checkpoint" + (" --smoke" if a.smoke else ""),
         note=(
             f"; {width}-wide MMDiT, {a.double} double + {a.single} single blocks, {nparams / 1e6:.0f}M parameters, "
             f"{state_gib:.1f} GiB weights + AdamW state; single engine; median of {rounds} round(s); training step "

@@ -7,8 +7,8 @@ and report the peak resident memory above that baseline (ru_maxrss: every byte t
 activations and gradients included) and the step time. Fresh processes keep one setting's freed
 memory from hiding another's peak.
 
-    python3 scripts/bench_activation_checkpointing.py              # ~1 min on 2 CPU cores
-    python3 scripts/bench_activation_checkpointing.py --no-append --grid 2 16 16
+    python3 -m benchmarks.bench_activation_checkpointing              # ~1 min on 2 CPU cores
+    python3 -m benchmarks.bench_activation_checkpointing --no-append --grid 2 16 16
 """
 
 from __future__ import annotations
@@ -20,19 +20,22 @@ import subprocess
 import sys
 import time
 
-from benchlib import heading, mmdit_config, publish, rss_mib, table
+from benchmarks.benchlib import REPO, heading, mmdit_config, publish, rss_mib, table
 
 
 def child(a) -> None:
     import torch
 
+    from opensora_lite.models.flux import SPEC as FLUX
     from opensora_lite.models.flux.model import MMDiT
     from opensora_lite.parallel.checkpointing import apply_activation_checkpointing
 
     cfg = mmdit_config(a.hidden, a.heads, a.double, a.single, a.text_dim, 64)
     torch.manual_seed(0)
     model = MMDiT(cfg)
-    wrapped = apply_activation_checkpointing(model, a.ac_double, a.ac_single)
+    wrapped = apply_activation_checkpointing(
+        FLUX.blocks(model), {"double_blocks": a.ac_double, "single_blocks": a.ac_single}
+    )
     t, h, w = a.grid
     x = torch.randn(a.batch, 16, t, 2 * h, 2 * w)
     txt = torch.randn(a.batch, a.text_tokens, a.text_dim)
@@ -68,8 +71,17 @@ def main() -> None:
     passthrough = [arg for arg in sys.argv[1:] if arg != "--no-append"]
     results = []
     for dbl, sgl in settings:
-        cmd = [sys.executable, __file__, *passthrough, "--ac-double", str(dbl), "--ac-single", str(sgl)]
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        cmd = [
+            sys.executable,
+            "-m",
+            __spec__.name,
+            *passthrough,
+            "--ac-double",
+            str(dbl),
+            "--ac-single",
+            str(sgl),
+        ]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=REPO)
         results.append((dbl, sgl, json.loads(out.stdout.strip().splitlines()[-1])))
     none_peak, none_time = results[0][2]["peak_mib"], results[0][2]["seconds"]
     rows = [
@@ -84,7 +96,7 @@ def main() -> None:
         for dbl, sgl, r in results
     ]
     tokens = a.grid[0] * a.grid[1] * a.grid[2]
-    lines = heading("Activation checkpointing memory (CPU)", "python3 scripts/bench_activation_checkpointing.py")
+    lines = heading("Activation checkpointing memory (CPU)", "python3 -m benchmarks.bench_activation_checkpointing")
     lines += [
         f"Shape: hidden {a.hidden}, {a.heads} heads, {a.double} double + {a.single} single blocks, batch {a.batch}, "
         f"{tokens} video + {a.text_tokens} text tokens, fp32. Peak = max resident memory during one forward + "

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One command for every GPU check, for the few minutes a GPU machine is lent (docs/gpu-suite.md).
 #
-#   scripts/gpu_suite.sh            on one H100/H200: <= 8 min (caps sum to 7.5), appends dated tables to docs/benchmarks.md
-#   scripts/gpu_suite.sh --smoke    tiny shapes on CPU, nothing appended: seconds (tests/test_scripts.py)
+#   benchmarks/gpu_suite.sh            on one H100/H200: <= 8 min (caps sum to 7.5), appends dated tables to docs/benchmarks.md
+#   benchmarks/gpu_suite.sh --smoke    tiny shapes on CPU, nothing appended: seconds (tests/test_scripts.py)
 #
 # Parts, each with a time cap so that one slow or failing part cannot eat the lease; a failed part is
 # reported and the next one runs; the exit status is 1 if any part failed.
@@ -39,24 +39,24 @@ engines=(fsdp2)
 for pkg in colossalai:colossalai_zero2 deepspeed:deepspeed_zero2; do  # the others where installed (GPU mode)
   [[ $SMOKE == 0 ]] && "$PY" -c "import ${pkg%%:*}" 2>/dev/null && engines+=("${pkg#*:}")
 done
-part "flux parity + MFU" 170 scripts/gpu_flux_checks.py
-part "engine step time" 85 scripts/gpu_engine_step.py --engines "${engines[@]}"
+part "flux parity + MFU" 170 -m benchmarks.gpu_flux_checks
+part "engine step time" 85 -m benchmarks.gpu_engine_step --engines "${engines[@]}"
 if [[ $SMOKE == 1 ]]; then  # tiny: AC off is the engine step above
-  part "AC memory, on" 30 scripts/gpu_engine_step.py --engines fsdp2 --ac 2
+  part "AC memory, on" 30 -m benchmarks.gpu_engine_step --engines fsdp2 --ac 2
 else  # 768px x 129 frames: 33 latent frames x 48 x 48 tokens after 2x2 patches of a 96 x 96 latent
-  part "AC memory, off" 30 scripts/gpu_engine_step.py --engines fsdp2 --double 1 --single 2 --grid 33 48 48 --iters 3
-  part "AC memory, on" 30 scripts/gpu_engine_step.py --engines fsdp2 --double 1 --single 2 --grid 33 48 48 --iters 3 --ac 2
+  part "AC memory, off" 30 -m benchmarks.gpu_engine_step --engines fsdp2 --double 1 --single 2 --grid 33 48 48 --iters 3
+  part "AC memory, on" 30 -m benchmarks.gpu_engine_step --engines fsdp2 --double 1 --single 2 --grid 33 48 48 --iters 3 --ac 2
 fi
 if [[ $SMOKE == 1 ]]; then
   echo "== gpu_suite: clip decoding"
-  "$PY" scripts/bench_decode.py --clips 1 --windows 1 --seconds 3 --frames 9 --no-append || FAILED+=("clip decoding")
+  "$PY" -m benchmarks.bench_decode --clips 1 --windows 1 --seconds 3 --frames 9 --no-append || FAILED+=("clip decoding")
 else
-  part "clip decoding" 35 scripts/bench_decode.py --clips 1 --windows 4 --seconds 6
+  part "clip decoding" 35 -m benchmarks.bench_decode --clips 1 --windows 4 --seconds 6
 fi
 # these two stop starting new rows past their budget, so the table comes out inside the cap (--smoke
 # replaces the shapes with tiny ones)
-part "autoencoders" 45 scripts/gpu_autoencoders.py --frames 33 --iters 2 --budget-s 30
-part "data stall" 55 scripts/gpu_data_stall.py --budget-s 38
+part "autoencoders" 45 -m benchmarks.gpu_autoencoders --frames 33 --iters 2 --budget-s 30
+part "data stall" 55 -m benchmarks.gpu_data_stall --budget-s 38
 if ((${#FAILED[@]})); then
   echo "gpu_suite: failed parts: ${FAILED[*]}" >&2
   exit 1

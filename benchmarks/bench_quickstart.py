@@ -6,8 +6,8 @@ says, and reports the wall time of each phase (install, dataset, each stage's tr
 evaluation) with the evaluator's figures. Prints a table and appends it to docs/benchmarks.md with
 the date, commit and machine.
 
-    python3 scripts/bench_quickstart.py              # about 13 minutes on 2 CPU cores
-    python3 scripts/bench_quickstart.py --no-append  # print only
+    python3 -m benchmarks.bench_quickstart              # about 13 minutes on 2 CPU cores
+    python3 -m benchmarks.bench_quickstart --no-append  # print only
 
 Uses only the standard library: it runs before anything is installed.
 """
@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchlib import BENCHMARKS, REPO, heading
+from benchmarks.benchlib import BENCHMARKS, REPO, heading
 
 # The quickstart's own messages at the end of each set-up phase.
 PHASES = [("install", re.compile(r"^install: done")), ("dataset", re.compile(r"^wrote \d+ clips"))]
@@ -56,7 +56,7 @@ def report(folder: Path, total: float, marks: dict[str, float]) -> str:
     order = {"image": 0, "t2v": 1, "i2v": 2, "hires": 3}
     summaries.sort(key=lambda s: order.get(s["name"], 9))
     lines = heading(
-        "Quickstart", "python3 scripts/bench_quickstart.py", folder, " (a fresh clone, `./scripts/quickstart.sh`)"
+        "Quickstart", "python3 -m benchmarks.bench_quickstart", folder, " (a fresh clone, `./scripts/quickstart.sh`)"
     )
     lines += [
         "| phase | seconds | steps | colour_acc | direction_acc | i2v_colour_keep |",

@@ -4,20 +4,15 @@ Each autoencoder with the diffusion patch it comes with (configs/autoencoder/<na
 at 256px and 768px (square), 129 frames (128 where the autoencoder needs a multiple of 4: DC-AE), the
 T5 sequence of the recipe (512 tokens). FLOPs from models/flops.py (forward + backward, no recomputation).
 
-    python scripts/bench_ae_tokens.py [--append]     # --append: add the table to docs/benchmarks.md
+    python3 -m benchmarks.bench_ae_tokens [--append]     # --append: add the table to docs/benchmarks.md
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from benchlib import heading, publish, table  # noqa: E402
-
+from benchmarks.benchlib import heading, publish, table  # noqa: E402
 from opensora_lite.autoencoders.base import frames_fit, latent_frame_count  # noqa: E402
 from opensora_lite.config.stages import load_autoencoder  # noqa: E402
 from opensora_lite.models.flux.flops import mmdit_flops  # noqa: E402
@@ -78,7 +73,7 @@ def main() -> None:
         header += [f"{px}px tokens", f"{px}px PFLOP/sample", f"{px}px vs Hunyuan"]
     lines = heading(
         "Tokens and train FLOPs per sample by autoencoder (opensora2 recipe, analytic)",
-        "python scripts/bench_ae_tokens.py --append",
+        "python3 -m benchmarks.bench_ae_tokens --append",
         note="; square frames, 512 T5 tokens, forward + backward (models/flops.py), no recomputation",
     )
     publish(lines + table(header, rows()), args.append)

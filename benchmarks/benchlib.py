@@ -113,3 +113,16 @@ def parse_gpu_args(p: argparse.ArgumentParser):
     if not torch.cuda.is_available() and not a.smoke:
         raise SystemExit("no CUDA device: run on a GPU machine, or pass --smoke to check the script on CPU")
     return a, torch.device("cpu" if a.smoke else "cuda")
+
+
+def compose(overrides: list[str] | None = None, config_name: str = "config"):
+    """The composed (untyped) config of configs/, as the CLIs see it."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from opensora_lite.config.load import register
+    from opensora_lite.layout import config_dir
+
+    register()
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        return hydra_compose(config_name, overrides=overrides or [])

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """experiment=tiny_dcae end to end, timed, and its text-to-video step against the pixel autoencoder's.
 
-    python3 scripts/bench_tiny_dcae.py                    # the whole run, then the step-time comparison
-    python3 scripts/bench_tiny_dcae.py --steps 30 --no-append curriculum.stages.ae.steps=200   # + overrides
+    python3 -m benchmarks.bench_tiny_dcae                    # the whole run, then the step-time comparison
+    python3 -m benchmarks.bench_tiny_dcae --steps 30 --no-append curriculum.stages.ae.steps=200   # + overrides
 
 1. `osl-curriculum experiment=tiny_dcae` under --root (a finished run is reused: its stages skip):
    per stage the train and evaluation seconds and the figures (autoencoder: PSNR, SSIM, latent std;
@@ -21,7 +21,7 @@ import json
 import statistics
 from pathlib import Path
 
-from benchlib import REPO, heading, publish, run_logged, table
+from benchmarks.benchlib import REPO, heading, publish, run_logged, table
 
 BIN = REPO / ".venv" / "bin"
 FIGURES = ("psnr", "ssim", "latent_std", "colour_acc", "direction_acc", "i2v_colour_keep")
@@ -52,7 +52,7 @@ def main() -> None:
         rows.append([s["name"], s["steps"], f"{s['seconds']:.0f}", f"{s.get('eval_seconds', 0):.0f}", figures])
     lines = heading(
         "experiment=tiny_dcae end to end (CPU)",
-        "python3 scripts/bench_tiny_dcae.py" + (" " + " ".join(a.overrides) if a.overrides else ""),
+        "python3 -m benchmarks.bench_tiny_dcae" + (" " + " ".join(a.overrides) if a.overrides else ""),
         note=f" ({a.threads} threads; curriculum wall {wall:.0f} s, start-up and data reading included)",
     )
     lines += table(["stage", "steps", "train s", "eval s", "figures"], rows)

@@ -12,8 +12,8 @@ one core:
   stop after the window;
 - windowed (ours, the loader's path): the same after seeking to the keyframe before the window.
 
-    python3 scripts/bench_decode.py              # ~3 min on 2 CPU cores, appends to docs/benchmarks.md
-    python3 scripts/bench_decode.py --clips 1 --windows 2 --seconds 3 --no-append
+    python3 -m benchmarks.bench_decode              # ~3 min on 2 CPU cores, appends to docs/benchmarks.md
+    python3 -m benchmarks.bench_decode --clips 1 --windows 2 --seconds 3 --no-append
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ import av
 import numpy as np
 import torch
 import torch.nn.functional as F
-from benchlib import heading, publish, table
 
+from benchmarks.benchlib import heading, publish, table
 from opensora_lite.data.video import decode_window, encode_mp4, resize_crop_size, temporal_stride
 
 
@@ -95,7 +95,7 @@ def main() -> None:
         rate = len(windows) / s
         rows.append([name, f"{rate:.3f}", f"{s / len(windows):.2f}", f"{rate / base:.2f}"])
     mb = sum(len(c) for c in clips) / len(clips) / 2**20
-    lines = heading("Clip decoding, one core", "python3 scripts/bench_decode.py")
+    lines = heading("Clip decoding, one core", "python3 -m benchmarks.bench_decode")
     lines += [
         f"Input: {a.clips} synthetic {a.seconds:g}-s 1280x720 H.264 clips, {fps} fps, keyframe every {2 * fps} "
         f"frames, B-frames, {mb:.1f} MiB each. Output: {a.frames} frames at stride {stride} ({span} source "

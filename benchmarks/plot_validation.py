@@ -3,8 +3,8 @@
 library needed (Pillow). One panel per metric, x = global step, stages in turn with a vertical line
 at each stage boundary; also prints the points as a table.
 
-    python3 scripts/plot_validation.py runs/tiny_cpu/metrics.jsonl --out validation.png
-    python3 scripts/plot_validation.py runs/tiny_cpu/metrics.jsonl --metrics colour_acc direction_acc
+    python3 -m benchmarks.plot_validation runs/tiny_cpu/metrics.jsonl --out validation.png
+    python3 -m benchmarks.plot_validation runs/tiny_cpu/metrics.jsonl --metrics colour_acc direction_acc
 """
 
 from __future__ import annotations

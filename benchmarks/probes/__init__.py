@@ -1,0 +1,1 @@
+"""Research probes kept for what they showed (docs/tiny-curriculum.md cites them)."""
