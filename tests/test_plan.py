@@ -58,7 +58,9 @@ def _counted(model, x, t, txt, y) -> float:
 
 @pytest.mark.parametrize("ac", [0, 2])
 def test_planner_flops_match_flops_py_and_torch_count(ac):
-    plan = plan_of("experiment=tiny_cpu", f"parallel.ac_blocks={{double_blocks:{ac},single_blocks:{ac}}}")
+    plan = plan_of(
+        "experiment=tiny_cpu", f"+parallel.ac_blocks.double_blocks={ac}", f"+parallel.ac_blocks.single_blocks={ac}"
+    )
     cfg = to_config(compose(["experiment=tiny_cpu"], config_name="plan"))
     stage = next(s for s in plan.stages if s.cost.name == "t2v")
     row = stage.cost.buckets[0]

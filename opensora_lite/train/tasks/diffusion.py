@@ -93,7 +93,8 @@ class DiffusionTask(Task):
                 x0, t5, clip = (batch[k].to(rt.device, non_blocking=True).float() for k in ("x0", "t5", "clip"))
             else:
                 video = batch["video"].to(rt.device, non_blocking=True)
-                x0 = rt.ae.encode(video)
+                # a VAE's posterior draw comes from the stage's generator (checkpointed: resume stays exact)
+                x0 = rt.ae.encode(video, generator=gen)
                 t5, clip = rt.text.encode(batch["captions"])
             t5, clip = drop_text(t5, clip, rt.text.empty(), stage.text_dropout, gen)
             cond = self._condition(batch, x0, None if "x0" in batch else video, gen) if self.image_condition else None
@@ -118,11 +119,11 @@ class DiffusionTask(Task):
             head, tail = (batch[k].to(rt.device, non_blocking=True).float() for k in ("head", "tail"))
             given = x0
         else:
-            head, tail = rt.ae.encode(video[:, :, :1]), rt.ae.encode(video[:, :, -1:])
-            given = self._v2v_latents(tasks, x0, video)
+            head, tail = rt.ae.encode(video[:, :, :1], generator=gen), rt.ae.encode(video[:, :, -1:], generator=gen)
+            given = self._v2v_latents(tasks, x0, video, gen)
         return build_condition(tasks, head, tail, x0.shape[2], given, v2v_k)
 
-    def _v2v_latents(self, tasks: list[str], x0: torch.Tensor, video: torch.Tensor) -> torch.Tensor:
+    def _v2v_latents(self, tasks: list[str], x0: torch.Tensor, video: torch.Tensor, gen) -> torch.Tensor:
         """Latents the v2v tasks take their given frames from: the clip's own, except v2v_tail with a
         causal autoencoder, whose last frames are encoded on their own (as inference encodes a reference:
         there the first given latent frame is a single-frame one)."""
@@ -131,7 +132,7 @@ class DiffusionTask(Task):
             return x0
         k = min(self.ctx.stage.v2v_frames, x0.shape[2] - 1)
         out = x0.clone()
-        out[:, :, -k:] = ae.encode(video[:, :, -pixel_frames(ae, k) :])[:, :, -k:]
+        out[:, :, -k:] = ae.encode(video[:, :, -pixel_frames(ae, k) :], generator=gen)[:, :, -k:]
         return out
 
     # -- evaluation ----------------------------------------------------------------------------------
