@@ -185,6 +185,14 @@ class DeepSpeedEngine(Engine):
         self._models.append(weakref.ref(ds_model))
         return ds_model, opt
 
+    def release(self, model: nn.Module) -> None:
+        """destroy() removes ZeRO's hooks, without which the model, its optimizer state and partitions stay
+        in memory through the next stages (reference cycles through autograd that no collection frees)."""
+        if hasattr(model, "destroy"):
+            model.destroy()
+        self._models = [ref for ref in self._models if ref() is not None and ref() is not model]
+        _drop_zero3_references()
+
     def _destroy_groups(self) -> None:
         """DeepSpeed's teardown: each model's destroy() removes ZeRO's gradient and module hooks (they hold
         the model, its optimizer and their groups in reference cycles through autograd, which the garbage

@@ -309,6 +309,12 @@ class Engine(ABC):
         if self.world_size > 1:
             dist.barrier()
 
+    def release(self, model: nn.Module) -> None:
+        """A finished stage's model is done with: free what the backend keeps of it (its memory, before
+        the next stage builds its own). Every rank calls it; the model is not used afterwards. Nothing to
+        do for engines whose model holds nothing beyond the caller's reference."""
+        return None
+
     def shutdown(self, clean: bool = True) -> None:
         """Leave the process group. After a clean run all ranks first meet, so that no rank tears its
         connections down while a peer still uses them (gloo can abort the peer's process at exit);
