@@ -87,9 +87,21 @@ def load_run_config(weights) -> Config:
 
     for parent in Path(weights).parents:
         if (parent / CONFIG_FILE).is_file():
-            node = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(parent / CONFIG_FILE))
+            saved = _renamed_keys(OmegaConf.to_container(OmegaConf.load(parent / CONFIG_FILE)))
+            node = OmegaConf.merge(OmegaConf.structured(Config), saved)
             try:
                 return to_config(node)
             except ConfigError as exc:
                 raise ConfigError(exc.key, f"{exc} (in {parent / CONFIG_FILE})") from None
     raise CheckpointError(f"no {CONFIG_FILE} of a run found above {weights}")
+
+
+def _renamed_keys(saved: dict) -> dict:
+    """A run's config.yaml as written before the model spec (2026-12-06): parallel.ac_double_blocks and
+    parallel.ac_single_blocks read as parallel.ac_blocks.{double,single}_blocks, so the checkpoints of runs
+    started before then still sample, export and resume."""
+    par = saved.get("parallel") or {}
+    old = {group: par.pop(f"ac_{group}") for group in ("double_blocks", "single_blocks") if f"ac_{group}" in par}
+    if old:
+        par["ac_blocks"] = {**old, **(par.get("ac_blocks") or {})}
+    return saved
