@@ -212,3 +212,7 @@ def test_a_run_config_written_before_ac_blocks_still_loads(tmp_path):
     (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(saved))
     cfg = load_run_config(tmp_path / "t2v" / "final" / "model.safetensors")
     assert cfg.parallel.ac_blocks == {"double_blocks": 2, "single_blocks": 0}
+    saved["parallel"]["ac_triple_blocks"] = 1  # a key no version wrote: one line naming it and the file
+    (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(saved))
+    with pytest.raises(ConfigError, match=r"^parallel.ac_triple_blocks: .*\(in .*config.yaml\)"):
+        load_run_config(tmp_path / "t2v" / "final" / "model.safetensors")

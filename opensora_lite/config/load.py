@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, ValidationError
 
 from opensora_lite.config.schema import BuildDataConfig, Config, ExportJobConfig, PlanJobConfig, SampleJobConfig
 from opensora_lite.config.validate import validate
@@ -88,7 +89,10 @@ def load_run_config(weights) -> Config:
     for parent in Path(weights).parents:
         if (parent / CONFIG_FILE).is_file():
             saved = _renamed_keys(OmegaConf.to_container(OmegaConf.load(parent / CONFIG_FILE)))
-            node = OmegaConf.merge(OmegaConf.structured(Config), saved)
+            try:
+                node = OmegaConf.merge(OmegaConf.structured(Config), saved)
+            except (ConfigKeyError, ValidationError) as exc:
+                raise ConfigError(exc.full_key, f"{exc.msg.splitlines()[0]} (in {parent / CONFIG_FILE})") from None
             try:
                 return to_config(node)
             except ConfigError as exc:
