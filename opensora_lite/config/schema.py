@@ -25,6 +25,16 @@ class FlowConfig:
 
 
 @dataclass
+class AudioDataConfig:
+    """The clips' sound (docs/audio-video.md): `osl-data` stores each video's track beside it, the loader
+    gives every batch the audio of its video windows. Rate and layout: LTX-2's front end wants 16 kHz stereo."""
+
+    enabled: bool = False  # ingest: decode and store the track; loader: batches carry audio
+    sample_rate: int = 16000  # Hz: every track is resampled to this
+    layout: str = "stereo"  # mono | stereo (a mono track is copied to both channels; stereo to mono: their mean)
+
+
+@dataclass
 class ShapesConfig:
     """Generator settings (the `source` node of `osl-data` for kind=shapes)."""
 
@@ -41,6 +51,13 @@ class ShapesConfig:
     size_range: list[float] = field(default_factory=lambda: [0.3, 0.4])  # shape diameter / min(h, w)
     max_background: int = 30  # background grey level is drawn from [0, max_background]
     crf: int = 18
+    # share of clips whose shape bounces off the wall it moves towards (reversing at the contact frame);
+    # 0 draws exactly the clips it always drew
+    bounce: float = 0.0
+    # a soundtrack in each mp4 (stereo AAC, both channels alike, and the same as a <key>.wav member): a tone
+    # whose pitch names the colour, a click at the bounce's contact frame; the video is the same either way
+    sound: bool = False
+    sound_rate: int = 16000  # Hz
 
 
 @dataclass
@@ -134,6 +151,7 @@ class DataConfig:
     # or by `osl-data kind=cache` (docs/data.md#latent-cache)
     kind: str = "video"
     cache_dir: str = "data/cache"
+    audio: AudioDataConfig = field(default_factory=AudioDataConfig)  # batches carry the windows' audio
 
 
 @dataclass
@@ -390,6 +408,7 @@ class VideoSourceConfig:
     samples_per_shard: int = 256
     workers: int = 0  # probing processes; 0: one per CPU
     prefix: str = "data"  # shard names: <prefix>-000000.tar
+    audio: AudioDataConfig = field(default_factory=AudioDataConfig)  # enabled: store each video's track (<key>.wav)
 
 
 @dataclass

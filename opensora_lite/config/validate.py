@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 from opensora_lite.autoencoders.base import frame_rule, frames_fit, latent_frame_count
-from opensora_lite.config.schema import Config, StageConfig
+from opensora_lite.config.schema import AudioDataConfig, Config, ShapesConfig, StageConfig
 from opensora_lite.data.buckets import parse_resolution
-from opensora_lite.data.synthetic import ALL_COLOURS
+from opensora_lite.data.synthetic import ALL_COLOURS, CLICK_HZ, PITCHES
 from opensora_lite.diffusion.conditioning import TASKS
 from opensora_lite.errors import ConfigError
 from opensora_lite.models.spec import spec_for
-from opensora_lite.registry import AUTOENCODER_KINDS, ENGINES, STAGE_KINDS, TRAINABLE_AUTOENCODERS, engines_with
+from opensora_lite.registry import (
+    AUDIO_LAYOUTS,
+    AUTOENCODER_KINDS,
+    ENGINES,
+    STAGE_KINDS,
+    TRAINABLE_AUTOENCODERS,
+    engines_with,
+)
 
 
 def installed(package: str) -> bool:
@@ -115,6 +122,13 @@ def validate_components(cfg: Config) -> None:
         )
         _require(tm.dtype in ("fp32", "bf16", "fp16"), f"text_encoder.{name}.dtype", f"unknown {tm.dtype!r}")
     d = cfg.data
+    validate_audio(d.audio, "data.audio")
+    if d.audio.enabled:
+        _require(
+            d.kind != "cached",
+            "data.audio.enabled",
+            "the latent cache holds no audio latents yet (they need the audio autoencoder): use data.kind=video",
+        )
     _require(d.target_fps > 0, "data.target_fps", "must be positive")
     _require(d.num_workers >= 0, "data.num_workers", "must be >= 0")
     _require(d.kind in ("video", "cached"), "data.kind", f"unknown {d.kind!r} (video | cached)")
@@ -172,6 +186,22 @@ def validate_components(cfg: Config) -> None:
     _require(s.save_videos >= 0, "sample.save_videos", f"must be >= 0, got {s.save_videos}")
     _require(
         cfg.logger.wandb.mode in ("online", "offline", "disabled"), "logger.wandb.mode", "online | offline | disabled"
+    )
+
+
+def validate_audio(a: AudioDataConfig, key: str) -> None:
+    """The sound settings of ingest (videos.audio) or the loader (data.audio)."""
+    _require(a.sample_rate >= 1000, f"{key}.sample_rate", f"must be at least 1000 Hz, got {a.sample_rate}")
+    _require(a.layout in AUDIO_LAYOUTS, f"{key}.layout", f"unknown {a.layout!r} ({' | '.join(AUDIO_LAYOUTS)})")
+
+
+def validate_shapes_sound(s: ShapesConfig, key: str = "shapes") -> None:
+    _require(0.0 <= s.bounce <= 1.0, f"{key}.bounce", f"a share of clips: must be in [0, 1], got {s.bounce}")
+    top = max(PITCHES[c] for c in s.colours if c in PITCHES) if s.colours else 0.0
+    _require(
+        not s.sound or s.sound_rate >= 8000,
+        f"{key}.sound_rate",
+        f"must be at least 8000 Hz (the click is at {CLICK_HZ:g} Hz, the highest tone {top:g} Hz), got {s.sound_rate}",
     )
 
 
