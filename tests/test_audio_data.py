@@ -325,3 +325,5 @@ def test_sound_settings_are_checked_by_key():
         typed(["data.audio.enabled=true", "data.audio.layout=5.1"])
     with pytest.raises(ConfigError, match=r"^data.audio.enabled: the latent cache holds no audio latents"):
         typed(["data=cached", "data.audio.enabled=true"])
+    with pytest.raises(ConfigError, match=r"^audio_autoencoder.mel.sample_rate: 16000 differs"):
+        typed(["data.audio.enabled=true", "data.audio.sample_rate=22050"])

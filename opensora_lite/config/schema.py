@@ -89,6 +89,34 @@ class DCAEConfig:
 
 
 @dataclass
+class MelConfig:
+    """A log-mel front end (autoencoders/mel.py): waveform -> log(max(mel magnitude, log_floor)), [B, C, T, mels].
+    The defaults are LTX-2's audio VAE input: 16 kHz, n_fft 1024, hop 160 (100 frames a second), 64 bins
+    on the Slaney mel scale with Slaney area normalisation, magnitude (power 1), Hann window, centred."""
+
+    sample_rate: int = 16000
+    n_fft: int = 1024
+    win_length: Optional[int] = None  # null: n_fft
+    hop_length: int = 160
+    n_mels: int = 64
+    f_min: float = 0.0
+    f_max: Optional[float] = None  # null: sample_rate / 2
+    power: float = 1.0  # 1: magnitude, 2: power
+    mel_scale: str = "slaney"  # slaney | htk
+    norm: Optional[str] = "slaney"  # slaney (each filter's area normalised) | null
+    log_floor: float = 1e-5
+    griffin_lim_iters: int = 32  # the CPU inverse for listening (fast Griffin-Lim, momentum 0.99)
+
+
+@dataclass
+class AudioAutoencoderConfig:
+    """The audio stream's autoencoder (docs/audio-video.md). So far its front end; the autoencoders that
+    take it as input (LTX-2's audio VAE, a tiny trainable one) come with the audio stream."""
+
+    mel: MelConfig = field(default_factory=MelConfig)
+
+
+@dataclass
 class AutoencoderConfig:
     kind: str = "pixel"  # pixel | hunyuan | hunyuan15 | wan | ltx | dc_ae
     path: Optional[str] = None  # local diffusers folder: config.json + weights (hunyuan, wan)
@@ -324,6 +352,7 @@ class Config:
     # the model family's config (model.family: flux | wan; models/<family>/): typed by config/load.py
     model: Any = field(default_factory=lambda: {"family": "flux"})
     autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
+    audio_autoencoder: AudioAutoencoderConfig = field(default_factory=AudioAutoencoderConfig)
     text_encoder: TextEncoderConfig = field(default_factory=TextEncoderConfig)
     data: DataConfig = field(default_factory=DataConfig)
     flow: FlowConfig = field(default_factory=FlowConfig)
