@@ -327,3 +327,21 @@ def test_sound_settings_are_checked_by_key():
         typed(["data=cached", "data.audio.enabled=true"])
     with pytest.raises(ConfigError, match=r"^audio_autoencoder.mel.sample_rate: 16000 differs"):
         typed(["data.audio.enabled=true", "data.audio.sample_rate=22050"])
+
+
+def test_shapes_files_ingest_to_the_same_sound_as_their_shards(tmp_path):
+    """`shapes.files`: the clips as real mp4 files with captions beside them; `osl-data kind=videos` with
+    sound kept stores for each exactly the track the Shapes shards carry."""
+    from opensora_lite.data.ingest import list_folder
+
+    cfg = ShapesConfig(num_clips=3, clips_per_shard=3, seed=2, bounce=1.0, sound=True, files=True, sizes=[[32, 32]])
+    shapes = members(write_shapes_shards(tmp_path / "shapes", cfg, progress=False))
+    assert sorted(p.name for p in (tmp_path / "shapes" / "clips").iterdir()) == [
+        f"clip000000{i}.{ext}" for i in range(3) for ext in ("mp4", "txt")
+    ]
+    report = write_shards(list_folder(tmp_path / "shapes" / "clips"), tmp_path / "ingested", 8, 1, False, audio=AUDIO)
+    for m in members(report.shards).values():
+        key = json.loads(m["json"])["source"].rsplit("/", 1)[1].removesuffix(".mp4")
+        assert m["mp4"] == shapes[key]["mp4"] and m["txt"] == shapes[key]["txt"]
+        assert m["wav"] == shapes[key]["wav"]
+        assert json.loads(m["json"])["audio"] == json.loads(shapes[key]["json"])["audio"]

@@ -58,6 +58,7 @@ class ShapesConfig:
     # whose pitch names the colour, a click at the bounce's contact frame; the video is the same either way
     sound: bool = False
     sound_rate: int = 16000  # Hz
+    files: bool = False  # also write each clip as <out>/clips/<key>.mp4 with its caption (<key>.txt) beside it
 
 
 @dataclass

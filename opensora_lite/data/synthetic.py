@@ -190,7 +190,9 @@ def soundtrack(meta: dict, rate: int) -> np.ndarray:
 
 
 def write_shapes_shards(out_dir: str | Path, cfg: ShapesConfig, progress: bool = True) -> list[Path]:
-    """Render cfg.num_clips clips into WebDataset shards out_dir/shapes-NNNNNN.tar (mp4 + json + txt).
+    """Render cfg.num_clips clips into WebDataset shards out_dir/shapes-NNNNNN.tar (mp4 + json + txt;
+    with sound also wav). With `cfg.files` each clip is also written as out_dir/clips/<key>.mp4 with its
+    caption beside it (<key>.txt): files to watch and hear, and a folder `osl-data kind=videos` ingests.
 
     Shards are written to a temporary name and renamed when complete, so an interrupted run never
     leaves a truncated shard under its final name.
@@ -202,6 +204,8 @@ def write_shapes_shards(out_dir: str | Path, cfg: ShapesConfig, progress: bool =
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if cfg.files:
+        (out / "clips").mkdir(exist_ok=True)
     rng = np.random.default_rng(cfg.seed)
     num_shards = math.ceil(cfg.num_clips / cfg.clips_per_shard)
     paths = []
@@ -218,6 +222,9 @@ def write_shapes_shards(out_dir: str | Path, cfg: ShapesConfig, progress: bool =
                 else:
                     sample["mp4"] = encode_mp4(frames, meta["fps"], crf=cfg.crf)
                 sink.write({**sample, "json": json.dumps(meta).encode(), "txt": meta["caption"].encode()})
+                if cfg.files:
+                    (out / "clips" / f"{sample['__key__']}.mp4").write_bytes(sample["mp4"])
+                    (out / "clips" / f"{sample['__key__']}.txt").write_text(meta["caption"])
                 bar.update(1)
         tmp.rename(final)
         paths.append(final)
