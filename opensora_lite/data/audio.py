@@ -181,6 +181,24 @@ def audio_window(
     return np.ascontiguousarray(window), True
 
 
+def collate_audio(tracks: list[np.ndarray], has_audio: list[bool]) -> dict:
+    """Batch entries of windows' sound (int16 [channels, samples] each): `audio` float [B, channels,
+    samples] in [-1, 1], padded with silence to the longest window (windows of one bucket differ in
+    length only where clips of different frame rates share it), `audio_samples` [B] the samples of each
+    window, `has_audio` [B] false for clips without sound (their audio is silence)."""
+    import torch  # here: ingest (osl-data) reads sound without loading torch
+
+    longest = max(t.shape[1] for t in tracks)
+    audio = np.zeros((len(tracks), tracks[0].shape[0], longest), np.float32)
+    for i, t in enumerate(tracks):
+        audio[i, :, : t.shape[1]] = t / 32768.0
+    return {
+        "audio": torch.from_numpy(audio),
+        "audio_samples": torch.tensor([t.shape[1] for t in tracks], dtype=torch.long),
+        "has_audio": torch.tensor(has_audio, dtype=torch.bool),
+    }
+
+
 def mux_audio(container, pcm: np.ndarray, rate: int, codec: str = "aac", bit_rate: int | None = None):
     """Add an audio stream to an output container and yield its packets for float [channels, samples]
     (or int16) audio: the caller muxes them (interleaving with video is the muxer's job)."""

@@ -44,7 +44,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from opensora_lite.data.audio import LAYOUTS, AudioDecodeError, audio_window
+from opensora_lite.data.audio import LAYOUTS, AudioDecodeError, audio_window, collate_audio
 from opensora_lite.data.buckets import Bucket, BucketTable
 from opensora_lite.data.captions import format_caption
 from opensora_lite.data.video import VideoDecodeError, decode_window, probe, temporal_stride
@@ -361,7 +361,7 @@ class BucketedVideoStream(IterableDataset):
             "failed": failed,
         }
         if items[0].audio is not None:
-            batch.update(collate_audio(items))
+            batch.update(collate_audio([it.audio for it in items], [it.has_audio for it in items]))
         return batch
 
     corrupt_reason = "corrupt_video"
@@ -443,22 +443,6 @@ class BucketedVideoStream(IterableDataset):
 
 def _decode_reason(exc: VideoDecodeError, video: str = "corrupt_video") -> str:
     return "corrupt_audio" if isinstance(exc, AudioDecodeError) else video
-
-
-def collate_audio(items: list[Item]) -> dict:
-    """Batch entries of the items' sound: `audio` float [B, channels, samples] in [-1, 1], padded with
-    silence to the longest window (windows of one bucket differ in length only where clips of different
-    frame rates share it), `audio_samples` [B] the samples of each window, `has_audio` [B] false for
-    clips without sound (their audio is silence)."""
-    longest = max(it.audio.shape[1] for it in items)
-    audio = np.zeros((len(items), items[0].audio.shape[0], longest), np.float32)
-    for i, it in enumerate(items):
-        audio[i, :, : it.audio.shape[1]] = it.audio / 32768.0
-    return {
-        "audio": torch.from_numpy(audio),
-        "audio_samples": torch.tensor([it.audio.shape[1] for it in items], dtype=torch.long),
-        "has_audio": torch.tensor([it.has_audio for it in items], dtype=torch.bool),
-    }
 
 
 def _leave_signals_to_the_trainer(exiting, worker_id: int) -> None:
