@@ -110,11 +110,50 @@ class MelConfig:
 
 
 @dataclass
-class AudioAutoencoderConfig:
-    """The audio stream's autoencoder (docs/audio-video.md). So far its front end; the autoencoders that
-    take it as input (LTX-2's audio VAE, a tiny trainable one) come with the audio stream."""
+class MelAEConfig:
+    """Our small log-mel autoencoder (audio_autoencoder.kind=mel_ae, autoencoders/mel_ae.py): 2D convolutions
+    over (time, mel), each stage after the first halving both; 2 ** (len(widths) - 1) must equal
+    audio_autoencoder.time_factor and mel_factor."""
 
+    widths: List[int] = field(default_factory=lambda: [16, 32, 32])  # channels per stage
+    depth: int = 1  # residual blocks per stage (encoder and decoder)
+    # the log-mel enters the network as (logmel - input_shift) / input_scale, and leaves it undone
+    input_shift: float = -5.0
+    input_scale: float = 4.0
+
+
+@dataclass
+class VocoderConfig:
+    """Log-mel -> waveform, for listening (autoencoders/audio.py)."""
+
+    kind: str = "griffin_lim"  # griffin_lim (torch, CPU, the front end's inverse) | ltx2 (diffusers' LTX2Vocoder)
+    path: Optional[str] = None  # ltx2: local diffusers folder (config.json + weights)
+    dtype: str = "fp32"
+
+
+@dataclass
+class AudioAutoencoderConfig:
+    """The audio stream's autoencoder (docs/audio-video.md): its log-mel front end, the autoencoder that
+    maps a log-mel [B, channels, frames, mels] to latents [B, latent_channels, frames / time_factor,
+    mels / mel_factor], and a vocoder for listening."""
+
+    kind: str = "mel_ae"  # mel_ae (ours, trainable) | ltx2_audio (diffusers' AutoencoderKLLTX2Audio, frozen)
+    # ltx2_audio: local diffusers folder (config.json + weights); mel_ae: a .safetensors of its weights (an
+    # autoencoder stage's final model.safetensors); null: random weights (seeded by the run)
+    path: Optional[str] = None
+    channels: int = 2  # audio channels in (data.audio.layout's: stereo 2, mono 1)
+    latent_channels: int = 8
+    time_factor: int = 4  # log-mel frames per latent frame (25 latent frames a second at 100 mel frames a second)
+    mel_factor: int = 4  # mel bins per latent bin
+    # the latents the model sees: (z - shift_factor) * scaling_factor; ltx2_audio first normalises each
+    # (channel, latent bin) feature by its mean/std (from its weights, or stats_path)
+    scaling_factor: float = 1.0
+    shift_factor: float = 0.0
+    stats_path: Optional[str] = None  # ltx2_audio: a .safetensors with latents_mean, latents_std (replaces its own)
+    dtype: str = "fp32"
     mel: MelConfig = field(default_factory=MelConfig)
+    mel_ae: MelAEConfig = field(default_factory=MelAEConfig)  # architecture of kind mel_ae
+    vocoder: VocoderConfig = field(default_factory=VocoderConfig)
 
 
 @dataclass
@@ -223,6 +262,9 @@ class ReconstructionConfig:
     disc_channels: int = 32
     disc_layers: int = 2
     image_fraction: float = 0.2  # share of steps trained on single frames (Open-Sora: 20% images)
+    # which autoencoder the stage trains: video (`autoencoder`, on batch video) | audio (`audio_autoencoder`,
+    # on the log-mel of the batches' sound: data.audio.enabled; L1 only so far)
+    modality: str = "video"
 
 
 @dataclass

@@ -3,20 +3,34 @@
 from __future__ import annotations
 
 from opensora_lite.autoencoders.base import frame_rule, frames_fit, latent_frame_count
-from opensora_lite.config.schema import AudioDataConfig, Config, MelConfig, ShapesConfig, StageConfig
+from opensora_lite.config.schema import (
+    AudioAutoencoderConfig,
+    AudioDataConfig,
+    Config,
+    MelConfig,
+    ShapesConfig,
+    StageConfig,
+)
 from opensora_lite.data.buckets import parse_resolution
 from opensora_lite.data.synthetic import ALL_COLOURS, CLICK_HZ, PITCHES
 from opensora_lite.diffusion.conditioning import TASKS
+from opensora_lite.dtypes import DTYPES
 from opensora_lite.errors import ConfigError
 from opensora_lite.models.spec import spec_for
 from opensora_lite.registry import (
+    AUDIO_AUTOENCODER_KINDS,
     AUDIO_LAYOUTS,
     AUTOENCODER_KINDS,
     ENGINES,
+    RECONSTRUCTION_MODALITIES,
     STAGE_KINDS,
+    TRAINABLE_AUDIO_AUTOENCODERS,
     TRAINABLE_AUTOENCODERS,
+    VOCODER_KINDS,
     engines_with,
 )
+
+DTYPE_NAMES = tuple(DTYPES)
 
 
 def installed(package: str) -> bool:
@@ -123,12 +137,18 @@ def validate_components(cfg: Config) -> None:
         _require(tm.dtype in ("fp32", "bf16", "fp16"), f"text_encoder.{name}.dtype", f"unknown {tm.dtype!r}")
     d = cfg.data
     validate_audio(d.audio, "data.audio")
-    validate_mel(cfg.audio_autoencoder.mel, "audio_autoencoder.mel")
+    validate_audio_autoencoder(cfg.audio_autoencoder)
     if d.audio.enabled:
         _require(
             d.kind != "cached",
             "data.audio.enabled",
             "the latent cache holds no audio latents yet (they need the audio autoencoder): use data.kind=video",
+        )
+        channels = AUDIO_LAYOUTS[d.audio.layout]
+        _require(
+            cfg.audio_autoencoder.channels == channels,
+            "audio_autoencoder.channels",
+            f"{cfg.audio_autoencoder.channels} differs from data.audio.layout {d.audio.layout} ({channels})",
         )
         _require(
             cfg.audio_autoencoder.mel.sample_rate == d.audio.sample_rate,
@@ -229,6 +249,46 @@ def validate_mel(m: MelConfig, key: str) -> None:
     _require(m.griffin_lim_iters >= 1, f"{key}.griffin_lim_iters", "must be at least 1")
 
 
+def validate_audio_autoencoder(a: AudioAutoencoderConfig, key: str = "audio_autoencoder") -> None:
+    """The audio stream's autoencoder, its front end and its vocoder (autoencoders/audio.py)."""
+    validate_mel(a.mel, f"{key}.mel")
+    kinds, vocoders = " | ".join(AUDIO_AUTOENCODER_KINDS), " | ".join(VOCODER_KINDS)
+    _require(a.kind in AUDIO_AUTOENCODER_KINDS, f"{key}.kind", f"unknown {a.kind!r} ({kinds})")
+    _require(a.channels in AUDIO_LAYOUTS.values(), f"{key}.channels", f"1 (mono) or 2 (stereo), got {a.channels}")
+    _require(a.latent_channels >= 1, f"{key}.latent_channels", "must be positive")
+    for name in ("time_factor", "mel_factor"):
+        _require(getattr(a, name) >= 1, f"{key}.{name}", "must be positive")
+    _require(
+        a.mel.n_mels % a.mel_factor == 0,
+        f"{key}.mel_factor",
+        f"must divide audio_autoencoder.mel.n_mels ({a.mel.n_mels}), got {a.mel_factor}",
+    )
+    _require(a.scaling_factor != 0, f"{key}.scaling_factor", "must not be 0")
+    _require(a.dtype in DTYPE_NAMES, f"{key}.dtype", f"unknown {a.dtype!r} ({' | '.join(DTYPE_NAMES)})")
+    _require(
+        a.kind != "ltx2_audio" or bool(a.path),
+        f"{key}.path",
+        "ltx2_audio loads local weights: give its diffusers folder (config.json + diffusion_pytorch_model.safetensors)",
+    )
+    if a.kind == "mel_ae":
+        m = a.mel_ae
+        _require(len(m.widths) >= 1 and min(m.widths) >= 1, f"{key}.mel_ae.widths", "needs positive channel counts")
+        factor = 2 ** (len(m.widths) - 1)
+        _require(
+            a.time_factor == factor and a.mel_factor == factor,
+            f"{key}.mel_ae.widths",
+            f"{len(m.widths)} stages halve time and mel {factor}x; time_factor and mel_factor say "
+            f"{a.time_factor}, {a.mel_factor}",
+        )
+        _require(m.depth >= 0, f"{key}.mel_ae.depth", "must be >= 0")
+        _require(m.input_scale > 0, f"{key}.mel_ae.input_scale", "must be positive")
+    v = a.vocoder
+    _require(v.kind in VOCODER_KINDS, f"{key}.vocoder.kind", f"unknown {v.kind!r} ({vocoders})")
+    _require(
+        v.kind != "ltx2" or bool(v.path), f"{key}.vocoder.path", "the ltx2 vocoder loads local weights: give its folder"
+    )
+
+
 def validate_stage(cfg: Config, name: str, stage: StageConfig, first: bool) -> None:
     key = f"curriculum.stages.{name}"
     _require(stage.steps > 0, f"{key}.steps", "must be positive")
@@ -313,12 +373,27 @@ def validate_reconstruction(cfg: Config, key: str, stage: StageConfig) -> None:
     _require(cfg.parallel.sp_size == 1, "parallel.sp_size", "an autoencoder stage has no sequence parallelism")
     _require(cfg.data.kind != "cached", "data.kind", "an autoencoder stage trains on pixels, not a latent cache")
     _require(stage.lora.rank == 0, f"{key}.lora.rank", "LoRA applies to the MMDiT, not an autoencoder stage")
-    _require(
-        cfg.autoencoder.kind in TRAINABLE_AUTOENCODERS,
-        "autoencoder.kind",
-        f"{cfg.autoencoder.kind} has no training forward (nothing to train for pixel); an autoencoder stage "
-        f"trains {TRAINABLE_AUTOENCODERS}",
-    )
+    modalities = " | ".join(RECONSTRUCTION_MODALITIES)
+    _require(r.modality in RECONSTRUCTION_MODALITIES, f"{rkey}.modality", f"unknown {r.modality!r} ({modalities})")
+    if r.modality == "audio":
+        a = cfg.audio_autoencoder
+        _require(
+            a.kind in TRAINABLE_AUDIO_AUTOENCODERS,
+            "audio_autoencoder.kind",
+            f"{a.kind} is frozen here; an audio autoencoder stage trains {TRAINABLE_AUDIO_AUTOENCODERS}",
+        )
+        _require(cfg.data.audio.enabled, "data.audio.enabled", "an audio autoencoder stage trains on the clips' sound")
+        for name in ("perceptual_weight", "disc_weight"):
+            _require(getattr(r, name) == 0, f"{rkey}.{name}", "the audio autoencoder trains with L1 on its log-mel")
+        for res, frames in stage.buckets.items():
+            _require(1 not in frames, f"{key}.buckets.{res}", "1-frame buckets are images: they have no sound")
+    else:
+        _require(
+            cfg.autoencoder.kind in TRAINABLE_AUTOENCODERS,
+            "autoencoder.kind",
+            f"{cfg.autoencoder.kind} has no training forward (nothing to train for pixel); an autoencoder stage "
+            f"trains {TRAINABLE_AUTOENCODERS}",
+        )
     for name in ("l1_weight", "perceptual_weight", "disc_weight", "disc_start"):
         _require(getattr(r, name) >= 0, f"{rkey}.{name}", "must be >= 0")
     _require(0 <= r.image_fraction <= 1, f"{rkey}.image_fraction", "must be in [0, 1]")
