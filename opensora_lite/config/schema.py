@@ -117,9 +117,10 @@ class MelAEConfig:
 
     widths: List[int] = field(default_factory=lambda: [16, 32, 32])  # channels per stage
     depth: int = 1  # residual blocks per stage (encoder and decoder)
-    # the log-mel enters the network as (logmel - input_shift) / input_scale, and leaves it undone
-    input_shift: float = -5.0
-    input_scale: float = 4.0
+    # the log-mel enters the network as (logmel - input_shift) / input_scale, and leaves it undone; the
+    # defaults are the mean and std of Shapes with sound's log-mel (mostly silence, log 1e-5 = -11.5)
+    input_shift: float = -9.5
+    input_scale: float = 3.0
 
 
 @dataclass

@@ -139,11 +139,6 @@ def validate_components(cfg: Config) -> None:
     validate_audio(d.audio, "data.audio")
     validate_audio_autoencoder(cfg.audio_autoencoder)
     if d.audio.enabled:
-        _require(
-            d.kind != "cached",
-            "data.audio.enabled",
-            "the latent cache holds no audio latents yet (they need the audio autoencoder): use data.kind=video",
-        )
         channels = AUDIO_LAYOUTS[d.audio.layout]
         _require(
             cfg.audio_autoencoder.channels == channels,

@@ -16,6 +16,7 @@ import torch
 from omegaconf import OmegaConf
 
 from opensora_lite.autoencoders import Autoencoder, build_autoencoder
+from opensora_lite.autoencoders.audio import AudioAutoencoder, build_audio_autoencoder
 from opensora_lite.config.schema import AutoencoderConfig, Config
 from opensora_lite.config.stages import stage_config
 from opensora_lite.layout import CONFIG_FILE, EMPTY_PROMPT_FILE
@@ -92,6 +93,18 @@ class Runtime:
             log.info("building autoencoder %s (%s)", cfg.kind, cfg.path or "no weights file")
             self.autoencoders[key] = build_autoencoder(cfg).to(self.device)
         return self.autoencoders[key]
+
+    def audio_autoencoder(self) -> AudioAutoencoder:
+        """The run's audio autoencoder (`audio_autoencoder`), built once on first use; random weights (no
+        path) are drawn from run.seed, so every rank and every rerun has the same ones."""
+        key = "audio:" + json.dumps(dataclasses.asdict(self.cfg.audio_autoencoder), sort_keys=True, default=str)
+        if key not in self.autoencoders:
+            a = self.cfg.audio_autoencoder
+            log.info("building audio autoencoder %s (%s)", a.kind, a.path or "no weights file")
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self.cfg.run.seed)
+                self.autoencoders[key] = build_audio_autoencoder(a).eval()
+        return self.autoencoders[key].to(self.device)  # (for_stage parks the autoencoders a stage does not use)
 
     def place_encoders(self, device: torch.device | str) -> None:
         """Move the frozen encoders (and the autoencoder's encoder) to `device`: training from a latent

@@ -49,8 +49,8 @@ class AudioReconstruction:
     """modality=audio: `audio_autoencoder` on the log-mel of batch["audio"] (its own front end);
     reconstruction.image_fraction does not apply (sound has no single frames). Scores: the log-mel's mean
     absolute error (mel_l1, in log units) and its PSNR over the front end's range (mel_psnr); sheets:
-    spectrograms (inputs above reconstructions) and, to listen, reconstruction.wav and input.wav of the
-    first clip through the configured vocoder."""
+    spectrograms (inputs above reconstructions) and, to listen, reconstruction.wav: the first clip's
+    reconstruction through the configured vocoder."""
 
     name = "audio"
 
@@ -91,9 +91,8 @@ class AudioReconstruction:
         folder.mkdir(parents=True, exist_ok=True)
         sheet = reconstruction_sheet(folder / "reconstruction.png", self._picture(x), self._picture(recon))
         vocoder = build_vocoder(self.cfg.audio_autoencoder).to(self.device)
-        for name, mel in (("input", x[:1]), ("reconstruction", recon[:1])):
-            pcm = (vocoder(mel)[0].clamp(-1, 1).cpu().numpy() * 32767).round().astype(np.int16)
-            (folder / f"{name}.wav").write_bytes(encode_wav(pcm, vocoder.sample_rate))
+        pcm = (vocoder(recon[:1])[0].clamp(-1, 1).cpu().numpy() * 32767).round().astype(np.int16)
+        (folder / "reconstruction.wav").write_bytes(encode_wav(pcm, vocoder.sample_rate))
         return {"reconstruction": sheet}
 
 
