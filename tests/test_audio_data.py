@@ -323,8 +323,9 @@ def test_sound_settings_are_checked_by_key():
         validate_shapes_sound(ShapesConfig(bounce=1.5))
     with pytest.raises(ConfigError, match=r"^data.audio.layout: unknown '5.1'"):
         typed(["data.audio.enabled=true", "data.audio.layout=5.1"])
-    with pytest.raises(ConfigError, match=r"^data.audio.enabled: the latent cache holds no audio latents"):
-        typed(["data=cached", "data.audio.enabled=true"])
+    with pytest.raises(ConfigError, match=r"^audio_autoencoder.channels: 2 differs from data.audio.layout mono"):
+        typed(["data.audio.enabled=true", "data.audio.layout=mono"])
+    typed(["data=cached", "data.audio.enabled=true"])  # the cache holds audio latents (test_audio_autoencoders.py)
     with pytest.raises(ConfigError, match=r"^audio_autoencoder.mel.sample_rate: 16000 differs"):
         typed(["data.audio.enabled=true", "data.audio.sample_rate=22050"])
 
