@@ -130,8 +130,14 @@ class AudioAutoencoder(nn.Module, ABC):
         """A log-mel [B, channels, decoded_frames(T'), mels] of raw latents."""
 
 
-def build_audio_autoencoder(cfg: AudioAutoencoderConfig) -> AudioAutoencoder:
-    """The audio autoencoder of `cfg` (kind: registry.AUDIO_AUTOENCODER_KINDS)."""
+def build_audio_autoencoder(cfg: AudioAutoencoderConfig, seed: int | None = None) -> AudioAutoencoder:
+    """The audio autoencoder of `cfg` (kind: registry.AUDIO_AUTOENCODER_KINDS). `seed`: random weights
+    (mel_ae without a path) are drawn from it, leaving the global RNG as it was (the run and osl-cache
+    build the same one); None: from the global RNG (an autoencoder stage seeds it itself)."""
+    if seed is not None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return build_audio_autoencoder(cfg)
     if cfg.kind == "mel_ae":
         from opensora_lite.autoencoders.mel_ae import MelAutoencoder
 

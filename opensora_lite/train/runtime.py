@@ -101,9 +101,7 @@ class Runtime:
         if key not in self.autoencoders:
             a = self.cfg.audio_autoencoder
             log.info("building audio autoencoder %s (%s)", a.kind, a.path or "no weights file")
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(self.cfg.run.seed)
-                self.autoencoders[key] = build_audio_autoencoder(a).eval()
+            self.autoencoders[key] = build_audio_autoencoder(a, seed=self.cfg.run.seed).eval()
         return self.autoencoders[key].to(self.device)  # (for_stage parks the autoencoders a stage does not use)
 
     def place_encoders(self, device: torch.device | str) -> None:
