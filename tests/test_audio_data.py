@@ -14,7 +14,7 @@ import pytest
 from conftest import typed
 
 from opensora_lite.config.schema import AudioDataConfig, ShapesConfig
-from opensora_lite.config.validate import validate_shapes_sound
+from opensora_lite.config.validate_audio import validate_shapes_sound
 from opensora_lite.data.audio import extract_audio, track_samples, window_samples
 from opensora_lite.data.buckets import BucketTable
 from opensora_lite.data.ingest import write_shards

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from opensora_lite.cli.common import hydra_entry
 from opensora_lite.config.schema import BuildDataConfig
-from opensora_lite.config.validate import validate_audio, validate_shapes_sound
+from opensora_lite.config.validate_audio import validate_audio, validate_shapes_sound
 from opensora_lite.data.ingest import list_folder, read_index, write_shards
 from opensora_lite.data.synthetic import ALL_COLOURS, write_shapes_shards
 from opensora_lite.errors import ConfigError, DataError
