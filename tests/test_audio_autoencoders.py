@@ -124,6 +124,27 @@ def test_ltx2_audio_problems_are_one_clear_error_line(ltx2_folders, tmp_path):
         build_vocoder(_ltx2_cfg(folder, **{"vocoder.kind": "ltx2", "vocoder.path": tmp_path / "none"}))
 
 
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("data=shapes", "data.audio.enabled"),  # no sound to train on
+        (
+            "curriculum.stages.audio_ae.reconstruction.disc_weight=0.5",
+            "curriculum.stages.audio_ae.reconstruction.disc_weight",
+        ),
+        (
+            "curriculum.stages.audio_ae.reconstruction.modality=sound",
+            "curriculum.stages.audio_ae.reconstruction.modality",
+        ),
+        ("audio_autoencoder=ltx2", "audio_autoencoder.path"),  # frozen, and without weights
+    ],
+)
+def test_an_audio_autoencoder_stage_that_cannot_run_is_one_config_error(override, key):
+    with pytest.raises(ConfigError) as info:
+        typed(["experiment=tiny_audio_autoencoder", override])
+    assert info.value.key == key
+
+
 @pytest.fixture(scope="module")
 def av_clips(tmp_path_factory) -> Path:
     """Shapes with sound: 12 clips of 32 x 32 at 8 fps in two shards."""
