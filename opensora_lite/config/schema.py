@@ -51,6 +51,9 @@ class RunConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     dtype: str = "fp32"  # compute dtype: fp32 | bf16 (bf16 is 20-35x slower on CPUs without AVX512-BF16)
+    # GPUs: fp32 matrix products and convolutions on TF32 tensor cores (an fp32 run's MFU is then taken against
+    # the TF32 peak); false: IEEE fp32 (MFU against the fp32 peak). CPUs ignore it
+    tf32: bool = True
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default
     peak_tflops: Optional[float] = None  # per-device peak for MFU; null: the datasheet figure of known GPUs
 
