@@ -243,6 +243,9 @@ class ParallelConfig:
     # shards (memory-mapped slices of the initial weights, or its part of a DCP checkpoint);
     # deepspeed_zero3: build it partitioned (zero.Init), then fill it one gathered parameter at a time
     meta_init: bool = False
+    # fsdp2 with one process: shard anyway, over a mesh of one rank (DTensor parameters, DCP checkpoints), so
+    # the sharded code paths run on one GPU (the GPU suite's check); off: one rank trains the plain model
+    shard_one_rank: bool = False
     param_dtype: str = "auto"  # compute dtype of the weights: auto (bf16 on GPU, fp32 on CPU) | bf16 | fp32
     # backend settings merged last: DeepSpeed config keys (deepspeed_*), Booster plugin arguments (colossalai_*)
     options: Dict[str, Any] = field(default_factory=dict)
