@@ -65,7 +65,7 @@ def _train(
     if load:  # what the trainer does: full weights (either layout) into the model before wrapping
         folder = Path(load)
         weights = folder / "model.safetensors" if (folder / "model.safetensors").is_file() else folder / "model_dcp"
-        load_into(model, read_flux_weights(weights)[0], str(weights))
+        load_into(model, read_flux_weights(weights)[0], str(weights), FLUX.optional_keys())
     model, opt = engine.prepare(model, lambda params: torch.optim.AdamW(params, lr=1e-3), 0.5, FLUX.blocks(model))
     if load:
         engine.load_optimizer(Path(load), model, opt)
