@@ -28,7 +28,6 @@ from benchmarks.benchlib import Budget, Report, parse_gpu_args
 from opensora_lite.autoencoders import build_autoencoder
 from opensora_lite.autoencoders.base import frames_fit
 from opensora_lite.config.schema import AutoencoderConfig
-from opensora_lite.dtypes import DTYPES
 from opensora_lite.errors import CheckpointError
 from opensora_lite.layout import config_dir
 
@@ -57,6 +56,7 @@ def build(name: str, smoke: bool, device: torch.device):
     from opensora_lite.autoencoders.dc_ae import VideoDCAE
     from opensora_lite.autoencoders.dc_ae_blocks import init_weights
     from opensora_lite.autoencoders.diffusers_vae import DiffusersVideoVAE, random_vae
+    from opensora_lite.dtypes import dtype_of
 
     cfg = load_config(TINY_CONFIG.get(name, name) if smoke else name)
     if smoke:
@@ -78,7 +78,7 @@ def build(name: str, smoke: bool, device: torch.device):
         ae = VideoDCAE(cfg, device="meta").to_empty(device=device)
         init_weights(ae)
         cfg.dtype = dtype
-        return ae.to(DTYPES[dtype]), cfg
+        return ae.to(dtype_of(dtype)), cfg
     return build_autoencoder(cfg).to(device), cfg
 
 
