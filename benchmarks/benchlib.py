@@ -47,25 +47,26 @@ def machine() -> str:
 
 
 def commit(folder: Path = REPO) -> str:
-    """The commit measured: $OSL_COMMIT, else the COMMIT file the carry script wrote beside the wheels
-    (a lent machine gets the working tree without .git, and may have no git), else git, else "unknown".
+    """The commit measured: $OSL_COMMIT; else git, where the folder is a checkout; else the COMMIT file the
+    carry script wrote beside the wheels (a lent machine gets the working tree without .git, and may have
+    no git); else "unknown". Git comes before the file: here the file may be older than the checkout.
     Never raises: a figure is worth keeping with an unknown commit."""
     if os.environ.get("OSL_COMMIT"):
         return os.environ["OSL_COMMIT"]
+    if shutil.which("git") is not None and (folder / ".git").exists():
+        try:
+            out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=folder, capture_output=True, text=True)
+            dirty = subprocess.run(
+                ["git", "status", "--porcelain", "--untracked-files=no"], cwd=folder, capture_output=True
+            )
+        except OSError:
+            out = None
+        if out is not None and out.returncode == 0 and out.stdout.strip():
+            return out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
     stamp = folder / CARRY.name / "COMMIT"
     if stamp.is_file() and stamp.read_text().strip():
         return stamp.read_text().strip()
-    if shutil.which("git") is None or not (folder / ".git").exists():
-        return "unknown"
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=folder, capture_output=True, text=True)
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=folder, capture_output=True
-        )
-    except OSError:
-        return "unknown"
-    sha = out.stdout.strip() or "unknown"
-    return sha + ("+dirty" if dirty.stdout.strip() else "")
+    return "unknown"
 
 
 def heading_lines(title: str, date: str, sha: str, where: str, command: str, note: str = "") -> list[str]:
@@ -307,11 +308,12 @@ def summary_lines(records: list[dict]) -> list[str]:
 
 def main() -> None:
     """`python -m benchmarks.benchlib part NAME STATUS SECONDS CAP_S`: the suite records how a part ended
-    (passed | failed | stopped: its cap ended it) in $OUT/rows.jsonl and rewrites $OUT/summary.md."""
+    (passed | failed | stopped: its cap ended it | not run: the suite's budget was spent) in
+    $OUT/rows.jsonl and rewrites $OUT/summary.md."""
     p = argparse.ArgumentParser(description=main.__doc__)
     p.add_argument("what", choices=["part"])
     p.add_argument("part")
-    p.add_argument("status", choices=["passed", "failed", "stopped"])
+    p.add_argument("status", choices=["passed", "failed", "stopped", "not run"])
     p.add_argument("seconds", type=float)
     p.add_argument("cap_s", type=float)
     a = p.parse_args()

@@ -17,9 +17,12 @@
 # $OUT/suite.log and the summary (first line: part 0's pass or fail) in $OUT/summary.md. A part stopped by its cap keeps the rows
 # it finished; rows a part cannot finish before its cap are not started. Nothing is appended to
 # docs/benchmarks.md here: `python -m benchmarks.returned <folder>` does that with the returned files.
-# .whl/ (benchmarks/carry_set.py) is installed first when present; the commit comes from $OSL_COMMIT or
-# .whl/COMMIT (no git there). PYTHON picks the interpreter (default python3); OSL_SUITE_CAP_S scales
-# every cap (default 1). Exit status: 0 all parts passed, 1 a part failed or was stopped, 2 no GPU.
+# .whl/ (benchmarks/carry_set.py) is installed first when present; the commit comes from $OSL_COMMIT, git
+# where there is a .git, or .whl/COMMIT (benchlib.commit: the lent machine has no .git). PYTHON picks the
+# interpreter (default python3); OSL_SUITE_CAP_S scales every cap (default 1). OSL_SUITE_BUDGET_S (on a
+# GPU 455 by default, in --smoke none) is the whole run's: a part's cap is cut to what is left of it, and a
+# part with under 10 s left is not run, so the suite ends, summary written, before the call's timeout_s
+# (480). Exit status: 0 all parts passed, 1 a part failed, was stopped or not run, 2 no GPU.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 SMOKE=0
@@ -33,6 +36,9 @@ while (($#)); do
   shift
 done
 PY="${PYTHON:-python3}"
+BUDGET="${OSL_SUITE_BUDGET_S:-}"
+[[ -z $BUDGET && $SMOKE == 0 ]] && BUDGET=455
+KILL_AFTER=10  # timeout's SIGKILL after its SIGTERM; with the record of the part, what a cap may overrun
 OUT="${OUT:-runs/gpu_suite-$(date +%Y%m%d-%H%M%S)}"  # (runs/ is git-ignored)
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 
@@ -49,7 +55,6 @@ suite() {
     export PYTHONPATH="$PYTHONPATH:/tmp/osl-site"  # (the repository first, then the carried versions)
     echo "== gpu_suite: wheels installed in $((SECONDS - began)) s"
   fi
-  [[ -z "${OSL_COMMIT:-}" && -s .whl/COMMIT ]] && export OSL_COMMIT="$(cat .whl/COMMIT)"
   [[ $SMOKE == 0 ]] && { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true; }
   "$PY" -c "import sys, torch; print('python', sys.version.split()[0], 'torch', torch.__version__)"
   local failed=0
@@ -60,12 +65,22 @@ suite() {
     [[ " $PARTS " == *" $name "* ]] || return 0
     [[ $SMOKE == 1 ]] && cap=$smoke_cap
     cap=$(awk "BEGIN{print int($cap * ${OSL_SUITE_CAP_S:-1} + 0.5)}")
+    if [[ -n $BUDGET ]]; then  # (SECONDS: since this script started, the wheel install included)
+      local left=$((BUDGET - SECONDS - KILL_AFTER - 5))
+      if ((left < 10)); then
+        "$PY" -m benchmarks.benchlib part "$name" "not run" 0 "$cap"
+        echo "== gpu_suite: $name not run: $((BUDGET - SECONDS)) s left of the suite's $BUDGET s"
+        failed=1
+        return 0
+      fi
+      ((cap > left)) && cap=$left
+    fi
     echo "== gpu_suite: $name (cap $cap s)"
     # the part's own deadline, a little before timeout's: it starts no row it cannot finish by then
     export OSL_SUITE_PART=$name OSL_PART_DEADLINE=$(($(date +%s) + cap - 3))
     local args=("$@")
     [[ $SMOKE == 1 ]] && args+=(--smoke)
-    timeout --kill-after=10 "$cap" "$PY" "${args[@]}" --no-append
+    timeout --kill-after=$KILL_AFTER "$cap" "$PY" "${args[@]}" --no-append
     rc=$?
     unset OSL_SUITE_PART OSL_PART_DEADLINE
     case $rc in
@@ -81,7 +96,7 @@ suite() {
   for pkg in colossalai:colossalai_zero2 deepspeed:deepspeed_zero2; do # where installed (GPU mode)
     [[ $SMOKE == 0 ]] && "$PY" -c "import ${pkg%%:*}" 2>/dev/null && engines+=("${pkg#*:}")
   done
-  part training 100 240 -m benchmarks.gpu_training
+  part training 180 240 -m benchmarks.gpu_training
   part flux 150 120 -m benchmarks.gpu_flux_checks
   part engines 75 120 -m benchmarks.gpu_engine_step --engines "${engines[@]}" --ac-rows
   part autoencoders 45 90 -m benchmarks.gpu_autoencoders --frames 33 --iters 2

@@ -116,28 +116,53 @@ def test_returned_files_become_dated_benchmark_entries(smoke, tmp_path):
 
 
 def test_a_part_stopped_at_its_cap_keeps_the_rows_it_finished(tmp_path):
-    """The decoding part holds after its first row (a row that cannot finish); the suite's cap ends it, and
-    its first row stays in rows.jsonl, tables.md and the converted entry, with the stop said; the suite
-    exits 1 naming the part stopped."""
+    """The data-stall part holds after its first row (a row that cannot finish) under a suite budget of
+    45 s: its cap is cut to what is left of the budget, the cap ends it, and its first row stays in
+    rows.jsonl, tables.md and the converted entry, with the stop said. The decoding part after it finds
+    too little of the budget left and is not run; the suite exits 1 naming both."""
     out = tmp_path / "out"
-    proc = _suite(
-        out, "--parts", "decoding", env={"OSL_BENCH_STALL_AFTER_ROWS": "1", "OSL_SUITE_CAP_S": "0.4"}, timeout=300
-    )
+    env = {"OSL_BENCH_STALL_AFTER_ROWS": "1", "OSL_SUITE_BUDGET_S": "45"}
+    proc = _suite(out, "--parts", "data_stall decoding", env=env, timeout=300)
     assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
     records = _records(out)
-    (row,) = _rows(records, "decoding")
-    assert row[0] == "whole clip, then resize + crop" and float(row[1]) > 0
-    assert [r["status"] for r in records if r["kind"] == "part"] == ["stopped"]
-    assert "| part 5, clip decoding | stopped |" in (out / "summary.md").read_text()
-    assert "| whole clip, then resize + crop |" in (out / "tables.md").read_text()
+    (row,) = _rows(records, "data_stall")
+    assert row[0] == "1" and 0 <= float(row[4]) <= 1
+    assert [(r["part"], r["status"]) for r in records if r["kind"] == "part"] == [
+        ("data_stall", "stopped"),
+        ("decoding", "not run"),
+    ]
+    (cap,) = [r["cap_s"] for r in records if r["kind"] == "stopped"]
+    assert cap < 45 - 10  # cut to the budget (its own cap in --smoke is 90 s)
+    summary = (out / "summary.md").read_text()
+    assert "| part 4, data stall | stopped |" in summary and "| part 5, clip decoding | not run |" in summary
+    assert re.search(r"\n\| 1 \| [0-9.]+ \|", (out / "tables.md").read_text())
     text = _convert(out, tmp_path / "benchmarks.md")
-    assert "| whole clip, then resize + crop |" in text and "Stopped by the suite at its 24-s cap" in text
+    assert re.search(r"\n\| 1 \| [0-9.]+ \|", text) and f"Stopped by the suite at its {cap:g}-s cap" in text
+    assert "| part 5, clip decoding | not run |" in text
 
 
 def test_gpu_mode_refuses_without_a_gpu(tmp_path):
     env = {**os.environ, "PYTHON": sys.executable, "CUDA_VISIBLE_DEVICES": "", "OUT": str(tmp_path)}
     proc = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_suite.sh")], capture_output=True, text=True, env=env)
     assert proc.returncode == 2 and "no CUDA device visible" in proc.stdout
+
+
+def test_commit_comes_from_the_environment_git_or_the_carried_file(tmp_path, monkeypatch):
+    """benchlib.commit never needs git where there is none (a lent machine: the working tree without .git):
+    $OSL_COMMIT, else git in a checkout (here, where .whl/COMMIT may be older), else .whl/COMMIT."""
+    from benchmarks.benchlib import commit
+
+    monkeypatch.delenv("OSL_COMMIT", raising=False)
+    tree = tmp_path / "tree"
+    (tree / ".whl").mkdir(parents=True)
+    assert commit(tree) == "unknown"
+    (tree / ".whl" / "COMMIT").write_text("abc1234\n")
+    assert commit(tree) == "abc1234"
+    sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    if sha.returncode == 0:  # (a checkout with git, as here)
+        assert commit(REPO).split("+")[0] == sha.stdout.strip()
+    monkeypatch.setenv("OSL_COMMIT", "feed5ed")
+    assert commit(tree) == commit(REPO) == "feed5ed"
 
 
 def test_carry_pins_in_the_docs_match_the_venv():
