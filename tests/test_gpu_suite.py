@@ -117,11 +117,11 @@ def test_returned_files_become_dated_benchmark_entries(smoke, tmp_path):
 
 def test_a_part_stopped_at_its_cap_keeps_the_rows_it_finished(tmp_path):
     """The data-stall part holds after its first row (a row that cannot finish) under a suite budget of
-    45 s: its cap is cut to what is left of the budget, the cap ends it, and its first row stays in
+    40 s: its cap is cut to what is left of the budget, the cap ends it, and its first row stays in
     rows.jsonl, tables.md and the converted entry, with the stop said. The decoding part after it finds
     too little of the budget left and is not run; the suite exits 1 naming both."""
     out = tmp_path / "out"
-    env = {"OSL_BENCH_STALL_AFTER_ROWS": "1", "OSL_SUITE_BUDGET_S": "45"}
+    env = {"OSL_BENCH_STALL_AFTER_ROWS": "1", "OSL_SUITE_BUDGET_S": "40"}
     proc = _suite(out, "--parts", "data_stall decoding", env=env, timeout=300)
     assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
     records = _records(out)
@@ -132,7 +132,7 @@ def test_a_part_stopped_at_its_cap_keeps_the_rows_it_finished(tmp_path):
         ("decoding", "not run"),
     ]
     (cap,) = [r["cap_s"] for r in records if r["kind"] == "stopped"]
-    assert cap < 45 - 10  # cut to the budget (its own cap in --smoke is 90 s)
+    assert cap < 40 - 10  # cut to the budget (its own cap in --smoke is 90 s)
     summary = (out / "summary.md").read_text()
     assert "| part 4, data stall | stopped |" in summary and "| part 5, clip decoding | not run |" in summary
     assert re.search(r"\n\| 1 \| [0-9.]+ \|", (out / "tables.md").read_text())
