@@ -14,6 +14,9 @@ MODEL_FAMILIES = ("flux", "wan")
 # stage.kind -> what a step computes (train/tasks/)
 STAGE_KINDS = ("diffusion", "autoencoder")
 
+# data.audio.layout -> channels (FFmpeg's layout names): the sound the loader gives and ingest stores
+AUDIO_LAYOUTS = {"mono": 1, "stereo": 2}
+
 # autoencoder.kind -> opensora_lite/autoencoders/; TRAINABLE: kinds an autoencoder stage can train
 AUTOENCODER_KINDS = ("pixel", "hunyuan", "hunyuan15", "wan", "ltx", "dc_ae")
 TRAINABLE_AUTOENCODERS = ("dc_ae",)

@@ -69,3 +69,14 @@ def test_tiny_dcae_benchmark_runs(shapes_dir, tmp_path):
     assert re.search(r"\| ae \| 6 \| [0-9]+ \| [0-9]+ \| psnr [0-9.]+, ssim -?[0-9.]+, latent_std [0-9.]+ \|", out), out
     assert re.search(r"\| Shapes DC-AE \(4x4x4, 8 ch\) \| 2 x 4 x 4 x 8 \| 32 \| [0-9.]+ \| [0-9.]+x \|", out), out
     assert re.search(r"\| pixel \(1x2x2, 12 ch\) \| 8 x 8 x 8 x 12 \| 512 \| [0-9.]+ \| 1.0x \|", out), out
+
+
+def test_i2v_position_benchmark_runs(mini_run):
+    """bench_i2v_position over the mini run's I2V stage, with a sample setting changed."""
+    run_dir, _ = mini_run
+    out = _script("bench_i2v_position.py", str(run_dir), "--set", "image_cfg_scale=2")
+    number = r"[0-9.]+ / [0-9.]+ / [0-9.]+"
+    row = rf"\| i2v \| 5f 16x16 \| all: \d+ of 6 \| ({number}|-) \| [0-9.]+ \| .* \| [0-9.]+ \| [0-9.]+ \|"
+    assert re.search(row, out), out  # ... direction and colour keep last
+    assert "`python -m benchmarks.bench_i2v_position " in out  # the entry names the module form
+    assert "with image_cfg_scale=2" in out and "appended to" not in out

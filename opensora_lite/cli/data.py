@@ -4,6 +4,8 @@ osl-data                                  # the Shapes set into data/shapes (the
 osl-data out=/tmp/shapes shapes.num_clips=200
 osl-data kind=videos videos.source=/data/clips out=/data/shards           # folder + caption sidecars
 osl-data kind=videos videos.source=/data/index.csv out=/data/shards       # path,text index
+osl-data kind=videos videos.source=/data/clips videos.audio.enabled=true out=/data/shards   # with their sound
+osl-data shapes.sound=true shapes.bounce=0.5 out=data/shapes_av     # Shapes with sound (docs/audio-video.md)
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from opensora_lite.cli.common import hydra_entry
 from opensora_lite.config.schema import BuildDataConfig
+from opensora_lite.config.validate import validate_audio, validate_shapes_sound
 from opensora_lite.data.ingest import list_folder, read_index, write_shards
 from opensora_lite.data.synthetic import ALL_COLOURS, write_shapes_shards
 from opensora_lite.errors import ConfigError, DataError
@@ -32,6 +35,10 @@ def main(cfg: DictConfig) -> None:
         raise ConfigError("shapes.colours", f"{list(job.shapes.colours)}: choose from {known}")
     if job.kind == "videos" and not job.videos.source:
         raise ConfigError("videos.source", "give a folder of videos or a .csv/.parquet index")
+    if job.kind == "videos":
+        validate_audio(job.videos.audio, "videos.audio")
+    if job.kind == "shapes":
+        validate_shapes_sound(job.shapes)
     out = Path(job.out)
     existing = sorted(out.glob("*.tar")) if out.is_dir() else []
     if existing and not job.overwrite:
@@ -54,7 +61,9 @@ def main(cfg: DictConfig) -> None:
         items = read_index(src, v.path_column, v.caption_column, v.root)
     else:
         raise DataError(f"videos.source {src} does not exist")
-    report = write_shards(items, out, v.samples_per_shard, v.workers, v.prefix, progress=sys.stderr.isatty())
+    report = write_shards(
+        items, out, v.samples_per_shard, v.workers, v.prefix, progress=sys.stderr.isatty(), audio=v.audio
+    )
     print(f"wrote {report.written} of {len(items)} inputs in {len(report.shards)} shards to {out}")
     if report.skipped:
         print(f"skipped {sum(report.skipped.values())}: {dict(report.skipped)} (listed in {out / 'skipped.tsv'})")

@@ -25,6 +25,16 @@ class FlowConfig:
 
 
 @dataclass
+class AudioDataConfig:
+    """The clips' sound (docs/audio-video.md): `osl-data` stores each video's track beside it, the loader
+    gives every batch the audio of its video windows. Rate and layout: LTX-2's front end wants 16 kHz stereo."""
+
+    enabled: bool = False  # ingest: decode and store the track; loader: batches carry audio
+    sample_rate: int = 16000  # Hz: every track is resampled to this
+    layout: str = "stereo"  # mono | stereo (a mono track is copied to both channels; stereo to mono: their mean)
+
+
+@dataclass
 class ShapesConfig:
     """Generator settings (the `source` node of `osl-data` for kind=shapes)."""
 
@@ -41,6 +51,14 @@ class ShapesConfig:
     size_range: list[float] = field(default_factory=lambda: [0.3, 0.4])  # shape diameter / min(h, w)
     max_background: int = 30  # background grey level is drawn from [0, max_background]
     crf: int = 18
+    # share of clips whose shape bounces off the wall it moves towards (reversing at the contact frame);
+    # 0 draws exactly the clips it always drew
+    bounce: float = 0.0
+    # a soundtrack in each mp4 (stereo AAC, both channels alike, and the same as a <key>.wav member): a tone
+    # whose pitch names the colour, a click at the bounce's contact frame; the video is the same either way
+    sound: bool = False
+    sound_rate: int = 16000  # Hz
+    files: bool = False  # also write each clip as <out>/clips/<key>.mp4 with its caption (<key>.txt) beside it
 
 
 @dataclass
@@ -72,6 +90,34 @@ class DCAEConfig:
     tile_size: int = 256  # tiling: pixels per spatial tile side
     tile_frames: int = 32  # tiling: frames per temporal tile
     tile_overlap: float = 0.25  # tiling: fraction of a tile shared with its neighbour, blended linearly
+
+
+@dataclass
+class MelConfig:
+    """A log-mel front end (autoencoders/mel.py): waveform -> log(max(mel magnitude, log_floor)), [B, C, T, mels].
+    The defaults are LTX-2's audio VAE input: 16 kHz, n_fft 1024, hop 160 (100 frames a second), 64 bins
+    on the Slaney mel scale with Slaney area normalisation, magnitude (power 1), Hann window, centred."""
+
+    sample_rate: int = 16000
+    n_fft: int = 1024
+    win_length: Optional[int] = None  # null: n_fft
+    hop_length: int = 160
+    n_mels: int = 64
+    f_min: float = 0.0
+    f_max: Optional[float] = None  # null: sample_rate / 2
+    power: float = 1.0  # 1: magnitude, 2: power
+    mel_scale: str = "slaney"  # slaney | htk
+    norm: Optional[str] = "slaney"  # slaney (each filter's area normalised) | null
+    log_floor: float = 1e-5
+    griffin_lim_iters: int = 32  # the CPU inverse for listening (fast Griffin-Lim, momentum 0.99)
+
+
+@dataclass
+class AudioAutoencoderConfig:
+    """The audio stream's autoencoder (docs/audio-video.md). So far its front end; the autoencoders that
+    take it as input (LTX-2's audio VAE, a tiny trainable one) come with the audio stream."""
+
+    mel: MelConfig = field(default_factory=MelConfig)
 
 
 @dataclass
@@ -137,6 +183,7 @@ class DataConfig:
     # or by `osl-data kind=cache` (docs/data.md#latent-cache)
     kind: str = "video"
     cache_dir: str = "data/cache"
+    audio: AudioDataConfig = field(default_factory=AudioDataConfig)  # batches carry the windows' audio
 
 
 @dataclass
@@ -312,6 +359,7 @@ class Config:
     # the model family's config (model.family: flux | wan; models/<family>/): typed by config/load.py
     model: Any = field(default_factory=lambda: {"family": "flux"})
     autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
+    audio_autoencoder: AudioAutoencoderConfig = field(default_factory=AudioAutoencoderConfig)
     text_encoder: TextEncoderConfig = field(default_factory=TextEncoderConfig)
     data: DataConfig = field(default_factory=DataConfig)
     flow: FlowConfig = field(default_factory=FlowConfig)
@@ -396,6 +444,7 @@ class VideoSourceConfig:
     samples_per_shard: int = 256
     workers: int = 0  # probing processes; 0: one per CPU
     prefix: str = "data"  # shard names: <prefix>-000000.tar
+    audio: AudioDataConfig = field(default_factory=AudioDataConfig)  # enabled: store each video's track (<key>.wav)
 
 
 @dataclass

@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 from opensora_lite.autoencoders.base import frame_rule, frames_fit, latent_frame_count
-from opensora_lite.config.schema import Config, StageConfig
+from opensora_lite.config.schema import AudioDataConfig, Config, MelConfig, ShapesConfig, StageConfig
 from opensora_lite.data.buckets import parse_resolution
-from opensora_lite.data.synthetic import ALL_COLOURS
+from opensora_lite.data.synthetic import ALL_COLOURS, CLICK_HZ, PITCHES
 from opensora_lite.diffusion.conditioning import TASKS
 from opensora_lite.errors import ConfigError
 from opensora_lite.models.spec import spec_for
-from opensora_lite.registry import AUTOENCODER_KINDS, ENGINES, STAGE_KINDS, TRAINABLE_AUTOENCODERS, engines_with
+from opensora_lite.registry import (
+    AUDIO_LAYOUTS,
+    AUTOENCODER_KINDS,
+    ENGINES,
+    STAGE_KINDS,
+    TRAINABLE_AUTOENCODERS,
+    engines_with,
+)
 
 
 def installed(package: str) -> bool:
@@ -115,6 +122,19 @@ def validate_components(cfg: Config) -> None:
         )
         _require(tm.dtype in ("fp32", "bf16", "fp16"), f"text_encoder.{name}.dtype", f"unknown {tm.dtype!r}")
     d = cfg.data
+    validate_audio(d.audio, "data.audio")
+    validate_mel(cfg.audio_autoencoder.mel, "audio_autoencoder.mel")
+    if d.audio.enabled:
+        _require(
+            d.kind != "cached",
+            "data.audio.enabled",
+            "the latent cache holds no audio latents yet (they need the audio autoencoder): use data.kind=video",
+        )
+        _require(
+            cfg.audio_autoencoder.mel.sample_rate == d.audio.sample_rate,
+            "audio_autoencoder.mel.sample_rate",
+            f"{cfg.audio_autoencoder.mel.sample_rate} differs from data.audio.sample_rate {d.audio.sample_rate}",
+        )
     _require(d.target_fps > 0, "data.target_fps", "must be positive")
     _require(d.num_workers >= 0, "data.num_workers", "must be >= 0")
     _require(d.kind in ("video", "cached"), "data.kind", f"unknown {d.kind!r} (video | cached)")
@@ -178,6 +198,40 @@ def validate_components(cfg: Config) -> None:
     _require(
         cfg.logger.wandb.mode in ("online", "offline", "disabled"), "logger.wandb.mode", "online | offline | disabled"
     )
+
+
+def validate_audio(a: AudioDataConfig, key: str) -> None:
+    """The sound settings of ingest (videos.audio) or the loader (data.audio)."""
+    _require(a.sample_rate >= 1000, f"{key}.sample_rate", f"must be at least 1000 Hz, got {a.sample_rate}")
+    _require(a.layout in AUDIO_LAYOUTS, f"{key}.layout", f"unknown {a.layout!r} ({' | '.join(AUDIO_LAYOUTS)})")
+
+
+def validate_shapes_sound(s: ShapesConfig, key: str = "shapes") -> None:
+    _require(0.0 <= s.bounce <= 1.0, f"{key}.bounce", f"a share of clips: must be in [0, 1], got {s.bounce}")
+    top = max(PITCHES[c] for c in s.colours if c in PITCHES) if s.colours else 0.0
+    _require(
+        not s.sound or s.sound_rate >= 8000,
+        f"{key}.sound_rate",
+        f"must be at least 8000 Hz (the click is at {CLICK_HZ:g} Hz, the highest tone {top:g} Hz), got {s.sound_rate}",
+    )
+
+
+def validate_mel(m: MelConfig, key: str) -> None:
+    """A log-mel front end's settings (audio_autoencoder.mel)."""
+    _require(m.sample_rate > 0, f"{key}.sample_rate", "must be positive")
+    _require(m.n_fft >= 2, f"{key}.n_fft", f"must be at least 2, got {m.n_fft}")
+    win = m.win_length if m.win_length is not None else m.n_fft
+    _require(0 < win <= m.n_fft, f"{key}.win_length", f"must be in 1..n_fft ({m.n_fft}), got {win}")
+    _require(m.hop_length > 0, f"{key}.hop_length", "must be positive")
+    _require(m.n_mels > 0, f"{key}.n_mels", "must be positive")
+    f_max = m.f_max if m.f_max is not None else m.sample_rate / 2
+    _require(0 <= m.f_min < f_max, f"{key}.f_min", f"must be in [0, f_max) (f_max {f_max:g})")
+    _require(f_max <= m.sample_rate / 2, f"{key}.f_max", f"above the Nyquist frequency {m.sample_rate / 2:g}")
+    _require(m.power in (1.0, 2.0), f"{key}.power", f"1 (magnitude) or 2 (power), got {m.power}")
+    _require(m.mel_scale in ("slaney", "htk"), f"{key}.mel_scale", f"unknown {m.mel_scale!r} (slaney | htk)")
+    _require(m.norm in (None, "slaney"), f"{key}.norm", f"unknown {m.norm!r} (slaney | null)")
+    _require(m.log_floor > 0, f"{key}.log_floor", "must be positive")
+    _require(m.griffin_lim_iters >= 1, f"{key}.griffin_lim_iters", "must be at least 1")
 
 
 def validate_stage(cfg: Config, name: str, stage: StageConfig, first: bool) -> None:

@@ -151,6 +151,9 @@ def encode_item(item: Item, ae, text, device, image_condition: bool, seed: int =
     if image_condition:
         out["head"] = ae.encode(video[:, :, :1], generator=gen)[0]
         out["tail"] = ae.encode(video[:, :, -1:], generator=gen)[0]
+    # Audio latents go here, beside x0, once the audio autoencoder exists (issue 31, part 3): `item.audio`
+    # (int16 [channels, samples] of the window, or None) through its log-mel front end and encoder. Until
+    # then config/validate.py refuses data.audio.enabled with data.kind=cached.
     t5, clip = text.encode_native([item.caption])
     out["t5"], out["clip"] = t5[0], clip[0]
     return {k: v.detach().cpu().contiguous() for k, v in out.items()}
@@ -251,19 +254,22 @@ class CachedStream(BucketedVideoStream):
             self._skip(skipped, "bucket_not_in_stage", key, url)
             return None
         bucket = Bucket(meta["resolution"], int(meta["num_frames"]), int(meta["height"]), int(meta["width"]), batch)
+        item = Item(bucket, None, meta["caption"], key, pending=(blob,), shard=url)
         if replay:
-            return Item(bucket, None, meta["caption"], key, pending=(blob,), shard=url)
+            return item
         try:
-            return Item(bucket, self._materialize((blob,)), meta["caption"], key, shard=url)
+            self._materialize(item)
+            return item
         except VideoDecodeError:
             self._skip(skipped, "corrupt_cache", key, url)
             return None
 
-    def _materialize(self, pending: tuple) -> dict[str, torch.Tensor]:
+    def _materialize(self, item: Item) -> None:
         try:
-            return load_tensors(pending[0])
+            item.frames = load_tensors(item.pending[0])
         except Exception as exc:  # a damaged blob
             raise VideoDecodeError(f"unreadable cached sample: {exc}") from None
+        item.pending = None
 
     @staticmethod
     def collate(items: list[Item], skipped: Counter, failed: list[str]) -> dict:

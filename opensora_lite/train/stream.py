@@ -35,5 +35,6 @@ def stage_batches(rt, name: str, index: int, image_condition: bool, resume: Load
         image_caption_template=cfg.data.image_caption_template,
         resume=resume,
         open_retries=cfg.data.open_retries,
+        audio=cfg.data.audio,  # the windows' sound in every batch (refused with the cache until it holds audio)
     )
     return batches(build_loader(stream, cfg.data.num_workers, cfg.data.prefetch_factor, engine.device.type == "cuda"))
