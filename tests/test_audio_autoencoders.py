@@ -212,7 +212,7 @@ def test_the_cache_holds_audio_latents_equal_to_encoding_on_the_fly(av_clips, tm
         item_generator,
         stage_seed,
     )
-    from opensora_lite.data.loader import BucketedVideoStream, expand_shards
+    from opensora_lite.data.loader import BucketedVideoStream, expand_shards, frames_on_device
     from opensora_lite.parallel import build_engine
     from opensora_lite.text.encoders import TextEncoders
 
@@ -244,7 +244,7 @@ def test_the_cache_holds_audio_latents_equal_to_encoding_on_the_fly(av_clips, tm
             got = cached[item.key]
             assert got["audio_x0"].shape == (8, 16, 16)  # 5 frames at 8 fps: 10000 samples, 63 log-mel frames
             assert torch.equal(got["audio_x0"], want[0]) and bool(got["has_audio"])
-            assert torch.equal(got["x0"], ae.encode(batch["video"])[0])  # the video latents beside it, as before
+            assert torch.equal(got["x0"], ae.encode(frames_on_device(batch["video"], "cpu"))[0])  # beside, as before
             seen += 1
     assert seen == len(cached) == manifest["samples"] > 0
     batch = CachedStream.collate(read[:3], Counter(), [])  # a training batch from the cache

@@ -47,7 +47,7 @@ from safetensors.torch import save as save_tensors
 from tqdm import tqdm
 
 from opensora_lite.data.buckets import Bucket, BucketTable
-from opensora_lite.data.loader import BucketedVideoStream, Item, expand_shards
+from opensora_lite.data.loader import BucketedVideoStream, Item, expand_shards, frames_on_device
 from opensora_lite.data.video import VideoDecodeError
 from opensora_lite.errors import DataError
 
@@ -169,7 +169,7 @@ def encode_item(
     or differently split cache is bitwise the same. With `audio_ae`, the window's sound (`item.audio`)
     is encoded too."""
     batch = BucketedVideoStream.collate([item], Counter(), [])
-    video = batch["video"].to(device)
+    video = frames_on_device(batch["video"], device)
     gen = item_generator(seed, item.key)
     out = {"x0": ae.encode(video, generator=gen)[0]}
     if image_condition:

@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from opensora_lite.models.attention import attention
+from opensora_lite.models.attention import run_kernel
 
 
 class SPContext:
@@ -49,8 +49,9 @@ class SPContext:
         return _GatherSeq.apply(x, self, dim).narrow(dim, 0, n)
 
     # -- attention ---------------------------------------------------------------------------------
-    def attention(self, q: Tensor, k: Tensor, v: Tensor, txt_len: int, valid_img: int, backend: str) -> Tensor:
-        """q, k, v [B, H, txt_len + local video tokens, D] -> the same layout, attending over everything."""
+    def attention(self, q: Tensor, k: Tensor, v: Tensor, txt_len: int, valid_img: int, kernel: str) -> Tensor:
+        """q, k, v [B, H, txt_len + local video tokens, D] -> the same layout, attending over everything
+        with `kernel` (resolved by the AttentionCore)."""
         heads = q.shape[1]
         per = heads // self.size
         h0 = self.rank * per
@@ -65,7 +66,7 @@ class SPContext:
         if txt_len + valid_img < total:  # padded video tokens must not be attended to
             mask = torch.zeros(total, dtype=torch.bool, device=q.device)
             mask[: txt_len + valid_img] = True
-        out = attention(qh, kh, vh, backend, mask=mask)  # [B, H/sp, txt + Li, D]
+        out = run_kernel(kernel, qh, kh, vh, mask=mask)  # [B, H/sp, txt + Li, D]
         txt_out = _GatherHeads.apply(out[:, :, :txt_len], self)  # [B, H, txt, D]
         img_out = _AllToAll.apply(out[:, :, txt_len:], self, 2, 1)  # scatter tokens, gather heads
         return torch.cat((txt_out, img_out), dim=2)

@@ -107,7 +107,9 @@ class AutoencoderTask(Task):
     def disc_on(self, step: int) -> bool:
         return self.disc is not None and step >= self.r.disc_start
 
-    def micro_step(self, model, batch: dict, gen, step: int, last: bool) -> tuple[torch.Tensor, int, float]:
+    def micro_step(
+        self, model, batch: dict, gen, step: int, last: bool, device_gen=None
+    ) -> tuple[torch.Tensor, int, float]:
         """One forward + backward of the autoencoder (and the discriminator's, once it trains); `step` is
         0-based. Returns the loss, the pixels and 0 FLOPs (not counted for autoencoders)."""
         r, engine = self.r, self.engine

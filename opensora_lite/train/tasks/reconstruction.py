@@ -16,11 +16,13 @@ from torch import Tensor, nn
 from opensora_lite.autoencoders import build_autoencoder
 from opensora_lite.autoencoders.audio import build_audio_autoencoder, build_vocoder
 from opensora_lite.autoencoders.mel import LogMel
+from opensora_lite.data.loader import frames_on_device
 from opensora_lite.eval.reconstruction import psnr, reconstruction_sheet, ssim
 
 
 class VideoReconstruction:
-    """modality=video: `autoencoder` on batch["video"] [B, 3, T, H, W] in [-1, 1]; PSNR/SSIM."""
+    """modality=video: `autoencoder` on batch["video"] (uint8 [B, 3, T, H, W], made [-1, 1] on the device);
+    PSNR/SSIM."""
 
     name = "video"
 
@@ -32,8 +34,8 @@ class VideoReconstruction:
 
     def inputs(self, batch: dict, images: bool) -> Tensor:
         """The step's input; `images`: this step trains on single frames (reconstruction.image_fraction)."""
-        video = batch["video"].to(self.device, non_blocking=True)
-        return video[:, :, :1] if images else video
+        video = batch["video"][:, :, :1] if images else batch["video"]
+        return frames_on_device(video, self.device)
 
     def stream_audio(self):
         return None  # the held-out stream needs no sound
