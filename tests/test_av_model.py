@@ -3,8 +3,8 @@ the audio stream added computes the same video, both streams share a time line i
 count the audio tokens, per-modality flags keep a given modality clean and out of the loss, the balance
 normalises each loss, and a few steps of joint training bring both losses down.
 
-The "audio latents" here are a fixed space-to-depth of the log-mel of a tone (the audio autoencoders are
-built elsewhere): [B, 2 x 4, T_mel / 4, 16 / 4] at 25 latent frames a second, a stand-in of LTX-2's shape.
+The "audio latents" here are a fixed space-to-depth of the log-mel of a tone (MelSpaceToDepth; the audio
+autoencoders are built elsewhere): [B, 32, T_mel / 4, 4] at 25 latent frames a second, LTX-2's token size.
 """
 
 from __future__ import annotations
@@ -24,32 +24,38 @@ from opensora_lite.models.flux.flops import mmdit_flops
 from opensora_lite.models.flux.model import MMDiT
 from opensora_lite.models.loading import load_into
 
-AUDIO = AudioStreamConfig(latent_channels=8, latent_bins=4, latents_per_second=25.0, hidden_size=32, num_heads=2)
+AUDIO = AudioStreamConfig(latent_channels=32, latent_bins=4, latents_per_second=25.0, hidden_size=32, num_heads=2)
 
 
 def tiny_av(**changes):
     return tiny_mmdit(attention_backend="math", audio=AUDIO, **changes)
 
 
-def mel_latents(pitches_hz: list[float], seconds: float, generator=None) -> torch.Tensor:
-    """A stand-in audio autoencoder: the log-mel (16 bins, 100 frames/s) of a stereo tone, space-to-depth
-    2 x 2 -> [B, 8, 25 x seconds, 4]; normalised roughly to unit scale."""
-    from opensora_lite.autoencoders.mel import LogMel
-    from opensora_lite.config.schema import MelConfig
+class MelSpaceToDepth:
+    """A stand-in audio autoencoder (the real ones are built elsewhere): the log-mel (16 bins, 100 frames
+    a second) space-to-depth 4 x 4 -> [B, 2 x 16, frames / 4, 4] at 25 latent frames a second (LTX-2's
+    latent rate and token size, 128), scaled to about unit size."""
 
-    mel = LogMel(MelConfig(n_fft=256, hop_length=160, n_mels=16, f_max=4000.0))
-    n = int(16000 * seconds)
-    t = torch.arange(n) / 16000
-    wave = torch.stack([0.25 * torch.sin(2 * math.pi * f * t) for f in pitches_hz])[:, None].repeat(1, 2, 1)
-    m = mel(wave)[:, :, : int(100 * seconds)]  # [B, 2, frames, 16]
-    b, c, frames, bins = m.shape
-    z = (
-        m.reshape(b, c, frames // 4, 4, bins // 4, 4)
-        .permute(0, 1, 3, 5, 2, 4)
-        .reshape(b, c * 16, frames // 4, bins // 4)
-    )
-    z = z[:, :8]  # 8 channels, as LTX-2
-    return (z - z.mean()) / z.std()
+    latents_per_second = 25.0
+
+    def __init__(self):
+        from opensora_lite.autoencoders.mel import LogMel
+        from opensora_lite.config.schema import MelConfig
+
+        self.mel = LogMel(MelConfig(n_fft=256, hop_length=160, n_mels=16, f_max=4000.0))
+
+    def encode(self, audio: torch.Tensor, generator=None) -> torch.Tensor:
+        m = self.mel(audio)
+        b, c, frames, bins = m.shape
+        m = m[:, :, : frames // 4 * 4]
+        z = m.reshape(b, c, frames // 4, 4, bins // 4, 4).permute(0, 1, 3, 5, 2, 4).reshape(b, c * 16, -1, bins // 4)
+        return (z + 9.0) / 3.0
+
+
+def tone(pitches_hz: list[float], seconds: float) -> torch.Tensor:
+    """Stereo tones [B, 2, samples] at 16 kHz."""
+    t = torch.arange(int(16000 * seconds)) / 16000
+    return torch.stack([0.25 * torch.sin(2 * math.pi * f * t) for f in pitches_hz])[:, None].repeat(1, 2, 1)
 
 
 def _inputs(batch=2, frames=3, generator=None):
@@ -68,7 +74,7 @@ def test_a_video_checkpoint_with_audio_added_computes_the_same_video():
     report = load_into(av, video.state_dict(), "t2v", SPEC.optional_keys())
     assert report.missing and all(k.startswith(AUDIO_PREFIXES) for k in report.missing)
     x, t, txt, y = _inputs()
-    audio = mel_latents([261.6, 392.0], 0.4)  # 10 audio latent frames beside 3 video latent frames
+    audio = MelSpaceToDepth().encode(tone([261.6, 392.0], 0.41))  # 10 audio latent frames beside 3 video ones
     with torch.no_grad():
         ref = video(x, t, txt, y)
         got, sound = av(x, t, txt, y, audio=audio, audio_timesteps=torch.rand(2), video_rate=7.5)
@@ -97,7 +103,7 @@ def test_moving_the_sound_in_time_changes_what_the_video_hears():
     for p in av.parameters():
         torch.nn.init.normal_(p, std=0.1)
     x, t, txt, y = _inputs(batch=1, frames=4)
-    click = torch.zeros(1, 8, 12, 4)
+    click = torch.zeros(1, 32, 12, 4)
     early, late = click.clone(), click.clone()
     early[:, :, 1], late[:, :, 10] = 3.0, 3.0
     with torch.no_grad():
@@ -111,7 +117,7 @@ def test_flops_count_the_audio_tokens():
     cfg = tiny_av()
     model = MMDiT(cfg)
     x, t, txt, y = _inputs(batch=2, frames=3)
-    audio = torch.randn(2, 8, 10, 4)
+    audio = torch.randn(2, 32, 10, 4)
     with FlopCounterMode(display=False) as fwd:
         out, sound = model(x, t, txt, y, audio=audio, audio_timesteps=t, video_rate=7.5)
     with FlopCounterMode(display=False) as bwd:
@@ -128,7 +134,7 @@ def test_flops_count_the_audio_tokens():
 @pytest.mark.parametrize("task", list(AV_TASKS))
 def test_a_given_modality_stays_clean_and_out_of_the_loss(task):
     seen = {}
-    x0, a0 = torch.randn(3, 4, 2, 4, 4), torch.randn(3, 8, 6, 4)
+    x0, a0 = torch.randn(3, 4, 2, 4, 4), torch.randn(3, 32, 6, 4)
 
     def forward_av(xt, t, at, ta):
         seen.update(xt=xt, t=t, at=at, ta=ta)
@@ -181,7 +187,7 @@ def test_joint_training_steps_bring_both_losses_down():
     model = MMDiT(tiny_av())
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     pitches = [261.6, 392.0, 587.3, 880.0]
-    audio = mel_latents(pitches, 0.48)  # 12 audio latent frames
+    audio = MelSpaceToDepth().encode(tone(pitches, 0.49))  # 12 audio latent frames
     g = torch.Generator().manual_seed(0)
     colour = torch.linspace(-1, 1, 4)
     video = colour[:, None, None, None, None] + 0.1 * torch.randn(4, 4, 3, 4, 4, generator=g)
@@ -205,3 +211,59 @@ def test_joint_training_steps_bring_both_losses_down():
     first = {m: sum(e[m] for e in logged[:3]) for m in ("video", "audio")}
     last = {m: sum(e[m] for e in logged[-3:]) for m in ("video", "audio")}
     assert last["video"] < 0.8 * first["video"] and last["audio"] < 0.8 * first["audio"], (first, last)
+
+
+def test_the_audio_video_stage_trains_both_streams_and_logs_each_loss():
+    """The stage's task object (kind audio_video) on the tiny config's real parts (pixel autoencoder,
+    tiny text encoders, the single engine): the config checks, a few steps of mixed tasks, both losses
+    logged apart and falling, the balance's state in the checkpoint."""
+    from contextlib import nullcontext
+    from types import SimpleNamespace
+
+    from conftest import typed
+
+    from opensora_lite.autoencoders import build_autoencoder
+    from opensora_lite.config.validate import validate
+    from opensora_lite.errors import ConfigError
+    from opensora_lite.parallel import build_engine
+    from opensora_lite.text.encoders import TextEncoders
+    from opensora_lite.train.optim import build_optimizer
+    from opensora_lite.train.tasks import StageContext, build_task
+
+    cfg = typed(["data.audio.enabled=true", "curriculum.stages.t2v.text_dropout={t5:0.0,clip:0.0}"])
+    stage = cfg.curriculum.stages["t2v"]
+    stage.kind, stage.tasks = "audio_video", {"t2av": 2.0, "v2a": 1.0, "a2v": 1.0, "i2av": 1.0}
+    with pytest.raises(ConfigError, match="model.audio"):
+        validate(cfg)
+    cfg.model.audio = AudioStreamConfig(latent_channels=32, latent_bins=4, hidden_size=64, num_heads=2)
+    validate(cfg)
+    device = torch.device("cpu")
+    rt = SimpleNamespace(cfg=cfg, device=device, autocast=nullcontext, audio_ae=MelSpaceToDepth())
+    rt.engine, rt.ae = build_engine(cfg.parallel, "cpu"), build_autoencoder(cfg.autoencoder)
+    rt.text = TextEncoders(cfg.text_encoder, device)
+    task = build_task(StageContext(rt, "t2v", 1, 0, cfg))
+    torch.manual_seed(0)
+    model = task.build_model()
+    make = lambda params: build_optimizer(params, stage.optim, device)  # noqa: E731
+    model, opt = rt.engine.prepare(model, make, stage.optim.grad_clip, task.blocks(model))
+    colours = [[1, -1, -1], [-1, 1, -1], [-1, -1, 1], [1, 1, -1]]  # a still square, its colour heard as a tone
+    video = torch.full((4, 3, 5, 16, 16), -1.0)
+    for i, c in enumerate(colours):
+        video[i, :, :, 4:12, 4:12] = torch.tensor(c, dtype=torch.float)[:, None, None, None]
+    batch = dict(video=video, audio=tone([261.6, 329.6, 392.0, 493.9], 5 / 8), has_audio=torch.ones(4, dtype=torch.bool))
+    batch["captions"] = ["a square"] * 4
+    for g in opt.param_groups:
+        g["lr"] = 2e-3
+    logged = []
+    for step in range(8):
+        loss, tokens, flops = task.micro_step(model, batch, torch.Generator().manual_seed(step % 2), step, True)
+        rt.engine.step(model, opt)
+        logged.append(task.take_metrics())
+    assert {"loss_video", "loss_audio", "loss_scale_video", "loss_scale_audio"} <= logged[0].keys()
+    assert tokens == 4 * (5 * 8 * 8 + 15) and flops > 0  # 5 latent frames of 8 x 8 tokens, 15 audio frames
+    for m in ("video", "audio"):
+        first = logged[0][f"loss_{m}"] + logged[1][f"loss_{m}"]
+        last = logged[-2][f"loss_{m}"] + logged[-1][f"loss_{m}"]
+        assert last < first, (m, first, last)
+    state = task.state_dict()
+    assert set(state["balance"]["means"]) == {"video", "audio"}
