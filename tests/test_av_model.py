@@ -247,20 +247,20 @@ def test_the_audio_video_stage_trains_both_streams_and_logs_each_loss():
     make = lambda params: build_optimizer(params, stage.optim, device)  # noqa: E731
     model, opt = rt.engine.prepare(model, make, stage.optim.grad_clip, task.blocks(model))
     colours = [[1, -1, -1], [-1, 1, -1], [-1, -1, 1], [1, 1, -1]]  # a still square, its colour heard as a tone
-    video = torch.full((4, 3, 5, 16, 16), -1.0)
+    video = torch.full((4, 3, 5, 8, 8), -1.0)
     for i, c in enumerate(colours):
-        video[i, :, :, 4:12, 4:12] = torch.tensor(c, dtype=torch.float)[:, None, None, None]
-    batch = dict(video=video, audio=tone([261.6, 329.6, 392.0, 493.9], 5 / 8), has_audio=torch.ones(4, dtype=torch.bool))
-    batch["captions"] = ["a square"] * 4
+        video[i, :, :, 2:6, 2:6] = torch.tensor(c, dtype=torch.float)[:, None, None, None]
+    sound = tone([261.6, 329.6, 392.0, 493.9], 5 / 8)  # 5 frames at 8 fps
+    batch = dict(video=video, audio=sound, has_audio=torch.ones(4, dtype=torch.bool), captions=["a square"] * 4)
     for g in opt.param_groups:
         g["lr"] = 2e-3
     logged = []
-    for step in range(8):
+    for step in range(6):
         loss, tokens, flops = task.micro_step(model, batch, torch.Generator().manual_seed(step % 2), step, True)
         rt.engine.step(model, opt)
         logged.append(task.take_metrics())
     assert {"loss_video", "loss_audio", "loss_scale_video", "loss_scale_audio"} <= logged[0].keys()
-    assert tokens == 4 * (5 * 8 * 8 + 15) and flops > 0  # 5 latent frames of 8 x 8 tokens, 15 audio frames
+    assert tokens == 4 * (5 * 4 * 4 + 15) and flops > 0  # 5 latent frames of 4 x 4 tokens, 15 audio frames
     for m in ("video", "audio"):
         first = logged[0][f"loss_{m}"] + logged[1][f"loss_{m}"]
         last = logged[-2][f"loss_{m}"] + logged[-1][f"loss_{m}"]
