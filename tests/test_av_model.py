@@ -89,6 +89,19 @@ def test_a_video_checkpoint_with_audio_added_computes_the_same_video():
     assert grads["audio_final_layer.linear.weight"].abs().sum() > 0
 
 
+def test_a_meta_device_start_replays_the_audio_layers_init():
+    """parallel.meta_init: initial_tensors gives every tensor (audio ones too) as a CPU build from the seed."""
+    cfg = tiny_av()
+    torch.manual_seed(5)
+    ref = MMDiT(cfg, image_condition=True).state_dict()
+    with torch.device("meta"):
+        meta = MMDiT(cfg, image_condition=True)
+    torch.manual_seed(5)
+    got = dict(meta.initial_tensors())
+    assert got.keys() == ref.keys() and all(torch.equal(ref[k], got[k]) for k in ref)
+    assert not got["audio_blocks.1.a2v_out.weight"].any() and got["audio_blocks.1.a2v_q.weight"].any()
+
+
 def test_video_and_audio_frames_share_positions_in_seconds():
     # 25 audio latent frames a second, 7.5 video latent frames a second: both at 0.4 s and 1.2 s
     audio, video = time_positions(40, 25.0, 25.0), time_positions(10, 7.5, 25.0)
@@ -230,13 +243,14 @@ def test_the_audio_video_stage_trains_both_streams_and_logs_each_loss():
     from opensora_lite.train.optim import build_optimizer
     from opensora_lite.train.tasks import StageContext, build_task
 
-    cfg = typed(["data.audio.enabled=true", "curriculum.stages.t2v.text_dropout={t5:0.0,clip:0.0}"])
+    cfg = typed(["model=tiny_av", "data.audio.enabled=true", "curriculum.stages.t2v.text_dropout={t5:0.0,clip:0.0}"])
     stage = cfg.curriculum.stages["t2v"]
     stage.kind, stage.tasks = "audio_video", {"t2av": 2.0, "v2a": 1.0, "a2v": 1.0, "i2av": 1.0}
+    validate(cfg)
+    audio, cfg.model.audio = cfg.model.audio, None
     with pytest.raises(ConfigError, match="model.audio"):
         validate(cfg)
-    cfg.model.audio = AudioStreamConfig(latent_channels=32, latent_bins=4, hidden_size=64, num_heads=2)
-    validate(cfg)
+    cfg.model.audio = audio
     device = torch.device("cpu")
     rt = SimpleNamespace(cfg=cfg, device=device, autocast=nullcontext, audio_ae=MelSpaceToDepth())
     rt.engine, rt.ae = build_engine(cfg.parallel, "cpu"), build_autoencoder(cfg.autoencoder)
