@@ -193,39 +193,6 @@ def test_running_mean_balance_gives_each_modality_its_weight():
         LossBalance({"video": 1.0}, "uncertainty")
 
 
-def test_joint_training_steps_bring_both_losses_down():
-    """A few steps of t2av / v2a / a2v on a tiny model: video latents whose colour (the mean of a
-    channel) matches the tone's pitch; both losses, logged apart, go down."""
-    torch.manual_seed(0)
-    model = MMDiT(tiny_av())
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    pitches = [261.6, 392.0, 587.3, 880.0]
-    audio = MelSpaceToDepth().encode(tone(pitches, 0.49))  # 12 audio latent frames
-    g = torch.Generator().manual_seed(0)
-    colour = torch.linspace(-1, 1, 4)
-    video = colour[:, None, None, None, None] + 0.1 * torch.randn(4, 4, 3, 4, 4, generator=g)
-    txt, y = torch.zeros(4, 5, 16), torch.zeros(4, 8)
-    balance = LossBalance({"video": 1.0, "audio": 1.0}, "running_mean")
-    logged = []
-    for step in range(12):
-        gen = torch.Generator().manual_seed(step % 3)  # a fixed set of noise draws: the loss must fall
-        flags = Flags.of(["t2av", "v2a", "a2v", "t2av"])
-
-        def forward_av(xt, t, at, ta):
-            return model(xt, t, txt, y, audio=at, audio_timesteps=ta, video_rate=6.25)
-
-        losses = av_flow_loss(forward_av, video, audio, flags, None, FlowConfig(shift=False), [1, 2, 2], gen)
-        observed = {m: float(v.detach()) if n else None for m, (v, n) in losses.items()}
-        loss = balance.combine(losses, observed)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        logged.append(observed)
-    first = {m: sum(e[m] for e in logged[:3]) for m in ("video", "audio")}
-    last = {m: sum(e[m] for e in logged[-3:]) for m in ("video", "audio")}
-    assert last["video"] < 0.8 * first["video"] and last["audio"] < 0.8 * first["audio"], (first, last)
-
-
 def test_the_audio_video_stage_trains_both_streams_and_logs_each_loss():
     """The stage's task object (kind audio_video) on the tiny config's real parts (pixel autoencoder,
     tiny text encoders, the single engine): the config checks, a few steps of mixed tasks, both losses
@@ -278,6 +245,6 @@ def test_the_audio_video_stage_trains_both_streams_and_logs_each_loss():
     for m in ("video", "audio"):
         first = logged[0][f"loss_{m}"] + logged[1][f"loss_{m}"]
         last = logged[-2][f"loss_{m}"] + logged[-1][f"loss_{m}"]
-        assert last < first, (m, first, last)
+        assert last < 0.8 * first, (m, first, last)  # measured: about 0.65 for both
     state = task.state_dict()
     assert set(state["balance"]["means"]) == {"video", "audio"}
