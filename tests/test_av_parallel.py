@@ -1,7 +1,8 @@
 """The audio stream under parallelism, real gloo processes against one process: Ulysses sequence
 parallelism with the audio tokens split over the ranks beside the video tokens (outputs and summed
-gradients), and fsdp2 on 2 ranks training the joint objective (the loss trajectory within the
-tolerance of tests/test_engines.py, with the audio blocks sharded and recomputed in backward)."""
+gradients; an audio block recomputed in backward, as an engine wraps it), and fsdp2 on 2 ranks
+training the joint objective (the loss trajectory within the tolerance of tests/test_engines.py, with
+the audio blocks sharded and recomputed in backward)."""
 
 from __future__ import annotations
 
@@ -12,10 +13,12 @@ import torch
 import torch.distributed as dist
 from conftest import spawn_ranks, tiny_mmdit, two_ranks
 
+from opensora_lite.checkpoint.files import clean_key
 from opensora_lite.config.schema import ParallelConfig
 from opensora_lite.models.flux import SPEC
 from opensora_lite.models.flux.audio import AudioStreamConfig
 from opensora_lite.models.flux.model import MMDiT
+from opensora_lite.parallel.checkpointing import apply_activation_checkpointing
 from opensora_lite.parallel.sequence import SPContext
 
 AUDIO = AudioStreamConfig(latent_channels=2, latent_bins=4, latents_per_second=25.0, hidden_size=32, num_heads=4)
@@ -38,7 +41,7 @@ def _sp_model_and_inputs():
 def _sp_run(model, inputs, audio):
     video, sound = model(*inputs, **audio)
     (video.pow(2).mean() + sound.pow(2).mean()).backward()
-    return video.detach(), sound.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+    return video.detach(), sound.detach(), {clean_key(n): p.grad.clone() for n, p in model.named_parameters()}
 
 
 def _sp_rank(rank: int, port: int, path: str) -> None:
@@ -48,6 +51,7 @@ def _sp_rank(rank: int, port: int, path: str) -> None:
     try:
         model, inputs, audio = _sp_model_and_inputs()
         model.set_sequence_parallel(SPContext(dist.group.WORLD, 2, rank))
+        apply_activation_checkpointing(SPEC.blocks(model), {"audio_blocks": 1})  # as the engines wrap it
         video, sound, grads = _sp_run(model, inputs, audio)
         for g in grads.values():  # each rank's gradients cover its own tokens: their sum is the whole
             dist.all_reduce(g)

@@ -112,7 +112,6 @@ class AudioBlock(nn.Module):
         self.a2v_out = nn.Linear(d, dv)
         self.attn_core = SegmentAttentionCore(backend)
         self.a2v_core = SegmentAttentionCore(backend)
-        self.layout = (0, 0, 0)  # (text, audio, video) tokens of the whole sequence, set by the model per forward
 
     def _heads(self, x: Tensor) -> Tensor:
         return rearrange(x, "b l (h d) -> b h l d", h=self.num_heads)
@@ -122,10 +121,18 @@ class AudioBlock(nn.Module):
         return self._heads(k), self._heads(v)
 
     def forward(
-        self, img: Tensor, txt: Tensor, audio: Tensor, vec: Tensor, img_rope: tuple, audio_rope: tuple
+        self,
+        img: Tensor,
+        txt: Tensor,
+        audio: Tensor,
+        vec: Tensor,
+        img_rope: tuple,
+        audio_rope: tuple,
+        layout: tuple[int, int, int],
     ) -> tuple[Tensor, Tensor]:
         """(video tokens, audio tokens) after this block; `vec` is the audio's conditioning vector, the
-        ropes are the time tables of this rank's video and audio tokens."""
+        ropes are the time tables of this rank's video and audio tokens, `layout` the (text, audio,
+        video) tokens of the whole sequence (sequence parallelism holds a share of the last two)."""
         mod1, mod2 = self.mod(vec)
         x = mod1.modulate(self.norm1(audio))
         q = self._heads(self.q(x))
@@ -135,7 +142,7 @@ class AudioBlock(nn.Module):
         q, k_a = self.qk_norm(q, k_a, v_a)
         k_t, k_v = (self.qk_norm.key_norm(k).to(v_a.dtype) for k in (k_t, k_v))
         q, k_a, k_v = apply_rope(q, *audio_rope), apply_rope(k_a, *audio_rope), apply_rope(k_v, *img_rope)
-        n_txt, n_audio, n_img = self.layout
+        n_txt, n_audio, n_img = layout
         out = self.attn_core(
             q,
             torch.cat((k_t, k_a, k_v), dim=2),

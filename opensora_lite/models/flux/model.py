@@ -348,9 +348,8 @@ class MMDiT(nn.Module):
             img, txt = block(img, txt, vec, cos, sin)
             if stream is not None:
                 a, a_vec, img_rope, a_rope = stream
-                block = self.audio_blocks[i]
-                block.layout = (txt.shape[1], audio.shape[1], n_img)
-                img, a = block(img, txt, a, a_vec, img_rope, a_rope)
+                layout = (txt.shape[1], audio.shape[1], n_img)
+                img, a = self.audio_blocks[i](img, txt, a, a_vec, img_rope, a_rope, layout)
                 stream = (a, a_vec, img_rope, a_rope)
         x = torch.cat((txt, img), dim=1)
         for block in self.single_blocks:
