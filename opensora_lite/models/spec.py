@@ -99,7 +99,7 @@ class ModelSpec(ABC):
         return {group: getattr(model, group) for group in self.block_groups}
 
     def set_sequence_parallel(self, model: nn.Module, sp) -> None:
-        """Split video tokens over an SP group (parallel/sequence.py); families with the capability."""
+        """Split video (and audio) tokens over an SP group (parallel/sequence.py); families with the capability."""
         if sp is not None:
             raise NotImplementedError(f"model family {self.family} has no sequence parallelism")
 

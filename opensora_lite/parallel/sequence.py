@@ -7,6 +7,10 @@ attends over the whole joint sequence for H/sp heads (its heads of the replicate
 communication), and a second all-to-all trades back. The text outputs are gathered over heads, since
 every rank carries the text stream. At the end the video tokens are gathered.
 
+The audio stream's attentions (models/flux/audio.py) go through `segment_attention`, the same trade
+for sequences made of several segments: audio and video tokens split like the video above, text
+replicated.
+
 Gradients: each rank's parameter gradients cover its own tokens; their sum over the SP group is the
 gradient of the whole sample. Data-parallel engines average over all ranks, so the training loss is
 multiplied by sp (see `loss_scale`).
@@ -91,9 +95,11 @@ class SPContext:
             return torch.cat(parts, dim=2)
 
         qh, kh, vh = to_heads(q, q_segments), to_heads(k, kv_segments), to_heads(v, kv_segments)
-        keep = [torch.arange(self.padded_length(n) if split else n) < n for n, split in kv_segments]
-        mask = torch.cat(keep).to(q.device)
-        out = attention(qh, kh, vh, backend, mask=None if bool(mask.all()) else mask)
+        mask = None
+        if any(split and self.padded_length(n) > n for n, split in kv_segments):  # (decided on the host: no sync)
+            keep = [torch.arange(self.padded_length(n) if split else n) < n for n, split in kv_segments]
+            mask = torch.cat(keep).to(q.device)
+        out = attention(qh, kh, vh, backend, mask=mask)
         parts, start = [], 0
         for n, split in q_segments:
             full = self.padded_length(n) if split else n
