@@ -81,11 +81,11 @@ def test_a_video_checkpoint_with_audio_added_computes_the_same_video():
         alone = av(x, t, txt, y)
     assert torch.equal(got, ref) and torch.equal(alone, ref)  # bitwise
     assert sound.shape == audio.shape and not sound.any()  # the audio output layer starts at zero
-    # gradients reach the audio layers (a2v_out first: the only way the video changes)
+    # gradients reach the audio layers (the a2v gate first: the only way the video changes)
     out, sound = av(x, t, txt, y, audio=audio, audio_timesteps=torch.rand(2), video_rate=7.5)
     (out.pow(2).mean() + (sound - audio).pow(2).mean()).backward()
     grads = {n: p.grad for n, p in av.named_parameters() if n.startswith("audio_")}
-    assert grads["audio_blocks.0.a2v_out.weight"].abs().sum() > 0
+    assert grads["audio_blocks.0.a2v_gate.weight"].abs().sum() > 0
     assert grads["audio_final_layer.linear.weight"].abs().sum() > 0
 
 
@@ -99,7 +99,7 @@ def test_a_meta_device_start_replays_the_audio_layers_init():
     torch.manual_seed(5)
     got = dict(meta.initial_tensors())
     assert got.keys() == ref.keys() and all(torch.equal(ref[k], got[k]) for k in ref)
-    assert not got["audio_blocks.1.a2v_out.weight"].any() and got["audio_blocks.1.a2v_q.weight"].any()
+    assert not got["audio_blocks.1.a2v_gate.weight"].any() and got["audio_blocks.1.a2v_out.weight"].any()
 
 
 def test_video_and_audio_frames_share_positions_in_seconds():

@@ -6,8 +6,9 @@ latent frame (C_a x F_a features, LTX-2's layout). Audio block i runs after doub
 
 - the audio tokens attend to [text, audio, video] in one attention (self-attention, the text and
   video->audio at once), with their own modulation from the audio's flow time;
-- the video tokens then attend to the audio tokens (audio->video) through a projection initialised
-  at zero: a video checkpoint with the audio stream added computes exactly the video it did.
+- the video tokens then attend to the audio tokens (audio->video), added through a gate from the
+  audio's flow time that starts at zero: a video checkpoint with the audio stream added computes
+  exactly the video it did.
 
 Both cross-modal attentions rotate queries and keys by a time-only RoPE whose positions are seconds
 (in units of audio latent frames), so a video latent frame and the audio latent frame heard with it
@@ -104,12 +105,15 @@ class AudioBlock(nn.Module):
         self.proj = nn.Linear(d, d)
         mlp = int(d * cfg.mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(d, mlp), gelu_tanh(), nn.Linear(mlp, d))
-        # audio -> video: video queries, audio keys and values; a2v_out starts at zero (the video is unchanged)
+        # audio -> video: video queries, audio keys and values, added through a per-channel gate from the
+        # audio's conditioning vector (its flow time: how much the sound can be trusted yet, as LTX-2's
+        # timestep-modulated a2v gate); the gate starts at zero, so the video is unchanged
         self.a2v_norm = layer_norm(dv)
         self.a2v_q = nn.Linear(dv, d)
         self.a2v_kv = nn.Linear(d, 2 * d)
         self.a2v_qk_norm = QKNorm(cfg.head_dim)
         self.a2v_out = nn.Linear(d, dv)
+        self.a2v_gate = nn.Linear(dv, dv)
         self.attn_core = SegmentAttentionCore(backend)
         self.a2v_core = SegmentAttentionCore(backend)
 
@@ -158,7 +162,8 @@ class AudioBlock(nn.Module):
         q, k = self.a2v_qk_norm(q, k, v)
         q, k = apply_rope(q, *img_rope), apply_rope(k, *audio_rope)
         out = self.a2v_core(q, k, v, ((n_img, True),), ((n_audio, True),))
-        return img + self.a2v_out(rearrange(out, "b h l d -> b l (h d)")), audio
+        gate = self.a2v_gate(nn.functional.silu(vec))[:, None, :]
+        return torch.addcmul(img, gate, self.a2v_out(rearrange(out, "b h l d -> b l (h d)"))), audio
 
 
 class AudioLastLayer(nn.Module):

@@ -77,6 +77,7 @@ def audio_block_forward_flops(cfg: MMDiTConfig, img_tokens: int, txt_tokens: int
         + linear(li, h, d)
         + linear(la, d, 2 * d)
         + linear(li, d, h)  # audio -> video: q, k/v, output
+        + linear(1, h, h)  # its gate
     )
     attention = 4.0 * la * (lt + la + li) * d + 4.0 * li * la * d
     return linears, attention

@@ -242,20 +242,20 @@ class MMDiT(nn.Module):
 
     def _zero_initialised(self) -> set[str]:
         """Names of the linears that start at zero: every modulation, the output layers, cond_in and the
-        audio->video output (so an I2V or audio model starts computing the video of its T2V parent)."""
+        audio->video gate (so an I2V or audio model starts computing the video of its T2V parent)."""
         from opensora_lite.checkpoint.files import clean_key
 
         zero = {f"{clean_key(n)}.lin" for n, m in self.named_modules() if isinstance(m, Modulation)}
         zero |= {"final_layer.linear", "final_layer.adaLN_modulation.1", "cond_in"}
         zero |= {"audio_final_layer.linear", "audio_final_layer.adaLN_modulation.1"}
-        zero |= {f"audio_blocks.{i}.{n}" for i in range(len(self.audio_blocks)) for n in ("mod.lin", "a2v_out")}
+        zero |= {f"audio_blocks.{i}.{n}" for i in range(len(self.audio_blocks)) for n in ("mod.lin", "a2v_gate")}
         return zero
 
     def reset_parameters(self) -> None:
         """From-scratch init: small normal linears; modulations, output layers and cond_in at zero.
 
         Zero gates make every block start as the identity (the DiT recipe); zero cond_in makes an I2V
-        model compute exactly what its T2V parent did until training moves it, and a zero a2v_out does
+        model compute exactly what its T2V parent did until training moves it, and a zero a2v_gate does
         the same for the audio stream.
         """
         for module in self.modules():
