@@ -70,8 +70,10 @@ class AudioVideoTask(DiffusionTask):
             if self.image_condition:
                 head, tail = rt.ae.encode(video[:, :, :1], generator=gen), rt.ae.encode(video[:, :, -1:], generator=gen)
                 cond = build_condition(flags.video_tasks, head, tail, x0.shape[2])
-        # both streams span the window: its sound's duration (the window rule) fixes the video's latent rate
-        video_rate = x0.shape[2] * self.ctx.cfg.data.audio.sample_rate / wave.shape[-1]
+        # the window's frame rate from its sound (the window rule: frames x rate / samples = fps / stride);
+        # latent frame k stands at pixel frame k x temporal_factor (a causal VAE's first latent is frame 0)
+        fps = video.shape[2] * self.ctx.cfg.data.audio.sample_rate / wave.shape[-1]
+        video_rate = fps / rt.ae.temporal_factor
         patch = self.spec.patch_size(self.ctx.cfg.model)
 
         def forward_av(xt, t, at, ta):
