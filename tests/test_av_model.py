@@ -228,9 +228,9 @@ def test_the_audio_video_stage_trains_both_streams_and_logs_each_loss():
     make = lambda params: build_optimizer(params, stage.optim, device)  # noqa: E731
     model, opt = rt.engine.prepare(model, make, stage.optim.grad_clip, task.blocks(model))
     colours = [[1, -1, -1], [-1, 1, -1], [-1, -1, 1], [1, 1, -1]]  # a still square, its colour heard as a tone
-    video = torch.full((4, 3, 5, 8, 8), -1.0)
+    video = torch.zeros((4, 3, 5, 8, 8), dtype=torch.uint8)  # frames travel as uint8
     for i, c in enumerate(colours):
-        video[i, :, :, 2:6, 2:6] = torch.tensor(c, dtype=torch.float)[:, None, None, None]
+        video[i, :, :, 2:6, 2:6] = (127.5 * (torch.tensor(c) + 1)).to(torch.uint8)[:, None, None, None]
     sound = tone([261.6, 329.6, 392.0, 493.9], 5 / 8)  # 5 frames at 8 fps
     batch = dict(video=video, audio=sound, has_audio=torch.ones(4, dtype=torch.bool), captions=["a square"] * 4)
     for g in opt.param_groups:

@@ -108,6 +108,7 @@ def test_unknown_key_and_wrong_type_fail_at_composition_naming_the_key(override,
         ("parallel.hsdp_replicas=0", "parallel.hsdp_replicas"),
         (("parallel=deepspeed_zero2", "parallel.hsdp_replicas=2"), "parallel.hsdp_replicas"),  # fsdp2 only
         (("parallel=deepspeed_zero2", "parallel.meta_init=true"), "parallel.meta_init"),  # fsdp2 / zero3 only
+        ("parallel.shard_one_rank=true", "parallel.shard_one_rank"),  # fsdp2 only (the default is single)
         (("parallel=fsdp2", "+parallel.options.stage=2"), "parallel.options"),  # fsdp2 takes no backend options
         (("parallel=colossalai_zero2", "parallel.sp_size=2"), "parallel.sp_size"),  # no sequence axis: hybrid_sp
         (("parallel=deepspeed_zero3", "curriculum.stages.t2v.ema_decay=0.99"), "curriculum.stages.t2v.ema_decay"),

@@ -69,6 +69,9 @@ class RunConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     dtype: str = "fp32"  # compute dtype: fp32 | bf16 (bf16 is 20-35x slower on CPUs without AVX512-BF16)
+    # GPUs: fp32 matrix products and convolutions on TF32 tensor cores (an fp32 run's MFU is then taken against
+    # the TF32 peak); false: IEEE fp32 (MFU against the fp32 peak). CPUs ignore it
+    tf32: bool = True
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default
     peak_tflops: Optional[float] = None  # per-device peak for MFU; null: the datasheet figure of known GPUs
 
@@ -301,6 +304,9 @@ class ParallelConfig:
     # shards (memory-mapped slices of the initial weights, or its part of a DCP checkpoint);
     # deepspeed_zero3: build it partitioned (zero.Init), then fill it one gathered parameter at a time
     meta_init: bool = False
+    # fsdp2 with one process: shard anyway, over a mesh of one rank (DTensor parameters, DCP checkpoints), so
+    # the sharded code paths run on one GPU (the GPU suite's check); off: one rank trains the plain model
+    shard_one_rank: bool = False
     param_dtype: str = "auto"  # compute dtype of the weights: auto (bf16 on GPU, fp32 on CPU) | bf16 | fp32
     # backend settings merged last: DeepSpeed config keys (deepspeed_*), Booster plugin arguments (colossalai_*)
     options: Dict[str, Any] = field(default_factory=dict)

@@ -163,6 +163,11 @@ def validate_components(cfg: Config) -> None:
         f"only {' and '.join(engines_with('meta_init'))} build the model sharded, not {engine}",
     )
     _require(
+        not cfg.parallel.shard_one_rank or engine == "fsdp2",
+        "parallel.shard_one_rank",
+        f"shards one rank with parallel=fsdp2 only, not {engine}",
+    )
+    _require(
         info.sequence_parallel or cfg.parallel.sp_size == 1,
         "parallel.sp_size",
         f"{engine} has no sequence-parallel axis; use one of {' | '.join(engines_with('sequence_parallel'))}",

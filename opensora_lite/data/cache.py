@@ -42,7 +42,7 @@ from safetensors.torch import save as save_tensors
 from tqdm import tqdm
 
 from opensora_lite.data.buckets import Bucket, BucketTable
-from opensora_lite.data.loader import BucketedVideoStream, Item, expand_shards
+from opensora_lite.data.loader import BucketedVideoStream, Item, expand_shards, frames_on_device
 from opensora_lite.data.video import VideoDecodeError
 from opensora_lite.errors import DataError
 
@@ -145,7 +145,7 @@ def encode_item(item: Item, ae, text, device, image_condition: bool, seed: int =
     """The model inputs of one cropped item, as the trainer computes them on the fly. A VAE's latents
     are one draw from its posterior (as in training), with noise fixed by (seed, key) so that a rebuilt
     or differently split cache is bitwise the same."""
-    video = BucketedVideoStream.collate([item], Counter(), [])["video"].to(device)
+    video = frames_on_device(BucketedVideoStream.collate([item], Counter(), [])["video"], device)
     gen = item_generator(seed, item.key)
     out = {"x0": ae.encode(video, generator=gen)[0]}
     if image_condition:

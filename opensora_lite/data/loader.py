@@ -351,9 +351,10 @@ class BucketedVideoStream(IterableDataset):
     # -- batches -------------------------------------------------------------------------------
     @staticmethod
     def collate(items: list[Item], skipped: Counter, failed: list[str]) -> dict:
+        """A batch: "video" [B, 3, T, H, W] uint8 (frames_on_device makes the model's input of it)."""
         video = torch.from_numpy(np.stack([it.frames for it in items])).permute(0, 4, 1, 2, 3)
         batch = {
-            "video": video.float().div_(127.5).sub_(1.0),
+            "video": video,
             "captions": [it.caption for it in items],
             "keys": [it.key for it in items],
             "bucket": items[0].bucket.key,
@@ -461,6 +462,12 @@ def _leave_signals_to_the_trainer(exiting, worker_id: int) -> None:
             os._exit(0)
 
     signal.signal(signal.SIGTERM, on_term)
+
+
+def frames_on_device(video: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """A batch's uint8 frames [B, 3, T, H, W] as the models take them: float32 in [-1, 1] (x / 127.5 - 1,
+    the same arithmetic on every device), made on `device` (docs/data.md: why frames travel as uint8)."""
+    return video.to(device, non_blocking=True).float().div_(127.5).sub_(1.0)
 
 
 def build_loader(stream: BucketedVideoStream, num_workers: int, prefetch_factor: int, pin_memory: bool) -> DataLoader:

@@ -68,8 +68,9 @@ class Flags:
 
 def noise(x0: Tensor, t: Tensor, generated: Tensor, sigma_min: float, generator: torch.Generator):
     """(x_t, t, velocity target) of one modality: generated samples on the flow path at t, given ones
-    clean at time 0 (the noise is drawn for every sample, so the draws do not depend on the flags)."""
-    eps = torch.randn(x0.shape, generator=generator).to(x0.device)
+    clean at time 0 (the noise is drawn for every sample, so the draws do not depend on the flags; on
+    the generator's device)."""
+    eps = torch.randn(x0.shape, generator=generator, device=generator.device).to(x0.device)
     generated = generated.to(t.device)
     t = torch.where(generated, t, torch.zeros_like(t))
     keep = generated.view(-1, *([1] * (x0.dim() - 1)))
@@ -96,16 +97,19 @@ def av_flow_loss(
     patch: list[int],
     generator: torch.Generator,
     autocast: AbstractContextManager | None = None,
+    noise_generator: torch.Generator | None = None,
 ) -> dict[str, tuple[Tensor, int]]:
     """Per-modality flow losses {video: (loss, samples), audio: (loss, samples)} of one batch: video
     latents x0 [B, C, T, H, W], audio latents a0 [B, C_a, T_a, F_a]; forward_av(xt, t, at, ta) gives
-    both velocities (the text and condition bound by the caller)."""
+    both velocities (the text and condition bound by the caller). Times come from `generator`, the
+    noise from `noise_generator` (default: `generator`), as objective.flow_loss."""
     b = x0.shape[0]
     per_frame, frames = tokens_per_frame(x0, patch)
     t_video = flow.sample_timesteps(cfg, b, per_frame, frames, generator).to(x0.device)
     t_audio = torch.sigmoid(torch.randn(b, generator=generator) * cfg.logit_std + cfg.logit_mean).to(x0.device)
-    xt, t_video, v_target = noise(x0, t_video, flags.video, cfg.sigma_min, generator)
-    at, t_audio, a_target = noise(a0, t_audio, flags.audio, cfg.sigma_min, generator)
+    noise_gen = generator if noise_generator is None else noise_generator
+    xt, t_video, v_target = noise(x0, t_video, flags.video, cfg.sigma_min, noise_gen)
+    at, t_audio, a_target = noise(a0, t_audio, flags.audio, cfg.sigma_min, noise_gen)
     with autocast or nullcontext():
         v_pred, a_pred = forward_av(xt, t_video, at, t_audio)
     return {

@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from opensora_lite.models.attention import attention
+from opensora_lite.models.attention import run_kernel
 
 
 class SPContext:
@@ -53,8 +53,9 @@ class SPContext:
         return _GatherSeq.apply(x, self, dim).narrow(dim, 0, n)
 
     # -- attention ---------------------------------------------------------------------------------
-    def attention(self, q: Tensor, k: Tensor, v: Tensor, txt_len: int, valid_img: int, backend: str) -> Tensor:
-        """q, k, v [B, H, txt_len + local video tokens, D] -> the same layout, attending over everything."""
+    def attention(self, q: Tensor, k: Tensor, v: Tensor, txt_len: int, valid_img: int, kernel: str) -> Tensor:
+        """q, k, v [B, H, txt_len + local video tokens, D] -> the same layout, attending over everything
+        with `kernel` (resolved by the AttentionCore)."""
         heads = q.shape[1]
         per = heads // self.size
         h0 = self.rank * per
@@ -69,12 +70,12 @@ class SPContext:
         if txt_len + valid_img < total:  # padded video tokens must not be attended to
             mask = torch.zeros(total, dtype=torch.bool, device=q.device)
             mask[: txt_len + valid_img] = True
-        out = attention(qh, kh, vh, backend, mask=mask)  # [B, H/sp, txt + Li, D]
+        out = run_kernel(kernel, qh, kh, vh, mask=mask)  # [B, H/sp, txt + Li, D]
         txt_out = _GatherHeads.apply(out[:, :, :txt_len], self)  # [B, H, txt, D]
         img_out = _AllToAll.apply(out[:, :, txt_len:], self, 2, 1)  # scatter tokens, gather heads
         return torch.cat((txt_out, img_out), dim=2)
 
-    def segment_attention(self, q: Tensor, k: Tensor, v: Tensor, q_segments, kv_segments, backend: str) -> Tensor:
+    def segment_attention(self, q: Tensor, k: Tensor, v: Tensor, q_segments, kv_segments, kernel: str) -> Tensor:
         """Attention between sequences made of segments (tokens of the whole sequence, split over the
         ranks or replicated), in the layout above: a split segment holds this rank's share (padded),
         a replicated one all its tokens. Split segments trade their sequence split for a head split, a
@@ -99,7 +100,7 @@ class SPContext:
         if any(split and self.padded_length(n) > n for n, split in kv_segments):  # (decided on the host: no sync)
             keep = [torch.arange(self.padded_length(n) if split else n) < n for n, split in kv_segments]
             mask = torch.cat(keep).to(q.device)
-        out = attention(qh, kh, vh, backend, mask=mask)
+        out = run_kernel(kernel, qh, kh, vh, mask=mask)
         parts, start = [], 0
         for n, split in q_segments:
             full = self.padded_length(n) if split else n

@@ -18,6 +18,7 @@ from omegaconf import OmegaConf
 from opensora_lite.autoencoders import Autoencoder, build_autoencoder
 from opensora_lite.config.schema import AutoencoderConfig, Config
 from opensora_lite.config.stages import stage_config
+from opensora_lite.dtypes import set_tf32
 from opensora_lite.layout import CONFIG_FILE, EMPTY_PROMPT_FILE
 from opensora_lite.parallel import Engine, build_engine
 from opensora_lite.text.encoders import TextEncoders
@@ -155,6 +156,8 @@ def build_runtime(cfg: Config, run_dir: Path, resolved: dict) -> Runtime:
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
     engine = build_engine(cfg.parallel, cfg.run.device)
+    if engine.device.type == "cuda":
+        set_tf32(cfg.run.tf32)
     setup_logging(run_dir, engine.is_main, hold=True)
     text = TextEncoders(cfg.text_encoder, engine.device)
     text.keep_empty_with(run_dir / EMPTY_PROMPT_FILE, write=False)  # written by commit(), once per run

@@ -16,6 +16,7 @@ from typing import Protocol
 
 import torch
 
+from opensora_lite.data.loader import frames_on_device
 from opensora_lite.diffusion.av import Flags, LossBalance, av_flow_loss
 from opensora_lite.diffusion.conditioning import build_condition, sample_tasks
 from opensora_lite.diffusion.objective import drop_text
@@ -56,10 +57,10 @@ class AudioVideoTask(DiffusionTask):
         self._window: dict[str, list[float]] = {"video": [], "audio": []}
 
     # -- a step --------------------------------------------------------------------------------------
-    def micro_step(self, model, batch: dict, gen: torch.Generator, step: int, last: bool):
+    def micro_step(self, model, batch: dict, gen: torch.Generator, step: int, last: bool, device_gen=None):
         rt, stage, engine = self.ctx.rt, self.ctx.stage, self.ctx.engine
         with torch.no_grad():
-            video = batch["video"].to(rt.device, non_blocking=True)
+            video = frames_on_device(batch["video"], rt.device)
             x0 = rt.ae.encode(video, generator=gen)
             t5, clip = rt.text.encode(batch["captions"])
             t5, clip = drop_text(t5, clip, rt.text.empty(), stage.text_dropout, gen)
@@ -80,7 +81,8 @@ class AudioVideoTask(DiffusionTask):
             return self.spec.forward_av(model, xt, t, at, ta, t5, clip, video_rate, cond)
 
         has_audio = batch.get("has_audio")
-        losses = av_flow_loss(forward_av, x0, a0, flags, has_audio, self.ctx.cfg.flow, patch, gen, rt.autocast())
+        flow_cfg = self.ctx.cfg.flow
+        losses = av_flow_loss(forward_av, x0, a0, flags, has_audio, flow_cfg, patch, gen, rt.autocast(), device_gen)
         observed = {}
         for m, (value, n) in losses.items():  # over the ranks: a modality's mean over its samples everywhere
             count = engine.all_reduce_mean(float(n))

@@ -32,6 +32,7 @@ from opensora_lite.autoencoders.losses import (
     l1_loss,
     load_perceptual,
 )
+from opensora_lite.data.loader import frames_on_device
 from opensora_lite.errors import CheckpointError, UserError
 from opensora_lite.eval.reconstruction import psnr, reconstruction_sheet, ssim
 from opensora_lite.train.tasks.base import StageContext, Task
@@ -102,11 +103,13 @@ class AutoencoderTask(Task):
     def disc_on(self, step: int) -> bool:
         return self.disc is not None and step >= self.r.disc_start
 
-    def micro_step(self, model, batch: dict, gen, step: int, last: bool) -> tuple[torch.Tensor, int, float]:
+    def micro_step(
+        self, model, batch: dict, gen, step: int, last: bool, device_gen=None
+    ) -> tuple[torch.Tensor, int, float]:
         """One forward + backward of the autoencoder (and the discriminator's, once it trains); `step` is
         0-based. Returns the loss, the pixels and 0 FLOPs (not counted for autoencoders)."""
         r, engine = self.r, self.engine
-        video = batch["video"].to(engine.device, non_blocking=True)
+        video = frames_on_device(batch["video"], engine.device)
         if self.images_at(step):
             video = video[:, :, :1]
         out = model(video)
@@ -220,7 +223,7 @@ class AutoencoderTask(Task):
         moments = torch.zeros(3, dtype=torch.float64)  # count, sum, sum of squares of the raw latents
         model.eval()
         for i in range(cfg.eval.val_batches):
-            video = next(batches)["video"].to(self.engine.device)
+            video = frames_on_device(next(batches)["video"], self.engine.device)
             recon, latents = model.reconstruct(video)
             latents = latents.double()
             moments += torch.stack([torch.tensor(latents.numel()), latents.sum(), latents.square().sum()]).cpu()
