@@ -12,7 +12,7 @@ from dataclasses import dataclass
 MODEL_FAMILIES = ("flux", "wan")
 
 # stage.kind -> what a step computes (train/tasks/)
-STAGE_KINDS = ("diffusion", "autoencoder")
+STAGE_KINDS = ("diffusion", "autoencoder", "audio_video")
 
 # data.audio.layout -> channels (FFmpeg's layout names): the sound the loader gives and ingest stores
 AUDIO_LAYOUTS = {"mono": 1, "stereo": 2}

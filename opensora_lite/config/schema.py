@@ -239,6 +239,17 @@ class OptimConfig:
 
 
 @dataclass
+class AudioVideoLossConfig:
+    """How a stage of kind audio_video weighs its two losses (diffusion/av.py, docs/audio-video.md)."""
+
+    weights: Dict[str, float] = field(default_factory=lambda: {"video": 1.0, "audio": 1.0})
+    # none: the weighted sum (LTX-2's plain sum at weights 1, 1); running_mean: each loss divided by its
+    # running mean first, so neither modality drowns the other whatever their scales
+    balance: str = "running_mean"
+    balance_decay: float = 0.99  # of the running means (per micro-batch)
+
+
+@dataclass
 class LoraConfig:
     """LoRA on the MMDiT's linears (docs/lora.md): rank 0 trains the full model."""
 
@@ -276,14 +287,16 @@ class StageConfig:
     """One stage of a curriculum: the training loop's settings for a span of steps."""
 
     description: str = ""
-    kind: str = "diffusion"  # diffusion (train the MMDiT) | autoencoder (train the autoencoder)
+    # diffusion (train the MMDiT) | autoencoder (train the autoencoder) | audio_video (the MMDiT with sound)
+    kind: str = "diffusion"
     steps: int = 1000
     init: str = "previous"  # previous | none | path to a .safetensors (BFL Flux or ours) or a stage dir
     # {resolution: {num_frames: [probability, batch_size]}} (Open-Sora 2.0's bucket_config); the
     # entries are checked in validate.py (OmegaConf cannot type a list nested in an int-keyed dict)
     # (dict defaults would merge into, not be replaced by, what a stage YAML gives: so none here)
     buckets: Dict[str, Dict[int, List[Any]]] = field(default_factory=dict)
-    tasks: Dict[str, float] = field(default_factory=dict)  # weights of t2v, i2v_head/_tail/_loop, v2v_head/_tail
+    # weights of t2v, i2v_head/_tail/_loop, v2v_head/_tail; kind=audio_video: of t2av, v2a, a2v, i2av
+    tasks: Dict[str, float] = field(default_factory=dict)
     # latent frames the v2v tasks give (Open-Sora 2.0: 33 video frames = 9 latent frames of a 4x causal VAE);
     # clips with no more latent frames than this train the other tasks
     v2v_frames: int = 9
@@ -302,6 +315,7 @@ class StageConfig:
     # the end-of-stage evaluation (EMA weights when EMA is on) and log its metrics; 0 disables
     validate_every: int = 0
     lora: LoraConfig = field(default_factory=LoraConfig)
+    audio_video: AudioVideoLossConfig = field(default_factory=AudioVideoLossConfig)  # kind=audio_video
     reconstruction: ReconstructionConfig = field(default_factory=ReconstructionConfig)  # kind=autoencoder
     # this stage's autoencoder (docs/encoders.md#switching-autoencoders-in-a-curriculum): a configs/autoencoder/
     # name (dc_ae, wan22, ...), a mapping of autoencoder keys merged onto the run's, or "stage:<name>" (the one an

@@ -7,6 +7,7 @@ from opensora_lite.config.schema import Config, StageConfig
 from opensora_lite.config.validate_audio import validate_audio, validate_audio_autoencoder
 from opensora_lite.data.buckets import parse_resolution
 from opensora_lite.data.synthetic import ALL_COLOURS
+from opensora_lite.diffusion.av import AV_TASKS, BALANCES, MODALITIES
 from opensora_lite.diffusion.conditioning import TASKS
 from opensora_lite.errors import ConfigError
 from opensora_lite.models.spec import spec_for
@@ -243,8 +244,11 @@ def validate_stage(cfg: Config, name: str, stage: StageConfig, first: bool) -> N
     _require(stage.kind in STAGE_KINDS, f"{key}.kind", f"unknown {stage.kind!r}; choose from {STAGE_KINDS}")
     if stage.kind == "autoencoder":
         validate_reconstruction(cfg, key, stage)
+    if stage.kind == "audio_video":
+        validate_audio_video(cfg, key, stage)
     for task, weight in stage.tasks.items():
-        _require(task in TASKS, f"{key}.tasks.{task}", f"unknown task; choose from {TASKS}")
+        known = AV_TASKS if stage.kind == "audio_video" else TASKS
+        _require(task in known, f"{key}.tasks.{task}", f"unknown task; choose from {tuple(known)}")
         _require(weight >= 0, f"{key}.tasks.{task}", "weight must be >= 0")
     _require(
         stage.kind == "autoencoder" or sum(stage.tasks.values()) > 0,
@@ -439,3 +443,24 @@ def validate(cfg: Config) -> Config:
     if cfg.run.stage is not None:
         _require(cfg.run.stage in stages, "run.stage", f"{cfg.run.stage!r} is not a stage of this curriculum {stages}")
     return cfg
+
+
+def validate_audio_video(cfg, key: str, stage) -> None:
+    """A stage of kind audio_video: a model with an audio stream, batches with sound, known loss settings."""
+    _require(
+        spec_for(cfg.model).audio_stream(cfg.model) is not None,
+        "model.audio",
+        f"{key} (kind audio_video) needs a model with an audio stream (model.audio: {{...}}, docs/audio-video.md)",
+    )
+    _require(cfg.data.audio.enabled, "data.audio.enabled", f"{key} (kind audio_video) trains on sound: set it true")
+    _require(
+        cfg.data.kind != "cached",
+        "data.kind",
+        f"{key} (kind audio_video) encodes its batches on the fly (its task does not read the cache's audio_x0 yet)",
+    )
+    av = stage.audio_video
+    _require(av.balance in BALANCES, f"{key}.audio_video.balance", f"unknown {av.balance!r}; choose from {BALANCES}")
+    _require(0 <= av.balance_decay < 1, f"{key}.audio_video.balance_decay", "must be in [0, 1)")
+    for m, w in av.weights.items():
+        _require(m in MODALITIES, f"{key}.audio_video.weights.{m}", f"keys are {' and '.join(MODALITIES)}")
+        _require(w >= 0, f"{key}.audio_video.weights.{m}", "must be >= 0")

@@ -138,3 +138,18 @@ class AttentionCore(nn.Module):
         if self.sp is None:
             return run_kernel(kind, q, k, v)
         return self.sp.attention(q, k, v, self.txt_len, self.valid_img, kind)
+
+
+Segments = tuple[tuple[int, bool], ...]  # (tokens of the whole sequence, split over sequence-parallel ranks)
+
+
+class SegmentAttentionCore(AttentionCore):
+    """Attention whose queries and keys are each a concatenation of segments, some split over the
+    sequence-parallel ranks (video, audio tokens), some replicated on every rank (text): the audio
+    stream's cross-modal attention. Without sequence parallelism the segments are plain concatenations."""
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor, q_segments: Segments = (), kv_segments: Segments = ()) -> Tensor:
+        kind = self.kernel_for(q)
+        if self.sp is None:
+            return run_kernel(kind, q, k, v)
+        return self.sp.segment_attention(q, k, v, q_segments, kv_segments, kind)

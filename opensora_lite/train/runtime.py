@@ -95,6 +95,12 @@ class Runtime:
             self.autoencoders[key] = build_autoencoder(cfg).to(self.device)
         return self.autoencoders[key]
 
+    @property
+    def audio_ae(self) -> AudioAutoencoder | None:
+        """The run's audio autoencoder when its batches carry sound (data.audio.enabled), else None: what an
+        audio_video stage encodes the sound with (train/tasks/audio_video.py)."""
+        return self.audio_autoencoder() if self.cfg.data.audio.enabled else None
+
     def audio_autoencoder(self) -> AudioAutoencoder:
         """The run's audio autoencoder (`audio_autoencoder`), built once on first use; random weights (no
         path) are drawn from run.seed, so every rank and every rerun has the same ones."""
