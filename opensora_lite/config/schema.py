@@ -366,6 +366,8 @@ class SampleConfig:
     image_oscillation: bool = False
     oscillation_warmup: int = 10
     image_ramp: bool = False  # i2v: image scale falls over the steps and rises along latent time
+    # with sound (model.audio): the audio's text guidance scale, apart from the video's cfg_scale; null: cfg_scale
+    audio_cfg_scale: Optional[float] = None
     motion_score: Optional[float] = None  # caption template field at sampling (data.caption_template)
     fps: Optional[float] = None  # the caption template's fps at sampling and the mp4 rate; null: data.target_fps
     resolution: Optional[str] = None  # default: the stage's largest resolution bucket
@@ -382,6 +384,7 @@ class EvalConfig:
     kind: Optional[str] = None  # shapes | null: what scores the end-of-stage samples
     repeats: int = 2  # each probe prompt is sampled this many times
     i2v_clips: int = 24
+    v2a_clips: int = 12  # a stage of kind audio_video: rendered bounces given to video -> audio (each colour twice)
     # colours the probe prompts (and I2V references) cover, read against a palette of just these;
     # null: the six of the Shapes data. A LoRA stage teaching orange lists it (experiment=tiny_lora)
     colours: Optional[List[str]] = None
@@ -538,7 +541,7 @@ class SampleJobConfig:
     prompts: List[str] = field(default_factory=lambda: ["a fast red circle moving right"])
     prompt_file: Optional[str] = None  # one prompt a line (.txt), or .jsonl/.csv rows with prompt and reference
     task: Optional[str] = None  # t2v | i2v_head | i2v_tail | i2v_loop | v2v_head | v2v_tail (default: i2v_head
-    # with a reference, else t2v)
+    # with a reference, else t2v); a model with sound: t2av | v2a (default: v2a with `video`, else t2av)
     reference: Optional[str] = None  # image or video: i2v_head its first frame, i2v_tail its last, v2v its frames
     reference_end: Optional[str] = None  # i2v_loop: the last frame's image or video (default: `reference`)
     image: Optional[str] = None  # shorthand for reference=<image> with task i2v_head
@@ -553,6 +556,8 @@ class SampleJobConfig:
     image_oscillation: Optional[bool] = None
     oscillation_warmup: Optional[int] = None
     image_ramp: Optional[bool] = None
+    audio_cfg_scale: Optional[float] = None  # with sound: the audio's text guidance scale (null: the run's)
+    video: Optional[str] = None  # v2a (a model with sound): the video (mp4) whose sound is generated
     motion_score: Optional[float] = None  # fills the run's caption template (Open-Sora 2.0: 4)
     fps: Optional[float] = None  # the caption template's fps and the mp4 rate (default: data.target_fps)
     resolution: Optional[str] = None

@@ -35,6 +35,7 @@ class Guidance:
     image_oscillation: bool = False
     image_ramp: bool = False  # only for image-to-video tasks (Open-Sora keeps it off for t2v and v2v)
     oscillation_warmup: int = 10  # steps with full guidance before oscillation starts
+    audio_scale: float | None = None  # with sound: the audio's text scale (None: text_scale, the video's)
 
     @property
     def three_way(self) -> bool:

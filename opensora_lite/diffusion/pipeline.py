@@ -1,21 +1,24 @@
 """Prompts (and reference frames) -> videos: captions, text encoders, noise, condition, sampler, decoder.
 
 Used by `osl-sample`, by validation during training and by the end-of-stage evaluation. `rt` is
-anything with cfg, text, ae, device and autocast() (a training Runtime or the sampling CLI's context).
+anything with cfg, text, ae, device and autocast() (a training Runtime or the sampling CLI's context);
+with sound (`generate_av`) also audio_ae, and a vocoder (built from audio_autoencoder.vocoder if absent).
 """
 
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from opensora_lite.config.schema import SampleConfig
+from opensora_lite.diffusion.av import Flags
 from opensora_lite.diffusion.conditioning import TASKS, V2V, build_condition
 from opensora_lite.diffusion.guidance import Guidance
-from opensora_lite.diffusion.sampler import sample_latents
+from opensora_lite.diffusion.sampler import sample_av_latents, sample_latents
 from opensora_lite.errors import ConfigError
 from opensora_lite.models.spec import spec_for
 
@@ -28,6 +31,7 @@ def guidance_of(s: SampleConfig) -> Guidance:
         image_oscillation=s.image_oscillation,
         image_ramp=s.image_ramp,
         oscillation_warmup=s.oscillation_warmup,
+        audio_scale=s.audio_cfg_scale,
     )
 
 
@@ -167,3 +171,116 @@ def generate(
         )
         out.append(to_uint8(ae.decode(latents, frames if ae.valid_num_frames(frames) else None)))
     return np.concatenate(out)
+
+
+# what sampling does with sound (diffusion/av.py's tasks): text -> audio + video, and video -> audio
+AV_SAMPLING_TASKS = ("t2av", "v2a")
+
+
+@dataclass
+class AVSamples:
+    """Clips with sound: what generate_av gives."""
+
+    videos: np.ndarray  # uint8 [N, T, H, W, 3]
+    audio: np.ndarray  # float32 [N, channels, samples] in [-1, 1] at sample_rate, from the first frame on
+    logmel: np.ndarray  # float32 [N, channels, frames, mels]: the decoded log-mel (the sheet's spectrogram)
+    sample_rate: int
+
+
+def vocoder_of(rt):
+    """The sampler's vocoder: rt.vocoder when it has one (osl-sample builds it once), else the run's."""
+    from opensora_lite.autoencoders.audio import build_vocoder
+
+    found = getattr(rt, "vocoder", None)
+    return (found if found is not None else build_vocoder(rt.cfg.audio_autoencoder)).to(rt.device).eval()
+
+
+@torch.no_grad()
+def generate_av(
+    rt,
+    model: nn.Module,
+    captions: list[str],
+    shape: tuple[int, int, int],
+    seed: int | list[int],
+    task: str = "t2av",
+    video: np.ndarray | None = None,
+) -> AVSamples:
+    """Sample clips with sound at shape (frames, height, width) and the sampling fps, through the model's
+    spec.forward_av. `task`: t2av (both generated) or v2a (`video`, uint8 [N, frames, H, W, 3], encoded
+    and given clean; its frames are returned as they are). Seeds as generate(): each batch's (or each
+    sample's) generator draws the video noise, then the audio noise. The audio latents are decoded by
+    rt.audio_ae to a log-mel, and by the vocoder to a waveform as long as the clip."""
+    from opensora_lite.data.audio import track_samples
+
+    cfg, ae, audio_ae = rt.cfg, rt.ae, getattr(rt, "audio_ae", None)
+    if task not in AV_SAMPLING_TASKS:
+        raise ConfigError("task", f"a model with sound samples {' or '.join(AV_SAMPLING_TASKS)}, not {task!r}")
+    spec = spec_for(cfg.model)
+    if spec.audio_stream(cfg.model) is None:
+        raise ConfigError("task", f"{task} needs a model with an audio stream (model.audio)")
+    if audio_ae is None:
+        raise ConfigError("audio_autoencoder", f"{task} needs the run's audio autoencoder (data.audio.enabled)")
+    frames, h, w = shape
+    if task == "v2a" and (video is None or tuple(video.shape[1:4]) != (frames, h, w)):
+        got = None if video is None else tuple(video.shape[1:4])
+        raise ConfigError("video", f"v2a needs the given video's frames at {frames} x {h} x {w}, got {got}")
+    fps = cfg.sample.fps or cfg.data.target_fps
+    rate = audio_ae.cfg.mel.sample_rate
+    samples = track_samples(frames, fps, rate)  # the window rule: the sound of these frames
+    video_rate = fps / ae.temporal_factor  # latent frames a second (train/tasks/audio_video.py)
+    lat_t = ae.latent_frames(frames) if ae.valid_num_frames(frames) else frames
+    has_cond = spec.has_image_condition(model)
+    vocoder = vocoder_of(rt)
+    out_rate = vocoder.sample_rate
+    length = round(samples * out_rate / rate)
+
+    def forward_av(x, t, a, ta, t5, clip, cond):
+        return spec.forward_av(model, x, t, a, ta, t5, clip, video_rate, cond)
+
+    videos, waves, mels = [], [], []
+    bs = cfg.sample.batch_size
+    for i in range(0, len(captions), bs):
+        chunk = captions[i : i + bs]
+        n = len(chunk)
+        lat_shape = (ae.latent_channels, lat_t, h // ae.spatial_factor, w // ae.spatial_factor)
+        a_shape = audio_ae.latent_shape(samples)
+        if isinstance(seed, int):
+            g = torch.Generator().manual_seed(seed + i)
+            noise, a_noise = torch.randn(n, *lat_shape, generator=g), torch.randn(n, *a_shape, generator=g)
+        else:
+            draws = [_noise_pair(s, lat_shape, a_shape) for s in seed[i : i + bs]]
+            noise, a_noise = (torch.stack(d) for d in zip(*draws))
+        x = noise.to(rt.device)
+        if task == "v2a":
+            x = _encode(ae, video[i : i + bs], rt.device)
+        t5, clip = rt.text.encode(chunk)
+        cond = torch.zeros(n, ae.latent_channels + 1, *x.shape[2:], device=rt.device) if has_cond else None
+        latents, a_latents = sample_av_latents(
+            forward_av,
+            x,
+            a_noise.to(rt.device),
+            Flags.of([task] * n),
+            t5,
+            clip,
+            rt.text.empty(),
+            cfg.flow,
+            cfg.model.patch_size,
+            cfg.sample.num_steps,
+            guidance_of(cfg.sample),
+            cond=cond,
+            autocast=rt.autocast(),
+        )
+        if task == "v2a":
+            videos.append(np.asarray(video[i : i + bs], dtype=np.uint8))
+        else:
+            videos.append(to_uint8(ae.decode(latents, frames if ae.valid_num_frames(frames) else None)))
+        mel = audio_ae.decode(a_latents, audio_ae.mel.num_frames(samples))
+        wave = vocoder(mel).float().clamp(-1, 1)[..., :length]
+        waves.append(nn.functional.pad(wave, (0, length - wave.shape[-1])).cpu().numpy())
+        mels.append(mel.float().cpu().numpy())
+    return AVSamples(np.concatenate(videos), np.concatenate(waves), np.concatenate(mels), out_rate)
+
+
+def _noise_pair(seed: int, video_shape: tuple, audio_shape: tuple) -> tuple[Tensor, Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(*video_shape, generator=g), torch.randn(*audio_shape, generator=g)

@@ -31,6 +31,8 @@ class SampleContext:
     text: TextEncoders
     ae: torch.nn.Module
     device: torch.device
+    audio_ae: torch.nn.Module | None = None  # with sound: the run's audio autoencoder and vocoder
+    vocoder: torch.nn.Module | None = None
 
     def autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.cfg.run.dtype == "bf16" else nullcontext()
@@ -85,15 +87,15 @@ def output_folder(job: SampleJobConfig, weights: Path, stages) -> Path:
             continue
 
 
-def read_frames(path: str, size: tuple[int, int], target_fps: float | None = None) -> np.ndarray:
+def read_frames(path: str, size: tuple[int, int], target_fps: float | None = None, key: str = "reference") -> np.ndarray:
     """Every frame of an image or video (at the training frame rate: strided like the loader), resized
-    and centre-cropped to size -> uint8 [F, H, W, 3]."""
+    and centre-cropped to size -> uint8 [F, H, W, 3]. Errors name `key`, the job key that gave `path`."""
     import av
 
     from opensora_lite.data.video import frame_rotation, frame_to_rgb, resize_crop_size, temporal_stride, upright_size
 
     if not Path(path).is_file():
-        raise ConfigError("reference", f"no such file {path}")
+        raise ConfigError(key, f"no such file {path}")
     frames = []
     try:
         with av.open(str(path)) as container:
@@ -108,9 +110,9 @@ def read_frames(path: str, size: tuple[int, int], target_fps: float | None = Non
                 rgb = frame_to_rgb(frame, (nh, nw), rotation)
                 frames.append(rgb[top : top + size[0], left : left + size[1]])
     except (av.error.FFmpegError, IndexError) as exc:
-        raise ConfigError("reference", f"cannot decode {path}: {exc}") from None
+        raise ConfigError(key, f"cannot decode {path}: {exc}") from None
     if not frames:
-        raise ConfigError("reference", f"{path} has no video frames")
+        raise ConfigError(key, f"{path} has no video frames")
     return np.stack(frames)
 
 
@@ -240,12 +242,24 @@ def sampling_fields(cfg, fps: float, shape: tuple[int, int, int]) -> dict:
 
 
 def save_samples(
-    videos: np.ndarray, captions: list[str], folder: Path, prefix: str, limit: int, fps: float
+    videos: np.ndarray,
+    captions: list[str],
+    folder: Path,
+    prefix: str,
+    limit: int,
+    fps: float,
+    audio: list[np.ndarray] | np.ndarray | None = None,
+    sample_rate: int | None = None,
 ) -> list[Path]:
+    """The first `limit` videos as mp4 files; with `audio` (per video [channels, samples] at `sample_rate`,
+    from the first frame on) each carries its sound as an AAC track."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for i, (video, caption) in enumerate(zip(videos[:limit], captions)):
         path = folder / f"{prefix}_{i:02d}_{caption.replace(' ', '_')[:60]}.mp4"
-        write_video(path, video, fps)
+        if audio is None:
+            write_video(path, video, fps)
+        else:
+            write_video(path, video, fps, audio=np.asarray(audio[i]), sample_rate=sample_rate)
         paths.append(path)
     return paths

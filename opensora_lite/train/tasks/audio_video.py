@@ -7,20 +7,25 @@ i2av: which modality is generated, which given), builds the first-frame conditio
 both losses through the spec's forward_av. The two losses are logged apart (`loss_video`,
 `loss_audio`) beside their combination; the balance's running means are checkpointed with the stage.
 Everything else (the model, its weights from a video checkpoint, the engine's blocks) is the
-diffusion stage's: a T2V checkpoint loads with the audio layers initialised (spec.optional_keys).
+diffusion stage's: a T2V checkpoint loads with the audio layers initialised (spec.optional_keys). The
+evaluation samples with sound and scores it (train/evaluation_av.py).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Protocol
 
 import torch
+from torch import nn
 
 from opensora_lite.data.loader import frames_on_device
 from opensora_lite.diffusion.av import Flags, LossBalance, av_flow_loss
 from opensora_lite.diffusion.conditioning import build_condition, sample_tasks
 from opensora_lite.diffusion.objective import drop_text
 from opensora_lite.errors import ConfigError
+from opensora_lite.train.evaluation import held_out_loss
+from opensora_lite.train.evaluation_av import evaluate_av_stage
 from opensora_lite.train.tasks.base import StageContext
 from opensora_lite.train.tasks.diffusion import DiffusionTask
 
@@ -103,6 +108,15 @@ class AudioVideoTask(DiffusionTask):
         out.update({f"loss_scale_{m}": s for m, s in self.balance.scales({}).items()})
         self._window = {"video": [], "audio": []}
         return out
+
+    # -- evaluation ----------------------------------------------------------------------------------
+    def evaluate(self, model: nn.Module, folder: Path, validation: bool = False) -> tuple[dict, list, dict]:
+        """Sampling with sound: t2av and v2a, scored for sound too with eval.kind=shapes."""
+        rt = self.ctx.rt
+        metrics, paths, sheets = evaluate_av_stage(rt, model, self.ctx.stage, folder)
+        if validation and rt.cfg.eval.val_shards:
+            metrics.update(held_out_loss(rt, model, self.ctx.stage, rt.cfg.run.seed))
+        return metrics, paths, sheets
 
     # -- checkpoint state beyond the model -----------------------------------------------------------
     def state_dict(self) -> dict:
