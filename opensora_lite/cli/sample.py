@@ -92,6 +92,8 @@ def sample(cfg: DictConfig) -> Path | None:
         raise ConfigError("task", f"{task!r} {unknown}; choose from {', '.join(TASKS)}")
     if job.video and task != "v2a":
         raise ConfigError("video", f"only task v2a takes a video (task is {task})")
+    if task == "v2a" and not (job.video and Path(job.video).is_file()):
+        raise ConfigError("video", f"task v2a needs the video whose sound it generates: no such file {job.video}")
     engine = LocalEngine(job.parallel, job.device)  # a process group under torchrun, SP groups of sp_size
     try:
         return _sample(job, cfg, weights, run_cfg, rows, task, engine, began)
@@ -112,7 +114,7 @@ def _sample(job, cfg, weights, run_cfg, rows, task, engine, began) -> Path | Non
     )
     model = spec.build(run_cfg.model, image_condition=conditioned)
     print(load_into(model, state, str(weights), spec.optional_keys()).summary())
-    if task != "t2v" and not spec.has_image_condition(model):
+    if task != "t2v" and task not in AV_SAMPLING_TASKS and not spec.has_image_condition(model):
         raise CheckpointError(f"{weights} has no image condition: sample {task} from an I2V stage")
     model.to(device).eval()
     if spec.capabilities.sequence_parallel:

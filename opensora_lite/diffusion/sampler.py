@@ -20,8 +20,8 @@ import torch
 from torch import Tensor
 
 from opensora_lite.diffusion import flow
-from opensora_lite.diffusion.conditioning import write_back
 from opensora_lite.diffusion.av import Flags
+from opensora_lite.diffusion.conditioning import write_back
 from opensora_lite.diffusion.guidance import Guidance, combine, oscillated, step_scales
 from opensora_lite.diffusion.objective import tokens_per_frame
 
@@ -117,7 +117,9 @@ def sample_av_latents(
         v, va = v.float(), va.float()
         if branches > 1:
             text_scale = step_scales(guidance, i, num_steps, frames, ramp=False)[0]
-            a_scale = oscillated(audio_scale, i, guidance.oscillation_warmup) if guidance.text_oscillation else audio_scale
+            a_scale = (
+                oscillated(audio_scale, i, guidance.oscillation_warmup) if guidance.text_oscillation else audio_scale
+            )
             v = combine(*v.split(b), None, text_scale, 1.0)
             va = combine(*va.split(b), None, a_scale, 1.0)
         x = torch.where(keep_v, flow.euler_step(x, v, v_times[i], v_times[i + 1]), x)

@@ -87,7 +87,9 @@ def output_folder(job: SampleJobConfig, weights: Path, stages) -> Path:
             continue
 
 
-def read_frames(path: str, size: tuple[int, int], target_fps: float | None = None, key: str = "reference") -> np.ndarray:
+def read_frames(
+    path: str, size: tuple[int, int], target_fps: float | None = None, key: str = "reference"
+) -> np.ndarray:
     """Every frame of an image or video (at the training frame rate: strided like the loader), resized
     and centre-cropped to size -> uint8 [F, H, W, 3]. Errors name `key`, the job key that gave `path`."""
     import av

@@ -61,7 +61,9 @@ def layout_for(
     videos: list[np.ndarray], scale: int = 4, label_w: int = 240, gap: int = 2, sound: bool = False
 ) -> SheetLayout:
     t, h, w, _ = videos[0].shape
-    return SheetLayout(len(videos), t, h * scale, w * scale, scale, label_w, gap, max(32, h * scale // 2) if sound else 0)
+    return SheetLayout(
+        len(videos), t, h * scale, w * scale, scale, label_w, gap, max(32, h * scale // 2) if sound else 0
+    )
 
 
 def contact_sheet(

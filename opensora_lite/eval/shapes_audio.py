@@ -191,4 +191,3 @@ def bounce_clip(
         cy, cx = (pos, across_extent / 2) if dy else (across_extent / 2, pos)
         out.append(render_frame(h, w, shape, ALL_COLOURS[colour], cy, cx, r, bg))
     return np.stack(out)
-
