@@ -67,7 +67,7 @@ def _evaluate(rt, model: nn.Module, stage: StageConfig, folder: Path) -> tuple[d
     rows = len(targets) // max(cfg.eval.repeats, 1)  # a row per probe prompt
     paths, sheets = _save(out, captions, captions, folder, "t2av", cfg.sample.save_videos, fps, rows)
 
-    if shape[0] >= 3:  # a visible reversal needs a frame on each side of the contact
+    if shape[0] >= 3 and cfg.eval.v2a_clips > 0:  # a visible reversal needs a frame on each side of the contact
         refs, ref_targets, ref_captions = v2a_references(cfg.eval.v2a_clips, shape, colours)
         given = generate_av(rt, model, sample_captions(rt, ref_captions, shape), shape, seed + 20_000, "v2a", refs)
         scores = shapes_audio.score_sound(
