@@ -13,12 +13,14 @@ import numpy as np
 import pytest
 import torch
 from conftest import compose, tiny_mmdit
+from PIL import Image
 
 from opensora_lite.config.schema import FlowConfig
 from opensora_lite.diffusion.av import Flags
 from opensora_lite.diffusion.guidance import Guidance
 from opensora_lite.diffusion.sampler import sample_av_latents
 from opensora_lite.errors import ConfigError
+from opensora_lite.eval.contact_sheet import layout_for
 from opensora_lite.models.flux import SPEC
 from opensora_lite.models.flux.audio import AudioStreamConfig
 from opensora_lite.models.flux.model import MMDiT
@@ -152,8 +154,11 @@ def test_the_audio_video_stage_evaluates_with_sound_and_reports_the_audio_figure
         rate, channels, n, seconds = audio_of(p)
         assert (rate, channels) == (16000, 2) and seconds == FRAMES / FPS
         assert abs(n - 10000) <= 1024  # the clip's 0.625 s, to within an AAC frame
-    for kind in ("t2av", "v2a"):  # a spectrogram row under each clip's frames
-        assert (run_dir / "t2v" / f"contact_sheet_{kind}.png").is_file()
+    assert sum(sum(row.values()) for row in summary["direction_confusion"].values()) == 4  # the straight ones
+    clip = np.zeros((FRAMES, 16, 16, 3), np.uint8)
+    for kind, rows in (("t2av", 8), ("v2a", 2)):  # a spectrogram strip under each clip's frames
+        with Image.open(run_dir / "t2v" / f"contact_sheet_{kind}.png") as sheet:
+            assert sheet.size[::-1] == layout_for([clip] * rows, sound=True).size
     logged = sorted((run_dir / "wandb").glob("offline-run-*/files/media/videos/**/*.mp4"))
     assert len(logged) == 4 and all(audio_of(p)[:2] == (16000, 2) for p in logged)  # W&B's copies have the sound
     assert {p.read_bytes() for p in logged} == {p.read_bytes() for p in samples}

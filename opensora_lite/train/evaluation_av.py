@@ -63,6 +63,9 @@ def _evaluate(rt, model: nn.Module, stage: StageConfig, folder: Path) -> tuple[d
     metrics = shapes_eval.score_readings(readings, targets)
     straight = [i for i, t in enumerate(targets) if not t["bounce"]]
     metrics["direction_acc"] = float(np.mean([readings[i].direction == targets[i]["direction"] for i in straight]))
+    metrics["direction_confusion"] = shapes_eval.direction_confusion(
+        [readings[i] for i in straight], [targets[i] for i in straight]
+    )
     metrics.update(shapes_audio.score_sound(list(out.videos), list(out.audio), out.sample_rate, fps, targets, colours))
     rows = len(targets) // max(cfg.eval.repeats, 1)  # a row per probe prompt
     paths, sheets = _save(out, captions, captions, folder, "t2av", cfg.sample.save_videos, fps, rows)
