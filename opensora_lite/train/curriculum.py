@@ -59,6 +59,6 @@ def format_results(results: list[StageResult]) -> str:
     for r in results:  # the direction confusion of each stage that sampled video
         table = r.metrics.get("direction_confusion")
         if table:
-            n = r.metrics.get("num_clips", sum(sum(row.values()) for row in table.values()))
+            n = sum(sum(row.values()) for row in table.values())  # an audio_video stage reads only its straight clips
             lines += ["", f"{r.name}: motion direction, prompt x read ({n} clips)", format_confusion(table)]
     return "\n".join(lines)

@@ -2,8 +2,9 @@
 with a spectrogram row, and with eval.kind=shapes the audio figures beside the video ones.
 
 - t2av: every colour x direction probe prompt, alternately asked to move straight and to bounce off
-  the wall it moves to (`eval.repeats` rounds, the bounce alternating between rounds so each prompt is
-  asked both ways). Video: colour accuracy over all clips, direction accuracy over the straight ones (a
+  the wall it moves to (alternating over a colour's directions and from one colour to the next, so each
+  round asks every direction straight for half the colours; `eval.repeats` rounds, the second asking
+  each prompt the other way). Video: colour accuracy over all clips, direction accuracy over the straight ones (a
   bounce's net motion is nil). Sound (eval/shapes_audio.py): audio_pitch_acc (the tone names the
   prompt's colour; chance 1/6), audio_sync_error_ms against audio_sync_error_shuffled_ms (each clip's
   video against another's audio), audio_sync_within_frame, audio_click_rate, and the video's
@@ -56,7 +57,10 @@ def _evaluate(rt, model: nn.Module, stage: StageConfig, folder: Path) -> tuple[d
     for r in range(cfg.eval.repeats):
         for i, t in enumerate(shapes_eval.eval_prompts(colours=colours)):
             shape_name = SHAPES[(i + len(targets)) % len(SHAPES)]
-            targets.append(dict(t, shape=shape_name, bounce=(i + r) % 2 == 1))
+            # alternate within a colour's directions, shifted by colour and round: in each round every
+            # direction is asked straight for half the colours
+            bounce = (i + i // len(DIRECTIONS) + r) % 2 == 1
+            targets.append(dict(t, shape=shape_name, bounce=bounce))
     captions = [caption_for(t["colour"], t["shape"], t["direction"], t["speed"], t["bounce"]) for t in targets]
     out = generate_av(rt, model, sample_captions(rt, captions, shape), shape, seed)
     readings = [shapes_eval.read_clip(v, colours) for v in out.videos]
