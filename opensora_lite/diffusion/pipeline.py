@@ -274,7 +274,9 @@ def generate_av(
             videos.append(np.asarray(video[i : i + bs], dtype=np.uint8))
         else:
             videos.append(to_uint8(ae.decode(latents, frames if ae.valid_num_frames(frames) else None)))
-        mel = audio_ae.decode(a_latents, audio_ae.mel.num_frames(samples))
+        # no sound's log-mel lies below the front end's floor (log 1e-5); a decoder's may, far enough that
+        # exp() of it is a denormal float, which made Griffin-Lim a thousand times slower: clamp to silence
+        mel = audio_ae.decode(a_latents, audio_ae.mel.num_frames(samples)).clamp(min=audio_ae.silence)
         wave = vocoder(mel).float().clamp(-1, 1)[..., :length]
         waves.append(nn.functional.pad(wave, (0, length - wave.shape[-1])).cpu().numpy())
         mels.append(mel.float().cpu().numpy())
