@@ -23,8 +23,8 @@ from opensora_lite.data.video import decode_window
 from opensora_lite.eval import shapes_audio
 
 RATE = 16000
-KEYS = ("pitch_acc", "bounce_rate", "click_rate", "sync_error_ms", "sync_within_frame", "sync_error_shuffled_ms",
-        "wall_gap_px")  # fmt: skip
+KEYS = ("pitch_acc", "bounce_rate", "click_rate", "click_rate_straight", "sync_error_ms", "sync_within_frame",
+        "sync_error_shuffled_ms", "wall_gap_px")  # fmt: skip
 
 
 def real_clips(per: int, seed: int) -> list[tuple[np.ndarray, np.ndarray, dict]]:

@@ -54,7 +54,8 @@ def test_real_clips_read_their_colour_their_bounce_and_their_click(real_clips):
             assert bounce.frame is None and sound.onset_s is None  # no reversal seen, no click heard
     scores = _score(real_clips)
     assert scores["audio_pitch_acc"] == 1.0 and scores["audio_bounce_rate"] == 1.0
-    assert scores["audio_click_rate"] == 1.0 and scores["audio_sync_within_frame"] == 1.0
+    assert scores["audio_click_rate"] == 1.0 and scores["audio_click_rate_straight"] == 0.0
+    assert scores["audio_sync_within_frame"] == 1.0
     assert scores["audio_sync_error_ms"] < 2.0 and scores["audio_wall_gap_px"] <= 1.0
     # the baseline: each bounce's video against another bounce's click, far outside a frame
     assert scores["audio_sync_error_shuffled_ms"] > 20 * scores["audio_sync_error_ms"] + 50

@@ -138,10 +138,12 @@ def score_sound(
 ) -> dict[str, float]:
     """The audio figures of clips with sound: `targets` give each clip's colour and whether it was asked
     to bounce (`bounce`). Keys (under `prefix`): pitch_acc (the tone names the target colour),
-    click_rate (clips seen to bounce that are heard to click), sync_error_ms and sync_within_frame (over
-    those), sync_error_shuffled_ms (each such clip's video against the next one's audio), bounce_rate (clips
-    asked to bounce that are seen to reverse), wall_gap_px (mean over the reversals seen). A figure
-    with no clip to average over is left out. `fps`: the clips' frame rate, one or one per clip."""
+    click_rate (clips seen to bounce that are heard to click), click_rate_straight (clips asked to move
+    straight that are heard to click), sync_error_ms and sync_within_frame (over those seen to bounce and
+    heard to click), sync_error_shuffled_ms (each clip seen to bounce: its video against the next one's
+    audio), bounce_rate (clips asked to bounce that are seen to reverse), wall_gap_px (mean over the
+    reversals seen). A figure with no clip to average over is left out. `fps`: the clips' frame rate,
+    one or one per clip."""
     rates = [float(fps)] * len(videos) if np.isscalar(fps) else [float(f) for f in fps]
     sounds = [read_sound(w, rate, colours) for w in waves]
     bounces = [read_bounce(v) for v in videos]
@@ -150,6 +152,9 @@ def score_sound(
     asked = [i for i, t in enumerate(targets) if t.get("bounce")]
     if asked:
         out[f"{prefix}bounce_rate"] = float(np.mean([bounces[i].frame is not None for i in asked]))
+    calm = [i for i, t in enumerate(targets) if not t.get("bounce")]
+    if calm:  # clicks where none belongs: a model that clicks on every clip is not in sync
+        out[f"{prefix}click_rate_straight"] = float(np.mean([sounds[i].onset_s is not None for i in calm]))
     if seen:
         out[f"{prefix}wall_gap_px"] = float(np.mean([bounces[i].gap_px for i in seen]))
         out[f"{prefix}click_rate"] = float(np.mean([sounds[i].onset_s is not None for i in seen]))
