@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from opensora_lite.config.schema import ShapesConfig  # noqa: F401 (the generator's settings)
+from opensora_lite.config.schema import ShapesConfig
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (225, 35, 35),
@@ -31,6 +31,7 @@ NEW_COLOURS: dict[str, tuple[int, int, int]] = {"orange": (245, 135, 20)}
 ALL_COLOURS = {**COLOURS, **NEW_COLOURS}
 SHAPES = ("circle", "square", "triangle")
 DIRECTIONS: dict[str, tuple[float, float]] = {"left": (0, -1), "right": (0, 1), "up": (-1, 0), "down": (1, 0)}
+SPEEDS: dict[str, float] = dict(ShapesConfig().speeds)  # frame extents per second: slow 0.5, fast 0.9
 
 
 def caption_for(colour: str, shape: str, direction: str, speed: str) -> str:
