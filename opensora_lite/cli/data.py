@@ -4,6 +4,7 @@ osl-data                                  # the Shapes set into data/shapes (the
 osl-data out=/tmp/shapes shapes.num_clips=200
 osl-data kind=videos videos.source=/data/clips out=/data/shards           # folder + caption sidecars
 osl-data kind=videos videos.source=/data/index.csv out=/data/shards       # path,text index
+osl-data kind=shapes_folder shapes=motion out=data/shapes_motion_clips     # Shapes as mp4 + caption files
 """
 
 from __future__ import annotations
@@ -17,31 +18,37 @@ from omegaconf import DictConfig, OmegaConf
 from opensora_lite.cli.common import hydra_entry
 from opensora_lite.config.schema import BuildDataConfig
 from opensora_lite.data.ingest import list_folder, read_index, write_shards
-from opensora_lite.data.synthetic import ALL_COLOURS, write_shapes_shards
+from opensora_lite.data.synthetic import ALL_COLOURS, write_shapes_folder, write_shapes_shards
 from opensora_lite.errors import ConfigError, DataError
 
 
 @hydra_entry("build_data")
 def main(cfg: DictConfig) -> None:
     job: BuildDataConfig = OmegaConf.to_object(cfg)
-    if job.kind not in ("shapes", "videos"):
-        raise ConfigError("kind", f"unknown dataset kind {job.kind!r} (shapes | videos)")
+    if job.kind not in ("shapes", "shapes_folder", "videos"):
+        raise ConfigError("kind", f"unknown dataset kind {job.kind!r} (shapes | shapes_folder | videos)")
     known = list(ALL_COLOURS)
     unknown = [c for c in job.shapes.colours if c not in known]
-    if job.kind == "shapes" and (unknown or not job.shapes.colours):
+    if job.kind.startswith("shapes") and (unknown or not job.shapes.colours):
         raise ConfigError("shapes.colours", f"{list(job.shapes.colours)}: choose from {known}")
     if job.kind == "videos" and not job.videos.source:
         raise ConfigError("videos.source", "give a folder of videos or a .csv/.parquet index")
     out = Path(job.out)
-    existing = sorted(out.glob("*.tar")) if out.is_dir() else []
+    pattern = "clip*" if job.kind == "shapes_folder" else "*.tar"
+    existing = sorted(out.glob(pattern)) if out.is_dir() else []
     if existing and not job.overwrite:
+        what = "files" if job.kind == "shapes_folder" else "shards"
         logging.getLogger("opensora_lite").warning(
-            "%s already holds %d shards; keeping them (overwrite=true rebuilds)", out, len(existing)
+            "%s already holds %d %s; keeping them (overwrite=true rebuilds)", out, len(existing), what
         )
-        print(f"{out}: {len(existing)} shards already present")
+        print(f"{out}: {len(existing)} {what} already present")
         return
     for old in existing:
         old.unlink()
+    if job.kind == "shapes_folder":
+        write_shapes_folder(out, job.shapes)
+        print(f"wrote {job.shapes.num_clips} clips (mp4, caption .txt, labels .json) to {out}")
+        return
     if job.kind == "shapes":
         paths = write_shapes_shards(out, job.shapes)
         print(f"wrote {job.shapes.num_clips} clips in {len(paths)} shards to {out}")

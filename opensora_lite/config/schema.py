@@ -39,6 +39,9 @@ class ShapesConfig:
     max_seconds: float = 2.5
     speeds: dict[str, float] = field(default_factory=lambda: {"slow": 0.5, "fast": 0.9})  # frame extents / s
     size_range: list[float] = field(default_factory=lambda: [0.3, 0.4])  # shape diameter / min(h, w)
+    # what a clip's caption says, from its labels (colour, shape, direction, speed); shapes=motion leaves the
+    # speed out, so that only the motion score measured at ingest tells it (experiment=tiny_motion_score)
+    caption: str = "a {speed} {colour} {shape} moving {direction}"
     max_background: int = 30  # background grey level is drawn from [0, max_background]
     crf: int = 18
 
@@ -396,7 +399,9 @@ class VideoSourceConfig:
 class BuildDataConfig:
     """`osl-data`: build WebDataset shards."""
 
-    kind: str = "shapes"  # shapes (synthetic) | videos (your own, see `videos`)
+    # shapes (synthetic shards) | shapes_folder (the same clips as mp4 files with caption sidecars: the input
+    # of kind=videos, so they can be ingested like your own) | videos (your own, see `videos`)
+    kind: str = "shapes"
     out: str = "data/shapes"
     overwrite: bool = False
     shapes: ShapesConfig = field(default_factory=ShapesConfig)

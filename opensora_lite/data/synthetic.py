@@ -34,8 +34,12 @@ DIRECTIONS: dict[str, tuple[float, float]] = {"left": (0, -1), "right": (0, 1), 
 SPEEDS: dict[str, float] = dict(ShapesConfig().speeds)  # frame extents per second: slow 0.5, fast 0.9
 
 
+CAPTION = ShapesConfig().caption  # "a {speed} {colour} {shape} moving {direction}"
+
+
 def caption_for(colour: str, shape: str, direction: str, speed: str) -> str:
-    return f"a {speed} {colour} {shape} moving {direction}"
+    """The caption the default Shapes data gives these labels (the evaluation's probe prompts)."""
+    return CAPTION.format(colour=colour, shape=shape, direction=direction, speed=speed)
 
 
 def _shape_mask(shape: str, ys: np.ndarray, xs: np.ndarray, cy: float, cx: float, r: float) -> np.ndarray:
@@ -96,7 +100,7 @@ def render_clip(rng: np.random.Generator, cfg: ShapesConfig) -> tuple[np.ndarray
             cy = across
         frames.append(render_frame(h, w, shape, ALL_COLOURS[colour], cy, cx, r, bg))
     meta = {
-        "caption": caption_for(colour, shape, direction, speed),
+        "caption": cfg.caption.format(colour=colour, shape=shape, direction=direction, speed=speed),
         "colour": colour,
         "shape": shape,
         "direction": direction,
@@ -147,3 +151,31 @@ def write_shapes_shards(out_dir: str | Path, cfg: ShapesConfig, progress: bool =
         paths.append(final)
     bar.close()
     return paths
+
+
+def write_shapes_folder(out_dir: str | Path, cfg: ShapesConfig, progress: bool = True) -> list[Path]:
+    """Render cfg.num_clips clips (the clips `write_shapes_shards` renders for cfg) as plain files:
+    out_dir/clipNNNNNNN.mp4 with its caption beside it (.txt) and its labels (.json), the folder layout
+    `osl-data kind=videos` ingests. Each file is written under a temporary name and renamed."""
+    from tqdm import tqdm
+
+    from opensora_lite.data.video import encode_mp4
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(cfg.seed)
+    paths = []
+    for i in tqdm(range(cfg.num_clips), desc="shapes", unit="clip", disable=not (progress and sys.stderr.isatty())):
+        frames, meta = render_clip(rng, cfg)
+        path = out / f"clip{i:07d}.mp4"
+        for suffix, data in ((".json", json.dumps(meta).encode()), (".txt", meta["caption"].encode())):
+            _publish(path.with_suffix(suffix), data)
+        _publish(path, encode_mp4(frames, meta["fps"], crf=cfg.crf))
+        paths.append(path)
+    return paths
+
+
+def _publish(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".partial")
+    tmp.write_bytes(data)
+    tmp.rename(path)

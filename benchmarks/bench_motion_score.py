@@ -1,0 +1,211 @@
+#!/usr/bin/env python3
+"""Motion-score conditioning, proven small: does a model trained on Open-Sora 2.0's captions move faster
+when prompted with a higher motion score?
+
+    python -m benchmarks.bench_motion_score                    # data, training, sweep, table (seed 0)
+    python -m benchmarks.bench_motion_score --seeds 0 1 2      # one run per seed, one table
+    python -m benchmarks.bench_motion_score --no-append -- curriculum.stages.t2v.steps=900
+
+1. Data, as real data is made: `osl-data kind=shapes_folder shapes=motion` writes Shapes clips at six
+   speeds (0.3-1.05 frame extents per second) as mp4 files whose caption leaves the speed out, and
+   `osl-data kind=videos` ingests them, measuring each clip's VMAF motion. (Skipped when present.)
+2. Training: `osl-curriculum experiment=tiny_motion_score` (image, then 16px text-to-video on captions
+   "a red circle moving right 8 FPS, 3 motion score."; caption=opensora2). A finished run is reused.
+3. The sweep: `osl-sample` at each integer score from the 5th to the 95th percentile of the data's
+   (rounded) scores, for the same eight prompts and seeds; the Shapes evaluator reads each clip's speed.
+4. The figures: Spearman's rank correlation of prompted score and measured speed over all clips and per
+   prompt, the mean speed per score, the data's own correlation of score and rendered speed; one contact
+   sheet per prompt (a row per score, same prompt and seed), the first copied to docs/figures/.
+
+Prints a table and appends it to docs/benchmarks.md (`--no-append`: print only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import tarfile
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.benchlib import REPO, heading, publish, run_logged, table
+
+PROMPTS = [
+    "a red circle moving right",
+    "a green square moving left",
+    "a blue triangle moving up",
+    "a yellow circle moving down",
+    "a magenta square moving right",
+    "a cyan triangle moving left",
+    "a red triangle moving down",
+    "a blue square moving up",
+]
+FIGURE = REPO / "docs" / "figures" / "motion_score_sweep.png"
+BIN = REPO / ".venv" / "bin"
+
+
+def build_data(clips: Path, shards: Path, logs: Path) -> None:
+    if not any(clips.glob("clip*.mp4")):
+        cmd = [str(BIN / "osl-data"), "kind=shapes_folder", "shapes=motion", f"out={clips}"]
+        print(f"data: {run_logged(cmd, logs / 'shapes_folder.log', 'osl-data kind=shapes_folder'):.0f} s")
+    if not any(shards.glob("*.tar")):
+        cmd = [str(BIN / "osl-data"), "kind=videos", f"videos.source={clips}", f"out={shards}"]
+        print(f"ingest: {run_logged(cmd, logs / 'ingest.log', 'osl-data kind=videos'):.0f} s")
+
+
+def data_scores(shards: Path) -> list[dict]:
+    """Per ingested clip: its VMAF motion, the rounded score the caption carries, the rendered labels (from
+    the json beside the source mp4) and its speed in frame extents per second (`speed_value`)."""
+    from omegaconf import OmegaConf
+
+    speeds = OmegaConf.load(REPO / "configs" / "shapes" / "motion.yaml").speeds
+    out = []
+    for shard in sorted(shards.glob("*.tar")):
+        with tarfile.open(shard) as tar:
+            for m in tar.getmembers():
+                if m.name.endswith(".json"):
+                    meta = json.loads(tar.extractfile(m).read())
+                    labels = json.loads(Path(meta["source"]).with_suffix(".json").read_text())
+                    score = int(float(meta["vmaf_motion"]) + 0.5)  # Open-Sora 2.0's rounding (data/captions.py)
+                    speed = speeds[labels["speed"]]
+                    out.append(dict(labels, vmaf_motion=meta["vmaf_motion"], score=score, speed_value=speed))
+    return out
+
+
+def sweep(run_dir: Path, scores: list[int], samples: int, logs: Path) -> list[dict]:
+    """osl-sample at every score (same prompts, same seeds); each clip with its score, prompt and seed."""
+    from opensora_lite.data.video import decode_window, probe
+
+    folder = run_dir / "motion_sweep"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    prompts = folder / "prompts.txt"
+    prompts.write_text("\n".join(PROMPTS) + "\n")
+    clips = []
+    for score in scores:
+        out = folder / f"score_{score}"
+        cmd = [str(BIN / "osl-sample"), f"checkpoint={run_dir / 't2v'}", f"prompt_file={prompts}"]
+        cmd += [f"motion_score={score}", f"num_samples={samples}", "seed=0", f"out={out}"]
+        run_logged(cmd, logs / f"sample_{score}.log", f"osl-sample motion_score={score}")
+        for s in json.loads((out / "samples.json").read_text())["samples"]:
+            data = Path(s["video"]).read_bytes()
+            info = probe(data)
+            frames = decode_window(data, 0, info.num_frames, 1, (info.height, info.width))
+            clips.append(dict(score=score, prompt=s["prompt"], seed=s["seed"], caption=s["caption"], frames=frames))
+    return clips
+
+
+def read_speeds(clips: list[dict]) -> None:
+    from opensora_lite.eval.shapes import read_clip
+
+    for c in clips:
+        reading = read_clip(c["frames"], fps=8.0)
+        c["speed"], c["static"] = reading.speed_value, reading.direction == "static"
+
+
+def contact_sheets(run_dir: Path, clips: list[dict]) -> list[Path]:
+    """One sheet per (prompt, seed): a row per score."""
+    from opensora_lite.eval.contact_sheet import save_contact_sheet
+
+    paths = []
+    for i, prompt in enumerate(PROMPTS):
+        rows = sorted((c for c in clips if c["prompt"] == prompt and c["seed"] == 0), key=lambda c: c["score"])
+        labels = [f"score {c['score']}: {c['prompt']} (speed {c['speed']:.2f})" for c in rows]
+        path = run_dir / "motion_sweep" / f"contact_sheet_{i}.png"
+        paths.append(save_contact_sheet(path, np.stack([c["frames"] for c in rows]), labels))
+    return paths
+
+
+def run_seed(a: argparse.Namespace, seed: int, logs: Path) -> dict:
+    from opensora_lite.eval.motion_score import spearman, sweep_summary
+
+    name = f"tiny_motion_score_seed{seed}"
+    run_dir = Path(a.root) / name
+    cmd = [str(BIN / "osl-curriculum"), "experiment=tiny_motion_score", f"run.seed={seed}", f"run.name={name}"]
+    cmd += [f"run.root={a.root}", f"run.threads={a.threads}", f"data.shards={a.shards}", *a.overrides]
+    wall = run_logged(cmd, logs / f"{name}.log", f"training seed {seed}")
+    data = data_scores(Path(a.shards))
+    if a.scores:
+        scores = a.scores
+    else:  # every integer score from the data's 5th to its 95th percentile
+        lo, hi = np.percentile([d["score"] for d in data], [5, 95])
+        scores = list(range(int(lo), int(hi) + 1))
+    clips = sweep(run_dir, scores, a.samples, logs)
+    read_speeds(clips)
+    summary = sweep_summary([c["score"] for c in clips], [c["speed"] for c in clips], [c["prompt"] for c in clips])
+    summary["static"] = float(np.mean([c["static"] for c in clips]))
+    summary["sheets"] = contact_sheets(run_dir, clips)
+    summary["data_spearman"] = spearman([d["score"] for d in data], [d["speed_value"] for d in data])
+    by_colour = {}
+    for colour in sorted({d["colour"] for d in data}):
+        rows = [d for d in data if d["colour"] == colour]
+        by_colour[colour] = spearman([d["score"] for d in rows], [d["speed_value"] for d in rows])
+    summary["data_spearman_by_colour"] = by_colour
+    summary["data_range"] = (min(d["score"] for d in data), max(d["score"] for d in data))
+    summary.update(scores=scores, wall=wall, run_dir=run_dir)
+    (run_dir / "motion_sweep" / "summary.json").write_text(
+        json.dumps({k: v for k, v in summary.items() if k not in ("sheets", "run_dir")}, indent=2, default=str)
+    )
+    return summary
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--scores", type=int, nargs="+", help="default: every integer from the data's p5 to p95")
+    p.add_argument("--samples", type=int, default=2, help="seeds per prompt and score (0, 1, ...)")
+    p.add_argument("--threads", type=int, default=2, help="torch threads for training")
+    p.add_argument("--root", default=str(REPO / "runs" / "motion_score"))
+    p.add_argument("--clips", default=str(REPO / "data" / "shapes_motion_clips"))
+    p.add_argument("--shards", default=str(REPO / "data" / "shapes_motion"))
+    p.add_argument("--no-append", action="store_true")
+    p.add_argument("overrides", nargs="*", help="Hydra overrides for training (after --)")
+    a = p.parse_args()
+    logs = Path(a.root) / "logs"
+    build_data(Path(a.clips), Path(a.shards), logs)
+    results = {seed: run_seed(a, seed, logs) for seed in a.seeds}
+
+    first = results[a.seeds[0]]
+    rows = []
+    for seed, r in results.items():
+        speeds = " / ".join(f"{m:.2f}" for m, _ in r["speed_by_score"].values())
+        rows.append(
+            [
+                seed,
+                " ".join(map(str, r["scores"])),
+                r["num_clips"],
+                f"**{r['spearman']:.3f}**",
+                f"{r['spearman_per_prompt_mean']:.3f}",
+                speeds,
+                f"{r['static']:.2f}",
+                f"{r['wall']:.0f}",
+            ]
+        )
+    command = "python -m benchmarks.bench_motion_score --seeds " + " ".join(map(str, a.seeds))
+    if a.scores:
+        command += " --scores " + " ".join(map(str, a.scores))
+    if a.overrides:
+        command += " -- " + " ".join(a.overrides)
+    lo, hi = first["data_range"]
+    by_colour = ", ".join(f"{c} {v:.2f}" for c, v in first["data_spearman_by_colour"].items())
+    note = (
+        f" ({len(PROMPTS)} prompts x {a.samples} seeds per score; the data: scores {lo}-{hi}, Spearman of score"
+        f" and rendered speed {first['data_spearman']:.3f} pooled, per colour {by_colour})"
+    )
+    lines = heading("Motion score: prompted score against measured speed", command, note=note)
+    header = ["seed", "scores", "clips", "Spearman", "per prompt (mean)", "mean speed per score", "static", "train s"]
+    lines += table(header, rows)
+    per_prompt = ", ".join(f"{p}: {v:.2f}" for p, v in first["spearman_per_prompt"].items() if not math.isnan(v))
+    lines += ["", f"Seed {a.seeds[0]}, per prompt: {per_prompt}. Contact sheets: {first['run_dir'] / 'motion_sweep'}."]
+    if not a.no_append:
+        FIGURE.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(first["sheets"][0], FIGURE)
+        lines.append(f"Picture: {FIGURE.relative_to(REPO)} (one row per score, same prompt and seed).")
+    publish(lines, not a.no_append)
+
+
+if __name__ == "__main__":
+    main()
