@@ -22,9 +22,9 @@ import statistics
 import time
 
 import torch
-from bench_ae_tokens import AUTOENCODERS, recipe
 from torch import nn
 
+from benchmarks.bench_ae_tokens import AUTOENCODERS, recipe
 from benchmarks.benchlib import heading, publish, table
 from opensora_lite.autoencoders.base import frames_fit, latent_frame_count
 from opensora_lite.config.stages import load_autoencoder

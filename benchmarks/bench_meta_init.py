@@ -105,7 +105,7 @@ def _rank(rank: int, port: int, variant: str, weights: str, a, out: str) -> None
         engine.materialize(model, FLUX, Path(weights), 0)
     else:
         model = MMDiT(_config(a))
-        load_into(model, read_flux_weights(weights)[0], weights)
+        load_into(model, read_flux_weights(weights)[0], weights, FLUX.optional_keys())
         model, _ = engine.prepare(model, lambda ps: torch.optim.AdamW(ps), 1.0, FLUX.blocks(model))
     peaks = engine.all_gather_object([start, _peak_mib(), _anon_mib() - anon])
     if rank == 0:

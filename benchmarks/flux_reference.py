@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from opensora_lite.models.flux import SPEC as FLUX
 from opensora_lite.models.flux.convert import diffusers_to_bfl
 from opensora_lite.models.flux.model import MMDiT, MMDiTConfig
 from opensora_lite.models.loading import load_into
@@ -67,7 +68,7 @@ def matching_mmdit(ref, backend: str = "auto", load: bool = True) -> MMDiT:
     )
     ours = MMDiT(cfg)
     if load:
-        report = load_into(ours, diffusers_to_bfl(ref.state_dict()), "diffusers")
+        report = load_into(ours, diffusers_to_bfl(ref.state_dict()), "diffusers", FLUX.optional_keys())
         if report.missing or report.unexpected:
             raise AssertionError(report.summary())
     return ours

@@ -53,9 +53,10 @@ def build(name: str, smoke: bool, device: torch.device):
     """(autoencoder on `device`, its config), or (None, why) when the default architecture does not fit."""
     import diffusers
 
-    from opensora_lite.autoencoders.dc_ae import _DTYPES, VideoDCAE
+    from opensora_lite.autoencoders.dc_ae import VideoDCAE
     from opensora_lite.autoencoders.dc_ae_blocks import init_weights
     from opensora_lite.autoencoders.diffusers_vae import DiffusersVideoVAE, random_vae
+    from opensora_lite.dtypes import dtype_of
 
     cfg = load_config(TINY_CONFIG.get(name, name) if smoke else name)
     if smoke:
@@ -77,7 +78,7 @@ def build(name: str, smoke: bool, device: torch.device):
         ae = VideoDCAE(cfg, device="meta").to_empty(device=device)
         init_weights(ae)
         cfg.dtype = dtype
-        return ae.to(_DTYPES[dtype]), cfg
+        return ae.to(dtype_of(dtype)), cfg
     return build_autoencoder(cfg).to(device), cfg
 
 

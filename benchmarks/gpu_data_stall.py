@@ -25,8 +25,8 @@ import time
 from pathlib import Path
 
 import torch
-from bench_decode import make_clip
 
+from benchmarks.bench_decode import make_clip
 from benchmarks.benchlib import heading, parse_gpu_args, publish, table
 from opensora_lite.autoencoders.base import latent_frame_count
 from opensora_lite.data.buckets import BucketTable

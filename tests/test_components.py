@@ -10,6 +10,7 @@ from opensora_lite.autoencoders.base import Autoencoder
 from opensora_lite.autoencoders.pixel import PixelSpaceToDepth
 from opensora_lite.config.schema import AutoencoderConfig, TextEncoderConfig, TextModelConfig
 from opensora_lite.errors import CheckpointError
+from opensora_lite.models.flux import SPEC as FLUX
 from opensora_lite.models.flux.model import MMDiT
 from opensora_lite.models.loading import load_into
 from opensora_lite.text.encoders import TextEncoders
@@ -327,7 +328,9 @@ def test_weight_loading_reports_and_rejects_what_does_not_fit():
     cfg = tiny_mmdit()
     src = MMDiT(tiny_mmdit(guidance_embed=True))
     dst = MMDiT(cfg, image_condition=True)
-    report = load_into(dst, {k: v.to(torch.bfloat16) for k, v in src.state_dict().items()}, "flux.safetensors")
+    report = load_into(
+        dst, {k: v.to(torch.bfloat16) for k, v in src.state_dict().items()}, "flux.safetensors", FLUX.optional_keys()
+    )
     assert report.missing == ["cond_in.weight", "cond_in.bias"]
     assert sorted(report.unexpected) == sorted(k for k in src.state_dict() if k.startswith("guidance_in"))
     assert dst.img_in.weight.dtype == torch.float32 and torch.equal(
@@ -335,10 +338,10 @@ def test_weight_loading_reports_and_rejects_what_does_not_fit():
     )
     wrong = MMDiT(tiny_mmdit(hidden_size=72, num_heads=3))
     with pytest.raises(CheckpointError, match="do not fit the model"):
-        load_into(wrong, src.state_dict(), "flux.safetensors")
+        load_into(wrong, src.state_dict(), "flux.safetensors", FLUX.optional_keys())
     partial = {k: v for k, v in src.state_dict().items() if not k.startswith("single_blocks")}
     with pytest.raises(CheckpointError, match="missing from the checkpoint"):
-        load_into(MMDiT(cfg), partial, "flux.safetensors")
+        load_into(MMDiT(cfg), partial, "flux.safetensors", FLUX.optional_keys())
 
 
 def _shapes_captions():

@@ -1,6 +1,7 @@
 """Every engine with real processes (gloo, 2 ranks on CPU) against a single-process reference: the same
 loss trajectory (with 2 accumulated micro-batches per step and gradient clipping), a checkpoint saved
 mid-run resumes the same trajectory, and fsdp2 checkpoints move between world sizes (2 ranks -> 1, 1 -> 2).
+Each engine's shutdown releases every process group it and its backend made (their threads end there).
 ColossalAI runs its own ZeRO code with a test-only shim for the CUDA stream calls (tests/colossalai_cpu).
 
 Tolerance: a sharded run averages gradients by reduce-scatter/all-reduce in another order than the single
@@ -14,6 +15,8 @@ the reference than the reference's own first-step change, so a broken reduction 
 
 from __future__ import annotations
 
+import gc
+import os
 import sys
 from pathlib import Path
 
@@ -65,7 +68,7 @@ def _train(
     if load:  # what the trainer does: full weights (either layout) into the model before wrapping
         folder = Path(load)
         weights = folder / "model.safetensors" if (folder / "model.safetensors").is_file() else folder / "model_dcp"
-        load_into(model, read_flux_weights(weights)[0], str(weights))
+        load_into(model, read_flux_weights(weights)[0], str(weights), FLUX.optional_keys())
     model, opt = engine.prepare(model, lambda params: torch.optim.AdamW(params, lr=1e-3), 0.5, FLUX.blocks(model))
     if load:
         engine.load_optimizer(Path(load), model, opt)
@@ -166,3 +169,65 @@ def test_background_checkpoint_holds_the_state_of_its_step_while_training_goes_o
     assert (tmp_path / "ckpt" / "model_dcp" / ".metadata").is_file()
     cont = _train("single", SAVE_AT, STEPS, str(tmp_path / "ckpt"), None)
     assert cont == pytest.approx(ref[SAVE_AT:], rel=1e-5)
+
+
+def _threads() -> list[str]:
+    """This process's native threads, by name (gloo's workers and loop, the store's server on rank 0)."""
+    names = []
+    for task in os.listdir("/proc/self/task"):
+        try:
+            names.append(Path(f"/proc/self/task/{task}/comm").read_text().strip())
+        except OSError:  # a thread that ended meanwhile
+            pass
+    return sorted(names)
+
+
+SHUTDOWN_CASES = {  # case -> parallel config
+    "ddp": dict(engine="ddp"),
+    "ddp_sp": dict(engine="ddp", sp_size=2),  # + sequence-parallel groups and a background checkpoint's groups
+    "fsdp2": dict(engine="fsdp2"),
+    "deepspeed_zero2": dict(engine="deepspeed_zero2"),
+    "deepspeed_zero3": dict(engine="deepspeed_zero3"),
+    "colossalai_hybrid_sp": dict(engine="colossalai_hybrid_sp", sp_size=2, param_dtype="bf16"),
+}
+
+
+def _threads_left(case: str, folder: str) -> dict:
+    """A tiny model through engine.prepare and one step, the model dropped as the trainer drops a finished
+    stage's, then engine.shutdown() with the engine kept (the run's Runtime keeps it); threads before/after."""
+    from opensora_lite.parallel import build_engine
+
+    if case.startswith("colossalai"):
+        sys.path.insert(0, str(SHIM))
+        import sitecustomize
+
+        sitecustomize.install()
+    before = _threads()
+    engine = build_engine(ParallelConfig(**SHUTDOWN_CASES[case]), "cpu")
+    dtype = torch.bfloat16 if engine.cfg.param_dtype == "bf16" else torch.float32
+    model = torch.nn.Linear(4, 4).to(dtype)
+    model, opt = engine.prepare(model, lambda params: torch.optim.AdamW(params, lr=1e-3), 0.5, {})
+    engine.backward(model, model(torch.randn(2, 4, dtype=dtype)).float().pow(2).mean())
+    engine.step(model, opt)
+    if case == "ddp_sp":
+        for write in engine.save_async(Path(folder) / "ckpt", model, opt):
+            write.result()
+    del model, opt
+    engine.shutdown()
+    gc.collect()
+    after = _threads()
+    assert after == before, f"rank {os.environ['RANK']}: threads {before} before the engine, {after} after shutdown"
+    return {"before": before, "after": after}
+
+
+@pytest.mark.parametrize("case", list(SHUTDOWN_CASES))
+def test_shutdown_releases_every_process_group_and_its_threads(case, tmp_path):
+    """engine.shutdown() leaves no process group alive: each one's gloo threads (and rank 0's store
+    server) end there, after the ranks' last barrier, not at interpreter exit, where each rank would tear
+    them down on its own (issue 27: a rank died at exit, "terminate called without an active exception").
+    Held past destroy_process_group were: the default group by torch.distributed.nn.functional's default
+    arguments (imported after init), DeepSpeed's copy of the world group and its models (autograd hooks,
+    ZeRO-3's module-level state), FSDP2's device mesh by DTensor's caches; the engine's own groups and
+    ColossalAI's plugin by the engine."""
+    threads = two_ranks(_threads_left, tmp_path, case, str(tmp_path))  # rank 0's (each rank asserts its own)
+    assert threads["after"] == threads["before"]

@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 
 from opensora_lite.checkpoint.stage import StageCheckpoints as StageDir
 from opensora_lite.config.schema import Config
+from opensora_lite.models.flux import SPEC as FLUX
 from opensora_lite.models.flux.export import flux_tensors, read_architecture, write_diffusers_folder
 from opensora_lite.models.flux.model import MMDiT
 from opensora_lite.models.flux.rope import video_position_ids
@@ -92,7 +93,7 @@ def test_sharded_diffusers_folder_and_bf16_round_trip(tmp_path):
     assert all(torch.equal(state[k], tensors[k]) for k in tensors) and state.keys() == tensors.keys()
     ref = FluxTransformer2DModel.from_pretrained(folder, torch_dtype=torch.float32).eval()
     ours = MMDiT(model.cfg).eval()
-    load_into(ours, state, str(folder))  # bf16 tensors into fp32 parameters
+    load_into(ours, state, str(folder), FLUX.optional_keys())  # bf16 tensors into fp32 parameters
     assert _compare(ours, ref) <= 1e-5
 
 
@@ -126,7 +127,7 @@ def test_bfl_file_loads_with_diffusers_from_single_file(tmp_path):
         str(out / "flux_video.safetensors"), config=str(out / "transformer"), torch_dtype=torch.float32
     ).eval()
     ours = MMDiT(cfg).eval()
-    report = load_into(ours, read_flux_weights(out / "flux_video.safetensors")[0], "export")
+    report = load_into(ours, read_flux_weights(out / "flux_video.safetensors")[0], "export", FLUX.optional_keys())
     assert report.missing == [] and report.unexpected == []
     assert _compare(ours, ref) <= 1e-5
 

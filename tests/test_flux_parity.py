@@ -8,6 +8,7 @@ from safetensors.torch import save_file
 
 from benchmarks.flux_reference import matching_mmdit, random_diffusers_flux
 from opensora_lite.errors import CheckpointError
+from opensora_lite.models.flux import SPEC as FLUX
 from opensora_lite.models.flux.convert import bfl_to_diffusers, diffusers_to_bfl, is_diffusers_state
 from opensora_lite.models.flux.model import MMDiT
 from opensora_lite.models.flux.rope import video_position_ids
@@ -36,7 +37,7 @@ def test_same_output_as_diffusers(spec):
     ours = _ours(*spec)
     state = ref.state_dict()
     assert is_diffusers_state(state)
-    report = load_into(ours, diffusers_to_bfl(state), "diffusers")
+    report = load_into(ours, diffusers_to_bfl(state), "diffusers", FLUX.optional_keys())
     assert report.missing == [] and report.unexpected == []
 
     g = torch.Generator().manual_seed(1)
@@ -73,7 +74,7 @@ def test_diffusers_folders_load_sharded_or_inside_a_pipeline(tmp_path):
     for where in (tmp_path / "pipe" / "transformer", tmp_path / "pipe"):
         state, fmt = read_flux_weights(where)
         assert fmt == "diffusers"
-        report = load_into(_ours(*spec), state, str(where))
+        report = load_into(_ours(*spec), state, str(where), FLUX.optional_keys())
         assert report.missing == [] and report.unexpected == []
     single = tmp_path / "flux1-tiny.safetensors"  # our BFL export of the same weights reads as BFL
     save_file({k: v.contiguous() for k, v in diffusers_to_bfl(ref.state_dict()).items()}, str(single))

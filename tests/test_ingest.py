@@ -229,9 +229,9 @@ def test_vmaf_motion_at_ingest_is_ffmpegs_and_fills_the_opensora2_captions(tmp_p
 def test_a_phone_clip_stored_landscape_with_a_rotation_is_read_upright(tmp_path):
     """A portrait clip stored landscape with a display rotation (what phones write) is probed, ingested,
     bucketed and decoded portrait, pixel for pixel the clip as shown."""
-    from opensora_lite.cli.sample import read_frames
     from opensora_lite.data.ingest import SourceItem, write_shards
     from opensora_lite.data.video import decode_window, probe
+    from opensora_lite.diffusion.sampling import read_frames
 
     upright = np.full((12, 64, 48, 3), 30, np.uint8)  # portrait: red band at the top, green at the left
     upright[:, :16, :, 0] = 230

@@ -59,7 +59,7 @@ def _rank(rank: int, port: int, folder: str) -> None:
             torch.manual_seed(SEED)  # today: the whole model on every rank, loaded, then sharded
             model = MMDiT(tiny_mmdit(), image_condition=i2v)
             if path is not None:
-                load_into(model, read_flux_weights(path)[0], str(path))
+                load_into(model, read_flux_weights(path)[0], str(path), FLUX.optional_keys())
             today, _ = engine.prepare(model, lambda ps: torch.optim.AdamW(ps), 1.0, FLUX.blocks(model))
             torch.manual_seed(99)  # whatever the RNG holds by then: materialize replays from the seed
             with torch.device("meta"):
@@ -105,7 +105,7 @@ def _zero3_rank(rank: int, port: int, folder: str) -> None:
         torch.manual_seed(SEED)
         model = MMDiT(tiny_mmdit(), image_condition=i2v)
         if path is not None:
-            load_into(model, read_flux_weights(path)[0], str(path))
+            load_into(model, read_flux_weights(path)[0], str(path), FLUX.optional_keys())
         a = trained(model, False)
         torch.manual_seed(99)  # whatever the RNG holds by then: materialize replays from the seed
         with engine.model_context():
@@ -153,7 +153,8 @@ def test_meta_init_lowers_each_ranks_peak_host_memory():
     proc = subprocess.run(
         [
             sys.executable,
-            str(REPO / "scripts" / "bench_meta_init.py"),
+            "-m",
+            "benchmarks.bench_meta_init",
             "--hidden",
             "1024",
             "--heads",

@@ -14,6 +14,7 @@ from conftest import cli, tiny_mmdit
 from safetensors.torch import load_file, save_file
 
 from opensora_lite.errors import CheckpointError
+from opensora_lite.models.flux import SPEC as FLUX
 from opensora_lite.models.flux.model import MMDiT
 from opensora_lite.models.flux.opensora_convert import bfl_to_opensora, is_opensora_state, opensora_to_bfl
 from opensora_lite.models.flux.weights import read_flux_weights
@@ -219,7 +220,7 @@ def test_the_one_reader_detects_the_layout_and_loads_it(tmp_path):
     state, fmt = read_flux_weights(path)
     assert fmt == "opensora"
     fresh = MMDiT(ours.cfg, image_condition="cond_in.weight" in state)
-    report = load_into(fresh, state, str(path))
+    report = load_into(fresh, state, str(path), FLUX.optional_keys())
     assert report.missing == [] and report.unexpected == []
     bf16 = {k: v.to(torch.bfloat16).float() for k, v in ours.state_dict().items()}
     assert all(torch.equal(fresh.state_dict()[k], bf16[k]) for k in bf16)

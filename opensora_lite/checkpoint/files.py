@@ -127,9 +127,10 @@ def folder_files(folder: Path) -> list[Path]:
     return [folder / DIFFUSERS_FILE]
 
 
-def read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], str]:
+def read_tensors(path: Path, what: str = "weights") -> tuple[dict[str, torch.Tensor], str]:
     """Every tensor of a weights file, a diffusers model folder or a DCP folder, and which it was
-    ("file", "diffusers" or "dcp"); one clear error for anything else or a damaged file."""
+    ("file", "diffusers" or "dcp"); one clear error for anything else or a damaged file (`what`: how
+    the error names them, e.g. "Flux weights")."""
     path = Path(path)
     if path.is_dir() and is_dcp_folder(path):
         return read_dcp_folder(path), "dcp"
@@ -137,13 +138,13 @@ def read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], str]:
     if path.is_dir() and folder is None:
         raise CheckpointError(f"{path}: a folder without {DIFFUSERS_INDEX}, {DIFFUSERS_FILE} or {DCP_METADATA}")
     if not path.exists():
-        raise CheckpointError(f"no weights at {path}")
+        raise CheckpointError(f"no {what} at {path}")
     try:
         state: dict[str, torch.Tensor] = {}
         for file in [path] if folder is None else folder_files(folder):
             state.update(load_file(str(file)))
     except Exception as exc:  # a missing shard, a truncated file (SafetensorError), a bad index
-        raise CheckpointError(f"cannot read weights at {path}: {first_line(exc)}") from None
+        raise CheckpointError(f"cannot read {what} at {path}: {first_line(exc)}") from None
     return state, "file" if folder is None else "diffusers"
 
 

@@ -129,6 +129,12 @@ class ColossalAIEngine(Engine):
 
         return self.gather_weights(model, master_of)
 
+    def _destroy_groups(self) -> None:
+        """The plugin (in the Booster) and the ZeRO optimizer hold the plugin's process groups."""
+        self.__dict__.pop("booster", None)
+        self.__dict__.pop("zero_opt", None)
+        super()._destroy_groups()
+
     def save_optimizer(self, folder: Path, model, opt) -> None:
         self.booster.save_optimizer(self.zero_opt, str(folder / OPTIM_COLOSSALAI), shard=True)
 

@@ -16,8 +16,11 @@ resumes on the same number of ranks.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sys
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 
@@ -72,9 +75,13 @@ class DeepSpeedEngine(Engine):
     needs_process_group = True
 
     def __init__(self, cfg, device_preference: str):
-        super().__init__(cfg, device_preference)
+        # imported before the process group exists: deepspeed.comm's TorchBackend.barrier and monitored_barrier
+        # default to `group=torch.distributed.GroupMember.WORLD`, evaluated on import, and imported after
+        # init_process_group they would hold the default group for the life of the process
         import deepspeed
 
+        super().__init__(cfg, device_preference)
+        self._models: list[weakref.ref] = []  # what prepare() returned: destroyed in shutdown()
         self.stage = 3 if cfg.engine == "deepspeed_zero3" else 2
         for key, value in (("RANK", self.rank), ("WORLD_SIZE", self.world_size), ("LOCAL_RANK", self.local_rank)):
             os.environ.setdefault(key, str(value))  # DeepSpeed reads these (srun and single-process launches lack them)
@@ -175,7 +182,35 @@ class DeepSpeedEngine(Engine):
         ds_model, *_ = deepspeed.initialize(
             model=model, optimizer=opt, config=self.ds_config(grad_clip), dist_init_required=False
         )
+        self._models.append(weakref.ref(ds_model))
         return ds_model, opt
+
+    def release(self, model: nn.Module) -> None:
+        """destroy() removes ZeRO's hooks, without which the model, its optimizer state and partitions stay
+        in memory through the next stages (reference cycles through autograd that no collection frees)."""
+        if hasattr(model, "destroy"):
+            model.destroy()
+        self._models = [ref for ref in self._models if ref() is not None and ref() is not model]
+        _drop_zero3_references()
+
+    def _destroy_groups(self) -> None:
+        """DeepSpeed's teardown: each model's destroy() removes ZeRO's gradient and module hooks (they hold
+        the model, its optimizer and their groups in reference cycles through autograd, which the garbage
+        collector cannot see, so a finished stage's model is never freed without it); then
+        deepspeed.comm.destroy_process_group destroys every group and drops DeepSpeed's own references
+        (groups._WORLD_GROUP, its copy of the world group, which ZeRO uses)."""
+        import deepspeed.comm
+
+        for ref in self._models:
+            model = ref()
+            if model is not None and hasattr(model, "destroy"):
+                model.destroy()
+        self._models.clear()
+        _drop_zero3_references()
+        deepspeed.comm.destroy_process_group()
+        groups = sys.modules.get("deepspeed.utils.groups")
+        if getattr(groups, "_WORLD_GROUP", None) is not None:  # releases that do not drop it themselves
+            groups._WORLD_GROUP = None
 
     def backward(self, model, loss: torch.Tensor, sync: bool = True) -> None:
         model.set_gradient_accumulation_boundary(sync)
@@ -232,6 +267,29 @@ class DeepSpeedEngine(Engine):
             load_lr_scheduler_states=False,
             load_module_strict=not _frozen(model),
         )
+
+
+def _drop_zero3_references() -> None:
+    """ZeRO-3 keeps each model it wrapped in module-level state that destroy() leaves and that has no public
+    way to clear (DeepSpeed 0.19): parameter_offload.FWD_MODULE_STACK keeps the top module (pushed when the
+    model is wrapped, never popped), and PartitionedParameterCoordinator.__params_to_release's lru_cache
+    keeps every coordinator and module it saw. Their parameters hold the process groups. Called when the
+    groups are destroyed, so no ZeRO-3 model of this process runs again; other versions may lack either."""
+    offload = sys.modules.get("deepspeed.runtime.zero.parameter_offload")
+    stack = getattr(offload, "FWD_MODULE_STACK", None)
+    if isinstance(stack, list):
+        stack.clear()
+    coordinator = sys.modules.get("deepspeed.runtime.zero.partitioned_param_coordinator")
+    cls = getattr(coordinator, "PartitionedParameterCoordinator", None)
+    fn = vars(cls).get("_PartitionedParameterCoordinator__params_to_release") if cls is not None else None
+    # the lru_cache sits inside DeepSpeed's instrument_w_nvtx wrapper, which does not set __wrapped__
+    candidates = [fn]
+    for cell in getattr(fn, "__closure__", None) or ():
+        with contextlib.suppress(ValueError):  # an empty cell
+            candidates.append(cell.cell_contents)
+    for candidate in candidates:
+        if hasattr(candidate, "cache_clear"):
+            candidate.cache_clear()
 
 
 def _frozen(model: nn.Module) -> bool:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import gc
 import os
 import subprocess
 from abc import ABC, abstractmethod
@@ -28,6 +29,11 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+
+# torch.distributed.nn.functional's collectives default to `group=group.WORLD`, evaluated on import: imported
+# after init_process_group (DDP and FSDP2 import it on first use), they hold the default group for the life of
+# the process, past destroy_process_group. Imported here, before any group exists, the default is None.
+import torch.distributed.nn  # noqa: F401
 from torch import nn
 
 from opensora_lite.checkpoint import dcp as dcp_files
@@ -303,13 +309,41 @@ class Engine(ABC):
         if self.world_size > 1:
             dist.barrier()
 
+    def release(self, model: nn.Module) -> None:
+        """A finished stage's model is done with: free what the backend keeps of it (its memory, before
+        the next stage builds its own). Every rank calls it; the model is not used afterwards. Nothing to
+        do for engines whose model holds nothing beyond the caller's reference."""
+        return None
+
     def shutdown(self, clean: bool = True) -> None:
         """Leave the process group. After a clean run all ranks first meet, so that no rank tears its
         connections down while a peer still uses them (gloo can abort the peer's process at exit);
-        after a failure there may be no peer to meet."""
+        after a failure there may be no peer to meet.
+
+        Then every group this engine and its backend made is destroyed and released here, on every rank:
+        a group object that outlives destroy_process_group keeps its gloo threads and sockets (and on rank 0
+        the store's server thread) until the interpreter exits, where each rank tears them down on its own
+        (issue 27: a rank died at exit with "terminate called without an active exception", libstdc++'s
+        message for a thread object destroyed unjoined). Sequence-parallel and
+        checkpoint groups go first, then the backend's references and the default group with every
+        other group (_destroy_groups); a garbage collection then frees what held a group in a reference
+        cycle (a finished stage's model). The caller's own model and optimizer keep theirs until dropped."""
         for stager in self.__dict__.pop("_stagers", []):
             stager.close()
-        if dist.is_initialized():
-            if clean:
-                dist.barrier()
-            dist.destroy_process_group()
+        if not dist.is_initialized():
+            return
+        if clean:
+            dist.barrier()
+        groups = self.__dict__.pop("_checkpoint_groups", [])
+        if self.sp is not None and self.sp.group is not None:
+            groups.append(self.sp.group)
+            self.sp.group = None  # the model's SPContext too: it is the same object
+        for group in groups:
+            dist.destroy_process_group(group)
+        self._destroy_groups()
+        gc.collect()
+
+    def _destroy_groups(self) -> None:
+        """Destroy the default group and every group left. Engines with a backend first drop the
+        references it keeps to its groups, and use its own teardown where it has one."""
+        dist.destroy_process_group()

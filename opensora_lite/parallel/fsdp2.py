@@ -33,10 +33,13 @@ class FSDP2Engine(Engine):
 
         replicas = self.cfg.hsdp_replicas
         if replicas > 1:
-            return init_device_mesh(
+            mesh = init_device_mesh(
                 self.device.type, (replicas, self.world_size // replicas), mesh_dim_names=("replicate", "shard")
             )
-        return init_device_mesh(self.device.type, (self.world_size,), mesh_dim_names=("shard",))
+        else:
+            mesh = init_device_mesh(self.device.type, (self.world_size,), mesh_dim_names=("shard",))
+        self.__dict__.setdefault("_meshes", []).append(mesh)  # its groups are dropped in shutdown()
+        return mesh
 
     def wrap(self, model: nn.Module, blocks: Blocks) -> nn.Module:
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
@@ -58,6 +61,17 @@ class FSDP2Engine(Engine):
 
     def unwrap(self, model: nn.Module) -> nn.Module:
         return model
+
+    def _destroy_groups(self) -> None:
+        """The device mesh keeps its process groups in a dict (`_pg_registry`, torch 2.13: read only while
+        torch.compile traces), and DTensor's module-level caches (redistribution plans, sharding
+        propagation) keep meshes for the life of the process: emptied here, the mesh no longer holds the
+        groups. No public API does it; other versions may lack the dict."""
+        for mesh in self.__dict__.pop("_meshes", []):
+            registry = getattr(mesh, "_pg_registry", None)
+            if isinstance(registry, dict):
+                registry.clear()
+        super()._destroy_groups()
 
     @property
     def builds_on_meta(self) -> bool:

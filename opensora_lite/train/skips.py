@@ -38,6 +38,7 @@ class SkipList:
         if not (self.engine.is_main and rows):
             return
         new = not self.path.is_file()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a", encoding="utf-8") as fh:
             if new:
                 fh.write(HEADER)

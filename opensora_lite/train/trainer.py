@@ -139,7 +139,9 @@ class StageTrainer:
                 rt.tracker.event("preempted", self.step_offset + done, self.name, at_step=done, signal=signame)
                 raise Preempted(self.name, done, signame)
         bar.close()
-        return self._finish(model, ema, start, began, loss_value, skipped)
+        result = self._finish(model, ema, start, began, loss_value, skipped)
+        engine.release(model)  # the next stage builds its own: the backend lets go of this one
+        return result
 
     # -- components ------------------------------------------------------------------------------
     def _validator(self) -> Validator:

@@ -36,7 +36,7 @@ def read_flux_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], str]:
     """Weights in BFL names from a safetensors file (BFL, diffusers or Open-Sora 2.0 names), a diffusers
     folder or a sharded DCP folder, and the format found ("bfl", "diffusers", "opensora" or "dcp")."""
     path = Path(path)
-    state, kind = read_tensors(path)
+    state, kind = read_tensors(path, "Flux weights")
     if kind == "dcp":
         return state, "dcp"
     if kind == "diffusers" or is_diffusers_state(state):
