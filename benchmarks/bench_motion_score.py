@@ -11,11 +11,14 @@ when prompted with a higher motion score?
    `osl-data kind=videos` ingests them, measuring each clip's VMAF motion. (Skipped when present.)
 2. Training: `osl-curriculum experiment=tiny_motion_score` (image, then 16px text-to-video on captions
    "a red circle moving right 8 FPS, 3 motion score."; caption=opensora2). A finished run is reused.
-3. The sweep: `osl-sample` at each integer score from the 5th to the 95th percentile of the data's
-   (rounded) scores, for the same eight prompts and seeds; the Shapes evaluator reads each clip's speed.
+3. The sweep: `osl-sample` (its function, in this process) at each integer score from the 5th to the
+   95th percentile of the data's (rounded) scores, for the same eight prompts and seeds (`--samples` per
+   prompt; osl-sample's 20 Euler steps and CFG 4 unless given); the Shapes evaluator reads each clip's
+   speed at the size sampled (16 px).
 4. The figures: Spearman's rank correlation of prompted score and measured speed over all clips and per
    prompt, the mean speed per score, the data's own correlation of score and rendered speed; one contact
-   sheet per prompt (a row per score, same prompt and seed), the first copied to docs/figures/.
+   sheet per prompt (a row per score, same prompt and seed; named by the prompt's index in PROMPTS), the
+   first copied to docs/figures/.
 
 Prints a table and appends it to docs/benchmarks.md (`--no-append`: print only).
 """
@@ -23,10 +26,14 @@ Prints a table and appends it to docs/benchmarks.md (`--no-append`: print only).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
+import shlex
 import shutil
+import sys
 import tarfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -47,9 +54,9 @@ FIGURE = REPO / "docs" / "figures" / "motion_score_sweep.png"
 BIN = REPO / ".venv" / "bin"
 
 
-def build_data(clips: Path, shards: Path, logs: Path) -> None:
+def build_data(clips: Path, shards: Path, logs: Path, data_overrides: list[str]) -> None:
     if not any(clips.glob("clip*.mp4")):
-        cmd = [str(BIN / "osl-data"), "kind=shapes_folder", "shapes=motion", f"out={clips}"]
+        cmd = [str(BIN / "osl-data"), "kind=shapes_folder", "shapes=motion", f"out={clips}", *data_overrides]
         print(f"data: {run_logged(cmd, logs / 'shapes_folder.log', 'osl-data kind=shapes_folder'):.0f} s")
     if not any(shards.glob("*.tar")):
         cmd = [str(BIN / "osl-data"), "kind=videos", f"videos.source={clips}", f"out={shards}"]
@@ -75,10 +82,16 @@ def data_scores(shards: Path) -> list[dict]:
     return out
 
 
-def sweep(run_dir: Path, scores: list[int], samples: int, logs: Path) -> list[dict]:
-    """osl-sample at every score (same prompts, same seeds); each clip with its score, prompt and seed."""
+def sweep(run_dir: Path, scores: list[int], a: argparse.Namespace, logs: Path) -> list[dict]:
+    """osl-sample at every score (same prompts, same seeds), in this process (torch is imported once, not
+    once per score); each clip with its score, prompt and seed."""
+    import torch
+
+    from benchmarks.benchlib import compose
+    from opensora_lite.cli.sample import sample
     from opensora_lite.data.video import decode_window, probe
 
+    torch.set_num_threads(a.threads)
     folder = run_dir / "motion_sweep"
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
@@ -87,14 +100,20 @@ def sweep(run_dir: Path, scores: list[int], samples: int, logs: Path) -> list[di
     clips = []
     for score in scores:
         out = folder / f"score_{score}"
-        cmd = [str(BIN / "osl-sample"), f"checkpoint={run_dir / 't2v'}", f"prompt_file={prompts}"]
-        cmd += [f"motion_score={score}", f"num_samples={samples}", "seed=0", f"out={out}"]
-        run_logged(cmd, logs / f"sample_{score}.log", f"osl-sample motion_score={score}")
-        for s in json.loads((out / "samples.json").read_text())["samples"]:
+        args = [f"checkpoint={run_dir / 't2v'}", f"prompt_file={prompts}", f"motion_score={score}", "seed=0"]
+        args += [f"num_samples={a.samples}", f"out={out}"]
+        for key, value in (("num_steps", a.num_steps), ("cfg_scale", a.cfg)):
+            if value is not None:
+                args.append(f"{key}={value}")
+        with open(logs / f"sample_{score}.log", "w") as log, contextlib.redirect_stdout(log):
+            print("osl-sample " + shlex.join(args), flush=True)
+            sample(compose(args, "sample"))
+        written = json.loads((out / "samples.json").read_text())
+        _, h, w = written["frames_height_width"]  # the mp4s are enlarged; read them at the size sampled
+        for s in written["samples"]:
             data = Path(s["video"]).read_bytes()
-            info = probe(data)
-            frames = decode_window(data, 0, info.num_frames, 1, (info.height, info.width))
-            clips.append(dict(score=score, prompt=s["prompt"], seed=s["seed"], caption=s["caption"], frames=frames))
+            frames = decode_window(data, 0, probe(data).num_frames, 1, (h, w))
+            clips.append(dict(score=score, prompt=s["prompt"], seed=s["seed"], fps=written["fps"], frames=frames))
     return clips
 
 
@@ -102,7 +121,7 @@ def read_speeds(clips: list[dict]) -> None:
     from opensora_lite.eval.shapes import read_clip
 
     for c in clips:
-        reading = read_clip(c["frames"], fps=8.0)
+        reading = read_clip(c["frames"], fps=c["fps"])
         c["speed"], c["static"] = reading.speed_value, reading.direction == "static"
 
 
@@ -113,7 +132,7 @@ def contact_sheets(run_dir: Path, clips: list[dict]) -> list[Path]:
     paths = []
     for i, prompt in enumerate(PROMPTS):
         rows = sorted((c for c in clips if c["prompt"] == prompt and c["seed"] == 0), key=lambda c: c["score"])
-        labels = [f"score {c['score']}: {c['prompt']} (speed {c['speed']:.2f})" for c in rows]
+        labels = [f"score {c['score']}: speed {c['speed']:.2f} /s" for c in rows]
         path = run_dir / "motion_sweep" / f"contact_sheet_{i}.png"
         paths.append(save_contact_sheet(path, np.stack([c["frames"] for c in rows]), labels))
     return paths
@@ -126,14 +145,21 @@ def run_seed(a: argparse.Namespace, seed: int, logs: Path) -> dict:
     run_dir = Path(a.root) / name
     cmd = [str(BIN / "osl-curriculum"), "experiment=tiny_motion_score", f"run.seed={seed}", f"run.name={name}"]
     cmd += [f"run.root={a.root}", f"run.threads={a.threads}", f"data.shards={a.shards}", *a.overrides]
-    wall = run_logged(cmd, logs / f"{name}.log", f"training seed {seed}")
+    run_logged(cmd, logs / f"{name}.log", f"training seed {seed}")
+    # the stages' own training seconds (a finished run is reused: its time is that of the run that trained it;
+    # a stage resumed from a checkpoint counts from there, which the table says)
+    stages = [json.loads(p.read_text()) for p in sorted(run_dir.glob("*/final/summary.json"))]
+    train = f"{sum(s['seconds'] for s in stages):.0f}"
+    resumed = [f"{s['name']} from step {s['resumed_from']}" for s in stages if s.get("resumed_from")]
+    train += f" ({', '.join(resumed)})" if resumed else ""
     data = data_scores(Path(a.shards))
     if a.scores:
         scores = a.scores
     else:  # every integer score from the data's 5th to its 95th percentile
         lo, hi = np.percentile([d["score"] for d in data], [5, 95])
         scores = list(range(int(lo), int(hi) + 1))
-    clips = sweep(run_dir, scores, a.samples, logs)
+    began = time.perf_counter()
+    clips = sweep(run_dir, scores, a, logs)
     read_speeds(clips)
     summary = sweep_summary([c["score"] for c in clips], [c["speed"] for c in clips], [c["prompt"] for c in clips])
     summary["static"] = float(np.mean([c["static"] for c in clips]))
@@ -145,7 +171,7 @@ def run_seed(a: argparse.Namespace, seed: int, logs: Path) -> dict:
         by_colour[colour] = spearman([d["score"] for d in rows], [d["speed_value"] for d in rows])
     summary["data_spearman_by_colour"] = by_colour
     summary["data_range"] = (min(d["score"] for d in data), max(d["score"] for d in data))
-    summary.update(scores=scores, wall=wall, run_dir=run_dir)
+    summary.update(scores=scores, train=train, sweep=time.perf_counter() - began, run_dir=run_dir)
     (run_dir / "motion_sweep" / "summary.json").write_text(
         json.dumps({k: v for k, v in summary.items() if k not in ("sheets", "run_dir")}, indent=2, default=str)
     )
@@ -157,6 +183,9 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--scores", type=int, nargs="+", help="default: every integer from the data's p5 to p95")
     p.add_argument("--samples", type=int, default=2, help="seeds per prompt and score (0, 1, ...)")
+    p.add_argument("--num-steps", type=int, help="sampling steps (default: osl-sample's, 20)")
+    p.add_argument("--cfg", type=float, help="classifier-free guidance scale (default: osl-sample's, 4)")
+    p.add_argument("--shapes", nargs="+", default=[], metavar="KEY=VALUE", help="shapes.* overrides for the data")
     p.add_argument("--threads", type=int, default=2, help="torch threads for training")
     p.add_argument("--root", default=str(REPO / "runs" / "motion_score"))
     p.add_argument("--clips", default=str(REPO / "data" / "shapes_motion_clips"))
@@ -165,7 +194,7 @@ def main() -> None:
     p.add_argument("overrides", nargs="*", help="Hydra overrides for training (after --)")
     a = p.parse_args()
     logs = Path(a.root) / "logs"
-    build_data(Path(a.clips), Path(a.shards), logs)
+    build_data(Path(a.clips), Path(a.shards), logs, [f"shapes.{kv}" for kv in a.shapes])
     results = {seed: run_seed(a, seed, logs) for seed in a.seeds}
 
     first = results[a.seeds[0]]
@@ -181,14 +210,11 @@ def main() -> None:
                 f"{r['spearman_per_prompt_mean']:.3f}",
                 speeds,
                 f"{r['static']:.2f}",
-                f"{r['wall']:.0f}",
+                r["train"],
+                f"{r['sweep']:.0f}",
             ]
         )
-    command = "python -m benchmarks.bench_motion_score --seeds " + " ".join(map(str, a.seeds))
-    if a.scores:
-        command += " --scores " + " ".join(map(str, a.scores))
-    if a.overrides:
-        command += " -- " + " ".join(a.overrides)
+    command = shlex.join(["python", "-m", "benchmarks.bench_motion_score", *sys.argv[1:]])
     lo, hi = first["data_range"]
     by_colour = ", ".join(f"{c} {v:.2f}" for c, v in first["data_spearman_by_colour"].items())
     note = (
@@ -196,10 +222,13 @@ def main() -> None:
         f" and rendered speed {first['data_spearman']:.3f} pooled, per colour {by_colour})"
     )
     lines = heading("Motion score: prompted score against measured speed", command, note=note)
-    header = ["seed", "scores", "clips", "Spearman", "per prompt (mean)", "mean speed per score", "static", "train s"]
+    header = ["seed", "scores", "clips", "Spearman", "per prompt (mean)", "mean speed per score", "static"]
+    header += ["train s", "sweep s"]
     lines += table(header, rows)
     per_prompt = ", ".join(f"{p}: {v:.2f}" for p, v in first["spearman_per_prompt"].items() if not math.isnan(v))
-    lines += ["", f"Seed {a.seeds[0]}, per prompt: {per_prompt}. Contact sheets: {first['run_dir'] / 'motion_sweep'}."]
+    sheets = first["run_dir"] / "motion_sweep"
+    sheets = sheets.relative_to(REPO) if sheets.is_relative_to(REPO) else sheets
+    lines += ["", f"Seed {a.seeds[0]}, per prompt: {per_prompt}. Contact sheets: {sheets}."]
     if not a.no_append:
         FIGURE.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(first["sheets"][0], FIGURE)

@@ -170,6 +170,23 @@ def shapes_dir(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def motion_data(tmp_path_factory) -> tuple[Path, Path]:
+    """shapes=motion as plain files (`osl-data kind=shapes_folder`: 36 clips, red and blue, at the six
+    speeds) and those files ingested as `osl-data kind=videos` does (VMAF motion measured): (clips folder,
+    shards folder). Shared by the motion-score tests and the motion-score benchmark's smoke run."""
+    from opensora_lite.data.ingest import list_folder, write_shards
+
+    root = tmp_path_factory.mktemp("motion")
+    clips, shards = root / "clips", root / "shards"
+    args = ["kind=shapes_folder", "shapes=motion", f"out={clips}", "shapes.num_clips=36", "shapes.colours=[red,blue]"]
+    proc = cli("osl-data", *args)
+    assert proc.returncode == 0 and "wrote 36 clips" in proc.stdout, proc.stderr
+    report = write_shards(list_folder(clips), shards, 64, workers=1, progress=False)
+    assert report.written == 36 and not report.skipped
+    return clips, shards
+
+
 def mini_overrides(data: Path, run_root: Path, name: str = "mini") -> list[str]:
     """The tiny curriculum cut to three short stages (image -> t2v -> i2v): a run takes seconds."""
     return [

@@ -10,10 +10,9 @@ import tarfile
 
 import numpy as np
 import pytest
-from conftest import cli, compose
+from conftest import compose
 
 from opensora_lite.data.captions import format_caption
-from opensora_lite.data.ingest import list_folder, write_shards
 from opensora_lite.eval.motion_score import ranks, spearman, sweep_summary
 
 
@@ -30,18 +29,13 @@ def test_spearman_of_known_values():
     assert out["speed_by_score"][1][0] == pytest.approx(0.55)
 
 
-def test_shapes_folder_ingests_with_a_motion_score_that_rises_with_speed(tmp_path):
+def test_shapes_folder_ingests_with_a_motion_score_that_rises_with_speed(motion_data):
     """`osl-data kind=shapes_folder shapes=motion` writes mp4 + caption + labels; `kind=videos` ingests them
     and measures VMAF motion, which rises with the rendered speed for each colour; the opensora2 caption
     then names the rounded score and no speed word."""
-    clips, shards = tmp_path / "clips", tmp_path / "shards"
-    args = ["kind=shapes_folder", "shapes=motion", f"out={clips}", "shapes.num_clips=36", "shapes.colours=[red,blue]"]
-    proc = cli("osl-data", *args)
-    assert proc.returncode == 0, proc.stderr
-    assert "wrote 36 clips" in proc.stdout and len(list(clips.glob("clip*.mp4"))) == 36
+    clips, shards = motion_data
+    assert len(list(clips.glob("clip*.mp4"))) == len(list(clips.glob("clip*.txt"))) == 36
     assert not list(clips.glob("*.partial"))
-    report = write_shards(list_folder(clips), shards, 64, workers=1, progress=False)
-    assert report.written == 36 and not report.skipped
     template = compose(["experiment=tiny_motion_score"]).data.caption_template
     speeds = compose(["shapes=motion"], "build_data").shapes.speeds
     rows = []
