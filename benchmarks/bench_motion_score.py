@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.benchlib import REPO, heading, publish, run_logged, table
+from benchmarks.benchlib import REPO, compose, heading, publish, run_logged, table
 
 PROMPTS = [
     "a red circle moving right",
@@ -63,12 +63,9 @@ def build_data(clips: Path, shards: Path, logs: Path, data_overrides: list[str])
         print(f"ingest: {run_logged(cmd, logs / 'ingest.log', 'osl-data kind=videos'):.0f} s")
 
 
-def data_scores(shards: Path) -> list[dict]:
+def data_scores(shards: Path, speeds: dict[str, float]) -> list[dict]:
     """Per ingested clip: its VMAF motion, the rounded score the caption carries, the rendered labels (from
     the json beside the source mp4) and its speed in frame extents per second (`speed_value`)."""
-    from omegaconf import OmegaConf
-
-    speeds = OmegaConf.load(REPO / "configs" / "shapes" / "motion.yaml").speeds
     out = []
     for shard in sorted(shards.glob("*.tar")):
         with tarfile.open(shard) as tar:
@@ -87,7 +84,6 @@ def sweep(run_dir: Path, scores: list[int], a: argparse.Namespace, logs: Path) -
     once per score); each clip with its score, prompt and seed."""
     import torch
 
-    from benchmarks.benchlib import compose
     from opensora_lite.cli.sample import sample
     from opensora_lite.data.video import decode_window, probe
 
@@ -115,6 +111,27 @@ def sweep(run_dir: Path, scores: list[int], a: argparse.Namespace, logs: Path) -
             frames = decode_window(data, 0, probe(data).num_frames, 1, (h, w))
             clips.append(dict(score=score, prompt=s["prompt"], seed=s["seed"], fps=written["fps"], frames=frames))
     return clips
+
+
+def ceiling(data: list[dict], scores: list[int], samples: int, draws: int = 20) -> tuple[float, float]:
+    """What the sweep would read from a model that had learned the data exactly: each clip's speed drawn
+    from the data's clips of its prompt's colour and its score (the nearest score that colour has), for
+    the same prompts, scores and samples; the pooled Spearman's mean and spread over `draws` sweeps."""
+    from opensora_lite.eval.motion_score import spearman
+
+    rng = np.random.default_rng(0)
+    out = []
+    for _ in range(draws):
+        x, y = [], []
+        for prompt in PROMPTS:
+            rows = [d for d in data if d["colour"] == prompt.split()[1]]
+            for score in scores if rows else []:  # (a colour the data lacks: a smoke run's)
+                nearest = min(abs(d["score"] - score) for d in rows)
+                pool = [d["speed_value"] for d in rows if abs(d["score"] - score) == nearest]
+                x += [score] * samples
+                y += list(rng.choice(pool, samples))
+        out.append(spearman(x, y))
+    return float(np.mean(out)), float(np.std(out))
 
 
 def read_speeds(clips: list[dict]) -> None:
@@ -152,7 +169,9 @@ def run_seed(a: argparse.Namespace, seed: int, logs: Path) -> dict:
     train = f"{sum(s['seconds'] for s in stages):.0f}"
     resumed = [f"{s['name']} from step {s['resumed_from']}" for s in stages if s.get("resumed_from")]
     train += f" ({', '.join(resumed)})" if resumed else ""
-    data = data_scores(Path(a.shards))
+    # the speeds the data was rendered at: shapes=motion with the same --shapes overrides
+    speeds = compose(["shapes=motion", *[f"shapes.{kv}" for kv in a.shapes]], "build_data").shapes.speeds
+    data = data_scores(Path(a.shards), dict(speeds))
     if a.scores:
         scores = a.scores
     else:  # every integer score from the data's 5th to its 95th percentile
@@ -165,6 +184,7 @@ def run_seed(a: argparse.Namespace, seed: int, logs: Path) -> dict:
     summary["static"] = float(np.mean([c["static"] for c in clips]))
     summary["sheets"] = contact_sheets(run_dir, clips)
     summary["data_spearman"] = spearman([d["score"] for d in data], [d["speed_value"] for d in data])
+    summary["ceiling"] = ceiling(data, scores, a.samples)
     by_colour = {}
     for colour in sorted({d["colour"] for d in data}):
         rows = [d for d in data if d["colour"] == colour]
@@ -219,7 +239,8 @@ def main() -> None:
     by_colour = ", ".join(f"{c} {v:.2f}" for c, v in first["data_spearman_by_colour"].items())
     note = (
         f" ({len(PROMPTS)} prompts x {a.samples} seeds per score; the data: scores {lo}-{hi}, Spearman of score"
-        f" and rendered speed {first['data_spearman']:.3f} pooled, per colour {by_colour})"
+        f" and rendered speed {first['data_spearman']:.3f} pooled, per colour {by_colour}; a model that had"
+        f" learned the data exactly would read {first['ceiling'][0]:.2f} +- {first['ceiling'][1]:.2f})"
     )
     lines = heading("Motion score: prompted score against measured speed", command, note=note)
     header = ["seed", "scores", "clips", "Spearman", "per prompt (mean)", "mean speed per score", "static"]
