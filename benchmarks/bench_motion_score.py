@@ -6,9 +6,9 @@ when prompted with a higher motion score?
     python -m benchmarks.bench_motion_score --seeds 0 1 2      # one run per seed, one table
     python -m benchmarks.bench_motion_score --no-append -- curriculum.stages.t2v.steps=900
 
-1. Data, as real data is made: `osl-data kind=shapes_folder shapes=motion` writes Shapes clips at six
-   speeds (0.3-1.05 frame extents per second) as mp4 files whose caption leaves the speed out, and
-   `osl-data kind=videos` ingests them, measuring each clip's VMAF motion. (Skipped when present.)
+1. Data, as real data is made: `osl-data shapes=motion` writes Shapes clips at six speeds (0.3-1.05
+   frame extents per second), also as mp4 files (<source>/clips) whose caption leaves the speed out, and
+   `osl-data kind=videos` ingests those files, measuring each clip's VMAF motion. (Skipped when present.)
 2. Training: `osl-curriculum experiment=tiny_motion_score` (image, then 16px text-to-video on captions
    "a red circle moving right 8 FPS, 3 motion score."; caption=opensora2). A finished run is reused.
 3. The sweep: `osl-sample` (its function, in this process) at each integer score from the 5th to the
@@ -54,10 +54,11 @@ FIGURE = REPO / "docs" / "figures" / "motion_score_sweep.png"
 BIN = REPO / ".venv" / "bin"
 
 
-def build_data(clips: Path, shards: Path, logs: Path, data_overrides: list[str]) -> None:
+def build_data(source: Path, shards: Path, logs: Path, data_overrides: list[str]) -> None:
+    clips = source / "clips"  # shapes=motion writes each clip as files there too (shapes.files)
     if not any(clips.glob("clip*.mp4")):
-        cmd = [str(BIN / "osl-data"), "kind=shapes_folder", "shapes=motion", f"out={clips}", *data_overrides]
-        print(f"data: {run_logged(cmd, logs / 'shapes_folder.log', 'osl-data kind=shapes_folder'):.0f} s")
+        cmd = [str(BIN / "osl-data"), "shapes=motion", f"out={source}", *data_overrides]
+        print(f"data: {run_logged(cmd, logs / 'shapes.log', 'osl-data shapes=motion'):.0f} s")
     if not any(shards.glob("*.tar")):
         cmd = [str(BIN / "osl-data"), "kind=videos", f"videos.source={clips}", f"out={shards}"]
         print(f"ingest: {run_logged(cmd, logs / 'ingest.log', 'osl-data kind=videos'):.0f} s")
@@ -208,13 +209,13 @@ def main() -> None:
     p.add_argument("--shapes", nargs="+", default=[], metavar="KEY=VALUE", help="shapes.* overrides for the data")
     p.add_argument("--threads", type=int, default=2, help="torch threads for training")
     p.add_argument("--root", default=str(REPO / "runs" / "motion_score"))
-    p.add_argument("--clips", default=str(REPO / "data" / "shapes_motion_clips"))
+    p.add_argument("--source", default=str(REPO / "data" / "shapes_motion_src"), help="osl-data's out (clips/ in it)")
     p.add_argument("--shards", default=str(REPO / "data" / "shapes_motion"))
     p.add_argument("--no-append", action="store_true")
     p.add_argument("overrides", nargs="*", help="Hydra overrides for training (after --)")
     a = p.parse_args()
     logs = Path(a.root) / "logs"
-    build_data(Path(a.clips), Path(a.shards), logs, [f"shapes.{kv}" for kv in a.shapes])
+    build_data(Path(a.source), Path(a.shards), logs, [f"shapes.{kv}" for kv in a.shapes])
     results = {seed: run_seed(a, seed, logs) for seed in a.seeds}
 
     first = results[a.seeds[0]]

@@ -51,7 +51,8 @@ def random_diffusers_flux(
 
 def matching_mmdit(ref, backend: str = "auto", load: bool = True) -> MMDiT:
     """Our MMDiT with `ref`'s architecture (2x2 patches of in_channels/4 latent channels) and, with
-    `load`, its weights converted to BFL names."""
+    `load`, its weights converted to BFL names: then it is built on the meta device and allocated on
+    `ref`'s device (the load sets every value: no initialisation work, no CPU copy of a large model)."""
     c = ref.config
     cfg = MMDiTConfig(
         latent_channels=c.in_channels // 4,
@@ -66,11 +67,14 @@ def matching_mmdit(ref, backend: str = "auto", load: bool = True) -> MMDiT:
         guidance_embed=c.guidance_embeds,
         attention_backend=backend,
     )
-    ours = MMDiT(cfg)
-    if load:
-        report = load_into(ours, diffusers_to_bfl(ref.state_dict()), "diffusers", FLUX.optional_keys())
-        if report.missing or report.unexpected:
-            raise AssertionError(report.summary())
+    if not load:
+        return MMDiT(cfg)
+    with torch.device("meta"):
+        ours = MMDiT(cfg)
+    ours.to_empty(device=next(ref.parameters()).device)
+    report = load_into(ours, diffusers_to_bfl(ref.state_dict()), "diffusers", FLUX.optional_keys())
+    if report.missing or report.unexpected:
+        raise AssertionError(report.summary())
     return ours
 
 

@@ -9,9 +9,13 @@ from benchmarks.flux_reference import diffusers_forward, matching_mmdit, random_
 from opensora_lite.models.flux.rope import video_position_ids
 
 
-def pair(double, single, heads, head_dim, axes, guidance, text_dim, vec_dim, seed=0, std=0.02):
-    """A diffusers Flux model with random weights, and ours with the same weights (both fp32, CPU)."""
-    ref = random_diffusers_flux(double, single, heads, head_dim, axes, guidance, text_dim, vec_dim, std=std, seed=seed)
+def pair(double, single, heads, head_dim, axes, guidance, text_dim, vec_dim, seed=0, std=0.02, device="cpu"):
+    """A diffusers Flux model with random weights, and ours with the same weights (both fp32), each built
+    once, directly on `device` (a GPU initialises a Flux-width model in a moment; a CPU takes ~20 s)."""
+    with torch.device(device):
+        ref = random_diffusers_flux(
+            double, single, heads, head_dim, axes, guidance, text_dim, vec_dim, std=std, seed=seed
+        )
     return matching_mmdit(ref), ref
 
 

@@ -10,7 +10,7 @@ AEs, 128 for DC-AE's multiples of 4), batch 1, the decoder on the GPU (no offloa
 device's rate). Median of --iters timed calls after one warm-up; peak memory per call.
 
     python3 -m benchmarks.gpu_autoencoders                      # H100/H200, 129 frames: appends to docs/benchmarks.md
-    python3 -m benchmarks.gpu_autoencoders --frames 33 --iters 2 --budget-s 30   # the suite's part
+    python3 -m benchmarks.gpu_autoencoders --frames 33 --iters 2 --budget-s 30   # as the suite's part
     python3 -m benchmarks.gpu_autoencoders --smoke --no-append  # tiny AEs on CPU: checks the script runs
 """
 
@@ -24,7 +24,7 @@ import traceback
 import torch
 from omegaconf import OmegaConf
 
-from benchmarks.benchlib import heading, parse_gpu_args, publish, table
+from benchmarks.benchlib import Budget, Report, parse_gpu_args
 from opensora_lite.autoencoders import build_autoencoder
 from opensora_lite.autoencoders.base import frames_fit
 from opensora_lite.config.schema import AutoencoderConfig
@@ -108,15 +108,15 @@ def gib(peak: float | None) -> str:
     return "n/a" if peak is None else f"{peak:.2f}"
 
 
-def measure(name: str, a, device: torch.device) -> list[str]:
+def measure(name: str, a, device: torch.device) -> tuple[list[str], dict]:
     ae, cfg = build(name, a.smoke, device)
     if ae is None:
-        return [name, "not built", cfg[:90], "", "", "", "", "", ""]
+        return [name, "not built", cfg[:90], "", "", "", "", "", ""], {}
     frames = clip_frames(cfg, a.frames)
     video = torch.rand(1, 3, frames, a.size, a.size, device=device) * 2 - 1
     enc_s, enc_peak, latents = timed(lambda: ae.encode(video, sample=False), device, a.iters)
     dec_s, dec_peak, decoded = timed(lambda: ae.decode(latents, frames), device, a.iters)
-    return [
+    cells = [
         name,
         f"{cfg.dtype}{', tiled' if cfg.tiling else ''}",
         f"{frames} -> {'x'.join(map(str, latents.shape[1:]))}",
@@ -127,6 +127,7 @@ def measure(name: str, a, device: torch.device) -> list[str]:
         f"{decoded.shape[2] / dec_s:.4g}",  # (one latent frame decodes as an image)
         gib(dec_peak),
     ]
+    return cells, dict(encode_s=enc_s, decode_s=dec_s, encode_peak_gib=enc_peak, decode_peak_gib=dec_peak)
 
 
 def main() -> None:
@@ -135,36 +136,41 @@ def main() -> None:
     p.add_argument("--frames", type=int, default=129, help="at most this many frames (the AE's rule decides)")
     p.add_argument("--size", type=int, default=256, help="square frame side in pixels")
     p.add_argument("--iters", type=int, default=3)
-    began = time.perf_counter()  # the budget counts building the AEs and diffusers' import too
     a, device = parse_gpu_args(p)
+    budget = Budget(a.budget_s)  # (counts from here; the suite's deadline counts diffusers' import too)
     cuda = device.type == "cuda"
     if a.smoke:
         a.configs, a.frames, a.size, a.iters = SMOKE_CONFIGS, 9, 16, 1
-    rows, failed = [], False
+    gpu = torch.cuda.get_device_name() if cuda else "CPU (smoke)"
+    report = Report(f"Autoencoders on one {gpu}: encode/decode throughput", "python3 -m benchmarks.gpu_autoencoders",
+                    append=not a.no_append)  # fmt: skip
+    report.text(
+        f"torch {torch.__version__}. One {a.size}x{a.size} clip (batch 1), random weights "
+        f"({'tiny' if a.smoke else 'full size'}, built on the device), each "
+        "config's dtype and tiling, decoder on the device; median of "
+        f"{a.iters} calls after a warm-up; peak = max allocated during the calls. A row is started only when the "
+        "longest row before it fits before the cap."
+    )
+    header = ["config", "dtype", "frames -> latent", "encode clips/s", "encode frames/s", "encode peak GiB"]
+    report.table(header + ["decode clips/s", "decode frames/s", "decode peak GiB"])
+    failed, took = False, []
     for name in a.configs:
-        if time.perf_counter() - began > a.budget_s:  # the table still comes out inside the suite's cap
-            rows.append([name, "skipped", f"past --budget-s {a.budget_s:g}", "", "", "", "", "", ""])
+        estimate = max(took, default=None)
+        if not budget.fits(estimate):  # the table still comes out inside the suite's cap
+            report.row([name, budget.why_not(estimate), "", "", "", "", "", "", ""])
             continue
+        began = time.perf_counter()
         try:
-            rows.append(measure(name, a, device))
+            cells, data = measure(name, a, device)
+            report.row(cells, **data)
         except Exception as e:  # one AE's failure (say, out of memory) leaves the others' rows
             traceback.print_exc()
-            rows.append([name, "failed", f"{type(e).__name__}: {e}"[:90].replace("|", "/"), "", "", "", "", "", ""])
+            report.row([name, "failed", f"{type(e).__name__}: {e}"[:90].replace("|", "/"), "", "", "", "", "", ""])
             failed = True
+        took.append(time.perf_counter() - began)
         if cuda:
             torch.cuda.empty_cache()  # the last AE's memory back before the next
-    gpu = torch.cuda.get_device_name() if cuda else "CPU (smoke)"
-    lines = heading(f"Autoencoders on one {gpu}: encode/decode throughput", "python3 -m benchmarks.gpu_autoencoders")
-    lines += [
-        f"torch {torch.__version__}. One {a.size}x{a.size} clip (batch 1), random weights "
-        f"({'tiny' if a.smoke else 'full size'}), each "
-        "config's dtype and tiling, decoder on the device; median of "
-        f"{a.iters} calls after a warm-up; peak = max allocated during the calls.",
-        "",
-    ]
-    header = ["config", "dtype", "frames -> latent", "encode clips/s", "encode frames/s", "encode peak GiB"]
-    lines += table(header + ["decode clips/s", "decode frames/s", "decode peak GiB"], rows)
-    publish(lines, not a.no_append)
+    report.close()
     if failed:
         sys.exit(1)
 

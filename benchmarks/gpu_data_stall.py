@@ -27,10 +27,10 @@ from pathlib import Path
 import torch
 
 from benchmarks.bench_decode import make_clip
-from benchmarks.benchlib import heading, parse_gpu_args, publish, table
+from benchmarks.benchlib import Budget, Report, parse_gpu_args
 from opensora_lite.autoencoders.base import latent_frame_count
 from opensora_lite.data.buckets import BucketTable
-from opensora_lite.data.loader import BucketedVideoStream, build_loader
+from opensora_lite.data.loader import BucketedVideoStream, build_loader, frames_on_device
 from opensora_lite.data.video import temporal_stride
 from opensora_lite.models.flops import peak_tflops
 from opensora_lite.models.flux.flops import mmdit_flops
@@ -65,7 +65,7 @@ def stage1_step_s(bucket: tuple[int, int], frames: int, text_tokens: int, mfu: f
     return mmdit_flops(MMDiTConfig(), tokens, text_tokens).train / (peak * 1e12 * mfu)
 
 
-def run(stream: BucketedVideoStream, workers: int, steps: int, step_s: float, device) -> list[str]:
+def run(stream: BucketedVideoStream, workers: int, steps: int, step_s: float, device) -> tuple[list[str], dict]:
     loader = build_loader(stream, workers, prefetch_factor=2, pin_memory=device.type == "cuda")
     began = time.perf_counter()
     it = iter(loader)
@@ -75,7 +75,7 @@ def run(stream: BucketedVideoStream, workers: int, steps: int, step_s: float, de
     for _ in range(steps):
         t0 = time.perf_counter()
         batch = next(it)
-        video = batch["video"].to(device, non_blocking=True)
+        video = frames_on_device(batch["video"], device)  # uint8 to the device, normalised there (the trainer's way)
         if device.type == "cuda":
             torch.cuda.synchronize()
         wait += time.perf_counter() - t0
@@ -83,7 +83,9 @@ def run(stream: BucketedVideoStream, workers: int, steps: int, step_s: float, de
     wall = time.perf_counter() - start
     del it, loader  # ends the workers
     assert video.shape == first["video"].shape
-    return [str(workers), f"{startup:.1f}", f"{wait / steps * 1000:.0f}", f"{steps / wall:.3g}", f"{wait / wall:.3f}"]
+    cells = [str(workers), f"{startup:.1f}", f"{wait / steps * 1000:.0f}", f"{steps / wall:.3g}", f"{wait / wall:.3f}"]
+    return cells, dict(workers=workers, first_batch_s=startup, wait_s=wait / steps, steps_per_s=steps / wall,
+                       data_stall_frac=wait / wall)  # fmt: skip
 
 
 def main() -> None:
@@ -115,18 +117,9 @@ def main() -> None:
     )
     if step_s is None:
         raise SystemExit("no datasheet peak for this device: give --step-ms")
-    began = time.perf_counter()  # the budget counts the clip's encoding too
+    budget = Budget(a.budget_s)  # (the clip's encoding counts too)
     clip = make_clip(a.seconds, fps, a.source[0], a.source[1], seed=0)
     meta = {"num_frames": int(a.seconds * fps), "fps": fps, "height": a.source[0], "width": a.source[1]}
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        urls = write_shards(Path(tmp), clip, meta, 2 * max(a.workers), 4)
-        for workers in a.workers:
-            if time.perf_counter() - began > a.budget_s:  # the table still comes out inside the suite's cap
-                rows.append([str(workers), "skipped", f"past --budget-s {a.budget_s:g}", "", ""])
-                continue
-            stream = BucketedVideoStream(urls, table_, float(fps), seed=0, shuffle_buffer=4)
-            rows.append(run(stream, workers, a.steps, step_s, device))
     gpu = torch.cuda.get_device_name() if cuda else "CPU (smoke)"
     stride = temporal_stride(fps, 24.0)
     how = (
@@ -134,16 +127,30 @@ def main() -> None:
         if a.step_ms
         else f"full Flux-dev MMDiT, analytic FLOPs at {a.mfu:.0%} MFU of the bf16 peak"
     )
-    lines = heading(f"Data stall at stage-1 rates, one {gpu}", "python3 -m benchmarks.gpu_data_stall")
-    lines += [
+    report = Report(f"Data stall at stage-1 rates, one {gpu}", "python3 -m benchmarks.gpu_data_stall",
+                    append=not a.no_append)  # fmt: skip
+    report.text(
         f"Clips: {a.source[1]}x{a.source[0]} H.264, {fps} fps, {len(clip) / 2**20:.1f} MiB; windows of {a.frames} "
         f"frames at stride {stride} to the {bucket.height}x{bucket.width} bucket ({a.resolution}px), batch 1, "
-        f"{cores} cores. Stand-in step {step_s * 1000:.0f} ms ({how}); {a.steps} timed steps per setting. "
-        f"torch {torch.__version__}.",
-        "",
-    ]
-    lines += table(["num_workers", "first batch s", "wait ms per step", "steps/s", "data_stall_frac"], rows)
-    publish(lines, not a.no_append)
+        f"{cores} cores. Stand-in step {step_s * 1000:.0f} ms ({how}); {a.steps} timed steps per setting; frames "
+        f"travel as uint8 and are normalised on the device. A setting starts only when the longest one before it "
+        f"fits before the cap. torch {torch.__version__}."
+    )
+    report.table(["num_workers", "first batch s", "wait ms per step", "steps/s", "data_stall_frac"])
+    took: list[float] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        urls = write_shards(Path(tmp), clip, meta, 2 * max(a.workers), 4)
+        for workers in a.workers:
+            estimate = max(took, default=None)
+            if not budget.fits(estimate):  # the table still comes out inside the suite's cap
+                report.row([str(workers), budget.why_not(estimate), "", "", ""])
+                continue
+            began = time.perf_counter()
+            stream = BucketedVideoStream(urls, table_, float(fps), seed=0, shuffle_buffer=4)
+            cells, data = run(stream, workers, a.steps, step_s, device)
+            report.row(cells, **data)
+            took.append(time.perf_counter() - began)
+    report.close()
 
 
 if __name__ == "__main__":

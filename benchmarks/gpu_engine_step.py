@@ -14,7 +14,10 @@ fp32 masters in its optimizer, the DeepSpeed engines the same with DeepSpeed's b
 
 ColossalAI on a GPU machine: install it as docs/engines/colossalai.md says (wheels travel to machines
 without a registry). Median step time over --iters steps after 2 warm-up steps; peak memory is
-torch.cuda.max_memory_allocated over the whole run (weights + optimizer state + activations).
+torch.cuda.max_memory_allocated over the whole run (weights + optimizer state + activations). With
+--ac-rows (the suite's part), two rows follow: fsdp2 on 1 + 2 blocks at 768px x 129 frames, activation
+checkpointing off and on. Each row is published as it returns; a row whose estimate (the longest row
+before it) does not fit before the cap is listed, not started.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import time
 
 import torch
 
-from benchmarks.benchlib import REPO, heading, publish, table
+from benchmarks.benchlib import REPO, Budget, Report
 
 ENGINES = ["fsdp2", "colossalai_zero2"]
 
@@ -63,8 +66,13 @@ def worker(a) -> dict:
         ),
         "cuda" if cuda else "cpu",
     )
-    torch.manual_seed(0)
-    model = MMDiT(cfg)
+    with torch.device("meta"):  # built once, on the device: a CPU init of Flux-width blocks takes ~20 s
+        model = MMDiT(cfg)
+    model.to_empty(device=engine.device)
+    with torch.no_grad():
+        g = torch.Generator(engine.device).manual_seed(0)
+        for p in model.parameters():
+            p.normal_(0.0, 0.02, generator=g)
     nparams = sum(p.numel() for p in model.parameters())
     make_opt = lambda params: torch.optim.AdamW(params, lr=1e-5, fused=cuda)  # noqa: E731
     model, opt = engine.prepare(model, make_opt, 1.0, FLUX.blocks(model))
@@ -105,6 +113,22 @@ def worker(a) -> dict:
     }
 
 
+def run_row(a, engine: str, extra: list[str], timeout: float) -> dict | str:
+    """One worker process (fresh CUDA context and process group): its result, or why it has none."""
+    args = [x for x in sys.argv[1:] if x not in ("--no-append", "--ac-rows")]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
+    cmd = [sys.executable, "-m", "benchmarks.gpu_engine_step", *args, *extra, "--worker", engine]
+    limit = None if timeout == float("inf") else max(1.0, timeout)
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=limit)
+    except subprocess.TimeoutExpired:
+        return "stopped at the cap"
+    found = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
+    if out.returncode != 0 or not found:
+        return "failed: " + (out.stderr.strip().splitlines() or ["?"])[-1][:110].replace("|", "/")
+    return json.loads(found[0][len("RESULT ") :])
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--engines", nargs="+", default=ENGINES)
@@ -114,6 +138,8 @@ def main() -> None:
     p.add_argument("--text-tokens", type=int, default=512)
     p.add_argument("--iters", type=int, default=5)
     p.add_argument("--ac", type=int, default=0, help="activation-checkpoint this many blocks of each type")
+    p.add_argument("--ac-rows", action="store_true", help="then fsdp2 at 768px x 129 frames, AC off and on")
+    p.add_argument("--budget-s", type=float, default=float("inf"), help="start no row that cannot end by then")
     p.add_argument("--smoke", action="store_true", help="tiny shapes on CPU: checks that the script runs")
     p.add_argument("--no-append", action="store_true")
     p.add_argument("--worker", help=argparse.SUPPRESS)
@@ -125,44 +151,46 @@ def main() -> None:
         return
     if not torch.cuda.is_available() and not a.smoke:
         raise SystemExit("no CUDA device: run on a GPU machine, or pass --smoke to check the script on CPU")
-    rows = []
-    for name in a.engines:
-        args = [a_ for a_ in sys.argv[1:] if a_ != "--no-append"]
-        env = dict(os.environ)
-        for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT"):
-            env.pop(key, None)
-        out = subprocess.run(
-            [sys.executable, "-m", "benchmarks.gpu_engine_step", *args, "--worker", name],
-            capture_output=True,
-            text=True,
-            env=env,
-            cwd=REPO,
-        )
-        found = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
-        if out.returncode != 0 or not found:
-            rows.append([name, "failed", "", "", "", (out.stderr.strip().splitlines() or ["?"])[-1][:120]])
-            continue
-        r = json.loads(found[0][len("RESULT ") :])
-        rows.append(
-            [
-                name,
-                f"{r['params'] / 1e6:.0f}M",
-                f"{r['step_ms']:.1f}",
-                f"{r['peak_gib']:.2f}",
-                f"{r['tflops']:.3g}",
-                f"{r['mfu']:.1%}",
-            ]
-        )
+    budget = Budget(a.budget_s)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() and not a.smoke else "CPU (smoke)"
-    lines = heading(f"Engines on one {device}: bf16 step time and peak memory", "python3 -m benchmarks.gpu_engine_step")
-    lines += [
-        f"torch {torch.__version__}. {a.double} double + {a.single} single blocks at Flux width, "
-        f"{'x'.join(map(str, a.grid))} video + {a.text_tokens} text tokens, batch 1, AdamW, AC blocks {a.ac}.",
-        "",
-    ]
-    lines += table(["engine", "params", "step ms (median)", "peak GiB", "TFLOP/s", "MFU"], rows)
-    publish(lines, not a.no_append)
-    if any(r[1] == "failed" for r in rows):
+    report = Report(f"Engines on one {device}: bf16 step time and peak memory", "python3 -m benchmarks.gpu_engine_step",
+                    append=not a.no_append)  # fmt: skip
+    report.text(
+        f"torch {torch.__version__}. Each row a fresh process; the model built on the device (meta, then "
+        "allocated there); AdamW; batch 1; median step after 2 warm-up steps; peak = max allocated. Engine rows: "
+        f"{a.double} double + {a.single} single blocks at Flux width, {'x'.join(map(str, a.grid))} video + "
+        f"{a.text_tokens} text tokens, AC blocks {a.ac}."
+    )
+    rows = [(name, name, []) for name in a.engines]
+    if a.ac_rows:  # 768px x 129 frames: 33 latent frames x 48 x 48 tokens after 2x2 patches of a 96 x 96 latent
+        big = ["--double", "1", "--single", "2", "--iters", "3"] + (["--grid", "33", "48", "48"] if not a.smoke else [])
+        at = "768px" if not a.smoke else "smoke size"
+        rows += [
+            (f"fsdp2, 1+2 blocks at {at}, AC off", "fsdp2", big),
+            (f"fsdp2, 1+2 blocks at {at}, AC 2+2", "fsdp2", [*big, "--ac", "2"]),
+        ]
+        report.text("AC rows: 1 double + 2 single blocks at 768px x 129 frames (33 x 48 x 48 = 76k video tokens).")
+    report.table(["row", "params", "step ms (median)", "peak GiB", "TFLOP/s", "MFU"])
+    failed, walls = False, []
+    for label, engine, extra in rows:
+        estimate = max(walls, default=None)
+        if not budget.fits(estimate):
+            report.row([label, budget.why_not(estimate), "", "", "", ""])
+            continue
+        began = time.perf_counter()
+        r = run_row(a, engine, extra, budget.left())
+        walls.append(time.perf_counter() - began)
+        if isinstance(r, str):
+            failed = True
+            report.row([label, r, "", "", "", ""])
+            continue
+        report.row(
+            [label, f"{r['params'] / 1e6:.0f}M", f"{r['step_ms']:.1f}", f"{r['peak_gib']:.2f}", f"{r['tflops']:.3g}",
+             f"{r['mfu']:.1%}"],
+            **r,
+        )  # fmt: skip
+    report.close()
+    if failed:
         sys.exit(1)
 
 

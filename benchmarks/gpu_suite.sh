@@ -1,64 +1,114 @@
 #!/usr/bin/env bash
-# One command for every GPU check, for the few minutes a GPU machine is lent (docs/gpu-suite.md).
+# Every GPU check in one command, for the few minutes a GPU machine is lent (docs/gpu-suite.md).
 #
-#   benchmarks/gpu_suite.sh            on one H100/H200: <= 8 min (caps sum to 7.5), appends dated tables to docs/benchmarks.md
-#   benchmarks/gpu_suite.sh --smoke    tiny shapes on CPU, nothing appended: seconds (tests/test_scripts.py)
+#   benchmarks/gpu_suite.sh                   on one H100/H200: <= 8 min with the wheel install
+#   benchmarks/gpu_suite.sh --smoke           every part at tiny shapes on the CPU (tests/test_gpu_suite.py)
+#   benchmarks/gpu_suite.sh --parts "training flux"   only these parts (a rerun of what failed)
 #
-# Parts, each with a time cap so that one slow or failing part cannot eat the lease; a failed part is
-# reported and the next one runs; the exit status is 1 if any part failed.
-#   1. bf16 parity with diffusers + MFU of Flux-dev-width blocks at stage-1 shapes, ours and diffusers
-#   2. step time and peak memory per engine (fsdp2, and colossalai_zero2 / deepspeed_zero2 where installed)
-#   3. selective activation checkpointing: peak memory at 768px x 129 frames for 1 + 2 blocks, AC off / on
-#   4. clip decoding throughput on the machine's CPU cores (what feeds the GPU)
-#   5. autoencoder encode/decode throughput and peak memory at a 256px stage-1 clip, every shipped AE
-#   6. the data-stall fraction: the real loader decoding 720p clips into a stage-1-rate stand-in step
-# PYTHON picks the interpreter (default python3); OSL_SUITE_CAP_S scales every cap (default 1).
+# Parts, in order of value, each under a time cap so that one slow or failing part cannot eat the lease:
+#   training      part 0: a two-stage curriculum in bf16 on CUDA, SIGTERM and resume, fsdp2 on one sharded rank
+#   flux          bf16 parity with diffusers, then MFU of Flux-dev-width blocks (eager rows, then compiled)
+#   engines       step time and peak memory per engine; activation checkpointing at 768px x 129 frames
+#   autoencoders  encode/decode throughput and peak memory of every shipped autoencoder at a 256px clip
+#   data_stall    the real loader decoding 720p clips into a stage-1-rate stand-in step
+#   decoding      clip decoding throughput on one CPU core (what feeds the GPU)
+# Each part publishes its rows as it measures them, to $OUT/tables.md and $OUT/rows.jsonl ($OUT: the device
+# tool's folder of files that come back; default runs/gpu_suite-<time>), with the whole log in
+# $OUT/suite.log and the summary (first line: part 0's pass or fail) in $OUT/summary.md. A part stopped by its cap keeps the rows
+# it finished; rows a part cannot finish before its cap are not started. Nothing is appended to
+# docs/benchmarks.md here: `python -m benchmarks.returned <folder>` does that with the returned files.
+# .whl/ (benchmarks/carry_set.py) is installed first when present; the commit comes from $OSL_COMMIT, git
+# where there is a .git, or .whl/COMMIT (benchlib.commit: the lent machine has no .git). PYTHON picks the
+# interpreter (default python3); OSL_SUITE_CAP_S scales every cap (default 1). OSL_SUITE_BUDGET_S (on a
+# GPU 455 by default, in --smoke none) is the whole run's: a part's cap is cut to what is left of it, and a
+# part with under 10 s left is not run, so the suite ends, summary written, before the call's timeout_s
+# (480). Exit status: 0 all parts passed, 1 a part failed, was stopped or not run, 2 no GPU.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-PY="${PYTHON:-python3}"
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 SMOKE=0
-[[ "${1:-}" == "--smoke" ]] && SMOKE=1
-if [[ $SMOKE == 0 ]] && ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
-  echo "gpu_suite: no CUDA device visible; run it on a GPU machine, or pass --smoke to check it on CPU" >&2
-  exit 2
-fi
-FAILED=()
-part() { # name, cap seconds (GPU mode), command...
-  local name=$1 cap=$2 began=$SECONDS
-  shift 2
-  echo "== gpu_suite: $name"
-  if [[ $SMOKE == 1 ]]; then
-    "$PY" "$@" --smoke --no-append || FAILED+=("$name")
-  else
-    timeout "$(awk "BEGIN{print int($cap * ${OSL_SUITE_CAP_S:-1})}")" "$PY" "$@" || FAILED+=("$name")
-  fi
-  echo "== gpu_suite: $name took $((SECONDS - began)) s"
-}
-engines=(fsdp2)
-for pkg in colossalai:colossalai_zero2 deepspeed:deepspeed_zero2; do  # the others where installed (GPU mode)
-  [[ $SMOKE == 0 ]] && "$PY" -c "import ${pkg%%:*}" 2>/dev/null && engines+=("${pkg#*:}")
+PARTS="training flux engines autoencoders data_stall decoding"
+while (($#)); do
+  case "$1" in
+    --smoke) SMOKE=1 ;;
+    --parts) PARTS="$2"; shift ;;
+    *) echo "gpu_suite: unknown argument $1" >&2; exit 2 ;;
+  esac
+  shift
 done
-part "flux parity + MFU" 170 -m benchmarks.gpu_flux_checks
-part "engine step time" 85 -m benchmarks.gpu_engine_step --engines "${engines[@]}"
-if [[ $SMOKE == 1 ]]; then  # tiny: AC off is the engine step above
-  part "AC memory, on" 30 -m benchmarks.gpu_engine_step --engines fsdp2 --ac 2
-else  # 768px x 129 frames: 33 latent frames x 48 x 48 tokens after 2x2 patches of a 96 x 96 latent
-  part "AC memory, off" 30 -m benchmarks.gpu_engine_step --engines fsdp2 --double 1 --single 2 --grid 33 48 48 --iters 3
-  part "AC memory, on" 30 -m benchmarks.gpu_engine_step --engines fsdp2 --double 1 --single 2 --grid 33 48 48 --iters 3 --ac 2
-fi
-if [[ $SMOKE == 1 ]]; then
-  echo "== gpu_suite: clip decoding"
-  "$PY" -m benchmarks.bench_decode --clips 1 --windows 1 --seconds 3 --frames 9 --no-append || FAILED+=("clip decoding")
-else
-  part "clip decoding" 35 -m benchmarks.bench_decode --clips 1 --windows 4 --seconds 6
-fi
-# these two stop starting new rows past their budget, so the table comes out inside the cap (--smoke
-# replaces the shapes with tiny ones)
-part "autoencoders" 45 -m benchmarks.gpu_autoencoders --frames 33 --iters 2 --budget-s 30
-part "data stall" 55 -m benchmarks.gpu_data_stall --budget-s 38
-if ((${#FAILED[@]})); then
-  echo "gpu_suite: failed parts: ${FAILED[*]}" >&2
-  exit 1
-fi
-echo "gpu_suite: all parts ran in $SECONDS s"
+PY="${PYTHON:-python3}"
+BUDGET="${OSL_SUITE_BUDGET_S:-}"
+[[ -z $BUDGET && $SMOKE == 0 ]] && BUDGET=455
+KILL_AFTER=10  # timeout's SIGKILL after its SIGTERM; with the record of the part, what a cap may overrun
+OUT="${OUT:-runs/gpu_suite-$(date +%Y%m%d-%H%M%S)}"  # (runs/ is git-ignored)
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+
+suite() {
+  local began=$SECONDS
+  if [[ $SMOKE == 0 ]] && ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+    echo "gpu_suite: no CUDA device visible; run it on a GPU machine, or pass --smoke to check it on CPU" >&2
+    return 2
+  fi
+  if [[ $SMOKE == 0 && -d .whl ]] && compgen -G ".whl/*.whl" >/dev/null; then
+    echo "== gpu_suite: installing $(ls .whl/*.whl | wc -l) carried wheels"
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/osl-site \
+      .whl/*.whl || { echo "gpu_suite: the carried wheels did not install" >&2; return 2; }
+    export PYTHONPATH="$PYTHONPATH:/tmp/osl-site"  # (the repository first, then the carried versions)
+    echo "== gpu_suite: wheels installed in $((SECONDS - began)) s"
+  fi
+  [[ $SMOKE == 0 ]] && { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true; }
+  "$PY" -c "import sys, torch; print('python', sys.version.split()[0], 'torch', torch.__version__)"
+  local failed=0
+  # name, cap seconds on a GPU, cap seconds in --smoke, command...
+  part() {
+    local name=$1 cap=$2 smoke_cap=$3 began=$SECONDS rc status
+    shift 3
+    [[ " $PARTS " == *" $name "* ]] || return 0
+    [[ $SMOKE == 1 ]] && cap=$smoke_cap
+    cap=$(awk "BEGIN{print int($cap * ${OSL_SUITE_CAP_S:-1} + 0.5)}")
+    if [[ -n $BUDGET ]]; then  # (SECONDS: since this script started, the wheel install included)
+      local left=$((BUDGET - SECONDS - KILL_AFTER - 5))
+      if ((left < 10)); then
+        "$PY" -m benchmarks.benchlib part "$name" "not run" 0 "$cap"
+        echo "== gpu_suite: $name not run: $((BUDGET - SECONDS)) s left of the suite's $BUDGET s"
+        failed=1
+        return 0
+      fi
+      ((cap > left)) && cap=$left
+    fi
+    echo "== gpu_suite: $name (cap $cap s)"
+    # the part's own deadline, a little before timeout's: it starts no row it cannot finish by then
+    export OSL_SUITE_PART=$name OSL_PART_DEADLINE=$(($(date +%s) + cap - 3))
+    local args=("$@")
+    [[ $SMOKE == 1 ]] && args+=(--smoke)
+    timeout --kill-after=$KILL_AFTER "$cap" "$PY" "${args[@]}" --no-append
+    rc=$?
+    unset OSL_SUITE_PART OSL_PART_DEADLINE
+    case $rc in
+      0) status=passed ;;
+      124 | 137) status=stopped ;;
+      *) status=failed ;;
+    esac
+    [[ $status == passed ]] || failed=1
+    "$PY" -m benchmarks.benchlib part "$name" "$status" "$((SECONDS - began))" "$cap"
+    echo "== gpu_suite: $name $status in $((SECONDS - began)) s"
+  }
+  local engines=(fsdp2)
+  for pkg in colossalai:colossalai_zero2 deepspeed:deepspeed_zero2; do # where installed (GPU mode)
+    [[ $SMOKE == 0 ]] && "$PY" -c "import ${pkg%%:*}" 2>/dev/null && engines+=("${pkg#*:}")
+  done
+  part training 180 240 -m benchmarks.gpu_training
+  part flux 150 120 -m benchmarks.gpu_flux_checks
+  part engines 75 120 -m benchmarks.gpu_engine_step --engines "${engines[@]}" --ac-rows
+  part autoencoders 45 90 -m benchmarks.gpu_autoencoders --frames 33 --iters 2
+  part data_stall 45 90 -m benchmarks.gpu_data_stall --steps 4
+  part decoding 25 60 -m benchmarks.bench_decode --clips 1 --windows 3 --seconds 6
+  echo "== gpu_suite: summary ($((SECONDS - began)) s)"
+  [[ -f $OUT/summary.md ]] && cat "$OUT/summary.md"
+  echo "gpu_suite: results in $OUT"
+  return $failed
+}
+
+mkdir -p "$OUT"
+export OUT
+suite 2>&1 | tee -a "$OUT/suite.log"
+exit "${PIPESTATUS[0]}"

@@ -12,11 +12,25 @@ from dataclasses import dataclass
 MODEL_FAMILIES = ("flux", "wan")
 
 # stage.kind -> what a step computes (train/tasks/)
-STAGE_KINDS = ("diffusion", "autoencoder")
+STAGE_KINDS = ("diffusion", "autoencoder", "audio_video")
+
+# data.audio.layout -> channels (FFmpeg's layout names): the sound the loader gives and ingest stores
+AUDIO_LAYOUTS = {"mono": 1, "stereo": 2}
 
 # autoencoder.kind -> opensora_lite/autoencoders/; TRAINABLE: kinds an autoencoder stage can train
 AUTOENCODER_KINDS = ("pixel", "hunyuan", "hunyuan15", "wan", "ltx", "dc_ae")
 TRAINABLE_AUTOENCODERS = ("dc_ae",)
+
+# audio_autoencoder.kind -> opensora_lite/autoencoders/ (mel_ae.py, ltx2_audio.py); TRAINABLE_AUDIO_AUTOENCODERS:
+# kinds an autoencoder stage with reconstruction.modality=audio can train
+AUDIO_AUTOENCODER_KINDS = ("mel_ae", "ltx2_audio")
+TRAINABLE_AUDIO_AUTOENCODERS = ("mel_ae",)
+
+# audio_autoencoder.vocoder.kind: log-mel -> waveform for listening
+VOCODER_KINDS = ("griffin_lim", "ltx2")
+
+# stage.reconstruction.modality: which autoencoder an autoencoder stage trains (train/tasks/reconstruction.py)
+RECONSTRUCTION_MODALITIES = ("video", "audio")
 
 
 @dataclass(frozen=True)

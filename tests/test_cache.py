@@ -18,7 +18,7 @@ from safetensors.torch import load as load_tensors
 
 from opensora_lite.autoencoders import build_autoencoder
 from opensora_lite.data.cache import CachedStream, bucket_table, build_cache, cached_shards, stage_seed
-from opensora_lite.data.loader import BucketedVideoStream, expand_shards
+from opensora_lite.data.loader import BucketedVideoStream, expand_shards, frames_on_device
 from opensora_lite.diffusion.conditioning import uses_image_condition
 from opensora_lite.parallel import build_engine
 from opensora_lite.text.encoders import TextEncoders
@@ -72,7 +72,7 @@ def test_cached_inputs_are_bitwise_the_on_the_fly_inputs(shapes_dir, tmp_path, e
             assert (meta["resolution"], meta["num_frames"], meta["height"], meta["width"]) == (
                 item.bucket.resolution, item.bucket.num_frames, item.bucket.height, item.bucket.width,
             )  # fmt: skip
-            video = BucketedVideoStream.collate([item], Counter(), [])["video"]
+            video = frames_on_device(BucketedVideoStream.collate([item], Counter(), [])["video"], "cpu")
             t5, clip = text.encode([item.caption])
             assert torch.equal(tensors["x0"].float(), ae.encode(video)[0])
             assert torch.equal(tensors["t5"].float(), t5[0]) and torch.equal(tensors["clip"].float(), clip[0])
@@ -267,7 +267,7 @@ def test_osl_cache_and_cached_training_work_with_every_new_autoencoder(few_clips
     seen = 0
     for url in stream.urls:
         for item in stream.items(url, 0, Counter()):
-            video = BucketedVideoStream.collate([item], Counter(), [])["video"]
+            video = frames_on_device(BucketedVideoStream.collate([item], Counter(), [])["video"], "cpu")
             x0 = cached[item.key][1]["x0"]
             assert x0.shape[:2] == (cfg.autoencoder.latent_channels, ae.latent_frames(frames))
             assert torch.equal(x0, ae.encode(video, generator=item_generator(seed, item.key))[0])

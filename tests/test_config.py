@@ -108,6 +108,7 @@ def test_unknown_key_and_wrong_type_fail_at_composition_naming_the_key(override,
         ("parallel.hsdp_replicas=0", "parallel.hsdp_replicas"),
         (("parallel=deepspeed_zero2", "parallel.hsdp_replicas=2"), "parallel.hsdp_replicas"),  # fsdp2 only
         (("parallel=deepspeed_zero2", "parallel.meta_init=true"), "parallel.meta_init"),  # fsdp2 / zero3 only
+        ("parallel.shard_one_rank=true", "parallel.shard_one_rank"),  # fsdp2 only (the default is single)
         (("parallel=fsdp2", "+parallel.options.stage=2"), "parallel.options"),  # fsdp2 takes no backend options
         (("parallel=colossalai_zero2", "parallel.sp_size=2"), "parallel.sp_size"),  # no sequence axis: hybrid_sp
         (("parallel=deepspeed_zero3", "curriculum.stages.t2v.ema_decay=0.99"), "curriculum.stages.t2v.ema_decay"),
@@ -197,3 +198,22 @@ def test_the_default_output_folders_are_git_ignored():
     ]
     out = subprocess.run(["git", "check-ignore", "--no-index", *paths], cwd=REPO, capture_output=True, text=True)
     assert sorted(out.stdout.split()) == sorted(paths)
+
+
+def test_a_run_config_written_before_ac_blocks_still_loads(tmp_path):
+    """Runs started before the model spec saved parallel.ac_double_blocks / ac_single_blocks; their
+    checkpoints still sample, export and resume: the keys read as parallel.ac_blocks."""
+    from omegaconf import OmegaConf
+
+    from opensora_lite.config.load import load_run_config
+
+    saved = OmegaConf.to_container(compose(["parallel=fsdp2"]), resolve=True)
+    del saved["parallel"]["ac_blocks"]
+    saved["parallel"].update(ac_double_blocks=2, ac_single_blocks=0)
+    (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(saved))
+    cfg = load_run_config(tmp_path / "t2v" / "final" / "model.safetensors")
+    assert cfg.parallel.ac_blocks == {"double_blocks": 2, "single_blocks": 0}
+    saved["parallel"]["ac_triple_blocks"] = 1  # a key no version wrote: one line naming it and the file
+    (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(saved))
+    with pytest.raises(ConfigError, match=r"^parallel.ac_triple_blocks: .*\(in .*config.yaml\)"):
+        load_run_config(tmp_path / "t2v" / "final" / "model.safetensors")

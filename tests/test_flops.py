@@ -68,3 +68,41 @@ def test_flux_dev_width_at_256px_33_latent_frames():
     assert expected.forward == pytest.approx(fwd, rel=0.02)
     assert expected.backward == pytest.approx(bwd, rel=0.02)
     assert expected.train > 3e13  # ~36 TFLOPs per sample for four blocks: the scale is real
+
+
+def test_mfu_peak_follows_the_precision_the_matrix_products_run_in():
+    """An fp32 run on a GPU runs its matrix products on TF32 tensor cores (run.tf32, on by default) and its
+    MFU is taken against the TF32 peak; with run.tf32=false, against the IEEE fp32 peak; bf16 autocast
+    against the bf16 peak. osl-plan prices the same way."""
+    from opensora_lite.config.schema import RunConfig
+    from opensora_lite.dtypes import matmul_precision
+    from opensora_lite.models.flops import peak_for
+
+    assert RunConfig().tf32 is True
+    assert [matmul_precision("fp32", True), matmul_precision("fp32", False), matmul_precision("bf16", False)] == [
+        "tf32",
+        "fp32",
+        "bf16",
+    ]
+    h100 = "NVIDIA H100 80GB HBM3"
+    assert (peak_for(h100, "bf16"), peak_for(h100, "tf32"), peak_for(h100, "fp32")) == (989.4, 494.7, 66.9)
+    assert peak_for("NVIDIA H200", "tf32") == 494.7 and peak_for("some other GPU", "tf32") is None
+
+
+def test_tf32_switch_leaves_cpu_products_alone():
+    """set_tf32 flips only CUDA kernels' switches: a CPU matrix product and convolution compute bitwise
+    what they computed before (CPU runs stay exactly as they were)."""
+    from opensora_lite.dtypes import set_tf32
+
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(64, 96, generator=g), torch.randn(96, 80, generator=g)
+    x, w = torch.randn(1, 3, 9, 9, generator=g), torch.randn(4, 3, 3, 3, generator=g)
+    before = (a @ b, torch.nn.functional.conv2d(x, w))
+    was = torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision
+    try:
+        set_tf32(True)
+        assert torch.backends.cuda.matmul.fp32_precision == "tf32"
+        after = (a @ b, torch.nn.functional.conv2d(x, w))
+    finally:
+        torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision = was
+    assert all(torch.equal(p, q) for p, q in zip(before, after))

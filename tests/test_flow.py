@@ -109,3 +109,59 @@ def test_text_dropout_is_independent_per_encoder():
     dt5, dclip = t5d[:, 0, 0] == 0, clipd[:, 0] == 0
     assert float(dt5.float().mean()) == pytest.approx(0.3, abs=0.03)
     assert float((dt5 & dclip).float().mean()) == pytest.approx(0.09, abs=0.02)  # independent: 0.3 * 0.3
+
+
+def test_flow_noise_comes_from_the_device_stream_and_cpu_draws_are_unchanged():
+    """flow_loss draws its noise from `noise_generator` on that generator's device (a CUDA generator: on
+    the GPU, no host copy). On a CPU the trainer passes the host stream itself (train/generators.py), and
+    the loss is bitwise what one generator gave: the times and the noise in the same order."""
+    from opensora_lite.diffusion.objective import flow_loss
+    from opensora_lite.train.generators import StageGenerators
+
+    x0, t5, clip = torch.randn(2, 4, 3, 4, 4), torch.randn(2, 5, 8), torch.randn(2, 8)
+    seen = []
+
+    def model(xt, t, t5, clip, cond=None):
+        seen.append((xt, t))
+        return xt * 0.5
+
+    def loss(*gens):
+        return flow_loss(model, x0, t5, clip, None, CFG, [1, 2, 2], *gens)
+
+    plain = loss(torch.Generator().manual_seed(3))
+    gens = StageGenerators(torch.device("cpu"), 3)
+    assert gens.device is gens.host and not gens.separate
+    assert torch.equal(loss(gens.host, None, gens.device), plain)
+    assert torch.equal(seen[0][0], seen[1][0]) and torch.equal(seen[0][1], seen[1][1])
+    two = StageGenerators(torch.device("cpu"), 3, separate=True)  # as on a GPU: a stream of its own
+    loss(two.host, None, two.device)
+    assert torch.equal(seen[2][1], seen[0][1]) and not torch.equal(seen[2][0], seen[0][0])  # same times
+
+
+class _OneRank:
+    world_size, rank = 1, 0
+
+    @staticmethod
+    def all_gather_object(obj):
+        return [obj]
+
+
+def test_device_noise_stream_is_checkpointed_and_restored():
+    """Where the noise stream is separate (a GPU), a checkpoint holds it beside the host stream and a resume
+    continues both; a checkpoint written without it (a CPU run) starts a new device stream reproducibly."""
+    from opensora_lite.train.generators import StageGenerators
+
+    gens = StageGenerators(torch.device("cpu"), 5, separate=True)
+    torch.rand(3, generator=gens.host), torch.randn(4, generator=gens.device)
+    state = gens.checkpoint_state(_OneRank)
+    assert set(state) == {"generators", "device_generators"}
+    expected = torch.rand(3, generator=gens.host), torch.randn(4, generator=gens.device)
+    resumed = StageGenerators(torch.device("cpu"), 99, separate=True)
+    resumed.restore(state, _OneRank, "t2v", reseed=7)
+    got = torch.rand(3, generator=resumed.host), torch.randn(4, generator=resumed.device)
+    assert all(torch.equal(a, b) for a, b in zip(expected, got))
+    cpu_written = StageGenerators(torch.device("cpu"), 5).checkpoint_state(_OneRank)
+    assert set(cpu_written) == {"generators"}  # what CPU checkpoints always held
+    a, b = (StageGenerators(torch.device("cpu"), 1, separate=True) for _ in range(2))
+    a.restore(cpu_written, _OneRank, "t2v", reseed=7), b.restore(cpu_written, _OneRank, "t2v", reseed=7)
+    assert torch.equal(torch.randn(4, generator=a.device), torch.randn(4, generator=b.device))

@@ -13,7 +13,7 @@ import numpy as np
 from conftest import cli, typed
 
 from opensora_lite.data.buckets import BucketTable
-from opensora_lite.data.loader import BucketedVideoStream, expand_shards
+from opensora_lite.data.loader import BucketedVideoStream, expand_shards, frames_on_device
 from opensora_lite.data.video import encode_mp4
 
 
@@ -265,7 +265,7 @@ def test_a_phone_clip_stored_landscape_with_a_rotation_is_read_upright(tmp_path)
         seed=0,
         shuffle_buffer=1,
     )
-    video = next(iter(stream))["video"]  # [B, 3, T, H, W] in [-1, 1]
+    video = frames_on_device(next(iter(stream))["video"], "cpu")  # [B, 3, T, H, W] in [-1, 1]
     assert video.shape[-2] > video.shape[-1]  # the portrait bucket
     top, left = video[0, :, 0, :2].mean(dim=(1, 2)), video[0, :, 0, :, :2].mean(dim=(1, 2))
     assert top[0] > 0.5 and left[1] > 0.5  # red across the top, green down the left: upright

@@ -32,7 +32,7 @@ def test_batches_have_bucket_shapes_and_values(shapes_dir):
         b, c, t, h, w = batch["video"].shape
         assert (b, c, t) == (4, 3, 5) and (h, w) in {(14, 18), (16, 16), (18, 14)}
         assert batch["bucket"] == f"16px-5f-{h}x{w}"
-        assert -1.0 <= float(batch["video"].min()) and float(batch["video"].max()) <= 1.0
+        assert batch["video"].dtype == torch.uint8  # frames travel as bytes; frames_on_device makes the input
         assert len(batch["captions"]) == 4 and all(c.startswith("a ") for c in batch["captions"])
 
 
@@ -244,3 +244,21 @@ def test_resume_continues_the_exact_batch_sequence_without_decoding_the_past(sha
     state = LoaderState.from_dict(LoaderState(consumed, failed + failed).as_dict())
     assert state.batches == consumed and state.failed == sorted(set(failed))
     assert [state.worker_share(w, 2) for w in range(2)] == [9, 8]
+
+
+def test_frames_travel_as_bytes_and_are_normalised_where_the_model_runs(shapes_dir):
+    """A batch holds uint8 frames (a quarter of float32's bytes through the workers' shared memory and the
+    host-to-device copy); frames_on_device gives bitwise the [-1, 1] float32 input the loader used to ship,
+    in the same memory layout."""
+    from opensora_lite.data.loader import frames_on_device
+
+    s = stream(expand_shards(str(shapes_dir)))
+    items = [item for item in s.items(s.urls[0], 0, Counter())][:3]
+    items = [it for it in items if it.bucket.key == items[0].bucket.key]
+    video = BucketedVideoStream.collate(items, Counter(), [])["video"]
+    assert video.dtype == torch.uint8 and video.shape[:2] == (len(items), 3)
+    before = (
+        torch.from_numpy(np.stack([it.frames for it in items])).permute(0, 4, 1, 2, 3).float().div_(127.5).sub_(1.0)
+    )
+    now = frames_on_device(video, "cpu")
+    assert now.dtype == torch.float32 and torch.equal(now, before) and now.stride() == before.stride()

@@ -87,3 +87,25 @@ def test_fused_and_compiled_together():
     plain, both = twins(fused_qk_norm_rope=True)
     compile_blocks(FLUX.blocks(both), backend="aot_eager")
     same_function(plain, both, atol=1e-6)
+
+
+def test_attention_kernel_is_chosen_once_outside_compiled_blocks(monkeypatch):
+    """The engine resolves each block's attention kernel when it wraps the model, before compile: the
+    compiled blocks look it up and never trace the resolution (package look-ups, the device's capability);
+    the model computes what it computed when each call resolved its kernel (bitwise, eager)."""
+    from opensora_lite.models import attention
+
+    plain, chosen = twins()
+    engine = build_engine(ParallelConfig(engine="single"), "cpu")
+    chosen = engine.wrap(chosen, FLUX.blocks(chosen))
+    cores = [m for m in chosen.modules() if isinstance(m, attention.AttentionCore)]
+    assert cores and all(core.kernels[("cpu", torch.float32)] == "sdpa" for core in cores)
+    same_function(plain, chosen, atol=0)  # (plain resolves on its first call, as every call did before)
+
+    def traced(*args):
+        raise AssertionError("the attention kernel was resolved inside a forward")
+
+    monkeypatch.setattr(attention, "resolve_kernel", traced)
+    plain.zero_grad(), chosen.zero_grad()
+    compile_blocks(FLUX.blocks(chosen), backend="aot_eager")
+    same_function(plain, chosen, atol=1e-6)

@@ -29,8 +29,8 @@ def test_spearman_of_known_values():
     assert out["speed_by_score"][1][0] == pytest.approx(0.55)
 
 
-def test_shapes_folder_ingests_with_a_motion_score_that_rises_with_speed(motion_data):
-    """`osl-data kind=shapes_folder shapes=motion` writes mp4 + caption + labels; `kind=videos` ingests them
+def test_shapes_files_ingest_with_a_motion_score_that_rises_with_speed(motion_data):
+    """`osl-data shapes=motion` also writes each clip as mp4 + caption + labels; `kind=videos` ingests them
     and measures VMAF motion, which rises with the rendered speed for each colour; the opensora2 caption
     then names the rounded score and no speed word."""
     clips, shards = motion_data

@@ -1,5 +1,6 @@
 """The benchmark and GPU-check scripts run (tiny shapes, nothing appended): they stay ready to use.
-No timing is asserted; the figures they print are checked for shape only."""
+No timing is asserted; the figures they print are checked for shape only. The GPU suite as a whole:
+tests/test_gpu_suite.py."""
 
 import os
 import re
@@ -20,41 +21,6 @@ def _script(name: str, *args: str, env: dict | None = None) -> str:
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc.stdout
-
-
-def test_gpu_suite_runs_in_smoke_mode():
-    """benchmarks/gpu_suite.sh --smoke: every part of the GPU suite on CPU at tiny shapes, nothing appended
-    (the GPU flux checks with the MFU switches, engine step, activation checkpointing, decoding,
-    autoencoder throughput and data-stall scripts with it)."""
-    env = dict(os.environ, PYTHON=sys.executable, OMP_NUM_THREADS="1")
-    proc = subprocess.run(
-        ["bash", str(REPO / "benchmarks" / "gpu_suite.sh"), "--smoke"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-    )
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    out = proc.stdout
-    assert out.count("| 1+1 blocks") + out.count("| 2+") == 3  # three parity rows
-    assert "| ratio ours/diffusers |" in out
-    assert all(f"| ours + {s} |" in out for s in ("parallel.compile", "model.fused_qk_norm_rope", "both"))
-    assert re.search(r"\| fsdp2 \| 0M \| [0-9.]+ \|", out) and "AC blocks 2" in out
-    assert out.count("\n| ") >= 4 and "| windowed + keyframe seek (ours) |" in out
-    for ae in ("pixel", "dc_ae", "hunyuan", "wan"):  # encode and decode rates, tiny versions of each
-        assert re.search(rf"\| {ae} \| fp32[^|]* \| \d+ -> [0-9x]+ \|( [0-9.e+]+ \| [0-9.e+]+ \| n/a \|){{2}}", out), ae
-    stalls = re.findall(
-        r"\| ([12]) \| [0-9.]+ \| \d+ \| [0-9.]+ \| ([0-9.]+) \|", out
-    )  # the real loader, 1 and 2 workers
-    assert [w for w, _ in stalls] == ["1", "2"] and all(0 <= float(f) <= 1 for _, f in stalls)
-    assert "gpu_suite: all parts ran" in out
-    assert "appended to" not in out
-
-
-def test_gpu_suite_refuses_gpu_mode_without_a_gpu():
-    env = dict(os.environ, PYTHON=sys.executable, CUDA_VISIBLE_DEVICES="")
-    proc = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_suite.sh")], capture_output=True, text=True, env=env)
-    assert proc.returncode == 2 and "no CUDA device visible" in proc.stderr
 
 
 def test_checkpoint_benchmark_runs():
@@ -110,7 +76,7 @@ def test_motion_score_benchmark_runs(motion_data, tmp_path):
     and ingested, so the benchmark's data step is skipped), 2 + 2 training steps, a sweep of 2 scores x 8
     prompts at 2 sampling steps."""
     clips, shards = motion_data
-    options = ["--root", str(tmp_path), "--clips", str(clips), "--shards", str(shards), "--scores", "2", "5"]
+    options = ["--root", str(tmp_path), "--source", str(clips.parent), "--shards", str(shards), "--scores", "2", "5"]
     options += ["--samples", "1", "--num-steps", "2", "--threads", "1"]
     overrides = ["data.num_workers=0", "logger.progress_bar=false", "sample.num_steps=2"]
     for stage, frames, batch in (("image", 1, 8), ("t2v", 5, 4)):
@@ -122,3 +88,14 @@ def test_motion_score_benchmark_runs(motion_data, tmp_path):
     assert re.search(r"\| 0 \| 2 5 \| 16 \| \*\*(-?[0-9.]+|nan)\*\* \|", out), out
     sweep = tmp_path / "tiny_motion_score_seed0" / "motion_sweep"
     assert len(list(sweep.glob("contact_sheet_*.png"))) == 8 and (sweep / "summary.json").exists()
+
+
+def test_i2v_position_benchmark_runs(mini_run):
+    """bench_i2v_position over the mini run's I2V stage, with a sample setting changed."""
+    run_dir, _ = mini_run
+    out = _script("bench_i2v_position.py", str(run_dir), "--set", "image_cfg_scale=2")
+    number = r"[0-9.]+ / [0-9.]+ / [0-9.]+"
+    row = rf"\| i2v \| 5f 16x16 \| all: \d+ of 6 \| ({number}|-) \| [0-9.]+ \| .* \| [0-9.]+ \| [0-9.]+ \|"
+    assert re.search(row, out), out  # ... direction and colour keep last
+    assert "`python -m benchmarks.bench_i2v_position " in out  # the entry names the module form
+    assert "with image_cfg_scale=2" in out and "appended to" not in out

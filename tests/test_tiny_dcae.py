@@ -16,7 +16,7 @@ from opensora_lite.autoencoders import build_autoencoder
 from opensora_lite.checkpoint.files import load_weights
 from opensora_lite.config.stages import stage_config
 from opensora_lite.data.cache import bucket_table
-from opensora_lite.data.loader import BucketedVideoStream, expand_shards
+from opensora_lite.data.loader import BucketedVideoStream, expand_shards, frames_on_device
 from opensora_lite.errors import ConfigError
 
 
@@ -72,7 +72,7 @@ def test_diffusion_stages_train_on_the_autoencoder_the_first_stage_trained(shape
     stream = BucketedVideoStream(expand_shards(cfg.data.shards), bucket_table(cfg, stage), cfg.data.target_fps, seed=7)
     items = [item for url in stream.urls for item in stream.items(url, 0, Counter())]
     items = [item for item in items if item.bucket.height == item.bucket.width][:8]  # square: one batch
-    latents = ae.encode(BucketedVideoStream.collate(items, Counter(), [])["video"])
+    latents = ae.encode(frames_on_device(BucketedVideoStream.collate(items, Counter(), [])["video"], "cpu"))
     assert latents.shape[1:] == (8, 2, 4, 4)
     assert abs(float(latents.mean())) < 0.5 and 0.5 < float(latents.std()) < 2.0
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from pathlib import Path
 
 BLOCK, HEADER = 32768, 7
@@ -23,6 +24,8 @@ def records(path: Path) -> list:
         _, length, kind = struct.unpack("<IHB", data[pos : pos + HEADER])
         if kind == 0 and length == 0:
             break
+        if pos + HEADER + length > len(data):  # a chunk still being written
+            break
         pending += data[pos + HEADER : pos + HEADER + length]
         pos += HEADER + length
         if kind in (1, 4):  # FULL or LAST chunk: a record is complete
@@ -33,11 +36,25 @@ def records(path: Path) -> list:
     return out
 
 
+def finished_records(run_file: Path, timeout_s: float = 60.0) -> list:
+    """The run's records once W&B has written its closing `exit` record. W&B's service writes the file
+    on its own schedule: right after `finish()` returns, a loaded machine may not have it on disk yet."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        recs = records(run_file)
+        if any(r.WhichOneof("record_type") == "exit" for r in recs):
+            return recs
+        if time.monotonic() > deadline:
+            kinds = [r.WhichOneof("record_type") for r in recs]
+            raise AssertionError(f"{run_file} has no exit record after {timeout_s:.0f} s: {kinds}")
+        time.sleep(0.2)
+
+
 def read_run(run_file: Path) -> dict:
     """{'id', 'history': [{key: value}], 'summary': {key: value}, 'config': {key: value}, 'rewound_to': the
     step a rewound run's history was cut after, else None}."""
     out = {"id": None, "history": [], "summary": {}, "config": {}, "rewound_to": None}
-    for rec in records(run_file):
+    for rec in finished_records(run_file):
         kind = rec.WhichOneof("record_type")
         if kind == "run":
             out["id"] = rec.run.run_id

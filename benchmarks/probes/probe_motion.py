@@ -128,13 +128,13 @@ def main():
     def batch(frames, n):
         if a.shards:
             from opensora_lite.data.buckets import BucketTable
-            from opensora_lite.data.loader import BucketedVideoStream, expand_shards
+            from opensora_lite.data.loader import BucketedVideoStream, expand_shards, frames_on_device
 
             if frames not in streams:
                 table = BucketTable({f"{a.res}px": {frames: [1.0, n]}}, [1.0], a.s2d * a.patch)
                 streams[frames] = iter(BucketedVideoStream(expand_shards(a.shards), table, 8.0, seed=a.seed))
             b = next(streams[frames])
-            video, captions = b["video"].to(dev), b["captions"]
+            video, captions = frames_on_device(b["video"], dev), b["captions"]
         else:
             if a.pool:
                 if frames not in pool:

@@ -1,11 +1,13 @@
-"""Autoencoders: one interface (base.Autoencoder), one file per family."""
+"""Autoencoders: one interface per stream (base.Autoencoder for video, audio.AudioAutoencoder for sound),
+one file per family. Kinds: registry.AUTOENCODER_KINDS, registry.AUDIO_AUTOENCODER_KINDS."""
 
 from __future__ import annotations
 
 from opensora_lite.autoencoders.base import Autoencoder
 from opensora_lite.config.schema import AutoencoderConfig
+from opensora_lite.registry import AUTOENCODER_KINDS
 
-KINDS = ("pixel", "hunyuan", "hunyuan15", "wan", "ltx", "dc_ae")
+KINDS = AUTOENCODER_KINDS
 
 
 def build_autoencoder(cfg: AutoencoderConfig) -> Autoencoder:

@@ -13,6 +13,7 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from opensora_lite.autoencoders import build_autoencoder
+from opensora_lite.autoencoders.audio import build_audio_autoencoder
 from opensora_lite.cli.common import hydra_entry, load
 from opensora_lite.config.stages import stage_config
 from opensora_lite.data.cache import build_cache
@@ -36,6 +37,9 @@ def run(cfg: DictConfig) -> list:
     try:
         text = TextEncoders(typed.text_encoder, engine.device)
         built: dict[str, object] = {}  # one autoencoder per distinct config (a stage may switch: stage.autoencoder)
+        audio_ae = None  # with sound, the run's audio autoencoder (seeded as the run seeds it: Runtime)
+        if typed.data.audio.enabled:
+            audio_ae = build_audio_autoencoder(typed.audio_autoencoder, seed=typed.run.seed).eval().to(engine.device)
         folders = []
         for name in names:
             view = stage_config(typed, name)
@@ -46,7 +50,8 @@ def run(cfg: DictConfig) -> list:
                 built[key] = build_autoencoder(view.autoencoder).to(engine.device)
             ae = built[key].to(engine.device)
             stage = typed.curriculum.stages[name]
-            folders.append(build_cache(view, name, uses_image_condition(stage.tasks), ae, text, engine, watch=watch))
+            condition = uses_image_condition(stage.tasks)
+            folders.append(build_cache(view, name, condition, ae, text, engine, watch=watch, audio_ae=audio_ae))
         if engine.is_main:
             for name, folder in zip(names, folders):
                 print(f"{name}: {folder}", flush=True)

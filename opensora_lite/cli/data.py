@@ -4,7 +4,9 @@ osl-data                                  # the Shapes set into data/shapes (the
 osl-data out=/tmp/shapes shapes.num_clips=200
 osl-data kind=videos videos.source=/data/clips out=/data/shards           # folder + caption sidecars
 osl-data kind=videos videos.source=/data/index.csv out=/data/shards       # path,text index
-osl-data kind=shapes_folder shapes=motion out=data/shapes_motion_clips     # Shapes as mp4 + caption files
+osl-data kind=videos videos.source=/data/clips videos.audio.enabled=true out=/data/shards   # with their sound
+osl-data shapes.sound=true shapes.bounce=0.5 out=data/shapes_av     # Shapes with sound (docs/audio-video.md)
+osl-data shapes=motion out=data/shapes_motion_src   # six speeds, also as files in <out>/clips (shapes.files)
 """
 
 from __future__ import annotations
@@ -17,39 +19,40 @@ from omegaconf import DictConfig, OmegaConf
 
 from opensora_lite.cli.common import hydra_entry
 from opensora_lite.config.schema import BuildDataConfig
+from opensora_lite.config.validate_audio import validate_audio, validate_shapes_sound
 from opensora_lite.data.ingest import list_folder, read_index, write_shards
-from opensora_lite.data.synthetic import ALL_COLOURS, write_shapes_folder, write_shapes_shards
+from opensora_lite.data.synthetic import ALL_COLOURS, write_shapes_shards
 from opensora_lite.errors import ConfigError, DataError
 
 
 @hydra_entry("build_data")
 def main(cfg: DictConfig) -> None:
     job: BuildDataConfig = OmegaConf.to_object(cfg)
-    if job.kind not in ("shapes", "shapes_folder", "videos"):
-        raise ConfigError("kind", f"unknown dataset kind {job.kind!r} (shapes | shapes_folder | videos)")
+    if job.kind not in ("shapes", "videos"):
+        raise ConfigError("kind", f"unknown dataset kind {job.kind!r} (shapes | videos)")
     known = list(ALL_COLOURS)
     unknown = [c for c in job.shapes.colours if c not in known]
-    if job.kind.startswith("shapes") and (unknown or not job.shapes.colours):
+    if job.kind == "shapes" and (unknown or not job.shapes.colours):
         raise ConfigError("shapes.colours", f"{list(job.shapes.colours)}: choose from {known}")
     if job.kind == "videos" and not job.videos.source:
         raise ConfigError("videos.source", "give a folder of videos or a .csv/.parquet index")
+    if job.kind == "videos":
+        validate_audio(job.videos.audio, "videos.audio")
+    if job.kind == "shapes":
+        validate_shapes_sound(job.shapes)
     out = Path(job.out)
-    pattern = "clip*" if job.kind == "shapes_folder" else "*.tar"
-    existing = sorted(out.glob(pattern)) if out.is_dir() else []
+    existing = sorted(out.glob("*.tar")) if out.is_dir() else []
     if existing and not job.overwrite:
-        what = "files" if job.kind == "shapes_folder" else "shards"
         logging.getLogger("opensora_lite").warning(
-            "%s already holds %d %s; keeping them (overwrite=true rebuilds)", out, len(existing), what
+            "%s already holds %d shards; keeping them (overwrite=true rebuilds)", out, len(existing)
         )
-        print(f"{out}: {len(existing)} {what} already present")
+        print(f"{out}: {len(existing)} shards already present")
         return
     for old in existing:
         old.unlink()
-    if job.kind == "shapes_folder":
-        write_shapes_folder(out, job.shapes)
-        print(f"wrote {job.shapes.num_clips} clips (mp4, caption .txt, labels .json) to {out}")
-        return
     if job.kind == "shapes":
+        for old in sorted((out / "clips").glob("clip*")) if existing else []:  # a rebuild's files replace these
+            old.unlink()
         paths = write_shapes_shards(out, job.shapes)
         print(f"wrote {job.shapes.num_clips} clips in {len(paths)} shards to {out}")
         return
@@ -61,7 +64,9 @@ def main(cfg: DictConfig) -> None:
         items = read_index(src, v.path_column, v.caption_column, v.root)
     else:
         raise DataError(f"videos.source {src} does not exist")
-    report = write_shards(items, out, v.samples_per_shard, v.workers, v.prefix, progress=sys.stderr.isatty())
+    report = write_shards(
+        items, out, v.samples_per_shard, v.workers, v.prefix, progress=sys.stderr.isatty(), audio=v.audio
+    )
     print(f"wrote {report.written} of {len(items)} inputs in {len(report.shards)} shards to {out}")
     if report.skipped:
         print(f"skipped {sum(report.skipped.values())}: {dict(report.skipped)} (listed in {out / 'skipped.tsv'})")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, ValidationError
 
 from opensora_lite.config.schema import BuildDataConfig, Config, ExportJobConfig, PlanJobConfig, SampleJobConfig
 from opensora_lite.config.validate import validate
@@ -87,9 +88,24 @@ def load_run_config(weights) -> Config:
 
     for parent in Path(weights).parents:
         if (parent / CONFIG_FILE).is_file():
-            node = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(parent / CONFIG_FILE))
+            saved = _renamed_keys(OmegaConf.to_container(OmegaConf.load(parent / CONFIG_FILE)))
+            try:
+                node = OmegaConf.merge(OmegaConf.structured(Config), saved)
+            except (ConfigKeyError, ValidationError) as exc:
+                raise ConfigError(exc.full_key, f"{exc.msg.splitlines()[0]} (in {parent / CONFIG_FILE})") from None
             try:
                 return to_config(node)
             except ConfigError as exc:
                 raise ConfigError(exc.key, f"{exc} (in {parent / CONFIG_FILE})") from None
     raise CheckpointError(f"no {CONFIG_FILE} of a run found above {weights}")
+
+
+def _renamed_keys(saved: dict) -> dict:
+    """A run's config.yaml as written before the model spec (2026-12-06): parallel.ac_double_blocks and
+    parallel.ac_single_blocks read as parallel.ac_blocks.{double,single}_blocks, so the checkpoints of runs
+    started before then still sample, export and resume."""
+    par = saved.get("parallel") or {}
+    old = {group: par.pop(f"ac_{group}") for group in ("double_blocks", "single_blocks") if f"ac_{group}" in par}
+    if old:
+        par["ac_blocks"] = {**old, **(par.get("ac_blocks") or {})}
+    return saved

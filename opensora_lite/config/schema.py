@@ -25,6 +25,16 @@ class FlowConfig:
 
 
 @dataclass
+class AudioDataConfig:
+    """The clips' sound (docs/audio-video.md): `osl-data` stores each video's track beside it, the loader
+    gives every batch the audio of its video windows. Rate and layout: LTX-2's front end wants 16 kHz stereo."""
+
+    enabled: bool = False  # ingest: decode and store the track; loader: batches carry audio
+    sample_rate: int = 16000  # Hz: every track is resampled to this
+    layout: str = "stereo"  # mono | stereo (a mono track is copied to both channels; stereo to mono: their mean)
+
+
+@dataclass
 class ShapesConfig:
     """Generator settings (the `source` node of `osl-data` for kind=shapes)."""
 
@@ -44,6 +54,14 @@ class ShapesConfig:
     caption: str = "a {speed} {colour} {shape} moving {direction}"
     max_background: int = 30  # background grey level is drawn from [0, max_background]
     crf: int = 18
+    # share of clips whose shape bounces off the wall it moves towards (reversing at the contact frame);
+    # 0 draws exactly the clips it always drew
+    bounce: float = 0.0
+    # a soundtrack in each mp4 (stereo AAC, both channels alike, and the same as a <key>.wav member): a tone
+    # whose pitch names the colour, a click at the bounce's contact frame; the video is the same either way
+    sound: bool = False
+    sound_rate: int = 16000  # Hz
+    files: bool = False  # also write each clip as <out>/clips/<key>.mp4 with its caption (.txt) and labels (.json)
 
 
 @dataclass
@@ -54,6 +72,9 @@ class RunConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     dtype: str = "fp32"  # compute dtype: fp32 | bf16 (bf16 is 20-35x slower on CPUs without AVX512-BF16)
+    # GPUs: fp32 matrix products and convolutions on TF32 tensor cores (an fp32 run's MFU is then taken against
+    # the TF32 peak); false: IEEE fp32 (MFU against the fp32 peak). CPUs ignore it
+    tf32: bool = True
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default
     peak_tflops: Optional[float] = None  # per-device peak for MFU; null: the datasheet figure of known GPUs
 
@@ -72,6 +93,74 @@ class DCAEConfig:
     tile_size: int = 256  # tiling: pixels per spatial tile side
     tile_frames: int = 32  # tiling: frames per temporal tile
     tile_overlap: float = 0.25  # tiling: fraction of a tile shared with its neighbour, blended linearly
+
+
+@dataclass
+class MelConfig:
+    """A log-mel front end (autoencoders/mel.py): waveform -> log(max(mel magnitude, log_floor)), [B, C, T, mels].
+    The defaults are LTX-2's audio VAE input: 16 kHz, n_fft 1024, hop 160 (100 frames a second), 64 bins
+    on the Slaney mel scale with Slaney area normalisation, magnitude (power 1), Hann window, centred."""
+
+    sample_rate: int = 16000
+    n_fft: int = 1024
+    win_length: Optional[int] = None  # null: n_fft
+    hop_length: int = 160
+    n_mels: int = 64
+    f_min: float = 0.0
+    f_max: Optional[float] = None  # null: sample_rate / 2
+    power: float = 1.0  # 1: magnitude, 2: power
+    mel_scale: str = "slaney"  # slaney | htk
+    norm: Optional[str] = "slaney"  # slaney (each filter's area normalised) | null
+    log_floor: float = 1e-5
+    griffin_lim_iters: int = 32  # the CPU inverse for listening (fast Griffin-Lim, momentum 0.99)
+
+
+@dataclass
+class MelAEConfig:
+    """Our small log-mel autoencoder (audio_autoencoder.kind=mel_ae, autoencoders/mel_ae.py): 2D convolutions
+    over (time, mel), each stage after the first halving both; 2 ** (len(widths) - 1) must equal
+    audio_autoencoder.time_factor and mel_factor."""
+
+    widths: List[int] = field(default_factory=lambda: [16, 32, 32])  # channels per stage
+    depth: int = 1  # residual blocks per stage (encoder and decoder)
+    # the log-mel enters the network as (logmel - input_shift) / input_scale, and leaves it undone; the
+    # defaults are the mean and std of Shapes with sound's log-mel (mostly silence, log 1e-5 = -11.5)
+    input_shift: float = -9.5
+    input_scale: float = 3.0
+
+
+@dataclass
+class VocoderConfig:
+    """Log-mel -> waveform, for listening (autoencoders/audio.py)."""
+
+    kind: str = "griffin_lim"  # griffin_lim (torch, CPU, the front end's inverse) | ltx2 (diffusers' LTX2Vocoder)
+    path: Optional[str] = None  # ltx2: local diffusers folder (config.json + weights)
+    dtype: str = "fp32"
+
+
+@dataclass
+class AudioAutoencoderConfig:
+    """The audio stream's autoencoder (docs/audio-video.md): its log-mel front end, the autoencoder that
+    maps a log-mel [B, channels, frames, mels] to latents [B, latent_channels, frames / time_factor,
+    mels / mel_factor], and a vocoder for listening."""
+
+    kind: str = "mel_ae"  # mel_ae (ours, trainable) | ltx2_audio (diffusers' AutoencoderKLLTX2Audio, frozen)
+    # ltx2_audio: local diffusers folder (config.json + weights); mel_ae: a .safetensors of its weights (an
+    # autoencoder stage's final model.safetensors); null: random weights (seeded by the run)
+    path: Optional[str] = None
+    channels: int = 2  # audio channels in (data.audio.layout's: stereo 2, mono 1)
+    latent_channels: int = 8
+    time_factor: int = 4  # log-mel frames per latent frame (25 latent frames a second at 100 mel frames a second)
+    mel_factor: int = 4  # mel bins per latent bin
+    # the latents the model sees: (z - shift_factor) * scaling_factor; ltx2_audio first normalises each
+    # (channel, latent bin) feature by its mean/std (from its weights, or stats_path)
+    scaling_factor: float = 1.0
+    shift_factor: float = 0.0
+    stats_path: Optional[str] = None  # ltx2_audio: a .safetensors with latents_mean, latents_std (replaces its own)
+    dtype: str = "fp32"
+    mel: MelConfig = field(default_factory=MelConfig)
+    mel_ae: MelAEConfig = field(default_factory=MelAEConfig)  # architecture of kind mel_ae
+    vocoder: VocoderConfig = field(default_factory=VocoderConfig)
 
 
 @dataclass
@@ -137,6 +226,7 @@ class DataConfig:
     # or by `osl-data kind=cache` (docs/data.md#latent-cache)
     kind: str = "video"
     cache_dir: str = "data/cache"
+    audio: AudioDataConfig = field(default_factory=AudioDataConfig)  # batches carry the windows' audio
 
 
 @dataclass
@@ -149,6 +239,17 @@ class OptimConfig:
     schedule: str = "constant"  # constant | cosine
     min_lr_ratio: float = 0.0  # cosine floor, as a fraction of lr
     grad_clip: float = 1.0  # 0 disables
+
+
+@dataclass
+class AudioVideoLossConfig:
+    """How a stage of kind audio_video weighs its two losses (diffusion/av.py, docs/audio-video.md)."""
+
+    weights: Dict[str, float] = field(default_factory=lambda: {"video": 1.0, "audio": 1.0})
+    # none: the weighted sum (LTX-2's plain sum at weights 1, 1); running_mean: each loss divided by its
+    # running mean first, so neither modality drowns the other whatever their scales
+    balance: str = "running_mean"
+    balance_decay: float = 0.99  # of the running means (per micro-batch)
 
 
 @dataclass
@@ -179,6 +280,9 @@ class ReconstructionConfig:
     disc_channels: int = 32
     disc_layers: int = 2
     image_fraction: float = 0.2  # share of steps trained on single frames (Open-Sora: 20% images)
+    # which autoencoder the stage trains: video (`autoencoder`, on batch video) | audio (`audio_autoencoder`,
+    # on the log-mel of the batches' sound: data.audio.enabled; L1 only so far)
+    modality: str = "video"
 
 
 @dataclass
@@ -186,14 +290,16 @@ class StageConfig:
     """One stage of a curriculum: the training loop's settings for a span of steps."""
 
     description: str = ""
-    kind: str = "diffusion"  # diffusion (train the MMDiT) | autoencoder (train the autoencoder)
+    # diffusion (train the MMDiT) | autoencoder (train the autoencoder) | audio_video (the MMDiT with sound)
+    kind: str = "diffusion"
     steps: int = 1000
     init: str = "previous"  # previous | none | path to a .safetensors (BFL Flux or ours) or a stage dir
     # {resolution: {num_frames: [probability, batch_size]}} (Open-Sora 2.0's bucket_config); the
     # entries are checked in validate.py (OmegaConf cannot type a list nested in an int-keyed dict)
     # (dict defaults would merge into, not be replaced by, what a stage YAML gives: so none here)
     buckets: Dict[str, Dict[int, List[Any]]] = field(default_factory=dict)
-    tasks: Dict[str, float] = field(default_factory=dict)  # weights of t2v, i2v_head/_tail/_loop, v2v_head/_tail
+    # weights of t2v, i2v_head/_tail/_loop, v2v_head/_tail; kind=audio_video: of t2av, v2a, a2v, i2av
+    tasks: Dict[str, float] = field(default_factory=dict)
     # latent frames the v2v tasks give (Open-Sora 2.0: 33 video frames = 9 latent frames of a 4x causal VAE);
     # clips with no more latent frames than this train the other tasks
     v2v_frames: int = 9
@@ -212,6 +318,7 @@ class StageConfig:
     # the end-of-stage evaluation (EMA weights when EMA is on) and log its metrics; 0 disables
     validate_every: int = 0
     lora: LoraConfig = field(default_factory=LoraConfig)
+    audio_video: AudioVideoLossConfig = field(default_factory=AudioVideoLossConfig)  # kind=audio_video
     reconstruction: ReconstructionConfig = field(default_factory=ReconstructionConfig)  # kind=autoencoder
     # this stage's autoencoder (docs/encoders.md#switching-autoencoders-in-a-curriculum): a configs/autoencoder/
     # name (dc_ae, wan22, ...), a mapping of autoencoder keys merged onto the run's, or "stage:<name>" (the one an
@@ -243,6 +350,9 @@ class ParallelConfig:
     # shards (memory-mapped slices of the initial weights, or its part of a DCP checkpoint);
     # deepspeed_zero3: build it partitioned (zero.Init), then fill it one gathered parameter at a time
     meta_init: bool = False
+    # fsdp2 with one process: shard anyway, over a mesh of one rank (DTensor parameters, DCP checkpoints), so
+    # the sharded code paths run on one GPU (the GPU suite's check); off: one rank trains the plain model
+    shard_one_rank: bool = False
     param_dtype: str = "auto"  # compute dtype of the weights: auto (bf16 on GPU, fp32 on CPU) | bf16 | fp32
     # backend settings merged last: DeepSpeed config keys (deepspeed_*), Booster plugin arguments (colossalai_*)
     options: Dict[str, Any] = field(default_factory=dict)
@@ -309,6 +419,7 @@ class Config:
     # the model family's config (model.family: flux | wan; models/<family>/): typed by config/load.py
     model: Any = field(default_factory=lambda: {"family": "flux"})
     autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
+    audio_autoencoder: AudioAutoencoderConfig = field(default_factory=AudioAutoencoderConfig)
     text_encoder: TextEncoderConfig = field(default_factory=TextEncoderConfig)
     data: DataConfig = field(default_factory=DataConfig)
     flow: FlowConfig = field(default_factory=FlowConfig)
@@ -393,15 +504,14 @@ class VideoSourceConfig:
     samples_per_shard: int = 256
     workers: int = 0  # probing processes; 0: one per CPU
     prefix: str = "data"  # shard names: <prefix>-000000.tar
+    audio: AudioDataConfig = field(default_factory=AudioDataConfig)  # enabled: store each video's track (<key>.wav)
 
 
 @dataclass
 class BuildDataConfig:
     """`osl-data`: build WebDataset shards."""
 
-    # shapes (synthetic shards) | shapes_folder (the same clips as mp4 files with caption sidecars: the input
-    # of kind=videos, so they can be ingested like your own) | videos (your own, see `videos`)
-    kind: str = "shapes"
+    kind: str = "shapes"  # shapes (synthetic) | videos (your own, see `videos`)
     out: str = "data/shapes"
     overwrite: bool = False
     shapes: ShapesConfig = field(default_factory=ShapesConfig)

@@ -4,12 +4,23 @@ from __future__ import annotations
 
 from opensora_lite.autoencoders.base import frame_rule, frames_fit, latent_frame_count
 from opensora_lite.config.schema import Config, StageConfig
+from opensora_lite.config.validate_audio import validate_audio, validate_audio_autoencoder
 from opensora_lite.data.buckets import parse_resolution
 from opensora_lite.data.synthetic import ALL_COLOURS
+from opensora_lite.diffusion.av import AV_TASKS, BALANCES, MODALITIES
 from opensora_lite.diffusion.conditioning import TASKS
 from opensora_lite.errors import ConfigError
 from opensora_lite.models.spec import spec_for
-from opensora_lite.registry import AUTOENCODER_KINDS, ENGINES, STAGE_KINDS, TRAINABLE_AUTOENCODERS, engines_with
+from opensora_lite.registry import (
+    AUDIO_LAYOUTS,
+    AUTOENCODER_KINDS,
+    ENGINES,
+    RECONSTRUCTION_MODALITIES,
+    STAGE_KINDS,
+    TRAINABLE_AUDIO_AUTOENCODERS,
+    TRAINABLE_AUTOENCODERS,
+    engines_with,
+)
 
 
 def installed(package: str) -> bool:
@@ -115,6 +126,20 @@ def validate_components(cfg: Config) -> None:
         )
         _require(tm.dtype in ("fp32", "bf16", "fp16"), f"text_encoder.{name}.dtype", f"unknown {tm.dtype!r}")
     d = cfg.data
+    validate_audio(d.audio, "data.audio")
+    validate_audio_autoencoder(cfg.audio_autoencoder)
+    if d.audio.enabled:
+        channels = AUDIO_LAYOUTS[d.audio.layout]
+        _require(
+            cfg.audio_autoencoder.channels == channels,
+            "audio_autoencoder.channels",
+            f"{cfg.audio_autoencoder.channels} differs from data.audio.layout {d.audio.layout} ({channels})",
+        )
+        _require(
+            cfg.audio_autoencoder.mel.sample_rate == d.audio.sample_rate,
+            "audio_autoencoder.mel.sample_rate",
+            f"{cfg.audio_autoencoder.mel.sample_rate} differs from data.audio.sample_rate {d.audio.sample_rate}",
+        )
     _require(d.target_fps > 0, "data.target_fps", "must be positive")
     _require(d.num_workers >= 0, "data.num_workers", "must be >= 0")
     _require(d.kind in ("video", "cached"), "data.kind", f"unknown {d.kind!r} (video | cached)")
@@ -140,6 +165,11 @@ def validate_components(cfg: Config) -> None:
         not cfg.parallel.meta_init or info.meta_init,
         "parallel.meta_init",
         f"only {' and '.join(engines_with('meta_init'))} build the model sharded, not {engine}",
+    )
+    _require(
+        not cfg.parallel.shard_one_rank or engine == "fsdp2",
+        "parallel.shard_one_rank",
+        f"shards one rank with parallel=fsdp2 only, not {engine}",
     )
     _require(
         info.sequence_parallel or cfg.parallel.sp_size == 1,
@@ -214,8 +244,11 @@ def validate_stage(cfg: Config, name: str, stage: StageConfig, first: bool) -> N
     _require(stage.kind in STAGE_KINDS, f"{key}.kind", f"unknown {stage.kind!r}; choose from {STAGE_KINDS}")
     if stage.kind == "autoencoder":
         validate_reconstruction(cfg, key, stage)
+    if stage.kind == "audio_video":
+        validate_audio_video(cfg, key, stage)
     for task, weight in stage.tasks.items():
-        _require(task in TASKS, f"{key}.tasks.{task}", f"unknown task; choose from {TASKS}")
+        known = AV_TASKS if stage.kind == "audio_video" else TASKS
+        _require(task in known, f"{key}.tasks.{task}", f"unknown task; choose from {tuple(known)}")
         _require(weight >= 0, f"{key}.tasks.{task}", "weight must be >= 0")
     _require(
         stage.kind == "autoencoder" or sum(stage.tasks.values()) > 0,
@@ -259,12 +292,27 @@ def validate_reconstruction(cfg: Config, key: str, stage: StageConfig) -> None:
     _require(cfg.parallel.sp_size == 1, "parallel.sp_size", "an autoencoder stage has no sequence parallelism")
     _require(cfg.data.kind != "cached", "data.kind", "an autoencoder stage trains on pixels, not a latent cache")
     _require(stage.lora.rank == 0, f"{key}.lora.rank", "LoRA applies to the MMDiT, not an autoencoder stage")
-    _require(
-        cfg.autoencoder.kind in TRAINABLE_AUTOENCODERS,
-        "autoencoder.kind",
-        f"{cfg.autoencoder.kind} has no training forward (nothing to train for pixel); an autoencoder stage "
-        f"trains {TRAINABLE_AUTOENCODERS}",
-    )
+    modalities = " | ".join(RECONSTRUCTION_MODALITIES)
+    _require(r.modality in RECONSTRUCTION_MODALITIES, f"{rkey}.modality", f"unknown {r.modality!r} ({modalities})")
+    if r.modality == "audio":
+        a = cfg.audio_autoencoder
+        _require(
+            a.kind in TRAINABLE_AUDIO_AUTOENCODERS,
+            "audio_autoencoder.kind",
+            f"{a.kind} is frozen here; an audio autoencoder stage trains {TRAINABLE_AUDIO_AUTOENCODERS}",
+        )
+        _require(cfg.data.audio.enabled, "data.audio.enabled", "an audio autoencoder stage trains on the clips' sound")
+        for name in ("perceptual_weight", "disc_weight"):
+            _require(getattr(r, name) == 0, f"{rkey}.{name}", "the audio autoencoder trains with L1 on its log-mel")
+        for res, frames in stage.buckets.items():
+            _require(1 not in frames, f"{key}.buckets.{res}", "1-frame buckets are images: they have no sound")
+    else:
+        _require(
+            cfg.autoencoder.kind in TRAINABLE_AUTOENCODERS,
+            "autoencoder.kind",
+            f"{cfg.autoencoder.kind} has no training forward (nothing to train for pixel); an autoencoder stage "
+            f"trains {TRAINABLE_AUTOENCODERS}",
+        )
     for name in ("l1_weight", "perceptual_weight", "disc_weight", "disc_start"):
         _require(getattr(r, name) >= 0, f"{rkey}.{name}", "must be >= 0")
     _require(0 <= r.image_fraction <= 1, f"{rkey}.image_fraction", "must be in [0, 1]")
@@ -395,3 +443,24 @@ def validate(cfg: Config) -> Config:
     if cfg.run.stage is not None:
         _require(cfg.run.stage in stages, "run.stage", f"{cfg.run.stage!r} is not a stage of this curriculum {stages}")
     return cfg
+
+
+def validate_audio_video(cfg, key: str, stage) -> None:
+    """A stage of kind audio_video: a model with an audio stream, batches with sound, known loss settings."""
+    _require(
+        spec_for(cfg.model).audio_stream(cfg.model) is not None,
+        "model.audio",
+        f"{key} (kind audio_video) needs a model with an audio stream (model.audio: {{...}}, docs/audio-video.md)",
+    )
+    _require(cfg.data.audio.enabled, "data.audio.enabled", f"{key} (kind audio_video) trains on sound: set it true")
+    _require(
+        cfg.data.kind != "cached",
+        "data.kind",
+        f"{key} (kind audio_video) encodes its batches on the fly (its task does not read the cache's audio_x0 yet)",
+    )
+    av = stage.audio_video
+    _require(av.balance in BALANCES, f"{key}.audio_video.balance", f"unknown {av.balance!r}; choose from {BALANCES}")
+    _require(0 <= av.balance_decay < 1, f"{key}.audio_video.balance_decay", "must be in [0, 1)")
+    for m, w in av.weights.items():
+        _require(m in MODALITIES, f"{key}.audio_video.weights.{m}", f"keys are {' and '.join(MODALITIES)}")
+        _require(w >= 0, f"{key}.audio_video.weights.{m}", "must be >= 0")

@@ -10,6 +10,11 @@ first epoch (same bucket choice, window and resize: `BucketedVideoStream.items`)
     t5     T5 token embeddings [max_length, dim]    (the encoder's own dtype: bf16 for T5-XXL)
     clip   CLIP pooled vector [dim]                 (idem)
 
+and, with data.audio.enabled, the window's sound through the audio autoencoder (its front end included):
+
+    audio_x0   the scaled audio latents [C, T', F'] (float32; none of an image's: T' = 0)
+    has_audio  whether the clip has sound (bool; a clip without is encoded as the silence the loader gives)
+
 in one safetensors blob per sample, with a json record of its bucket, caption and crop. Training with
 `data.kind=cached` reads these shards with the same bucket semantics (batch size per bucket from the
 stage) and the same exact-resume machinery as the video stream; a cached sample's inputs are bitwise
@@ -42,7 +47,7 @@ from safetensors.torch import save as save_tensors
 from tqdm import tqdm
 
 from opensora_lite.data.buckets import Bucket, BucketTable
-from opensora_lite.data.loader import BucketedVideoStream, Item, expand_shards
+from opensora_lite.data.loader import BucketedVideoStream, Item, expand_shards, frames_on_device
 from opensora_lite.data.video import VideoDecodeError
 from opensora_lite.errors import DataError
 
@@ -115,6 +120,7 @@ def describe(cfg, name: str, image_condition: bool) -> dict:
             "text_encoder": {k: v for k, v in asdict(cfg.text_encoder).items() if k != "cache_size"},
             "image_condition": image_condition,
         }
+        | (_audio_spec(cfg) if cfg.data.audio.enabled else {})  # only with sound: other caches keep their folders
         | (  # only when set, so caches built before the key existed keep their folders
             {"image_caption_template": cfg.data.image_caption_template}
             if cfg.data.image_caption_template is not None
@@ -122,6 +128,19 @@ def describe(cfg, name: str, image_condition: bool) -> dict:
         )
         | ({"autoencoder_weights": digest} if (digest := weights_digest(cfg.autoencoder.path)) else {})
     )
+
+
+def _audio_spec(cfg) -> dict:
+    """What audio latents depend on: the sound's rate and layout, the audio autoencoder (the vocoder
+    changes no latent) and the contents of its weights."""
+    ae = {k: v for k, v in asdict(cfg.audio_autoencoder).items() if k != "vocoder"}
+    if cfg.audio_autoencoder.kind != "mel_ae":
+        ae.pop("mel_ae")
+    spec = {"audio": {"data": asdict(cfg.data.audio), "autoencoder": ae}}
+    for name in ("path", "stats_path"):
+        if digest := weights_digest(getattr(cfg.audio_autoencoder, name)):
+            spec["audio"][f"autoencoder_{name}_digest"] = digest
+    return spec
 
 
 def cache_folder(cfg, name: str, image_condition: bool) -> tuple[Path, dict]:
@@ -135,29 +154,41 @@ def is_complete(folder: Path) -> bool:
 
 
 def item_generator(seed: int, key: str) -> torch.Generator:
-    """The noise of one sample's posterior draws: fixed by the stage seed and the sample key."""
+    """The noise of one sample's posterior draws: fixed by the stage seed and the sample key (the audio
+    autoencoder's: key + "/audio")."""
     digest = hashlib.blake2b(f"{seed}/{key}".encode(), digest_size=8).digest()
     return torch.Generator().manual_seed(int.from_bytes(digest, "little") % 2**63)
 
 
 @torch.no_grad()
-def encode_item(item: Item, ae, text, device, image_condition: bool, seed: int = 0) -> dict[str, torch.Tensor]:
+def encode_item(
+    item: Item, ae, text, device, image_condition: bool, seed: int = 0, audio_ae=None
+) -> dict[str, torch.Tensor]:
     """The model inputs of one cropped item, as the trainer computes them on the fly. A VAE's latents
     are one draw from its posterior (as in training), with noise fixed by (seed, key) so that a rebuilt
-    or differently split cache is bitwise the same."""
-    video = BucketedVideoStream.collate([item], Counter(), [])["video"].to(device)
+    or differently split cache is bitwise the same. With `audio_ae`, the window's sound (`item.audio`)
+    is encoded too."""
+    batch = BucketedVideoStream.collate([item], Counter(), [])
+    video = frames_on_device(batch["video"], device)
     gen = item_generator(seed, item.key)
     out = {"x0": ae.encode(video, generator=gen)[0]}
     if image_condition:
         out["head"] = ae.encode(video[:, :, :1], generator=gen)[0]
         out["tail"] = ae.encode(video[:, :, -1:], generator=gen)[0]
+    if audio_ae is not None:
+        audio_gen = item_generator(seed, f"{item.key}/audio")
+        out["audio_x0"] = audio_ae.encode(batch["audio"].to(device), generator=audio_gen)[0]
+        out["has_audio"] = batch["has_audio"][0]
     t5, clip = text.encode_native([item.caption])
     out["t5"], out["clip"] = t5[0], clip[0]
     return {k: v.detach().cpu().contiguous() for k, v in out.items()}
 
 
-def build_cache(cfg, name: str, image_condition: bool, ae, text, engine, progress: bool = True, watch=None) -> Path:
+def build_cache(
+    cfg, name: str, image_condition: bool, ae, text, engine, progress: bool = True, watch=None, audio_ae=None
+) -> Path:
     """Precompute stage `name`'s cache (every rank its share; finished shards are kept). Returns its folder.
+    With data.audio.enabled, `audio_ae` (the audio autoencoder) encodes each window's sound beside it.
 
     With a `PreemptionWatch`, a stop signal ends the work after the shard being written: the ranks meet,
     and all raise `Preempted`; a rerun builds only the shards still missing."""
@@ -181,7 +212,11 @@ def build_cache(cfg, name: str, image_condition: bool, ae, text, engine, progres
         caption_template=cfg.data.caption_template,
         image_caption_template=cfg.data.image_caption_template,
         open_retries=cfg.data.open_retries,
+        audio=cfg.data.audio,
     )
+    if cfg.data.audio.enabled and audio_ae is None:
+        raise ValueError("build_cache: data.audio.enabled needs the audio autoencoder (audio_ae)")
+    audio_ae = audio_ae if cfg.data.audio.enabled else None
     mine = list(enumerate(sources))[engine.rank :: engine.world_size]
     todo = [(i, url) for i, url in mine if not (folder / f"{i:05d}.tar").is_file()]
     show = progress and engine.is_main and sys.stderr.isatty()
@@ -192,7 +227,7 @@ def build_cache(cfg, name: str, image_condition: bool, ae, text, engine, progres
         written = 0
         with wds.TarWriter(str(partial)) as sink:
             for item in stream.items(url, 0, skipped):
-                tensors = encode_item(item, ae, text, engine.device, image_condition, spec["seed"])
+                tensors = encode_item(item, ae, text, engine.device, image_condition, spec["seed"], audio_ae)
                 b = item.bucket
                 meta = {"caption": item.caption, "resolution": b.resolution, "num_frames": b.num_frames}
                 meta.update(height=b.height, width=b.width, source=Path(url).name)
@@ -251,23 +286,37 @@ class CachedStream(BucketedVideoStream):
             self._skip(skipped, "bucket_not_in_stage", key, url)
             return None
         bucket = Bucket(meta["resolution"], int(meta["num_frames"]), int(meta["height"]), int(meta["width"]), batch)
+        item = Item(bucket, None, meta["caption"], key, pending=(blob,), shard=url)
         if replay:
-            return Item(bucket, None, meta["caption"], key, pending=(blob,), shard=url)
+            return item
         try:
-            return Item(bucket, self._materialize((blob,)), meta["caption"], key, shard=url)
+            self._materialize(item)
+            return item
         except VideoDecodeError:
             self._skip(skipped, "corrupt_cache", key, url)
             return None
 
-    def _materialize(self, pending: tuple) -> dict[str, torch.Tensor]:
+    def _materialize(self, item: Item) -> None:
         try:
-            return load_tensors(pending[0])
+            item.frames = load_tensors(item.pending[0])
         except Exception as exc:  # a damaged blob
             raise VideoDecodeError(f"unreadable cached sample: {exc}") from None
+        item.pending = None
 
     @staticmethod
     def collate(items: list[Item], skipped: Counter, failed: list[str]) -> dict:
+        """Stacked inputs. Audio latents of one bucket differ in length only where clips of different frame
+        rates share it (their windows' sound does, docs/audio-video.md): they are padded with zeros to
+        the longest, and `audio_frames` [B] says how many latent frames each has."""
+        audio = "audio_x0" in items[0].frames
+        frames = [it.frames["audio_x0"].shape[1] for it in items] if audio else []
+        if audio and len(set(frames)) > 1:
+            for it in items:
+                z = it.frames["audio_x0"]
+                it.frames["audio_x0"] = torch.nn.functional.pad(z, (0, 0, 0, max(frames) - z.shape[1]))
         batch = {name: torch.stack([it.frames[name] for it in items]) for name in items[0].frames}
+        if audio:
+            batch["audio_frames"] = torch.tensor(frames, dtype=torch.long)
         batch.update(
             captions=[it.caption for it in items],
             keys=[it.key for it in items],

@@ -6,7 +6,10 @@ with a path column and a caption column; relative paths resolve against the inde
 
 Each sample in a shard is `<key>.<ext>` (the file's bytes, untouched), `<key>.json` (probed metadata:
 num_frames, fps, width, height (upright, after the display rotation), duration, motion_score,
-vmaf_motion, rotation, source path) and `<key>.txt` (the caption).
+vmaf_motion, rotation, source path) and `<key>.txt` (the caption). With audio kept (`videos.audio`), a
+video's sound track is also decoded, resampled and aligned to its frames (data/audio.py) and stored as
+`<key>.wav`, described in the json as `audio` {sample_rate, channels, samples}; a video without sound
+gets `audio: null` (marked, not skipped), one whose sound cannot be decoded is skipped (corrupt_audio).
 Probing runs in a process pool; shards are written by the parent in input order, each to a temporary
 name renamed when complete. Unreadable inputs are skipped, counted by reason and listed in
 `<out>/skipped.tsv`.
@@ -22,6 +25,7 @@ The caption suffix ("{fps} FPS, {motion} motion score.") is applied when trainin
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import logging
@@ -35,6 +39,8 @@ from pathlib import Path
 import av
 import numpy as np
 
+from opensora_lite.config.schema import AudioDataConfig
+from opensora_lite.data.audio import AudioDecodeError, encode_wav, extract_audio
 from opensora_lite.data.video import VideoDecodeError, probe
 from opensora_lite.errors import DataError
 
@@ -58,6 +64,7 @@ class Prepared:
     data: bytes = b""
     meta: dict | None = None
     caption: str = ""
+    wav: bytes = b""  # the video's sound track, resampled and aligned (audio kept and present)
 
 
 def list_folder(folder: Path) -> list[SourceItem]:
@@ -158,8 +165,8 @@ def motion_score(data: bytes, info_fps: float, max_pairs: int = 16, gap_s: float
     return motion_scores(data, info_fps, max_pairs, gap_s)[0]
 
 
-def prepare(item: SourceItem) -> Prepared:
-    """Read, probe and score one input (runs in a worker process)."""
+def prepare(item: SourceItem, audio: AudioDataConfig | None = None) -> Prepared:
+    """Read, probe and score one input (runs in a worker process); with `audio` enabled, decode its sound."""
     path = Path(item.path)
     if not path.is_file():
         return Prepared(False, item.path, "missing_file")
@@ -202,8 +209,19 @@ def prepare(item: SourceItem) -> Prepared:
             return Prepared(False, item.path, "unknown_extension")
     except (VideoDecodeError, av.error.FFmpegError, StopIteration, IndexError):
         return Prepared(False, item.path, "unreadable_media")
+    wav = b""
+    if audio is not None and audio.enabled and suffix in VIDEO_SUFFIXES:
+        try:
+            pcm = extract_audio(data, audio.sample_rate, audio.layout, meta["num_frames"])
+        except AudioDecodeError:
+            return Prepared(False, item.path, "corrupt_audio")
+        meta["audio"] = None  # no sound track: marked, still used
+        if pcm is not None:
+            wav = encode_wav(pcm, audio.sample_rate)
+            meta["audio"] = {"sample_rate": audio.sample_rate, "channels": int(pcm.shape[0]), "samples": pcm.shape[1]}
     meta["source"] = item.path
-    return Prepared(True, item.path, ext=suffix.lstrip("."), data=data, meta=meta, caption=str(caption).strip())
+    caption = str(caption).strip()
+    return Prepared(True, item.path, ext=suffix.lstrip("."), data=data, meta=meta, caption=caption, wav=wav)
 
 
 def _key(index: int, path: str) -> str:
@@ -225,6 +243,7 @@ def write_shards(
     workers: int,
     prefix: str = "data",
     progress: bool = True,
+    audio: AudioDataConfig | None = None,
 ) -> IngestReport:
     import webdataset as wds
     from tqdm import tqdm
@@ -248,7 +267,7 @@ def write_shards(
 
     workers = workers or (os.cpu_count() or 1)
     with ProcessPoolExecutor(workers) as pool:
-        results = pool.map(prepare, items, chunksize=4)
+        results = pool.map(functools.partial(prepare, audio=audio), items, chunksize=4)
         for i, res in enumerate(tqdm(results, total=len(items), disable=not progress, desc="shards", unit="file")):
             if not res.ok:
                 skipped[res.reason] += 1
@@ -258,14 +277,10 @@ def write_shards(
                 tmp = out / f".tmp-{prefix}-{len(shards):06d}.tar"
                 sink = wds.TarWriter(str(tmp))
                 count = 0
-            sink.write(
-                {
-                    "__key__": _key(i, res.path),
-                    res.ext: res.data,
-                    "json": json.dumps(res.meta).encode(),
-                    "txt": res.caption.encode(),
-                }
-            )
+            sample = {"__key__": _key(i, res.path), res.ext: res.data}
+            if res.wav:
+                sample["wav"] = res.wav
+            sink.write({**sample, "json": json.dumps(res.meta).encode(), "txt": res.caption.encode()})
             count += 1
             written += 1
             if count == samples_per_shard:

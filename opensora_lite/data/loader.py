@@ -8,6 +8,11 @@ Every random choice for a sample (bucket, temporal crop) comes from a generator 
 (seed, epoch, sample key), so results do not depend on the number of workers. Bad samples are
 skipped and counted by reason; the counts travel with the batches to the trainer.
 
+With `audio` enabled every item also gets the sound of its window (data/audio.py: same start, a sample
+count fixed by the window's span): read from the sample's stored track (`<key>.wav`, written by
+`osl-data`) or, without one, decoded from the container. A clip without sound is kept and marked
+(`has_audio` false, silence); one whose sound cannot be decoded is skipped (`corrupt_audio`).
+
 Exact resume without decoding the past: a `LoaderState` (batches consumed, and the samples whose
 decode failed) goes into every checkpoint. On resume each worker replays its share of those batches
 from metadata alone -- bucket and window choices need no pixels, and the recorded failures stand in
@@ -39,6 +44,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from opensora_lite.data.audio import LAYOUTS, AudioDecodeError, audio_window, collate_audio
 from opensora_lite.data.buckets import Bucket, BucketTable
 from opensora_lite.data.captions import format_caption
 from opensora_lite.data.video import VideoDecodeError, decode_window, probe, temporal_stride
@@ -107,8 +113,10 @@ class Item:
     frames: Any  # uint8 [T, H, W, 3] (cached stream: a dict of tensors); None until a replayed item is decoded
     caption: str
     key: str
-    pending: tuple | None = None  # decode_window arguments of a replayed item
+    pending: tuple | None = None  # (decode_window arguments, audio window arguments) of a replayed item
     shard: str = ""  # the shard it came from
+    audio: Any = None  # int16 [channels, samples] of the window (silence if it has none); None: audio not read
+    has_audio: bool = False
 
 
 @dataclass
@@ -152,6 +160,7 @@ class BucketedVideoStream(IterableDataset):
         resume: LoaderState | None = None,
         open_retries: int = 2,
         retry_delay_s: float = 1.0,
+        audio=None,  # an AudioDataConfig: with `enabled`, batches carry the windows' audio
     ):
         super().__init__()
         self.urls, self.table, self.target_fps, self.seed = list(urls), table, target_fps, seed
@@ -162,6 +171,7 @@ class BucketedVideoStream(IterableDataset):
         self.image_caption_template = caption_template if image_caption_template is None else image_caption_template
         self.resume = resume or LoaderState()
         self.open_retries, self.retry_delay_s = open_retries, retry_delay_s
+        self.audio = (audio.sample_rate, audio.layout) if audio is not None and audio.enabled else None
         self._warned: dict[str, tuple[float, int]] = {}
         self._unreadable: set[str] = set()  # local shards given up on in this process, for the whole run
         self._skip_rows: list[tuple[str, str, str]] = []  # (key, shard, reason) since the last batch
@@ -261,7 +271,8 @@ class BucketedVideoStream(IterableDataset):
             return None
         rng = _rng_for(self.seed, epoch, key)
         if video_ext is not None:
-            return self._prepare_video(sample[video_ext], meta, caption, (key, url), rng, skipped, epoch, replay)
+            media = (sample[video_ext], sample.get("wav"))
+            return self._prepare_video(media, meta, caption, (key, url), rng, skipped, epoch, replay)
         image_ext = next((e for e in IMAGE_EXTS if e in sample), None)
         if image_ext is not None:
             return self._prepare_image(sample[image_ext], caption, (key, url), rng, skipped)
@@ -269,9 +280,10 @@ class BucketedVideoStream(IterableDataset):
         return None
 
     def _prepare_video(
-        self, data: bytes, meta: dict, caption: str, where: tuple, rng, skipped: Counter, epoch: int, replay: bool
+        self, media: tuple, meta: dict, caption: str, where: tuple, rng, skipped: Counter, epoch: int, replay: bool
     ) -> Item | None:
         key, url = where
+        data, wav = media
         try:
             if not all(k in meta for k in ("num_frames", "fps", "height", "width")):
                 info = probe(data)
@@ -285,17 +297,22 @@ class BucketedVideoStream(IterableDataset):
             span = (bucket.num_frames - 1) * stride + 1
             start = rng.randint(0, int(meta["num_frames"]) - span)
             window = (data, start, bucket.num_frames, stride, (bucket.height, bucket.width), self.decode_threads)
+            sound = None
+            if self.audio is not None:  # the stored track, if any; no track at all is known from the json
+                silent = "audio" in meta and meta["audio"] is None
+                sound = (None if silent else data, wav, *self.audio, start, bucket.num_frames, stride, meta["fps"])
+            item = Item(bucket, None, caption, key, pending=(window, sound), shard=url)
             if replay:
                 if f"{epoch}/{key}" in self._failed:
                     raise VideoDecodeError("failed before the checkpoint")
-                return Item(bucket, None, caption, key, pending=window, shard=url)
-            frames = decode_window(*window)
-        except VideoDecodeError:
-            self._skip(skipped, "corrupt_video", key, url)
+                return item
+            self._materialize(item)
+        except VideoDecodeError as exc:
+            self._skip(skipped, _decode_reason(exc), key, url)
             if not replay:
                 self._new_failures.append(f"{epoch}/{key}")
             return None
-        return Item(bucket, frames, caption, key, shard=url)
+        return item
 
     def _prepare_image(self, data: bytes, caption: str, where: tuple, rng, skipped: Counter) -> Item | None:
         key, url = where
@@ -317,7 +334,10 @@ class BucketedVideoStream(IterableDataset):
             return None
         nh, nw, top, left = resize_crop_size(height, width, (bucket.height, bucket.width))
         rgb = frame_to_rgb(frame, (nh, nw), rotation)
-        return Item(bucket, rgb[None, top : top + bucket.height, left : left + bucket.width], caption, key, shard=url)
+        item = Item(bucket, rgb[None, top : top + bucket.height, left : left + bucket.width], caption, key, shard=url)
+        if self.audio is not None:  # an image has no sound and no duration: no samples
+            item.audio = np.zeros((LAYOUTS[self.audio[1]], 0), np.int16)
+        return item
 
     def items(self, shard: str, epoch: int, skipped: Counter):
         """Every usable item of one shard in shard order, decoded, bucketed and cropped exactly as the
@@ -331,21 +351,30 @@ class BucketedVideoStream(IterableDataset):
     # -- batches -------------------------------------------------------------------------------
     @staticmethod
     def collate(items: list[Item], skipped: Counter, failed: list[str]) -> dict:
+        """A batch: "video" [B, 3, T, H, W] uint8 (frames_on_device makes the model's input of it)."""
         video = torch.from_numpy(np.stack([it.frames for it in items])).permute(0, 4, 1, 2, 3)
-        return {
-            "video": video.float().div_(127.5).sub_(1.0),
+        batch = {
+            "video": video,
             "captions": [it.caption for it in items],
             "keys": [it.key for it in items],
             "bucket": items[0].bucket.key,
             "skipped": dict(skipped),
             "failed": failed,
         }
+        if items[0].audio is not None:
+            batch.update(collate_audio([it.audio for it in items], [it.has_audio for it in items]))
+        return batch
 
     corrupt_reason = "corrupt_video"
 
-    def _materialize(self, pending: tuple):
-        """The content of a replayed item (decode_window arguments -> frames); raises VideoDecodeError."""
-        return decode_window(*pending)
+    def _materialize(self, item: Item) -> None:
+        """Decode an item's pending windows into its frames (and audio); raises VideoDecodeError (its
+        AudioDecodeError for the sound)."""
+        window, sound = item.pending
+        item.frames = decode_window(*window)
+        if sound is not None:
+            item.audio, item.has_audio = audio_window(*sound)
+        item.pending = None
 
     def _decode_pending(self, buf: list[Item], skipped: Counter) -> list[Item]:
         """Decode the replayed items of a buffer about to be emitted; drop any that fail."""
@@ -354,9 +383,9 @@ class BucketedVideoStream(IterableDataset):
             if it.pending is not None:
                 self.replayed_decodes += 1
                 try:
-                    it.frames, it.pending = self._materialize(it.pending), None
-                except VideoDecodeError:
-                    self._skip(skipped, self.corrupt_reason, it.key, it.shard, warn=False)
+                    self._materialize(it)
+                except VideoDecodeError as exc:
+                    self._skip(skipped, _decode_reason(exc, self.corrupt_reason), it.key, it.shard, warn=False)
                     continue
             ready.append(it)
         return ready
@@ -413,6 +442,10 @@ class BucketedVideoStream(IterableDataset):
             epoch += 1
 
 
+def _decode_reason(exc: VideoDecodeError, video: str = "corrupt_video") -> str:
+    return "corrupt_audio" if isinstance(exc, AudioDecodeError) else video
+
+
 def _leave_signals_to_the_trainer(exiting, worker_id: int) -> None:
     """DataLoader worker start-up. Slurm and Kubernetes signal every process of a job step, loader workers
     included; left to torch's handler a worker dies on SIGTERM and takes the trainer down ("DataLoader
@@ -429,6 +462,12 @@ def _leave_signals_to_the_trainer(exiting, worker_id: int) -> None:
             os._exit(0)
 
     signal.signal(signal.SIGTERM, on_term)
+
+
+def frames_on_device(video: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """A batch's uint8 frames [B, 3, T, H, W] as the models take them: float32 in [-1, 1] (x / 127.5 - 1,
+    the same arithmetic on every device), made on `device` (docs/data.md: why frames travel as uint8)."""
+    return video.to(device, non_blocking=True).float().div_(127.5).sub_(1.0)
 
 
 def build_loader(stream: BucketedVideoStream, num_workers: int, prefetch_factor: int, pin_memory: bool) -> DataLoader:

@@ -50,12 +50,15 @@ def encode_mp4(
     gop: int | None = None,
     bframes: bool = False,
     rotation: int = 0,
+    audio: np.ndarray | None = None,
+    sample_rate: int = 16000,
 ) -> bytes:
     """H.264 mp4 bytes from uint8 frames [T, H, W, 3] (H and W even, as yuv420p requires). `gop`: frames
     between keyframes (x264's default 250 otherwise); `bframes`: reordered frames, as cameras and web
     encoders produce (the default low-latency setting has none); `rotation`: a display matrix saying the
     stored frames are shown turned `rotation` degrees counter-clockwise (what a phone writes when it
-    stores a portrait video landscape)."""
+    stores a portrait video landscape); `audio`: a sound track, [channels, samples] (mono or stereo)
+    float in [-1, 1] or int16, at `sample_rate`, starting with the first frame, written as AAC."""
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"expected uint8 [T, H, W, 3] frames, got {frames.dtype} {frames.shape}")
     t, h, w, _ = frames.shape
@@ -72,9 +75,16 @@ def encode_mp4(
             stream.codec_context.gop_size = gop
         if rotation:
             stream.set_display_rotation(rotation)
+        sound = None
+        if audio is not None:
+            from opensora_lite.data.audio import mux_audio
+
+            _, sound = mux_audio(container, audio, sample_rate)
         for frame in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
         container.mux(stream.encode())
+        for packet in sound or ():  # the muxer interleaves the two streams by time
+            container.mux(packet)
     return buf.getvalue()
 
 
@@ -198,10 +208,13 @@ def temporal_stride(fps: float, target_fps: float) -> int:
     return max(1, math.ceil(fps / target_fps - 1e-6)) if fps > 0 else 1
 
 
-def write_video(path, frames: np.ndarray, fps: float, min_side: int = 128) -> None:
-    """Write uint8 frames [T, H, W, 3] as mp4, enlarged by an integer factor (nearest) to be viewable."""
+def write_video(
+    path, frames: np.ndarray, fps: float, min_side: int = 128, audio: np.ndarray | None = None, sample_rate: int = 16000
+) -> None:
+    """Write uint8 frames [T, H, W, 3] as mp4, enlarged by an integer factor (nearest) to be viewable, with
+    `audio` ([channels, samples] at `sample_rate`, from the first frame) as an AAC track when given."""
     scale = max(1, -(-min_side // min(frames.shape[1:3])))
     if scale > 1:
         frames = frames.repeat(scale, axis=1).repeat(scale, axis=2)
     with open(path, "wb") as fh:
-        fh.write(encode_mp4(np.ascontiguousarray(frames), fps))
+        fh.write(encode_mp4(np.ascontiguousarray(frames), fps, audio=audio, sample_rate=sample_rate))

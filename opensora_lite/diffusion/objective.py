@@ -39,11 +39,15 @@ def flow_loss(
     patch: list[int],
     generator: torch.Generator,
     autocast: AbstractContextManager | None = None,
+    noise_generator: torch.Generator | None = None,
 ) -> Tensor:
-    """MSE between predicted and straight-line velocity at logit-normal, size-shifted times."""
+    """MSE between predicted and straight-line velocity at logit-normal, size-shifted times. The times come
+    from `generator`; the noise from `noise_generator` (default: `generator`) on that generator's device,
+    so a CUDA generator draws it where the model trains."""
     per_frame, frames = tokens_per_frame(x0, patch)
     t = flow.sample_timesteps(cfg, x0.shape[0], per_frame, frames, generator).to(x0.device)
-    noise = torch.randn(x0.shape, generator=generator).to(x0.device)
+    noise_gen = generator if noise_generator is None else noise_generator
+    noise = torch.randn(x0.shape, generator=noise_gen, device=noise_gen.device).to(x0.device)
     xt = flow.add_noise(x0, noise, t, cfg.sigma_min)
     with autocast or nullcontext():
         pred = model(xt, t, t5, clip, cond=cond)

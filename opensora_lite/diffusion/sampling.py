@@ -208,8 +208,8 @@ def sample_shape(rt, stage: StageConfig, prefix: str = "sample.") -> tuple[int, 
 def _resolution_px(resolution: str, prefix: str) -> int:
     try:
         return parse_resolution(resolution)
-    except ValueError as exc:
-        raise ConfigError(f"{prefix}resolution", str(exc)) from None
+    except ValueError:
+        raise ConfigError(f"{prefix}resolution", f"{resolution!r} must look like '256px'") from None
 
 
 def sample_captions(rt, prompts: list[str], shape: tuple[int, int, int]) -> list[str]:

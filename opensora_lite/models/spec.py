@@ -49,6 +49,16 @@ class Activations:
 
 
 @dataclass(frozen=True)
+class AudioStream:
+    """What a model with an audio stream takes: audio latents [B, channels, frames, bins] at
+    `latents_per_second` (the audio autoencoder's; the task checks they match)."""
+
+    channels: int
+    bins: int
+    latents_per_second: float
+
+
+@dataclass(frozen=True)
 class Capabilities:
     """What a family can do; the start-up checks refuse the rest with one line naming the key."""
 
@@ -89,7 +99,7 @@ class ModelSpec(ABC):
         return {group: getattr(model, group) for group in self.block_groups}
 
     def set_sequence_parallel(self, model: nn.Module, sp) -> None:
-        """Split video tokens over an SP group (parallel/sequence.py); families with the capability."""
+        """Split video (and audio) tokens over an SP group (parallel/sequence.py); families with the capability."""
         if sp is not None:
             raise NotImplementedError(f"model family {self.family} has no sequence parallelism")
 
@@ -116,8 +126,11 @@ class ModelSpec(ABC):
 
     # -- cost ----------------------------------------------------------------------------------------
     @abstractmethod
-    def flops(self, cfg: Any, video_tokens: int, text_tokens: int, image_condition: bool = False) -> FlopCount:
-        """FLOPs of one sample of `video_tokens` tokens (after patching) and `text_tokens` text tokens."""
+    def flops(
+        self, cfg: Any, video_tokens: int, text_tokens: int, image_condition: bool = False, audio_tokens: int = 0
+    ) -> FlopCount:
+        """FLOPs of one sample of `video_tokens` tokens (after patching) and `text_tokens` text tokens (and
+        `audio_tokens` through the audio stream of a family with one)."""
 
     def block_flops(self, cfg: Any, video_tokens: int, text_tokens: int) -> dict[str, float]:
         """Forward FLOPs of one block of each group (attention included): what activation checkpointing
@@ -171,6 +184,29 @@ class ModelSpec(ABC):
         """The predicted velocity (noise - data) for latents x [B, C, T, H, W] at flow times t [B] in [0, 1]
         (0: data), given T5 tokens [B, L, D], the CLIP pooled vector [B, D'] (families with
         pooled_text), and the I2V condition [B, C+1, T, H, W] (mask channel first)."""
+
+    # -- sound (docs/audio-video.md) ---------------------------------------------------------------------
+    def audio_stream(self, cfg: Any) -> AudioStream | None:
+        """The audio latents the model of `cfg` generates beside the video; None: a video-only model."""
+        return None
+
+    def forward_av(
+        self,
+        model: nn.Module,
+        x: Tensor,
+        t: Tensor,
+        audio: Tensor,
+        audio_t: Tensor,
+        t5: Tensor,
+        clip: Tensor | None,
+        video_rate: float,
+        cond: Tensor | None = None,
+        guidance: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """(video velocity, audio velocity) for video latents x at flow times t [B] and audio latents
+        [B, C_a, T_a, F_a] at their own times audio_t [B]; `video_rate`: the video's latent frames a
+        second (the two streams share a time line in seconds). Families whose audio_stream is not None."""
+        raise NotImplementedError(f"model family {self.family} has no audio stream")
 
 
 def spec_for(cfg: Any) -> ModelSpec:

@@ -41,6 +41,7 @@ from opensora_lite.checkpoint.files import clean_key, write_safetensors
 from opensora_lite.config.schema import ParallelConfig
 from opensora_lite.errors import ConfigError
 from opensora_lite.layout import MODEL_FILE
+from opensora_lite.models.attention import choose_kernels
 from opensora_lite.parallel.checkpointing import apply_activation_checkpointing, compile_blocks
 from opensora_lite.registry import ENGINES
 
@@ -171,6 +172,7 @@ class Engine(ABC):
         self.recomputed = apply_activation_checkpointing(blocks, dict(self.cfg.ac_blocks))
         if not any(p.is_meta for p in model.parameters()):  # a model built on meta gets its device at materialize()
             model = model.to(self.device)
+        choose_kernels(model, self.device)  # once, here: compiled blocks then find their attention kernel chosen
         if self.cfg.compile:
             compile_blocks(blocks)
         return model

@@ -26,7 +26,13 @@ from opensora_lite.parallel.engine import Blocks, Engine
 class FSDP2Engine(Engine):
     @property
     def shards_parameters(self) -> bool:
-        return self.world_size > 1
+        """Several ranks, or one with parallel.shard_one_rank (a mesh of one: the sharded code paths, DTensor
+        parameters and DCP checkpoints, on one GPU)."""
+        return self.world_size > 1 or self.cfg.shard_one_rank
+
+    @property
+    def needs_process_group(self) -> bool:  # (the device mesh of a sharded single rank needs one)
+        return self.cfg.shard_one_rank
 
     def _mesh(self):
         from torch.distributed.device_mesh import init_device_mesh
@@ -46,7 +52,7 @@ class FSDP2Engine(Engine):
 
         model = super().wrap(model, blocks)  # AC, device, compile per block
         self.sharded_blocks = 0
-        if self.world_size == 1:  # nothing to shard: plain training, same code paths
+        if not self.shards_parameters:  # one rank: nothing to shard, plain training, same code paths
             return model
         mesh = self._mesh()
         policy = MixedPrecisionPolicy(param_dtype=DTYPES[self.compute_dtype()], reduce_dtype=torch.float32)
@@ -77,7 +83,7 @@ class FSDP2Engine(Engine):
     def builds_on_meta(self) -> bool:
         """parallel.meta_init with several ranks: the trainer builds the model on the meta device and
         calls materialize() after prepare(), instead of building it whole on every rank."""
-        return self.cfg.meta_init and self.world_size > 1
+        return self.cfg.meta_init and self.shards_parameters
 
     def materialize(self, model: nn.Module, spec, weights: Path | None, seed: int) -> LoadReport:
         """Give a model built on meta and sharded by prepare() its values, each rank only its shards:
@@ -137,12 +143,12 @@ class FSDP2Engine(Engine):
     def full_state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-        if self.world_size == 1:
+        if not self.shards_parameters:
             return super().full_state_dict(model)
         sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         return {clean_key(k): v.detach().float().contiguous() for k, v in sd.items()}
 
     def save_model(self, folder: Path, model: nn.Module) -> None:
-        if self.world_size == 1:
+        if not self.shards_parameters:
             return super().save_model(folder, model)
         dcp_files.save_model(folder, model)

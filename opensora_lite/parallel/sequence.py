@@ -7,6 +7,10 @@ attends over the whole joint sequence for H/sp heads (its heads of the replicate
 communication), and a second all-to-all trades back. The text outputs are gathered over heads, since
 every rank carries the text stream. At the end the video tokens are gathered.
 
+The audio stream's attentions (models/flux/audio.py) go through `segment_attention`, the same trade
+for sequences made of several segments: audio and video tokens split like the video above, text
+replicated.
+
 Gradients: each rank's parameter gradients cover its own tokens; their sum over the SP group is the
 gradient of the whole sample. Data-parallel engines average over all ranks, so the training loss is
 multiplied by sp (see `loss_scale`).
@@ -18,7 +22,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from opensora_lite.models.attention import attention
+from opensora_lite.models.attention import run_kernel
 
 
 class SPContext:
@@ -49,8 +53,9 @@ class SPContext:
         return _GatherSeq.apply(x, self, dim).narrow(dim, 0, n)
 
     # -- attention ---------------------------------------------------------------------------------
-    def attention(self, q: Tensor, k: Tensor, v: Tensor, txt_len: int, valid_img: int, backend: str) -> Tensor:
-        """q, k, v [B, H, txt_len + local video tokens, D] -> the same layout, attending over everything."""
+    def attention(self, q: Tensor, k: Tensor, v: Tensor, txt_len: int, valid_img: int, kernel: str) -> Tensor:
+        """q, k, v [B, H, txt_len + local video tokens, D] -> the same layout, attending over everything
+        with `kernel` (resolved by the AttentionCore)."""
         heads = q.shape[1]
         per = heads // self.size
         h0 = self.rank * per
@@ -65,10 +70,44 @@ class SPContext:
         if txt_len + valid_img < total:  # padded video tokens must not be attended to
             mask = torch.zeros(total, dtype=torch.bool, device=q.device)
             mask[: txt_len + valid_img] = True
-        out = attention(qh, kh, vh, backend, mask=mask)  # [B, H/sp, txt + Li, D]
+        out = run_kernel(kernel, qh, kh, vh, mask=mask)  # [B, H/sp, txt + Li, D]
         txt_out = _GatherHeads.apply(out[:, :, :txt_len], self)  # [B, H, txt, D]
         img_out = _AllToAll.apply(out[:, :, txt_len:], self, 2, 1)  # scatter tokens, gather heads
         return torch.cat((txt_out, img_out), dim=2)
+
+    def segment_attention(self, q: Tensor, k: Tensor, v: Tensor, q_segments, kv_segments, kernel: str) -> Tensor:
+        """Attention between sequences made of segments (tokens of the whole sequence, split over the
+        ranks or replicated), in the layout above: a split segment holds this rank's share (padded),
+        a replicated one all its tokens. Split segments trade their sequence split for a head split, a
+        replicated one gives this rank's heads; padded keys are masked out. The audio stream's
+        attentions: audio queries over [text, audio, video] keys, video queries over audio keys."""
+        per = q.shape[1] // self.size
+        h0 = self.rank * per
+
+        def local(n: int, split: bool) -> int:
+            return self.padded_length(n) // self.size if split else n
+
+        def to_heads(t: Tensor, segments) -> Tensor:
+            parts, start = [], 0
+            for n, split in segments:
+                part = t.narrow(2, start, local(n, split))
+                start += local(n, split)
+                parts.append(_AllToAll.apply(part, self, 1, 2) if split else part[:, h0 : h0 + per])
+            return torch.cat(parts, dim=2)
+
+        qh, kh, vh = to_heads(q, q_segments), to_heads(k, kv_segments), to_heads(v, kv_segments)
+        mask = None
+        if any(split and self.padded_length(n) > n for n, split in kv_segments):  # (decided on the host: no sync)
+            keep = [torch.arange(self.padded_length(n) if split else n) < n for n, split in kv_segments]
+            mask = torch.cat(keep).to(q.device)
+        out = run_kernel(kernel, qh, kh, vh, mask=mask)
+        parts, start = [], 0
+        for n, split in q_segments:
+            full = self.padded_length(n) if split else n
+            part = out.narrow(2, start, full)
+            start += full
+            parts.append(_AllToAll.apply(part, self, 2, 1) if split else _GatherHeads.apply(part, self))
+        return torch.cat(parts, dim=2)
 
 
 def _all_to_all(x: Tensor, sp: SPContext, scatter_dim: int, gather_dim: int) -> Tensor:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from opensora_lite.config.schema import PlanJobConfig
+from opensora_lite.dtypes import matmul_precision
 from opensora_lite.errors import ConfigError, UserError
 from opensora_lite.plan.cost import StageCost, stage_cost
 from opensora_lite.plan.hardware import GPU, resolve_gpu
@@ -99,7 +100,7 @@ def build_plan(cfg: PlanJobConfig) -> Plan:
         raise ConfigError("plan.headroom", f"a fraction in [0, 1), got {plan.headroom}")
     compute = cfg.run.dtype
     on_gpu = cfg.run.device != "cpu"
-    gpu = resolve_gpu(plan, compute)
+    gpu = resolve_gpu(plan, matmul_precision(compute, cfg.run.tf32))
     mfu, source, measured = plan.mfu, f"assumed {plan.mfu:.0%}", {}
     if plan.metrics:
         measured, mfu, source = measured_mfu(plan.metrics, gpu.peak_tflops)

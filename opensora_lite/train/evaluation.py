@@ -19,7 +19,7 @@ from torch import nn
 
 from opensora_lite.config.schema import StageConfig
 from opensora_lite.data.cache import bucket_table
-from opensora_lite.data.loader import BucketedVideoStream, expand_shards
+from opensora_lite.data.loader import BucketedVideoStream, expand_shards, frames_on_device
 from opensora_lite.data.synthetic import ALL_COLOURS, COLOURS, DIRECTIONS, SHAPES, caption_for, render_frame
 from opensora_lite.diffusion import flow
 from opensora_lite.diffusion.pipeline import generate
@@ -124,7 +124,7 @@ def held_out_loss(rt, model, stage, seed: int) -> dict[str, float]:
     model.eval()
     for _ in range(cfg.eval.val_batches):
         batch = next(batches)
-        x0 = rt.ae.encode(batch["video"].to(rt.device), sample=False)
+        x0 = rt.ae.encode(frames_on_device(batch["video"], rt.device), sample=False)
         t5, clip = rt.text.encode(batch["captions"])
         cond = None
         if spec.has_image_condition(model):

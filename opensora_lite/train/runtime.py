@@ -16,8 +16,10 @@ import torch
 from omegaconf import OmegaConf
 
 from opensora_lite.autoencoders import Autoencoder, build_autoencoder
+from opensora_lite.autoencoders.audio import AudioAutoencoder, build_audio_autoencoder
 from opensora_lite.config.schema import AutoencoderConfig, Config
 from opensora_lite.config.stages import stage_config
+from opensora_lite.dtypes import set_tf32
 from opensora_lite.layout import CONFIG_FILE, EMPTY_PROMPT_FILE
 from opensora_lite.parallel import Engine, build_engine
 from opensora_lite.text.encoders import TextEncoders
@@ -93,6 +95,22 @@ class Runtime:
             self.autoencoders[key] = build_autoencoder(cfg).to(self.device)
         return self.autoencoders[key]
 
+    @property
+    def audio_ae(self) -> AudioAutoencoder | None:
+        """The run's audio autoencoder when its batches carry sound (data.audio.enabled), else None: what an
+        audio_video stage encodes the sound with (train/tasks/audio_video.py)."""
+        return self.audio_autoencoder() if self.cfg.data.audio.enabled else None
+
+    def audio_autoencoder(self) -> AudioAutoencoder:
+        """The run's audio autoencoder (`audio_autoencoder`), built once on first use; random weights (no
+        path) are drawn from run.seed, so every rank and every rerun has the same ones."""
+        key = "audio:" + json.dumps(dataclasses.asdict(self.cfg.audio_autoencoder), sort_keys=True, default=str)
+        if key not in self.autoencoders:
+            a = self.cfg.audio_autoencoder
+            log.info("building audio autoencoder %s (%s)", a.kind, a.path or "no weights file")
+            self.autoencoders[key] = build_audio_autoencoder(a, seed=self.cfg.run.seed).eval()
+        return self.autoencoders[key].to(self.device)  # (for_stage parks the autoencoders a stage does not use)
+
     def place_encoders(self, device: torch.device | str) -> None:
         """Move the frozen encoders (and the autoencoder's encoder) to `device`: training from a latent
         cache parks them on the CPU, sampling brings them back. No-op when training runs on the CPU."""
@@ -155,6 +173,8 @@ def build_runtime(cfg: Config, run_dir: Path, resolved: dict) -> Runtime:
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
     engine = build_engine(cfg.parallel, cfg.run.device)
+    if engine.device.type == "cuda":
+        set_tf32(cfg.run.tf32)
     setup_logging(run_dir, engine.is_main, hold=True)
     text = TextEncoders(cfg.text_encoder, engine.device)
     text.keep_empty_with(run_dir / EMPTY_PROMPT_FILE, write=False)  # written by commit(), once per run

@@ -18,7 +18,8 @@ def stage_batches(rt, name: str, index: int, image_condition: bool, resume: Load
     stage = cfg.curriculum.stages[name]
     stream_cls, shards = BucketedVideoStream, expand_shards(cfg.data.shards)
     if cfg.data.kind == "cached":  # build this stage's latent cache once (all ranks), then read it
-        folder = build_cache(cfg, name, image_condition, rt.ae, rt.text, engine, watch=rt.preemption)
+        audio_ae = rt.audio_autoencoder() if cfg.data.audio.enabled else None  # audio latents beside the video's
+        folder = build_cache(cfg, name, image_condition, rt.ae, rt.text, engine, watch=rt.preemption, audio_ae=audio_ae)
         stream_cls, shards = CachedStream, cached_shards(folder)
         log.info("[%s] training from the latent cache %s", name, folder)
     stream = stream_cls(
@@ -35,5 +36,6 @@ def stage_batches(rt, name: str, index: int, image_condition: bool, resume: Load
         image_caption_template=cfg.data.image_caption_template,
         resume=resume,
         open_retries=cfg.data.open_retries,
+        audio=cfg.data.audio,  # the windows' sound in every batch (the cache holds its latents instead)
     )
     return batches(build_loader(stream, cfg.data.num_workers, cfg.data.prefetch_factor, engine.device.type == "cuda"))

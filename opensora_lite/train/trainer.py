@@ -24,9 +24,11 @@ from opensora_lite.checkpoint.stage import StageCheckpoints
 from opensora_lite.checkpoint.writer import CheckpointWriter
 from opensora_lite.config.validate import async_checkpoint_note
 from opensora_lite.data.loader import LoaderState
+from opensora_lite.dtypes import matmul_precision
 from opensora_lite.errors import Preempted
 from opensora_lite.models.flops import peak_tflops
 from opensora_lite.train.ema import EMA
+from opensora_lite.train.generators import StageGenerators
 from opensora_lite.train.metrics import StageResult, StepWindow, console_line, report_stage_end, stage_layout
 from opensora_lite.train.optim import build_optimizer, build_scheduler
 from opensora_lite.train.runtime import Runtime
@@ -70,9 +72,9 @@ class StageTrainer:
         self.weights.after_prepare(model, resume)
         sched = build_scheduler(opt, stage.optim, stage.steps)
         ema = EMA(engine.unwrap(model), stage.ema_decay) if stage.ema_decay > 0 else None
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.index * 7919 + engine.dp_rank)
+        gens = StageGenerators(engine.device, self.seed * 1_000_003 + self.index * 7919 + engine.dp_rank)
         start, data_state = (
-            (0, LoaderState()) if ckpt is None else self._restore(resume, ckpt, model, opt, sched, gen, ema)
+            (0, LoaderState()) if ckpt is None else self._restore(resume, ckpt, model, opt, sched, gens, ema)
         )
         rt.commit(self.step_offset + start if ckpt else None)  # weights fit: the run directory is this run's now
         if ckpt:
@@ -94,10 +96,9 @@ class StageTrainer:
             rt.text.empty()  # kept where training runs (CFG dropout) while the encoders are parked
             rt.place_encoders("cpu")  # the cache holds their outputs: free the device until sampling
         model.train()
-        window, skipped = (
-            StepWindow(engine, self.cfg.run.peak_tflops or peak_tflops(rt.device, self.cfg.run.dtype)),
-            Counter(),
-        )
+        run = self.cfg.run
+        peak = run.peak_tflops or peak_tflops(rt.device, matmul_precision(run.dtype, run.tf32))
+        window, skipped = StepWindow(engine, peak), Counter()
         self.skips = SkipList(self.dir.root, engine, start)  # <stage>/skipped.tsv
         show_bar = engine.is_main and self.cfg.logger.progress_bar and sys.stderr.isatty()
         bar = tqdm(total=stage.steps, initial=start, desc=self.name, disable=not show_bar, dynamic_ncols=True)
@@ -111,7 +112,8 @@ class StageTrainer:
                 data_state.failed.extend(batch["failed"])
                 skipped.update(batch["skipped"])
                 self.skips.add(step + 1, batch.get("skipped_rows", ()))
-                loss, tokens, flops = task.micro_step(model, batch, gen, step, micro == stage.grad_accum - 1)
+                last = micro == stage.grad_accum - 1
+                loss, tokens, flops = task.micro_step(model, batch, gens.host, step, last, gens.device)
                 window.micro(float(loss), tokens, len(batch["captions"]), flops, wait, stage.grad_accum)
             grad_norm = engine.step(model, opt)
             task.after_step(step)
@@ -129,11 +131,11 @@ class StageTrainer:
                 validator.run(model, ema, done)
             saved = stage.checkpoint_every and done % stage.checkpoint_every == 0 and done < stage.steps
             if saved:
-                self._checkpoint(model, opt, sched, gen, ema, done, data_state)
+                self._checkpoint(model, opt, sched, gens, ema, done, data_state)
             signame = rt.preemption.should_stop(engine.world_size, engine.device) if done < stage.steps else None
             if signame:  # every rank stops here: checkpoint, then the entry point requeues (or ends, on Ctrl-C)
                 if not saved:
-                    self._checkpoint(model, opt, sched, gen, ema, done, data_state)
+                    self._checkpoint(model, opt, sched, gens, ema, done, data_state)
                 self.writer.wait(done)
                 bar.close()
                 rt.tracker.event("preempted", self.step_offset + done, self.name, at_step=done, signal=signame)
@@ -185,7 +187,7 @@ class StageTrainer:
         return engine.unwrap(model) if weights is None else self.task.eval_model(weights)
 
     # -- checkpoints -----------------------------------------------------------------------------
-    def _checkpoint(self, model, opt, sched, gen, ema, step: int, data_state: LoaderState) -> None:
+    def _checkpoint(self, model, opt, sched, gens, ema, step: int, data_state: LoaderState) -> None:
         """Every rank writes its part (weights, optimizer), rank 0 the trainer state (checkpoint/writer.py)."""
         engine = self.engine
         self.skips.flush()  # the skips up to this step: a resume from here lists the later ones again
@@ -197,24 +199,21 @@ class StageTrainer:
                 "data": LoaderState(data_state.batches, failed).as_dict(),
                 "data_layout": {"dp_size": engine.dp_size, "num_workers": self.cfg.data.num_workers},
                 "scheduler": sched.state_dict(),
-                "generators": engine.all_gather_object(gen.get_state()),  # one per rank
+                **gens.checkpoint_state(engine),  # each rank's random streams
                 "task": self.task.state_dict(),  # e.g. an autoencoder stage's discriminator
             }
 
         self.writer.save(step, model, opt, ema, trainer_state)
 
-    def _restore(self, resume, ckpt: dict, model, opt, sched, gen, ema) -> tuple[int, LoaderState]:
+    def _restore(self, resume, ckpt: dict, model, opt, sched, gens, ema) -> tuple[int, LoaderState]:
         engine, state = self.engine, ckpt["trainer_state"]
         engine.load_optimizer(resume, model, opt)
         sched.load_state_dict(state["scheduler"])
-        generators, start = state["generators"], state["step"]
-        if len(generators) == engine.world_size:
-            gen.set_state(generators[engine.rank])
-        else:  # another world size: per-rank noise streams cannot continue; start new ones, reproducibly
-            gen.manual_seed(self.seed * 1_000_003 + self.index * 7919 + start * 104729 + engine.dp_rank)
-            log.warning(
-                "[%s] resumed on %d ranks from %d: new noise streams", self.name, engine.world_size, len(generators)
-            )
+        start = state["step"]
+        # (another world size: new streams, reproducibly)
+        gens.restore(
+            state, engine, self.name, self.seed * 1_000_003 + self.index * 7919 + start * 104729 + engine.dp_rank
+        )
         if ema and "ema" in ckpt:
             ema.load_state_dict(ckpt["ema"])
         self.task.load_state_dict(state.get("task", {}))

@@ -12,7 +12,7 @@ from pathlib import Path
 from torch import Tensor, nn
 
 from opensora_lite.errors import ConfigError
-from opensora_lite.models.spec import Capabilities, FlopCount, ModelSpec
+from opensora_lite.models.spec import AudioStream, Capabilities, FlopCount, ModelSpec
 
 
 class FluxSpec(ModelSpec):
@@ -26,7 +26,7 @@ class FluxSpec(ModelSpec):
         export=("bfl", "diffusers", "opensora", "lora"),
         pooled_text=True,
     )
-    block_groups = ("double_blocks", "single_blocks")
+    block_groups = ("double_blocks", "single_blocks", "audio_blocks")  # audio_blocks: empty without model.audio
     lora_groups = {
         "attention": (r"double_blocks\.\d+\.(img|txt)_attn\.(qkv|proj)", r"single_blocks\.\d+\.linear[12]"),
         "mlp": (r"double_blocks\.\d+\.(img|txt)_mlp\.[02]", r"single_blocks\.\d+\.linear[12]"),
@@ -79,16 +79,19 @@ class FluxSpec(ModelSpec):
     def heads(self, cfg) -> int:
         return cfg.num_heads
 
-    def flops(self, cfg, video_tokens: int, text_tokens: int, image_condition: bool = False) -> FlopCount:
+    def flops(
+        self, cfg, video_tokens: int, text_tokens: int, image_condition: bool = False, audio_tokens: int = 0
+    ) -> FlopCount:
         from opensora_lite.models.flux.flops import mmdit_flops
 
-        return mmdit_flops(cfg, video_tokens, text_tokens, image_condition)
+        return mmdit_flops(cfg, video_tokens, text_tokens, image_condition, audio_tokens)
 
-    def block_flops(self, cfg, video_tokens: int, text_tokens: int) -> dict[str, float]:
-        from opensora_lite.models.flux.flops import block_forward_flops
+    def block_flops(self, cfg, video_tokens: int, text_tokens: int, audio_tokens: int = 0) -> dict[str, float]:
+        from opensora_lite.models.flux.flops import audio_block_forward_flops, block_forward_flops
 
         double, single, attention = block_forward_flops(cfg, video_tokens, text_tokens)
-        return {"double_blocks": double + attention, "single_blocks": single + attention}
+        audio = sum(audio_block_forward_flops(cfg, video_tokens, text_tokens, audio_tokens)) if cfg.audio else 0.0
+        return {"double_blocks": double + attention, "single_blocks": single + attention, "audio_blocks": audio}
 
     def activations(self, cfg):
         """Saved activations per token and hidden unit of each block group, measured with saved-tensor
@@ -97,10 +100,13 @@ class FluxSpec(ModelSpec):
         from opensora_lite.models.spec import Activations
 
         r = cfg.mlp_ratio
+        n_audio = cfg.depth if cfg.audio else 0
+        audio = (18.4 + 2.0 * cfg.audio.mlp_ratio) * cfg.audio.hidden_size / cfg.hidden_size if cfg.audio else 0.0
         return Activations(
             width=cfg.hidden_size,
-            per_block={"double_blocks": 18.4 + 2.0 * r, "single_blocks": 13.3 + 2.0 * r},
-            blocks={"double_blocks": cfg.depth, "single_blocks": cfg.depth_single_blocks},
+            per_block={"double_blocks": 18.4 + 2.0 * r, "single_blocks": 13.3 + 2.0 * r, "audio_blocks": audio},
+            # the audio blocks' share is not measured yet: counted like a double block at the audio width
+            blocks={"double_blocks": cfg.depth, "single_blocks": cfg.depth_single_blocks, "audio_blocks": n_audio},
             outside=2.0,
             fp32_under_bf16=2.0,
         )
@@ -116,9 +122,10 @@ class FluxSpec(ModelSpec):
         return LazyFluxWeights(path)
 
     def optional_keys(self) -> tuple[str, ...]:
+        from opensora_lite.models.flux.audio import AUDIO_PREFIXES
         from opensora_lite.models.flux.weights import NEW_IN_VIDEO, OPTIONAL
 
-        return NEW_IN_VIDEO + OPTIONAL
+        return NEW_IN_VIDEO + OPTIONAL + AUDIO_PREFIXES
 
     def latent_layers(self) -> tuple[str, ...]:
         """The layers whose shapes follow the latent space (channels x patch): a stage that switches
@@ -127,6 +134,15 @@ class FluxSpec(ModelSpec):
 
     def forward(self, model, x, t, t5, clip, cond=None, guidance=None) -> Tensor:
         return model(x, t, t5, clip, cond=cond, guidance=guidance)
+
+    def audio_stream(self, cfg) -> AudioStream | None:
+        a = cfg.audio
+        return None if a is None else AudioStream(a.latent_channels, a.latent_bins, a.latents_per_second)
+
+    def forward_av(self, model, x, t, audio, audio_t, t5, clip, video_rate, cond=None, guidance=None):
+        return model(
+            x, t, t5, clip, cond=cond, guidance=guidance, audio=audio, audio_timesteps=audio_t, video_rate=video_rate
+        )
 
 
 SPEC = FluxSpec()

@@ -9,12 +9,21 @@ Parameter names follow the BFL FLUX.1 checkpoint. At one frame this is exactly F
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Optional
 
 import torch
 from einops import rearrange
 from torch import Tensor, nn
 
 from opensora_lite.models.attention import AttentionCore
+from opensora_lite.models.flux.audio import (
+    AudioBlock,
+    AudioLastLayer,
+    AudioStreamConfig,
+    audio_latents,
+    audio_tokens,
+    time_rope,
+)
 from opensora_lite.models.flux.layers import MLPEmbedder, Modulation, QKNorm, gelu_tanh, layer_norm, timestep_embedding
 from opensora_lite.models.flux.rope import apply_rope, rope_cos_sin, video_position_ids
 
@@ -42,6 +51,9 @@ class MMDiTConfig:
     guidance_embed: bool = False  # Flux-dev distilled guidance input; Open-Sora's video model drops it
     attention_backend: str = "auto"  # auto | sdpa | flash2 | flash3 | math
     fused_qk_norm_rope: bool = False  # QK RMS norm and RoPE in one fp32 pass per tensor (an MFU lever)
+    # the audio stream (models/flux/audio.py): null for a video model; a T2V checkpoint loads into a model
+    # with one and computes the same video (its audio layers start where they change nothing)
+    audio: Optional[AudioStreamConfig] = None
 
     @property
     def head_dim(self) -> int:
@@ -199,6 +211,14 @@ class MMDiT(nn.Module):
         # I2V condition: mask (1 channel) + masked latents, patchified, added to img_in's output.
         pt, ph, pw = cfg.patch_size
         self.cond_in = nn.Linear((cfg.latent_channels + 1) * pt * ph * pw, hidden) if image_condition else None
+        # the audio stream, built after the video layers (a seed gives the video layers the same values
+        # with or without it); audio block i runs after double block i
+        a = cfg.audio
+        self.audio_in = nn.Linear(a.token_dim, a.hidden_size) if a else None
+        self.audio_blocks = nn.ModuleList(
+            AudioBlock(hidden, a, cfg.attention_backend) for _ in range(cfg.depth if a else 0)
+        )
+        self.audio_final_layer = AudioLastLayer(hidden, a) if a else None
         self.sp = None
         self.reset_parameters()
 
@@ -210,6 +230,9 @@ class MMDiT(nn.Module):
         """Split video tokens over an SP group (parallel/sequence.py); None turns it off."""
         if sp is not None and self.cfg.num_heads % sp.size:
             raise ValueError(f"sequence parallel size {sp.size} does not divide the {self.cfg.num_heads} heads")
+        if sp is not None and self.cfg.audio is not None and self.cfg.audio.num_heads % sp.size:
+            heads = self.cfg.audio.num_heads
+            raise ValueError(f"sequence parallel size {sp.size} does not divide the audio stream's {heads} heads")
         self.sp = sp
         for core in self._attention_cores():
             core.sp = sp
@@ -217,24 +240,34 @@ class MMDiT(nn.Module):
     def _attention_cores(self) -> list[AttentionCore]:
         return [m for m in self.modules() if isinstance(m, AttentionCore)]
 
+    def _zero_initialised(self) -> set[str]:
+        """Names of the linears that start at zero: every modulation, the output layers, cond_in and the
+        audio->video gate (so an I2V or audio model starts computing the video of its T2V parent)."""
+        from opensora_lite.checkpoint.files import clean_key
+
+        zero = {f"{clean_key(n)}.lin" for n, m in self.named_modules() if isinstance(m, Modulation)}
+        zero |= {"final_layer.linear", "final_layer.adaLN_modulation.1", "cond_in"}
+        zero |= {"audio_final_layer.linear", "audio_final_layer.adaLN_modulation.1"}
+        zero |= {f"audio_blocks.{i}.{n}" for i in range(len(self.audio_blocks)) for n in ("mod.lin", "a2v_gate")}
+        return zero
+
     def reset_parameters(self) -> None:
-        """From-scratch init: small normal linears; modulations, final layer and cond_in at zero.
+        """From-scratch init: small normal linears; modulations, output layers and cond_in at zero.
 
         Zero gates make every block start as the identity (the DiT recipe); zero cond_in makes an I2V
-        model compute exactly what its T2V parent did until training moves it.
+        model compute exactly what its T2V parent did until training moves it, and a zero a2v_gate does
+        the same for the audio stream.
         """
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 nn.init.normal_(module.weight, std=0.02)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
-        zero = [m.lin for m in self.modules() if isinstance(m, Modulation)]
-        zero += [self.final_layer.linear, self.final_layer.adaLN_modulation[1]]
-        if self.cond_in is not None:
-            zero.append(self.cond_in)
-        for module in zero:
-            nn.init.zeros_(module.weight)
-            nn.init.zeros_(module.bias)
+        zero = self._zero_initialised()
+        for name, module in self.named_modules():
+            if name in zero:
+                nn.init.zeros_(module.weight)
+                nn.init.zeros_(module.bias)
 
     def initial_tensors(self, names: set[str] | None = None):
         """(name, tensor) for each parameter as building this model on the CPU and reset_parameters()
@@ -248,8 +281,7 @@ class MMDiT(nn.Module):
         with torch.device("cpu"):
             for _, m in linears:  # construction: each nn.Linear draws its default init, in module order
                 nn.Linear(m.in_features, m.out_features, bias=m.bias is not None)
-        zero = {clean_key(n) for n, m in self.named_modules() if isinstance(m, Modulation)}
-        zero = {f"{n}.lin" for n in zero} | {"final_layer.linear", "final_layer.adaLN_modulation.1", "cond_in"}
+        zero = self._zero_initialised()
         wanted = (lambda name: True) if names is None else names.__contains__
         done = set()
         for name, m in linears:
@@ -269,8 +301,8 @@ class MMDiT(nn.Module):
                 continue
             if not key.endswith(".scale"):  # RMSNorm scales are the only other parameters
                 raise RuntimeError(f"initial_tensors does not know how {key} is initialised")
-            if wanted(key):
-                yield key, torch.ones(self.cfg.head_dim)  # QK norm scales (also where p is a placeholder)
+            if wanted(key):  # QK norm scales (their size from the config: p may be a placeholder)
+                yield key, torch.ones(self.cfg.audio.head_dim if key.startswith("audio_") else self.cfg.head_dim)
 
     def forward_tokens(
         self,
@@ -282,8 +314,15 @@ class MMDiT(nn.Module):
         y: Tensor,
         guidance: Tensor | None = None,
         cond: Tensor | None = None,
-    ) -> Tensor:
-        """Flux's token-level forward: packed image tokens [B, L, patch_dim] -> predicted tokens."""
+        audio: Tensor | None = None,
+        audio_timesteps: Tensor | None = None,
+        video_rate: float | None = None,
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """Flux's token-level forward: packed image tokens [B, L, patch_dim] -> predicted tokens.
+
+        With `audio` tokens [B, La, token_dim] (a model with an audio stream), at their own flow times
+        `audio_timesteps` [B], it returns (video tokens, audio tokens); `video_rate` is the video's latent
+        frames a second (img_ids' time axis counts latent frames), which places both on one time line."""
         img = self.img_in(img)
         if cond is not None:
             if self.cond_in is None:
@@ -304,13 +343,42 @@ class MMDiT(nn.Module):
         ids = torch.cat((txt_ids, img_ids), dim=-2)
         cos, sin = rope_cos_sin(ids, self.cfg.axes_dim, self.cfg.theta)
         cos, sin = (cos[None, None], sin[None, None]) if ids.dim() == 2 else (cos[:, None], sin[:, None])
-        for block in self.double_blocks:
+        stream = None if audio is None else self._audio_stream(audio, audio_timesteps, y, img_ids, video_rate)
+        for i, block in enumerate(self.double_blocks):
             img, txt = block(img, txt, vec, cos, sin)
+            if stream is not None:
+                a, a_vec, img_rope, a_rope = stream
+                layout = (txt.shape[1], audio.shape[1], n_img)
+                img, a = self.audio_blocks[i](img, txt, a, a_vec, img_rope, a_rope, layout)
+                stream = (a, a_vec, img_rope, a_rope)
         x = torch.cat((txt, img), dim=1)
         for block in self.single_blocks:
             x = block(x, vec, cos, sin)
         out = self.final_layer(x[:, txt.shape[1] :], vec)
-        return out if self.sp is None else self.sp.gather(out, n_img, 1)
+        out = out if self.sp is None else self.sp.gather(out, n_img, 1)
+        if stream is None:
+            return out
+        a_out = self.audio_final_layer(stream[0], stream[1])
+        return out, (a_out if self.sp is None else self.sp.gather(a_out, audio.shape[1], 1))
+
+    def _audio_stream(self, audio: Tensor, timesteps: Tensor | None, y: Tensor, img_ids: Tensor, video_rate):
+        """The audio stream's inputs: embedded tokens (this rank's share), its conditioning vector (its
+        own flow time, the same text vector) and the time RoPE tables of the video and audio tokens."""
+        a_cfg = self.cfg.audio
+        if a_cfg is None:
+            raise ValueError("audio was given but the model has no audio stream (model.audio is null)")
+        if timesteps is None or video_rate is None:
+            raise ValueError("the audio stream needs audio_timesteps and video_rate")
+        a = self.audio_in(audio)
+        a_vec = self.time_in(timestep_embedding(timesteps, 256).to(a.dtype)) + self.vector_in(y)
+        # video latent frame k starts at k / video_rate seconds (img_ids' axis 0 is k; already this rank's)
+        pos = img_ids[..., :1].double() * (a_cfg.latents_per_second / video_rate)
+        cos, sin = rope_cos_sin(pos, [a_cfg.head_dim], a_cfg.theta)
+        img_rope = (cos[None, None], sin[None, None]) if pos.dim() == 2 else (cos[:, None], sin[:, None])
+        a_rope = time_rope(audio.shape[1], a_cfg.latents_per_second, a_cfg, audio.device)
+        if self.sp is not None:
+            a, a_rope = self.sp.split(a, 1), tuple(self.sp.split(r, 2) for r in a_rope)
+        return a, a_vec, img_rope, a_rope
 
     def forward(
         self,
@@ -320,11 +388,16 @@ class MMDiT(nn.Module):
         y: Tensor,
         cond: Tensor | None = None,
         guidance: Tensor | None = None,
-    ) -> Tensor:
+        audio: Tensor | None = None,
+        audio_timesteps: Tensor | None = None,
+        video_rate: float | None = None,
+    ) -> Tensor | tuple[Tensor, Tensor]:
         """Velocity for latents x [B, C, T, H, W] at times [B]; txt [B, L, context_in_dim]; y [B, vec_in_dim].
 
         `cond` is the I2V condition [B, C+1, T, H, W] (mask channel first, then masked latents).
         Time takes RoPE axis 0 (unused by Flux), one position per latent frame; text positions are zero.
+        With audio latents [B, C_a, T_a, F_a] at flow times `audio_timesteps` [B] (a model with an audio
+        stream; `video_rate`: latent frames a second of x) it returns (video velocity, audio velocity).
         """
         patch = self.cfg.patch_size
         _, _, t, h, w = x.shape
@@ -342,7 +415,16 @@ class MMDiT(nn.Module):
             y,
             guidance=guidance,
             cond=None if cond is None else patchify(cond, patch),
+            audio=None if audio is None else audio_tokens(audio),
+            audio_timesteps=audio_timesteps,
+            video_rate=video_rate,
         )
         # a fresh tensor, not a view of the tokens: FSDP2 warns on every step about a root module that
         # returns a view (an in-place op on it would skip its backward hook). One copy of the output.
-        return unpatchify(out, patch, grid).clone(memory_format=torch.contiguous_format)
+        if audio is None:
+            return unpatchify(out, patch, grid).clone(memory_format=torch.contiguous_format)
+        video, sound = out
+        sound = audio_latents(sound, self.cfg.audio.latent_channels)
+        return unpatchify(video, patch, grid).clone(memory_format=torch.contiguous_format), sound.clone(
+            memory_format=torch.contiguous_format
+        )

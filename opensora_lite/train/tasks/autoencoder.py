@@ -6,6 +6,11 @@ trainable), its loss (L1 + perceptual + adaptive-weighted hinge PatchGAN, autoen
 the discriminator's own update after each engine step, the discriminator's state for the checkpoint,
 and the reconstruction evaluation (PSNR/SSIM on held-out clips + a contact sheet).
 
+What it reconstructs is the stage's modality (stage.reconstruction.modality, reconstruction.py): the
+video autoencoder on the clips, or the audio autoencoder on the log-mel of their sound. The modality
+object gives the autoencoder, a step's input and the evaluation's scores and sheets; the loss, the
+checkpoint and the loop are the same for both.
+
 The discriminator is small and replicated on every rank (never sharded): its gradients are averaged
 over ranks with one all-reduce, so every engine trains it alike. Its weights and Adam state travel in
 the trainer state of the stage's checkpoints (JSON + safetensors, train/state.py).
@@ -23,7 +28,6 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from opensora_lite.autoencoders import build_autoencoder
 from opensora_lite.autoencoders.losses import (
     PatchDiscriminator3D,
     adaptive_weight,
@@ -33,8 +37,8 @@ from opensora_lite.autoencoders.losses import (
     load_perceptual,
 )
 from opensora_lite.errors import CheckpointError, UserError
-from opensora_lite.eval.reconstruction import psnr, reconstruction_sheet, ssim
 from opensora_lite.train.tasks.base import StageContext, Task
+from opensora_lite.train.tasks.reconstruction import reconstruction_for
 
 log = logging.getLogger("opensora_lite")
 
@@ -47,6 +51,7 @@ class AutoencoderTask(Task):
         engine, cfg, stage, index = ctx.engine, ctx.cfg, ctx.stage, ctx.index
         self.engine, self.cfg, self.stage, self.index = engine, cfg, stage, index
         self.r = r = stage.reconstruction
+        self.modality = reconstruction_for(cfg, r.modality, engine.device)
         self.perceptual = load_perceptual(r.vgg_path).to(engine.device) if r.perceptual_weight > 0 else None
         self.disc = self.disc_opt = None
         if r.disc_weight > 0:
@@ -59,19 +64,19 @@ class AutoencoderTask(Task):
 
     # -- the model ---------------------------------------------------------------------------------
     def build_model(self) -> nn.Module:
-        """The configured autoencoder with every parameter trainable; its forward(video) reconstructs and
-        reconstruct(video) gives (reconstruction, raw latents)."""
-        ae = build_autoencoder(self.cfg.autoencoder)
+        """The modality's configured autoencoder with every parameter trainable; its forward(x) reconstructs
+        and reconstruct(x) gives (reconstruction, raw latents)."""
+        ae = self.modality.build()
         if not any(True for _ in ae.parameters()) or not hasattr(ae, "reconstruct"):
             raise UserError(
-                f"autoencoder.kind={self.cfg.autoencoder.kind} has nothing to train (no parameters or no "
-                "reconstruct(video) -> (reconstruction, latents)); an autoencoder stage trains e.g. dc_ae"
+                f"{type(ae).__name__} has nothing to train (no parameters or no reconstruct(x) -> "
+                "(reconstruction, latents)); an autoencoder stage trains e.g. dc_ae or mel_ae"
             )
         return ae.requires_grad_(True)
 
     def eval_model(self, weights: dict) -> nn.Module:
         """A local autoencoder holding `weights` (gathered or EMA), for evaluation on rank 0."""
-        ae = build_autoencoder(self.cfg.autoencoder)
+        ae = self.modality.build()
         ae.load_state_dict(weights)
         return ae.to(self.engine.device)
 
@@ -102,13 +107,13 @@ class AutoencoderTask(Task):
     def disc_on(self, step: int) -> bool:
         return self.disc is not None and step >= self.r.disc_start
 
-    def micro_step(self, model, batch: dict, gen, step: int, last: bool) -> tuple[torch.Tensor, int, float]:
+    def micro_step(
+        self, model, batch: dict, gen, step: int, last: bool, device_gen=None
+    ) -> tuple[torch.Tensor, int, float]:
         """One forward + backward of the autoencoder (and the discriminator's, once it trains); `step` is
         0-based. Returns the loss, the pixels and 0 FLOPs (not counted for autoencoders)."""
         r, engine = self.r, self.engine
-        video = batch["video"].to(engine.device, non_blocking=True)
-        if self.images_at(step):
-            video = video[:, :, :1]
+        video = self.modality.inputs(batch, self.images_at(step))  # (a log-mel for the audio autoencoder)
         out = model(video)
         if out.shape != video.shape:
             raise UserError(
@@ -201,8 +206,9 @@ class AutoencoderTask(Task):
     # -- evaluation --------------------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self, model: nn.Module, folder: Path, validation: bool = False) -> tuple[dict, list, dict]:
-        """PSNR/SSIM over `eval.val_batches` batches of the held-out `eval.val_shards` (data.shards when
-        unset), read in a fixed order; a contact sheet of the first batch (inputs above reconstructions)."""
+        """The modality's scores (video: PSNR/SSIM) over `eval.val_batches` batches of the held-out
+        `eval.val_shards` (data.shards when unset), read in a fixed order; a contact sheet of the first batch
+        (inputs above reconstructions); the raw latents' mean and std."""
         from opensora_lite.data.cache import bucket_table
         from opensora_lite.data.loader import BucketedVideoStream, expand_shards
 
@@ -215,19 +221,20 @@ class AutoencoderTask(Task):
             shuffle_buffer=1,
             caption_key=cfg.data.caption_key,
             caption_template=cfg.data.caption_template,
+            audio=self.modality.stream_audio(),
         )
-        batches, scores, sheets = iter(stream), {"psnr": 0.0, "ssim": 0.0}, {}
+        batches, scores, sheets = iter(stream), {}, {}
         moments = torch.zeros(3, dtype=torch.float64)  # count, sum, sum of squares of the raw latents
         model.eval()
         for i in range(cfg.eval.val_batches):
-            video = next(batches)["video"].to(self.engine.device)
-            recon, latents = model.reconstruct(video)
+            x = self.modality.inputs(next(batches), False)
+            recon, latents = model.reconstruct(x)
             latents = latents.double()
             moments += torch.stack([torch.tensor(latents.numel()), latents.sum(), latents.square().sum()]).cpu()
-            scores["psnr"] += psnr(recon, video) / cfg.eval.val_batches
-            scores["ssim"] += ssim(recon, video) / cfg.eval.val_batches
+            for k, v in self.modality.scores(recon, x).items():
+                scores[k] = scores.get(k, 0.0) + v / cfg.eval.val_batches
             if i == 0:
-                sheets["reconstruction"] = reconstruction_sheet(Path(folder) / "reconstruction.png", video, recon)
+                sheets.update(self.modality.sheets(folder, x, recon, model))
         model.train()
         # the latents' statistics: a diffusion stage on these weights (stage.autoencoder: stage:<name>) scales
         # its latents to unit variance with them, as Open-Sora's 0.493 does for the released DC-AE

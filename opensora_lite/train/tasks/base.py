@@ -81,10 +81,12 @@ class Task(ABC):
     # -- a step --------------------------------------------------------------------------------------
     @abstractmethod
     def micro_step(
-        self, model, batch: dict, gen: torch.Generator, step: int, last: bool
+        self, model, batch: dict, gen: torch.Generator, step: int, last: bool, device_gen: torch.Generator | None = None
     ) -> tuple[torch.Tensor, int, float]:
         """One forward + backward (through the engine) of a micro-batch; `step` 0-based, `last`: the
-        step's final micro-batch. Returns the loss, the tokens (or pixels) it took and its model FLOPs."""
+        step's final micro-batch; `gen` draws on the host, `device_gen` on the training device (the
+        flow noise; `gen` itself on a CPU: train/generators.py). Returns the loss, the tokens (or pixels)
+        it took and its model FLOPs."""
 
     def after_step(self, step: int) -> None:
         """After the engine's optimizer step (a task's own update, e.g. a discriminator's); none here."""

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from opensora_lite.config.stages import switches_autoencoder
+from opensora_lite.data.loader import frames_on_device
 from opensora_lite.diffusion.conditioning import applicable, build_condition, sample_tasks, uses_image_condition
 from opensora_lite.diffusion.objective import drop_text, flow_loss
 from opensora_lite.diffusion.pipeline import pixel_frames
@@ -86,13 +87,13 @@ class DiffusionTask(Task):
         return dict(self.spec.weights_metadata)
 
     # -- a step --------------------------------------------------------------------------------------
-    def micro_step(self, model, batch: dict, gen: torch.Generator, step: int, last: bool):
+    def micro_step(self, model, batch: dict, gen: torch.Generator, step: int, last: bool, device_gen=None):
         rt, stage, engine = self.ctx.rt, self.ctx.stage, self.ctx.engine
         with torch.no_grad():
             if "x0" in batch:  # latent cache: the encoders' outputs, precomputed
                 x0, t5, clip = (batch[k].to(rt.device, non_blocking=True).float() for k in ("x0", "t5", "clip"))
             else:
-                video = batch["video"].to(rt.device, non_blocking=True)
+                video = frames_on_device(batch["video"], rt.device)
                 # a VAE's posterior draw comes from the stage's generator (checkpointed: resume stays exact)
                 x0 = rt.ae.encode(video, generator=gen)
                 t5, clip = rt.text.encode(batch["captions"])
@@ -103,7 +104,7 @@ class DiffusionTask(Task):
         def forward(xt, t, t5, clip, cond=None):
             return self.spec.forward(model, xt, t, t5, clip, cond)
 
-        loss = flow_loss(forward, x0, t5, clip, cond, self.ctx.cfg.flow, patch, gen, rt.autocast())
+        loss = flow_loss(forward, x0, t5, clip, cond, self.ctx.cfg.flow, patch, gen, rt.autocast(), device_gen)
         scale = engine.sp.loss_scale if engine.sp else 1.0  # SP: partial gradients summed, not averaged
         engine.backward(model, loss * scale / stage.grad_accum, sync=last)
         per_sample = (x0.shape[2] // patch[0]) * (x0.shape[3] // patch[1]) * (x0.shape[4] // patch[2])
