@@ -173,8 +173,9 @@ def shapes_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def motion_data(tmp_path_factory) -> tuple[Path, Path]:
     """shapes=motion written by `osl-data` (36 clips, red and blue, at the six speeds; each also as plain
-    files under <out>/clips, as shapes=motion sets shapes.files) and those files ingested as `osl-data kind=videos` does (VMAF motion measured): (clips folder,
-    shards folder). Shared by the motion-score tests and the motion-score benchmark's smoke run."""
+    files under <out>/clips, as shapes=motion sets shapes.files) and those files ingested as `osl-data
+    kind=videos` does (VMAF motion measured): (clips folder, shards folder). Shared by the motion-score
+    tests and the motion-score benchmark's smoke run."""
     from opensora_lite.data.ingest import list_folder, write_shards
 
     root = tmp_path_factory.mktemp("motion")
