@@ -22,7 +22,7 @@ from pathlib import Path
 
 from benchmarks.benchlib import REPO, heading, publish, run_logged, table
 
-METRICS = ("colour_acc", "direction_acc", "i2v_colour_keep")
+METRICS = ("colour_acc", "direction_acc", "speed_acc", "shape_acc", "i2v_colour_keep")
 
 
 def run_seed(a: argparse.Namespace, seed: int) -> tuple[int, float, Path]:

@@ -29,7 +29,9 @@ else
 fi
 spec="."
 [ -n "$extras" ] && spec=".[$extras]"
-"$py" -m pip install -q -e "$spec"
+# (setuptools warns about editable installs of a flat layout in a framed block on every install; the
+# package is imported from this folder by design, so that one warning is silenced)
+PYTHONWARNINGS="ignore:Editable installation" "$py" -m pip install -q -e "$spec"
 case ",$extras," in
   *,dev,*|*,colossalai,*)  # its declared pins (torch<=2.5.1, ...) would replace torch: install it alone
     "$py" -m pip install -q --no-deps "${OSL_COLOSSALAI:-colossalai==0.5.0}" ;;

@@ -170,6 +170,24 @@ def shapes_dir(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def motion_data(tmp_path_factory) -> tuple[Path, Path]:
+    """shapes=motion written by `osl-data` (36 clips, red and blue, at the six speeds; each also as plain
+    files under <out>/clips, as shapes=motion sets shapes.files) and those files ingested as `osl-data
+    kind=videos` does (VMAF motion measured): (clips folder, shards folder). Shared by the motion-score
+    tests and the motion-score benchmark's smoke run."""
+    from opensora_lite.data.ingest import list_folder, write_shards
+
+    root = tmp_path_factory.mktemp("motion")
+    clips, shards = root / "src" / "clips", root / "shards"
+    args = ["shapes=motion", f"out={clips.parent}", "shapes.num_clips=36", "shapes.colours=[red,blue]"]
+    proc = cli("osl-data", *args)
+    assert proc.returncode == 0 and "wrote 36 clips" in proc.stdout, proc.stderr
+    report = write_shards(list_folder(clips), shards, 64, workers=1, progress=False)
+    assert report.written == 36 and not report.skipped
+    return clips, shards
+
+
 def mini_overrides(data: Path, run_root: Path, name: str = "mini") -> list[str]:
     """The tiny curriculum cut to three short stages (image -> t2v -> i2v): a run takes seconds."""
     return [

@@ -331,14 +331,14 @@ def test_sound_settings_are_checked_by_key():
 
 
 def test_shapes_files_ingest_to_the_same_sound_as_their_shards(tmp_path):
-    """`shapes.files`: the clips as real mp4 files with captions beside them; `osl-data kind=videos` with
+    """`shapes.files`: the clips as real mp4 files with captions and labels beside them; `osl-data kind=videos` with
     sound kept stores for each exactly the track the Shapes shards carry."""
     from opensora_lite.data.ingest import list_folder
 
     cfg = ShapesConfig(num_clips=3, clips_per_shard=3, seed=2, bounce=1.0, sound=True, files=True, sizes=[[32, 32]])
     shapes = members(write_shapes_shards(tmp_path / "shapes", cfg, progress=False))
     assert sorted(p.name for p in (tmp_path / "shapes" / "clips").iterdir()) == [
-        f"clip000000{i}.{ext}" for i in range(3) for ext in ("mp4", "txt")
+        f"clip000000{i}.{ext}" for i in range(3) for ext in ("json", "mp4", "txt")
     ]
     report = write_shards(list_folder(tmp_path / "shapes" / "clips"), tmp_path / "ingested", 8, 1, False, audio=AUDIO)
     for m in members(report.shards).values():

@@ -61,10 +61,16 @@ def test_run_directory_layout_and_metrics(mini_run):
         run_dir / "t2v" / "contact_sheet_i2v.png"
     ).exists()
     assert sorted(p.name for p in (run_dir / "image" / "checkpoints").iterdir()) == ["step_00000002"]
-    # the final table: one line per stage, then each video stage's direction confusion ("static" apart)
+    # the final table: one line per stage and the chance line, then each video stage's direction and speed
+    # confusions ("static" apart), and the last stage's shape confusion ("none" apart)
     table = format_results(results)
-    assert "t2v: motion direction, prompt x read (24 clips)" in table and "image: motion" not in table
-    assert table.count("static") == 2  # t2v and i2v
+    for head in ("t2v: motion direction", "t2v: speed", "i2v: motion direction", "i2v: speed", "i2v: shape"):
+        assert f"{head}, prompt x read (24 clips)" in table, head
+    assert "image: " not in table and "t2v: shape" not in table
+    assert table.count("static") == 4  # t2v and i2v, direction and speed
+    chance = next(line for line in table.splitlines() if line.startswith("chance")).split()
+    assert chance[1:] == ["0.17", "0.25", "0.33", "0.50"]  # colour, direction, (i2v keep: none), shape, speed
+    assert {"speed_acc", "shape_acc"} <= set(table.splitlines()[0].split())
 
 
 def test_stage_zero_writes_a_bfl_flux_checkpoint(mini_run):

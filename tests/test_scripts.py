@@ -71,6 +71,25 @@ def test_tiny_dcae_benchmark_runs(shapes_dir, tmp_path):
     assert re.search(r"\| pixel \(1x2x2, 12 ch\) \| 8 x 8 x 8 x 12 \| 512 \| [0-9.]+ \| 1.0x \|", out), out
 
 
+def test_motion_score_benchmark_runs(motion_data, tmp_path):
+    """bench_motion_score from ingested data to table, tiny: the 36 clips of `motion_data` (already written
+    and ingested, so the benchmark's data step is skipped), 2 + 2 training steps, a sweep of 2 scores x 8
+    prompts at 2 sampling steps."""
+    clips, shards = motion_data
+    options = ["--root", str(tmp_path), "--source", str(clips.parent), "--shards", str(shards), "--scores", "2", "5"]
+    options += ["--samples", "1", "--num-steps", "2", "--threads", "1"]
+    overrides = ["data.num_workers=0", "logger.progress_bar=false", "sample.num_steps=2"]
+    for stage, frames, batch in (("image", 1, 8), ("t2v", 5, 4)):
+        overrides += [
+            f"curriculum.stages.{stage}.steps=2",
+            f"curriculum.stages.{stage}.buckets={{16px:{{{frames}:[1.0,{batch}]}}}}",
+        ]
+    out = _script("bench_motion_score.py", *options, *overrides)
+    assert re.search(r"\| 0 \| 2 5 \| 16 \| \*\*(-?[0-9.]+|nan)\*\* \|", out), out
+    sweep = tmp_path / "tiny_motion_score_seed0" / "motion_sweep"
+    assert len(list(sweep.glob("contact_sheet_*.png"))) == 8 and (sweep / "summary.json").exists()
+
+
 def test_i2v_position_benchmark_runs(mini_run):
     """bench_i2v_position over the mini run's I2V stage, with a sample setting changed."""
     run_dir, _ = mini_run

@@ -6,6 +6,7 @@ osl-data kind=videos videos.source=/data/clips out=/data/shards           # fold
 osl-data kind=videos videos.source=/data/index.csv out=/data/shards       # path,text index
 osl-data kind=videos videos.source=/data/clips videos.audio.enabled=true out=/data/shards   # with their sound
 osl-data shapes.sound=true shapes.bounce=0.5 out=data/shapes_av     # Shapes with sound (docs/audio-video.md)
+osl-data shapes=motion out=data/shapes_motion_src   # six speeds, also as files in <out>/clips (shapes.files)
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ def main(cfg: DictConfig) -> None:
     for old in existing:
         old.unlink()
     if job.kind == "shapes":
+        for old in sorted((out / "clips").glob("clip*")) if existing else []:  # a rebuild's files replace these
+            old.unlink()
         paths = write_shapes_shards(out, job.shapes)
         print(f"wrote {job.shapes.num_clips} clips in {len(paths)} shards to {out}")
         return

@@ -49,6 +49,9 @@ class ShapesConfig:
     max_seconds: float = 2.5
     speeds: dict[str, float] = field(default_factory=lambda: {"slow": 0.5, "fast": 0.9})  # frame extents / s
     size_range: list[float] = field(default_factory=lambda: [0.3, 0.4])  # shape diameter / min(h, w)
+    # what a clip's caption says, from its labels (colour, shape, direction, speed); shapes=motion leaves the
+    # speed out, so that only the motion score measured at ingest tells it (experiment=tiny_motion_score)
+    caption: str = "a {speed} {colour} {shape} moving {direction}"
     max_background: int = 30  # background grey level is drawn from [0, max_background]
     crf: int = 18
     # share of clips whose shape bounces off the wall it moves towards (reversing at the contact frame);
@@ -58,7 +61,7 @@ class ShapesConfig:
     # whose pitch names the colour, a click at the bounce's contact frame; the video is the same either way
     sound: bool = False
     sound_rate: int = 16000  # Hz
-    files: bool = False  # also write each clip as <out>/clips/<key>.mp4 with its caption (<key>.txt) beside it
+    files: bool = False  # also write each clip as <out>/clips/<key>.mp4 with its caption (.txt) and labels (.json)
 
 
 @dataclass

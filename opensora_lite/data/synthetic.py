@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from opensora_lite.config.schema import ShapesConfig  # noqa: F401 (the generator's settings)
+from opensora_lite.config.schema import ShapesConfig
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (225, 35, 35),
@@ -37,6 +37,8 @@ NEW_COLOURS: dict[str, tuple[int, int, int]] = {"orange": (245, 135, 20)}
 ALL_COLOURS = {**COLOURS, **NEW_COLOURS}
 SHAPES = ("circle", "square", "triangle")
 DIRECTIONS: dict[str, tuple[float, float]] = {"left": (0, -1), "right": (0, 1), "up": (-1, 0), "down": (1, 0)}
+SPEEDS: dict[str, float] = dict(ShapesConfig().speeds)  # frame extents per second: slow 0.5, fast 0.9
+CAPTION = ShapesConfig().caption  # "a {speed} {colour} {shape} moving {direction}"
 WALLS = {"left": "left", "right": "right", "up": "top", "down": "bottom"}  # the edge a motion runs into
 # The tone of each colour (Hz): C4 E4 G4 B4 D5 F5, and A5 for orange; no two an octave apart, at least
 # 58 Hz from one another (about one bin of a 64-bin mel scale at 16 kHz).
@@ -55,10 +57,14 @@ CLICK_HZ = 3000.0  # the click: a decaying 3 kHz burst, far above every tone
 CLICK_DECAY_S = 0.0015  # its amplitude falls by e every 1.5 ms (inaudible after ~10 ms)
 
 
-def caption_for(colour: str, shape: str, direction: str, speed: str, bounce: bool = False) -> str:
+def caption_for(
+    colour: str, shape: str, direction: str, speed: str, bounce: bool = False, template: str = CAPTION
+) -> str:
+    """The caption Shapes data gives these labels (the evaluation's probe prompts use the default
+    template); a bouncing clip names the edge it bounces off."""
     if bounce:
         return f"a {speed} {colour} {shape} bouncing off the {WALLS[direction]} edge"
-    return f"a {speed} {colour} {shape} moving {direction}"
+    return template.format(colour=colour, shape=shape, direction=direction, speed=speed)
 
 
 def _shape_mask(shape: str, ys: np.ndarray, xs: np.ndarray, cy: float, cx: float, r: float) -> np.ndarray:
@@ -136,7 +142,7 @@ def render_clip(rng: np.random.Generator, cfg: ShapesConfig) -> tuple[np.ndarray
             cy = across
         frames.append(render_frame(h, w, shape, ALL_COLOURS[colour], cy, cx, r, bg))
     meta = {
-        "caption": caption_for(colour, shape, direction, speed, bounce),
+        "caption": caption_for(colour, shape, direction, speed, bounce, cfg.caption),
         "colour": colour,
         "shape": shape,
         "direction": direction,
@@ -192,7 +198,8 @@ def soundtrack(meta: dict, rate: int) -> np.ndarray:
 def write_shapes_shards(out_dir: str | Path, cfg: ShapesConfig, progress: bool = True) -> list[Path]:
     """Render cfg.num_clips clips into WebDataset shards out_dir/shapes-NNNNNN.tar (mp4 + json + txt;
     with sound also wav). With `cfg.files` each clip is also written as out_dir/clips/<key>.mp4 with its
-    caption beside it (<key>.txt): files to watch and hear, and a folder `osl-data kind=videos` ingests.
+    caption (<key>.txt) and labels (<key>.json) beside it: files to watch and hear, and a folder
+    `osl-data kind=videos` ingests like your own videos (experiment=tiny_motion_score does).
 
     Shards are written to a temporary name and renamed when complete, so an interrupted run never
     leaves a truncated shard under its final name.
@@ -222,14 +229,22 @@ def write_shapes_shards(out_dir: str | Path, cfg: ShapesConfig, progress: bool =
                 else:
                     sample["mp4"] = encode_mp4(frames, meta["fps"], crf=cfg.crf)
                 sink.write({**sample, "json": json.dumps(meta).encode(), "txt": meta["caption"].encode()})
-                if cfg.files:
-                    (out / "clips" / f"{sample['__key__']}.mp4").write_bytes(sample["mp4"])
-                    (out / "clips" / f"{sample['__key__']}.txt").write_text(meta["caption"])
+                if cfg.files:  # the mp4 last: a folder scan that sees it sees its sidecars too
+                    clip = out / "clips" / sample["__key__"]
+                    for suffix, data in ((".txt", meta["caption"].encode()), (".json", json.dumps(meta).encode())):
+                        _publish(clip.with_suffix(suffix), data)
+                    _publish(clip.with_suffix(".mp4"), sample["mp4"])
                 bar.update(1)
         tmp.rename(final)
         paths.append(final)
     bar.close()
     return paths
+
+
+def _publish(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".partial")
+    tmp.write_bytes(data)
+    tmp.rename(path)
 
 
 def shapes_media(frames: np.ndarray, meta: dict, cfg: ShapesConfig) -> dict[str, bytes]:

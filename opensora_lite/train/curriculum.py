@@ -46,8 +46,13 @@ def run_stages(rt: Runtime, names: list[str]) -> list[StageResult]:
     return results
 
 
+# what a reading that ignores the prompt scores (one colour of six, one direction of four, ...)
+CHANCE = {"colour_acc": 1 / 6, "direction_acc": 0.25, "speed_acc": 0.5, "shape_acc": 1 / 3,
+          "audio_pitch_acc": 1 / 6, "v2a_pitch_acc": 1 / 6}  # fmt: skip
+
+
 def format_results(results: list[StageResult]) -> str:
-    """The end-of-run table the quickstart prints."""
+    """The end-of-run table the quickstart prints, then each video stage's confusion tables."""
     keys = sorted({k for r in results for k, v in r.metrics.items() if isinstance(v, float)})
     head = f"{'stage':<10} {'steps':>6} {'train':>7} {'eval':>6} {'loss':>8} " + " ".join(f"{k:>16}" for k in keys)
     lines = [head, "-" * len(head)]
@@ -56,9 +61,20 @@ def format_results(results: list[StageResult]) -> str:
         lines.append(
             f"{r.name:<10} {r.steps:>6} {r.seconds:>6.0f}s {r.eval_seconds:>5.0f}s {r.final_loss:>8.4f} {vals}"
         )
-    for r in results:  # the direction confusion of each stage that sampled video
-        table = r.metrics.get("direction_confusion")
-        if table:
-            n = sum(sum(row.values()) for row in table.values())  # an audio_video stage reads only its straight clips
-            lines += ["", f"{r.name}: motion direction, prompt x read ({n} clips)", format_confusion(table)]
+    if any(k in CHANCE for k in keys):
+        chance = " ".join(f"{CHANCE[k]:>16.2f}" if k in CHANCE else f"{'':>16}" for k in keys)
+        lines.append(f"{'chance':<41} {chance}".rstrip())
+    for r in results:  # each stage that sampled video: direction and speed, prompt x read
+        for key, what in (("direction", "motion direction"), ("speed", "speed")):
+            lines += _confusion_lines(r, key, what)
+    if results:  # shape at the last stage only: the model the run delivers
+        lines += _confusion_lines(results[-1], "shape", "shape")
     return "\n".join(lines)
+
+
+def _confusion_lines(r: StageResult, key: str, what: str) -> list[str]:
+    table = r.metrics.get(f"{key}_confusion")
+    if not table:
+        return []
+    n = sum(sum(row.values()) for row in table.values())  # an audio_video stage reads only its straight clips
+    return ["", f"{r.name}: {what}, prompt x read ({n} clips)", format_confusion(table)]

@@ -1,7 +1,8 @@
 """End-of-stage sampling: generate, save mp4s, and score them when the data has checkable content.
 
-With eval.kind=shapes, text-to-video samples for every colour x direction probe prompt are scored for
-colour and motion direction, and (for models with an image condition) image-to-video samples from
+With eval.kind=shapes, text-to-video samples of the balanced probe set (every colour x direction prompt,
+speed and shape varied: eval/shapes.py eval_prompts) are scored for colour, motion direction, speed and
+shape, and (for models with an image condition) image-to-video samples from
 rendered reference frames are scored for keeping the reference colour. Otherwise the configured
 prompts are sampled and saved.
 """
@@ -52,24 +53,23 @@ def _evaluate(rt, model: nn.Module, stage: StageConfig, folder: Path) -> tuple[d
         return {}, save_samples(videos, prompts, folder, "t2v", cfg.sample.save_videos, fps), {"t2v": sheet}
 
     colours = list(cfg.eval.colours) if cfg.eval.colours else None
-    probes = shapes_eval.eval_prompts(colours=colours)
-    targets = []
-    for _ in range(cfg.eval.repeats):
-        for i, t in enumerate(probes):
-            targets.append(dict(t, shape=SHAPES[(i + len(targets)) % len(SHAPES)]))
+    targets = shapes_eval.eval_prompts(colours, cfg.eval.repeats)
     captions = [caption_for(t["colour"], t["shape"], t["direction"], t["speed"]) for t in targets]
     videos = generate(rt, model, sample_captions(rt, captions, shape), shape, seed)
-    readings = [shapes_eval.read_clip(v, colours) for v in videos]
+    readings = [shapes_eval.read_clip(v, colours, fps) for v in videos]
     metrics = shapes_eval.score_readings(readings, targets)
     if colours:  # one figure per listed colour (colour_acc_orange, ...): where a new colour shows apart
         by_colour = shapes_eval.colour_acc_by_colour(readings, targets)
         metrics.update({f"colour_acc_{c}": v for c, v in by_colour.items()})
     if shape[0] == 1:
         metrics.pop("direction_acc")  # a single frame has no motion
+        metrics.pop("speed_acc")
     else:
-        metrics["direction_confusion"] = shapes_eval.direction_confusion(readings, targets)
+        for key in ("direction", "speed"):
+            metrics[f"{key}_confusion"] = shapes_eval.confusion_table(readings, targets, key)
+    metrics["shape_confusion"] = shapes_eval.confusion_table(readings, targets, "shape")
     paths = save_samples(videos, captions, folder, "t2v", cfg.sample.save_videos, fps)
-    rows = len(probes)  # one row per colour x direction prompt
+    rows = len(targets) // max(1, cfg.eval.repeats)  # one row per colour x direction prompt
     sheets = {"t2v": save_contact_sheet(folder.parent / "contact_sheet_t2v.png", videos[:rows], captions[:rows])}
 
     if spec_for(cfg.model).has_image_condition(model) and shape[0] > 1:

@@ -1,14 +1,14 @@
 """End-of-stage sampling with sound (a stage of kind audio_video): clips with an AAC track, contact sheets
 with a spectrogram row, and with eval.kind=shapes the audio figures beside the video ones.
 
-- t2av: every colour x direction probe prompt, alternately asked to move straight and to bounce off
-  the wall it moves to (alternating over a colour's directions and from one colour to the next, so each
-  round asks every direction straight for half the colours; `eval.repeats` rounds, the second asking
-  each prompt the other way). Video: colour accuracy over all clips, direction accuracy over the straight ones (a
-  bounce's net motion is nil). Sound (eval/shapes_audio.py): audio_pitch_acc (the tone names the
-  prompt's colour; chance 1/6), audio_sync_error_ms against audio_sync_error_shuffled_ms (each clip's
-  video against another's audio), audio_sync_within_frame, audio_click_rate, and the video's
-  audio_bounce_rate and audio_wall_gap_px.
+- t2av: the T2V probe prompts (eval/shapes.py's balanced colour x direction x speed x shape set, over
+  `eval.repeats` rounds), about half of them asked to bounce off the wall they move to instead of
+  moving straight (by half the sum that alternates the speed, so bounces fall on both speeds and every
+  direction). Video: colour and shape over all clips, direction and speed (and their confusion tables)
+  over the straight ones (a bounce's net motion is nil). Sound (eval/shapes_audio.py):
+  audio_pitch_acc (the tone names the prompt's colour; chance 1/6), audio_sync_error_ms against
+  audio_sync_error_shuffled_ms (each clip's video against another's audio), audio_sync_within_frame,
+  audio_click_rate, audio_click_rate_straight, and the video's audio_bounce_rate and audio_wall_gap_px.
 - v2a: `eval.v2a_clips` rendered Shapes bounces (every colour, contact frames spread over the clip)
   given clean; v2a_pitch_acc, v2a_sync_error_ms (the generated click against the given video's
   reversal), v2a_sync_error_shuffled_ms, v2a_sync_within_frame, v2a_click_rate.
@@ -53,23 +53,25 @@ def _evaluate(rt, model: nn.Module, stage: StageConfig, folder: Path) -> tuple[d
         return {}, *_save(out, prompts, prompts, folder, "t2av", cfg.sample.save_videos, fps)
 
     colours = list(cfg.eval.colours) if cfg.eval.colours else None
+    names = colours or list(COLOURS)
     targets = []
-    for r in range(cfg.eval.repeats):
-        for i, t in enumerate(shapes_eval.eval_prompts(colours=colours)):
-            shape_name = SHAPES[(i + len(targets)) % len(SHAPES)]
-            # alternate within a colour's directions, shifted by colour and round: in each round every
-            # direction is asked straight for half the colours
-            bounce = (i + i // len(DIRECTIONS) + r) % 2 == 1
-            targets.append(dict(t, shape=shape_name, bounce=bounce))
+    for n, t in enumerate(shapes_eval.eval_prompts(colours, cfg.eval.repeats)):
+        # the probes' own balance has speed alternate with (colour + direction + round); the bounce goes
+        # with half of that sum, so each direction and each speed is asked to bounce about half the time
+        k, rest = divmod(n, len(names) * len(DIRECTIONS))
+        turn = rest // len(DIRECTIONS) + rest % len(DIRECTIONS) + k
+        targets.append(dict(t, bounce=(turn // 2) % 2 == 1))
     captions = [caption_for(t["colour"], t["shape"], t["direction"], t["speed"], t["bounce"]) for t in targets]
     out = generate_av(rt, model, sample_captions(rt, captions, shape), shape, seed)
-    readings = [shapes_eval.read_clip(v, colours) for v in out.videos]
-    metrics = shapes_eval.score_readings(readings, targets)
+    readings = [shapes_eval.read_clip(v, colours, fps) for v in out.videos]
+    metrics = shapes_eval.score_readings(readings, targets)  # colour and shape: every clip
     straight = [i for i, t in enumerate(targets) if not t["bounce"]]
-    metrics["direction_acc"] = float(np.mean([readings[i].direction == targets[i]["direction"] for i in straight]))
-    metrics["direction_confusion"] = shapes_eval.direction_confusion(
-        [readings[i] for i in straight], [targets[i] for i in straight]
-    )
+    moving = [readings[i] for i in straight], [targets[i] for i in straight]
+    motion = shapes_eval.score_readings(*moving)  # direction and speed: the straight ones
+    metrics.update(direction_acc=motion["direction_acc"], speed_acc=motion["speed_acc"])
+    for key in ("direction", "speed"):
+        metrics[f"{key}_confusion"] = shapes_eval.confusion_table(*moving, key)
+    metrics["shape_confusion"] = shapes_eval.confusion_table(readings, targets, "shape")
     metrics.update(shapes_audio.score_sound(list(out.videos), list(out.audio), out.sample_rate, fps, targets, colours))
     rows = len(targets) // max(cfg.eval.repeats, 1)  # a row per probe prompt
     paths, sheets = _save(out, captions, captions, folder, "t2av", cfg.sample.save_videos, fps, rows)
