@@ -79,7 +79,7 @@ def trained_weights(cfg: Config, source: str, name: str, key: str, modality: str
     src = cfg.curriculum.stages.get(source)
     if src is None or source not in trainers(cfg, modality) or order.index(source) >= order.index(name):
         earlier = [s for s in trainers(cfg, modality) if order.index(s) < order.index(name)]
-        what = f"names no earlier stage of kind autoencoder training the {modality} one"
+        what = "names no earlier stage of kind autoencoder" + ("" if modality == "video" else f" ({modality})")
         raise ConfigError(key, f"{TRAINED}{source} {what} (those: {earlier})")
     final = Path(run_dir_for(cfg)) / source / "final"
     changes: dict = {"path": str(final / (EMA_FILE if src.ema_decay > 0 else MODEL_FILE))}
@@ -106,7 +106,7 @@ def stage_audio_autoencoder(cfg: Config, name: str) -> AudioAutoencoderConfig:
         return a
     source, order, key = a.path[len(TRAINED) :], list(cfg.curriculum.stages), "audio_autoencoder.path"
     if source not in trainers(cfg, "audio"):
-        what = "names no stage of kind autoencoder training the audio one"
+        what = "names no stage of kind autoencoder (reconstruction.modality: audio)"
         raise ConfigError(key, f"{TRAINED}{source} {what} (those: {trainers(cfg, 'audio')})")
     stage = cfg.curriculum.stages[name]
     before = source in order and order.index(name) < order.index(source)
