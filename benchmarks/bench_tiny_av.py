@@ -69,8 +69,8 @@ def main() -> None:
         rows.append([s["name"], s["steps"], f"{s['seconds']:.0f}", f"{s.get('eval_seconds', 0):.0f}", figures])
     lines = heading(
         "experiment=tiny_av end to end (CPU)",
-        "python3 -m benchmarks.bench_tiny_av" + (" " + " ".join(a.overrides) if a.overrides else ""),
-        note=f" ({a.threads} threads; curriculum wall {wall:.0f} s, CPU {cpu:.0f} s (user + sys), started "
+        " ".join(["python3 -m benchmarks.bench_tiny_av", f"--threads {a.threads}", *a.overrides]),
+        note=f" (curriculum wall {wall:.0f} s, CPU {cpu:.0f} s (user + sys), started "
         f"{time.strftime('%H:%M UTC', time.gmtime(began))})",
     )
     lines += table(["stage", "steps", "train s", "eval s", "figures"], rows)
