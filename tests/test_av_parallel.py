@@ -1,8 +1,9 @@
 """The audio stream under parallelism, real gloo processes against one process: Ulysses sequence
 parallelism with the audio tokens split over the ranks beside the video tokens (outputs and summed
-gradients; an audio block recomputed in backward, as an engine wraps it), and fsdp2 on 2 ranks
-training the joint objective (the loss trajectory within the tolerance of tests/test_engines.py, with
-the audio blocks sharded and recomputed in backward)."""
+gradients; an audio block recomputed in backward, as an engine wraps it), and fsdp2 and DeepSpeed ZeRO-2
+on 2 ranks training the joint objective (the loss trajectory within the tolerance of tests/test_engines.py;
+under fsdp2 the audio blocks sharded and recomputed in backward, under ZeRO-2 their gradients and optimizer
+state partitioned with the rest)."""
 
 from __future__ import annotations
 
@@ -111,8 +112,15 @@ def _train(kind: str) -> list[float]:
     return losses
 
 
+@pytest.fixture(scope="module")
+def av_reference() -> list[float]:
+    """The single-process loss trajectory every engine is held to."""
+    return _train("single")
+
+
 @pytest.mark.usefixtures("single_process_env")
-def test_fsdp2_two_ranks_train_audio_video_like_one_process(tmp_path):
-    ref = _train("single")
+@pytest.mark.parametrize("kind", ["fsdp2", "deepspeed_zero2"])
+def test_two_ranks_train_audio_video_like_one_process(kind, av_reference, tmp_path):
+    ref = av_reference
     assert ref[-1] < ref[0]
-    assert two_ranks(_train, tmp_path, "fsdp2") == pytest.approx(ref, rel=1e-5)
+    assert two_ranks(_train, tmp_path, kind) == pytest.approx(ref, rel=1e-5)

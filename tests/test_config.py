@@ -47,6 +47,26 @@ def test_every_experiment_composes_and_validates(experiment):
     typed([f"experiment={experiment}"])  # to_config validates
 
 
+@pytest.mark.parametrize(
+    "override, theirs",
+    [
+        ("model.audio.latent_bins=4", "the model takes audio latents of 8 channels x 4 bins at 25 latent frames"),
+        ("audio_autoencoder.latent_channels=16", "audio_autoencoder (mel_ae) gives 16 x 16 at 25"),
+        ("audio_autoencoder.mel.hop_length=320", "audio_autoencoder (mel_ae) gives 8 x 16 at 12.5"),
+    ],
+)
+def test_model_audio_must_match_the_audio_autoencoders_latents(override, theirs):
+    """At start-up (the config's load, before any stage is built): one error line naming model.audio, both
+    sides and the settings that would match, where the first step would otherwise fail in the model."""
+    typed(["experiment=tiny_av"])  # model=tiny_av takes mel_ae_tiny's 8 x 16 latents at 25 a second
+    with pytest.raises(ConfigError) as info:
+        typed(["experiment=tiny_av", override])
+    message = str(info.value)
+    assert info.value.key == "model.audio" and "\n" not in message
+    assert "curriculum.stages.t2av" in message and theirs in message
+    assert "Set model.audio.latent_channels=" in message
+
+
 def test_opensora2_finetune_starts_from_the_released_file_with_its_captions():
     cfg = typed(["experiment=opensora2_finetune"])
     ((_, stage),) = cfg.curriculum.stages.items()

@@ -147,6 +147,46 @@ def test_opensora2_table_reproduced():
     assert dcae.cost.buckets[0].tokens == 32 * 24 * 24  # 129 frames -> 32 latent frames of 24 x 24 tokens
 
 
+def test_the_audio_stage_costs_more_by_its_audio_tokens_share():
+    """experiment=opensora2_av's audio stage (kind audio_video) is priced with its audio tokens: each window's
+    sound through LTX-2's audio VAE (129 frames at 24 fps: 86000 samples at 16 kHz, 538 log-mel frames, 135
+    latent frames), through the audio stream's FLOPs. The same stage without sound costs less by exactly the
+    audio stream's share of the FLOPs; the video stages before it are the plain recipe's to the dollar."""
+    import math
+
+    cfg = to_config(compose(["experiment=opensora2_av"], config_name="plan"))
+    with_audio = build_plan(cfg)
+    stage = cfg.curriculum.stages["t2av_768px"]
+    stage.kind, stage.tasks = "diffusion", {"t2v": 0.85, "i2v_head": 0.15}  # the video model: no audio stream
+    without = build_plan(cfg)
+    plain = {s.cost.name: s.cost.cost for s in plan_of("experiment=opensora2").stages}
+    av, video = ({s.cost.name: s.cost for s in p.stages} for p in (with_audio, without))
+    assert {n: av[n].cost for n in plain} == plain
+
+    a, v = av["t2av_768px"], video["t2av_768px"]
+
+    def audio_tokens(frames: int) -> int:  # the window rule, the front end's frames, 4x down in time
+        return math.ceil((round(frames * 16000 / 24) // 160 + 1) / 4)
+
+    assert [(b.bucket.num_frames, b.audio_tokens) for b in a.buckets] == [
+        (n, audio_tokens(n)) for n in (129, 97, 65, 33)
+    ]
+    assert a.buckets[0].audio_tokens == 135 and all(b.audio_tokens == 0 for b in v.buckets)
+    model = cfg.model  # with its audio stream; 0 audio tokens count the video model's FLOPs
+    flops = [
+        (mmdit_flops(model, b.tokens, 512, True, b.audio_tokens).train, mmdit_flops(model, b.tokens, 512, True).train)
+        for b in a.buckets
+    ]
+    share = sum(b.share * (f - g) for b, (f, g) in zip(a.buckets, flops)) / sum(
+        b.share * g for b, (_, g) in zip(a.buckets, flops)
+    )
+    assert a.cost / v.cost - 1 == pytest.approx(share, rel=1e-9)
+    assert 0.005 < share < 0.03  # +1.5% on a 129-frame 768px clip (docs/audio-video.md)
+    assert a.hardware_flops_per_gpu_step > v.hardware_flops_per_gpu_step  # the audio blocks recomputed too
+    audio_per_sample = sum(b.share * b.audio_tokens for b in a.buckets)
+    assert a.tokens_per_rank_step - v.tokens_per_rank_step == pytest.approx(audio_per_sample * a.samples_per_rank_step)
+
+
 def test_80gb_flag_fires_on_opensora_768px_batches_and_not_on_ours():
     node = "plan.stages.hires_768px.gpus=8"  # one 8-GPU node, as Open-Sora's users ran it
     theirs = {s.cost.name: s for s in plan_of("experiment=opensora2", "plan.gpu=H100", node).stages}

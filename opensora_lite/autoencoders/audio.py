@@ -24,6 +24,20 @@ from opensora_lite.config.schema import AudioAutoencoderConfig
 from opensora_lite.registry import AUDIO_AUTOENCODER_KINDS, VOCODER_KINDS
 
 
+def latent_geometry(cfg: AudioAutoencoderConfig) -> tuple[int, int, float]:
+    """(latent channels, latent bins, latent frames a second) of the latents `cfg` gives, from its settings
+    alone: what model.audio must say (config/validate.py checks it at start-up) and what osl-plan counts.
+    ltx2_audio's own config.json is checked against these settings when it is built."""
+    m = cfg.mel
+    return cfg.latent_channels, m.n_mels // cfg.mel_factor, m.sample_rate / m.hop_length / cfg.time_factor
+
+
+def window_latent_frames(cfg: AudioAutoencoderConfig, num_samples: int) -> int:
+    """Latent frames of a window of `num_samples` samples: ceil((n // hop + 1) / time_factor), none for
+    no samples (an image's window)."""
+    return math.ceil((num_samples // cfg.mel.hop_length + 1) / cfg.time_factor) if num_samples > 0 else 0
+
+
 class AudioAutoencoder(nn.Module, ABC):
     """Encode sound (a waveform [B, ch, samples], or its log-mel [B, ch, frames, mels]) to scaled latents
     [B, C, T', F'] and decode them back to a log-mel. The front end (`self.mel`, a LogMel of
@@ -50,7 +64,7 @@ class AudioAutoencoder(nn.Module, ABC):
     @property
     def latents_per_second(self) -> float:
         """Latent frames per second of sound (25 for LTX-2's settings)."""
-        return self.cfg.mel.sample_rate / self.cfg.mel.hop_length / self.time_factor
+        return latent_geometry(self.cfg)[2]
 
     def latent_frames(self, mel_frames: int) -> int:
         return math.ceil(mel_frames / self.time_factor)

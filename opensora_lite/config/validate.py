@@ -458,9 +458,33 @@ def validate_audio_video(cfg, key: str, stage) -> None:
         "data.kind",
         f"{key} (kind audio_video) encodes its batches on the fly (its task does not read the cache's audio_x0 yet)",
     )
+    validate_audio_latents(cfg, key)
     av = stage.audio_video
     _require(av.balance in BALANCES, f"{key}.audio_video.balance", f"unknown {av.balance!r}; choose from {BALANCES}")
     _require(0 <= av.balance_decay < 1, f"{key}.audio_video.balance_decay", "must be in [0, 1)")
     for m, w in av.weights.items():
         _require(m in MODALITIES, f"{key}.audio_video.weights.{m}", f"keys are {' and '.join(MODALITIES)}")
         _require(w >= 0, f"{key}.audio_video.weights.{m}", "must be >= 0")
+
+
+def validate_audio_latents(cfg, key: str) -> None:
+    """model.audio must describe the audio autoencoder's latents (channels, bins, latent frames a second):
+    otherwise the first step fails deep in the model. One error naming both sides and the settings to give."""
+    import math
+
+    from opensora_lite.autoencoders.audio import latent_geometry
+
+    stream, a = spec_for(cfg.model).audio_stream(cfg.model), cfg.audio_autoencoder
+    channels, bins, rate = latent_geometry(a)
+    model = (stream.channels, stream.bins, stream.latents_per_second)
+    if model[:2] == (channels, bins) and math.isclose(model[2], rate):
+        return
+    raise ConfigError(
+        "model.audio",
+        f"{key} (kind audio_video): the model takes audio latents of {model[0]} channels x {model[1]} bins at "
+        f"{model[2]:g} latent frames a second, but audio_autoencoder ({a.kind}) gives {channels} x {bins} at "
+        f"{rate:g} (audio_autoencoder.latent_channels; mel.n_mels {a.mel.n_mels} / mel_factor {a.mel_factor}; "
+        f"mel.sample_rate {a.mel.sample_rate} / mel.hop_length {a.mel.hop_length} / time_factor {a.time_factor}). "
+        f"Set model.audio.latent_channels={channels}, model.audio.latent_bins={bins}, "
+        f"model.audio.latents_per_second={rate:g} (or choose the audio autoencoder the model was made for)",
+    )

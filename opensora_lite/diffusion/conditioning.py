@@ -82,5 +82,6 @@ def write_back(latents: Tensor, cond: Tensor) -> Tensor:
 
 
 def uses_image_condition(tasks: dict[str, float]) -> bool:
-    """A stage trains I2V/v2v (and its model gets an image condition) when any such task has weight."""
-    return any(w > 0 for task, w in tasks.items() if task != "t2v")
+    """A stage trains I2V/v2v (and its model gets an image condition) when any such task has weight; of an
+    audio_video stage's tasks only i2av does (v2a and a2v give a whole modality clean, not through cond_in)."""
+    return any(w > 0 for task, w in tasks.items() if task not in ("t2v", "t2av", "v2a", "a2v"))

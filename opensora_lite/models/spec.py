@@ -132,7 +132,7 @@ class ModelSpec(ABC):
         """FLOPs of one sample of `video_tokens` tokens (after patching) and `text_tokens` text tokens (and
         `audio_tokens` through the audio stream of a family with one)."""
 
-    def block_flops(self, cfg: Any, video_tokens: int, text_tokens: int) -> dict[str, float]:
+    def block_flops(self, cfg: Any, video_tokens: int, text_tokens: int, audio_tokens: int = 0) -> dict[str, float]:
         """Forward FLOPs of one block of each group (attention included): what activation checkpointing
         recomputes per block."""
         raise NotImplementedError

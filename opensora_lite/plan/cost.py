@@ -6,13 +6,20 @@ bucket b of batch size B_b, batches come from b with frequency q_b ~ p_b / B_b, 
 batch. Step time is the model FLOPs per GPU-step over (peak x MFU), MFU counting model FLOPs only (as
 the trainer's live metric does); the hardware FLOPs add the forward passes that activation
 checkpointing recomputes.
+
+A stage of kind audio_video also counts its audio tokens: each video window's sound (num_frames /
+data.target_fps seconds, the window rule) through the stage's audio autoencoder, one token per latent
+frame; they go through the audio stream's FLOPs (the spec's) and the tokens per step. A 1-frame bucket is
+an image: no sound, no audio tokens.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from opensora_lite.autoencoders.audio import window_latent_frames
 from opensora_lite.autoencoders.base import latent_frame_count
+from opensora_lite.data.audio import window_samples
 from opensora_lite.data.buckets import Bucket
 from opensora_lite.plan.mix import Mix
 from opensora_lite.plan.stages import StageSetup
@@ -28,9 +35,18 @@ def video_tokens(setup: StageSetup, bucket: Bucket) -> int:
     return max(1, frames // pt) * (bucket.height // (s * ph)) * (bucket.width // (s * pw))
 
 
-def recompute_flops(setup: StageSetup, img: int, txt: int) -> float:
+def audio_tokens(setup: StageSetup, bucket: Bucket) -> int:
+    """Audio tokens of one sample: the latent frames of its window's sound (0 without an audio stream, and
+    for an image)."""
+    if setup.audio is None or bucket.num_frames <= 1:
+        return 0
+    rate = setup.audio.mel.sample_rate
+    return window_latent_frames(setup.audio, window_samples(0, bucket.num_frames, 1, setup.fps, rate)[1])
+
+
+def recompute_flops(setup: StageSetup, img: int, txt: int, audio: int = 0) -> float:
     """Forward FLOPs activation checkpointing repeats in backward, per sample."""
-    per_block = setup.spec.block_flops(setup.model, img, txt)
+    per_block = setup.spec.block_flops(setup.model, img, txt, audio)
     counts = setup.block_counts()
     return sum(per_block[g] * min(n, counts[g]) for g, n in setup.parallel.ac_blocks.items())
 
@@ -45,6 +61,7 @@ class BucketCost:
     model_flops: float  # per sample, forward + backward
     hardware_flops: float  # per sample, with recomputation
     step_seconds: float = 0.0  # one GPU-step of this bucket alone
+    audio_tokens: int = 0  # per sample (a stage of kind audio_video)
 
     @property
     def gpu_step_flops(self) -> float:
@@ -63,7 +80,7 @@ class StageCost:
     price_per_gpu_hour: float
     buckets: list[BucketCost]
     samples_per_rank_step: float
-    tokens_per_rank_step: float  # video + text tokens
+    tokens_per_rank_step: float  # video + text (+ audio) tokens
     model_flops_per_gpu_step: float
     hardware_flops_per_gpu_step: float
     step_seconds: float
@@ -113,13 +130,14 @@ def stage_cost(
     for bucket, share in sorted(mix.items(), key=lambda kv: (-kv[0].height * kv[0].width, -kv[0].num_frames)):
         if share <= 0:
             continue
-        img = video_tokens(setup, bucket)
-        model = setup.spec.flops(setup.model, img, txt, setup.image_condition).train
-        rows.append(BucketCost(bucket, share, 0.0, img, txt, model, model + recompute_flops(setup, img, txt)))
+        img, aud = video_tokens(setup, bucket), audio_tokens(setup, bucket)
+        model = setup.spec.flops(setup.model, img, txt, setup.image_condition, aud).train
+        hardware = model + recompute_flops(setup, img, txt, aud)
+        rows.append(BucketCost(bucket, share, 0.0, img, txt, model, hardware, audio_tokens=aud))
     inv = sum(r.share / r.bucket.batch_size for r in rows)  # batches per sample
     per_sample_model = sum(r.share * r.model_flops for r in rows)
     per_sample_hw = sum(r.share * r.hardware_flops for r in rows)
-    per_sample_tokens = sum(r.share * (r.tokens + r.text_tokens) for r in rows)
+    per_sample_tokens = sum(r.share * (r.tokens + r.text_tokens + r.audio_tokens) for r in rows)
     speed = peak_tflops * 1e12 * setup.mfu
     for r in rows:
         r.batch_share = r.share / r.bucket.batch_size / inv

@@ -14,6 +14,7 @@ replaced by a latent cache. Headroom is left for the caching allocator.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
@@ -22,7 +23,7 @@ import torch
 from opensora_lite.config.schema import AutoencoderConfig, TextEncoderConfig, TextModelConfig
 from opensora_lite.data.buckets import Bucket
 from opensora_lite.models.spec import spec_for
-from opensora_lite.plan.cost import video_tokens
+from opensora_lite.plan.cost import audio_tokens, video_tokens
 from opensora_lite.plan.stages import StageSetup
 from opensora_lite.registry import ENGINES
 
@@ -41,7 +42,7 @@ AE_ENCODER_PARAMS = {"pixel": 0.0, "hunyuan": 100e6, "hunyuan15": 200e6, "wan": 
 @lru_cache(maxsize=32)
 def _param_counts(family: str, cfg_items: tuple, image_condition: bool) -> tuple[int, int]:
     spec = spec_for(family)
-    cfg = spec.config_class(**{k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg_items})
+    cfg = spec.config_class(**{k: _thawed(v) for k, v in cfg_items})
     with torch.device("meta"):
         model = spec.build(cfg, image_condition=image_condition)
     total = sum(p.numel() for p in model.parameters())
@@ -52,8 +53,21 @@ def _param_counts(family: str, cfg_items: tuple, image_condition: bool) -> tuple
 
 def dit_params(cfg, image_condition: bool) -> tuple[int, int]:
     """(all parameters, parameters of the largest block) of the model, counted on the meta device."""
-    items = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in cfg.__dict__.items())
-    return _param_counts(spec_for(cfg).family, items, image_condition)
+    return _param_counts(spec_for(cfg).family, _frozen(cfg)[1], image_condition)
+
+
+def _frozen(value):
+    """A config as a hashable key (for the cache): lists as tuples, a nested dataclass (model.audio) as
+    (its class, its items)."""
+    if dataclasses.is_dataclass(value):
+        return (type(value), tuple((k, _frozen(v)) for k, v in vars(value).items()))
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _thawed(value):
+    if isinstance(value, tuple) and value and isinstance(value[0], type):
+        return value[0](**{k: _thawed(v) for k, v in value[1]})
+    return list(value) if isinstance(value, tuple) else value
 
 
 def _text_params(kind: str, cfg: TextModelConfig) -> float:
@@ -142,7 +156,9 @@ def activation_bytes(setup: StageSetup, bucket: Bucket, txt: int, compute: str, 
     """Saved activations of one GPU for a batch of this bucket, plus the backward working set."""
     m, par = setup.model, setup.parallel
     batch = bucket.batch_size if batch is None else batch
-    tokens = txt + video_tokens(setup, bucket) / par.sp_size  # text is whole on every rank of an SP group
+    # text is whole on every rank of an SP group; audio tokens are split like the video's (an estimate: the
+    # audio blocks' profile is counted like a double block's at the audio width, not measured)
+    tokens = txt + (video_tokens(setup, bucket) + audio_tokens(setup, bucket)) / par.sp_size
     act = setup.spec.activations(m)
     e = 4.0 if compute == "fp32" else 2.0
     extra = 0.0 if compute == "fp32" else act.fp32_under_bf16 * 4.0

@@ -69,7 +69,7 @@ def bucket_rows(stage) -> list[list[str]]:
                 b.bucket.key,
                 f"{b.share:.1%}",
                 str(b.bucket.batch_size),
-                f"{b.tokens:,} + {b.text_tokens}",
+                f"{b.tokens:,} + {b.text_tokens}" + (f" + {b.audio_tokens} audio" if b.audio_tokens else ""),
                 _tflop(b.model_flops),
                 f"{b.step_seconds:.3g}",
                 f"{m.total / GIB:.1f}",
@@ -148,7 +148,8 @@ def as_dict(plan: Plan) -> dict:
                 "buckets": [
                     {
                         "bucket": b.bucket.key, "share": b.share, "batch_size": b.bucket.batch_size,
-                        "tokens": b.tokens, "text_tokens": b.text_tokens, "model_flops": b.model_flops,
+                        "tokens": b.tokens, "text_tokens": b.text_tokens, "audio_tokens": b.audio_tokens,
+                        "model_flops": b.model_flops,
                         "hardware_flops": b.hardware_flops, "step_seconds": b.step_seconds,
                         "memory_gib": {k: getattr(m, k) / GIB for k in (
                             "params", "grads", "optimizer", "working", "activations", "encoders", "reserved", "total",

@@ -9,6 +9,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from opensora_lite.config.schema import (
+    AudioAutoencoderConfig,
     AutoencoderConfig,
     ParallelConfig,
     PlanJobConfig,
@@ -39,6 +40,10 @@ class StageSetup:
     image_condition: bool
     reference_gpu_days: float | None
     reference_clips: float | None
+    # the audio autoencoder of a stage whose model has an audio stream (stage.kind audio_video), else None;
+    # fps: the frame rate the windows play at (data.target_fps), which fixes each window's seconds of sound
+    audio: AudioAutoencoderConfig | None = None
+    fps: float = 24.0
 
     @property
     def dp_size(self) -> int:
@@ -134,6 +139,8 @@ def stage_setups(cfg: PlanJobConfig, mfu: float) -> list[StageSetup]:
                 image_condition=uses_image_condition(stage.tasks),
                 reference_gpu_days=sp.reference_gpu_days,
                 reference_clips=sp.reference_clips,
+                audio=view.audio_autoencoder if spec_for(model).audio_stream(model) is not None else None,
+                fps=cfg.data.target_fps,
             )
         )
     return out

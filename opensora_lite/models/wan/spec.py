@@ -89,7 +89,9 @@ class WanSpec(ModelSpec):
             raise ConfigError("model.family", "wan has no image condition yet")
         return wan_flops(cfg, video_tokens, text_tokens)
 
-    def block_flops(self, cfg: WanConfig, video_tokens: int, text_tokens: int) -> dict[str, float]:
+    def block_flops(
+        self, cfg: WanConfig, video_tokens: int, text_tokens: int, audio_tokens: int = 0
+    ) -> dict[str, float]:
         return {"blocks": sum(wan_block_flops(cfg, video_tokens, text_tokens))}
 
     # -- weights -------------------------------------------------------------------------------------
