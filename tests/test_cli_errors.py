@@ -71,3 +71,25 @@ def test_an_error_under_torchrun_is_printed_once_and_the_launcher_adds_one_line(
     last = out.stderr.strip().splitlines()[-1]  # whichever rank torchrun saw exit first
     assert re.match(r"osl: rank [01] exited with status 2 ", last), said[-3000:]
     assert not (tmp_path / "runs").exists()
+
+
+def test_the_launcher_prints_the_error_when_rank_0_was_stopped_before_it_could(tmp_path):
+    """A shared start-up error that rank 1 meets first: torchrun stops rank 0 (here still asleep) before it
+    prints, and the launcher prints the error rank 1 left for it, once, above its summary line."""
+    script = tmp_path / "job.py"
+    script.write_text(
+        "import os, time\n"
+        "from opensora_lite.cli.common import _fail\n"
+        "if os.environ['RANK'] == '0':\n"
+        "    time.sleep(60)\n"
+        "_fail('error: data.shards: no shards in /nowhere', 2)\n"
+    )
+    cmd = [str(BIN / "osl-torchrun"), "--standalone", "--nproc-per-node=2", str(script)]
+    out = subprocess.run(cmd, cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True)
+    said = out.stdout + out.stderr
+    assert out.returncode == 2, said[-3000:]
+    lines = out.stderr.strip().splitlines()
+    assert [line for line in lines if "no shards" in line] == ["error: data.shards: no shards in /nowhere"], said
+    assert lines[-2] == "error: data.shards: no shards in /nowhere", said  # right above the summary
+    assert re.match(r"osl: rank 1 exited with status 2 ", lines[-1]), said
+    assert "Traceback" not in said, said[-3000:]

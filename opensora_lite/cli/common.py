@@ -101,10 +101,16 @@ def _say(message: str, once: bool = False) -> None:
     message on every rank, printed by rank 0 alone."""
     from opensora_lite.parallel.engine import launch_env
 
-    if once and launch_env()[0] != 0:
+    rank = launch_env()[0]
+    notes = os.environ.get("OSL_ERROR_DIR")  # set by osl-torchrun (cli/launch.py)
+    if once and rank != 0:
+        if notes:  # kept for the launcher: torchrun may stop rank 0 before it prints, if this rank exits first
+            Path(notes, f"rank{rank}.txt").write_text(message.strip())
         return
     sys.stderr.flush()
     os.write(2, f"{message.strip()}\n".encode())
+    if notes:
+        Path(notes, f"printed.rank{rank}").touch()
 
 
 class JobFailed(CompactHydraException):

@@ -8,18 +8,33 @@
   traceback; the agent has already passed the signal on to the training processes.
 - A training process that fails is summed up in one line (which rank, its exit status) instead of
   torchrun's traceback and failure table: the process printed its own error already (once, by rank 0,
-  for errors every rank shares: opensora_lite/cli/common.py).
+  for errors every rank shares: opensora_lite/cli/common.py). When another rank exited first and
+  torchrun stopped rank 0 before it printed, the launcher prints the error the failed rank left in
+  OSL_ERROR_DIR, so the line above the summary is always the error.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 import signal
 import sys
+import tempfile
+from pathlib import Path
 
 
 def main() -> None:
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+    notes = Path(tempfile.mkdtemp(prefix="osl-errors-"))
+    os.environ["OSL_ERROR_DIR"] = str(notes)  # the training processes inherit it
+    try:
+        _run(notes)
+    finally:
+        shutil.rmtree(notes, ignore_errors=True)
+
+
+def _run(notes: Path) -> None:
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
@@ -34,6 +49,9 @@ def main() -> None:
         code = failure.exitcode
         how = f"exited with status {code}" if code >= 0 else f"was killed by {signal.Signals(-code).name}"
         others = len(exc.failures) - 1
+        kept = notes / f"rank{rank}.txt"
+        if not any(notes.glob("printed.rank*")) and kept.exists():  # nobody printed it: say it here
+            print(kept.read_text(), file=sys.stderr, flush=True)
         also = f" ({others} other process{'es' if others > 1 else ''} failed after it)" if others else ""
         print(f"osl: rank {rank} {how}{also}; its error is printed above", file=sys.stderr, flush=True)
         sys.exit(code if code > 0 else 128 - code)
