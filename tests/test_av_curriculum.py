@@ -7,9 +7,11 @@ statistics that stage measured."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import compose, typed
 from safetensors.torch import load_file
 
@@ -31,15 +33,16 @@ def av_clips(tmp_path_factory) -> Path:
 
 def _overrides(data: Path, root: Path) -> list[str]:
     """experiment=tiny_av cut to seconds: 3 audio autoencoder steps, no image stage, 1 T2V step from scratch,
-    2 audio+video steps; only the autoencoder stage evaluates (it measures the latent statistics)."""
+    4 audio+video steps (a checkpoint at step 2); only the autoencoder stage evaluates (it measures the
+    latent statistics)."""
     c = "curriculum.stages"
     return ["experiment=tiny_av", f"data.shards={data}", "data.num_workers=0", f"run.root={root}", "run.name=job",
             "logger.progress_bar=false", "eval.val_batches=1", "audio_autoencoder.mel.griffin_lim_iters=2",
             "audio_autoencoder.mel_ae.widths=[8,16,16]",
             f"{c}.audio_ae.steps=3", f"{c}.audio_ae.buckets={{16px:{{8:[1.0,4]}}}}", "~curriculum.stages.image",
             f"{c}.t2v.init=none", f"{c}.t2v.steps=1", f"{c}.t2v.buckets={{16px:{{5:[1.0,4]}}}}",
-            f"{c}.t2v.evaluate=false", f"{c}.t2av.steps=2", f"{c}.t2av.buckets={{16px:{{5:[1.0,4]}}}}",
-            f"{c}.t2av.log_every=1", f"{c}.t2av.evaluate=false"]  # fmt: skip
+            f"{c}.t2v.evaluate=false", f"{c}.t2av.steps=4", f"{c}.t2av.buckets={{16px:{{5:[1.0,4]}}}}",
+            f"{c}.t2av.log_every=1", f"{c}.t2av.checkpoint_every=2", f"{c}.t2av.evaluate=false"]  # fmt: skip
 
 
 def test_the_audio_stage_adds_sound_to_the_t2v_model_on_the_trained_audio_autoencoder(av_clips, tmp_path):
@@ -67,9 +70,27 @@ def test_the_audio_stage_adds_sound_to_the_t2v_model_on_the_trained_audio_autoen
     assert {"audio_in", "audio_blocks", "audio_final_layer"} <= {k.split(".")[0] for k in t2av}
     assert "missing 62 (audio_blocks, audio_final_layer, audio_in)" in log
 
+    steps = _audio_stage_rows(job)
+    assert len(steps) == 4 and all(r["loss_video"] > 0 and r["loss_audio"] > 0 for r in steps)
+
+    # exact resume: the audio stage as a job stopped after its step-2 checkpoint leaves it (its final
+    # weights and later checkpoints gone) resumes to the same losses and weights, the loss balance's running
+    # means, the optimizer, the data position and the noise included
+    shutil.rmtree(job / "t2av" / "final")
+    for later in (p for p in (job / "t2av" / "checkpoints").glob("step_*") if int(p.name.split("_")[1]) > 2):
+        shutil.rmtree(later)
+    run(compose(_overrides(av_clips, tmp_path)))
+    assert "step_00000002 (step 2)" in (job / "logs" / "train.log").read_text()  # "[t2av] resumed from ..."
+    again = _audio_stage_rows(job)
+    key = ("step", "loss", "loss_video", "loss_audio", "loss_scale_video", "loss_scale_audio")
+    assert [[r[k] for k in key] for r in again] == [[r[k] for k in key] for r in steps]  # each step once
+    resumed = load_file(job / "t2av" / "final" / "model.safetensors")
+    assert all(torch.equal(resumed[k], t2av[k]) for k in t2av)
+
+
+def _audio_stage_rows(job: Path) -> list[dict]:
     rows = [json.loads(line) for line in (job / "metrics.jsonl").read_text().splitlines()]
-    steps = [r for r in rows if r.get("stage") == "t2av" and "event" not in r and "loss" in r]
-    assert len(steps) == 2 and all(r["loss_video"] > 0 and r["loss_audio"] > 0 for r in steps)
+    return [r for r in rows if r.get("stage") == "t2av" and "event" not in r and "loss" in r]
 
 
 @pytest.mark.parametrize("source", ["t2v", "nowhere", "t2av"])
