@@ -145,6 +145,16 @@ def typed(overrides: list[str] | None = None):
     return to_config(compose(overrides))
 
 
+@pytest.fixture(autouse=True)
+def _jobs_own_their_wandb_service():
+    """A run logged to W&B inside the test process starts a W&B service and exports WANDB_SERVICE; every job
+    a later test starts as a user would (a subprocess) would then share that one service, and a job killed
+    there leaves its run ID open in it, so its rerun fails ("run ID ... is in use"). A user's jobs each own
+    their service (it ends with them); after each test the tests' jobs do too."""
+    yield
+    os.environ.pop("WANDB_SERVICE", None)
+
+
 def cli(
     *args: str, cwd: Path | None = None, timeout: int = 300, env: dict | None = None
 ) -> subprocess.CompletedProcess:

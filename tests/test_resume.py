@@ -141,7 +141,10 @@ def test_sigkill_at_a_random_step_resumes_to_the_same_loss_sequence(shapes_dir, 
     offset = {r["global_step"] - r["step"] for r in rerun if "loss" in r}  # the stages before t2v
     assert len(offset) == 1, offset
     offset = offset.pop()
-    assert second["rewound_to"] == offset + from_step, context
+    # W&B rewinds when the killed job had logged past its checkpoint; killed between the checkpoint and the
+    # next row, there is nothing to drop and the run resumes as it was (no branch point)
+    rewound = offset + from_step if logged > from_step else None
+    assert second["rewound_to"] == rewound, f"{context}, logged up to {logged}, resumed from {from_step}"
     assert [h["_step"] - offset for h in second["history"] if "loss" in h] == list(range(from_step + 1, STEPS + 1))
 
 
