@@ -204,6 +204,7 @@ def test_the_small_autoencoder_trains_in_an_autoencoder_stage_and_resumes_exactl
 
 def test_the_cache_holds_audio_latents_equal_to_encoding_on_the_fly(av_clips, tmp_path):
     from opensora_lite.autoencoders import build_autoencoder
+    from opensora_lite.data.audio import front_end_input
     from opensora_lite.data.cache import (
         CachedStream,
         bucket_table,
@@ -238,9 +239,10 @@ def test_the_cache_holds_audio_latents_equal_to_encoding_on_the_fly(av_clips, tm
     for url in stream.urls:
         for item in stream.items(url, 0, Counter()):
             batch = BucketedVideoStream.collate([item], Counter(), [])
-            want = audio_ae.encode(
-                batch["audio"], generator=item_generator(stage_seed(cfg, index), f"{item.key}/audio")
-            )
+            sound, context = front_end_input(batch)  # the window with its context, as training encodes it
+            assert context == cfg.data.audio.context == 512
+            gen = item_generator(stage_seed(cfg, index), f"{item.key}/audio")
+            want = audio_ae.encode(sound, generator=gen, context=context)
             got = cached[item.key]
             assert got["audio_x0"].shape == (8, 16, 16)  # 5 frames at 8 fps: 10000 samples, 63 log-mel frames
             assert torch.equal(got["audio_x0"], want[0]) and bool(got["has_audio"])

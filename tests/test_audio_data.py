@@ -133,8 +133,8 @@ def test_audio_window_after_a_seek_matches_the_video_window(av_shapes):
     assert checked >= 4
 
 
-def _stream(shards, **kw):
-    return BucketedVideoStream(shards, BucketTable(TABLE, [1.0], 2), 8.0, seed=0, audio=AUDIO, **kw)
+def _stream(shards, audio_cfg=AUDIO, **kw):
+    return BucketedVideoStream(shards, BucketTable(TABLE, [1.0], 2), 8.0, seed=0, audio=audio_cfg, **kw)
 
 
 def test_loader_batches_carry_each_video_windows_audio(av_shapes):
@@ -165,6 +165,77 @@ def test_loader_batches_carry_each_video_windows_audio(av_shapes):
             assert np.array_equal(video, frames)
             seen += 1
     assert seen == 12
+
+
+def test_window_context_gives_the_front_end_the_tracks_frames_and_no_edge_burst(av_shapes):
+    """A window cut from the middle of a clip's tone: with the context the loader reads around it
+    (data.audio.context, `audio_context`), the front end's log-mel of the window is the whole track's
+    log-mel at those frames, and its edge frames are as quiet above the tone as its middle. The window
+    alone, reflected at its edges by the centred STFT, gains a broadband burst in its first and last
+    frames (the burst a model trained on such windows generated at the start and end of every clip)."""
+    import torch
+
+    from opensora_lite.autoencoders.mel import LogMel
+    from opensora_lite.config.schema import MelConfig
+    from opensora_lite.data.audio import audio_window, collate_audio, front_end_input
+
+    mel = LogMel(MelConfig())
+    clips = members(expand_shards(str(av_shapes)))
+    checked = 0
+    for m in clips.values():
+        meta = json.loads(m["json"])
+        fps, n = meta["fps"], meta["num_frames"]
+        stride = temporal_stride(fps, 8.0)
+        track = extract_audio(m["mp4"], RATE, "stereo", n)
+        # starts whose first sample is a whole hop into the track (so the track's own frames line up), the
+        # click (at the contact frame) outside the window, and the window inside the clip
+        for start in range(1, n - 4 * stride):
+            first, count = window_samples(start, 4, stride, fps, RATE)
+            ahead = window_samples(meta["contact_frame"], 1, 1, fps, RATE)[0] - first
+            if first % 160 == 0 and first + count + 512 <= track.shape[1] and not -1600 < ahead < count + 1600:
+                break
+        else:
+            continue
+        tracks = [audio_window(None, m["wav"], RATE, "stereo", start, 4, stride, fps, margin=512)[0]]
+        assert np.array_equal(tracks[0], track[:, first - 512 : first + count + 512])
+        batch = collate_audio(tracks, [True], margin=512)
+        assert np.array_equal(batch["audio"][0].numpy() * 32768, track[:, first : first + count])
+        sound, context = front_end_input(batch)
+        assert context == 512 and sound.shape[-1] == count + 1024
+        with_context, alone = mel(sound, context)[0, 0], mel(batch["audio"])[0, 0]
+        whole = mel(torch.from_numpy(track[None] / 32768.0).float())[0, 0]
+        k = first // 160
+        assert with_context.shape == alone.shape == (count // 160 + 1, 64)
+        assert torch.allclose(with_context, whole[k : k + len(with_context)], atol=1e-3)
+        high = slice(40, None)  # above every tone (the highest, 698 Hz, is mel bin ~17): silence but for a click
+        middle = with_context[len(with_context) // 2 - 5 : len(with_context) // 2 + 5, high].mean()
+        for edge in (0, -1):
+            assert with_context[edge, high].mean() < middle + 0.5
+            assert alone[edge, high].mean() > middle + 3.0  # the reflection's burst (log units)
+        checked += 1
+    assert checked >= 4
+    # at the track's start the context is silence (no sound before the first frame), as past its end
+    m = next(iter(clips.values()))
+    meta = json.loads(m["json"])
+    pcm, _ = audio_window(None, m["wav"], RATE, "stereo", 0, 4, 1, meta["fps"], margin=512)
+    track = extract_audio(m["mp4"], RATE, "stereo", meta["num_frames"])
+    count = window_samples(0, 4, 1, meta["fps"], RATE)[1]
+    assert not pcm[:, :512].any() and np.array_equal(pcm[:, 512:], track[:, : count + 512])
+    decoded, _ = audio_window(m["mp4"], None, RATE, "stereo", 0, 4, 1, meta["fps"], margin=512)
+    assert np.array_equal(decoded, pcm)  # decoded from the mp4: the same samples
+
+
+def test_loader_batches_carry_the_windows_context(av_shapes):
+    """data.audio.context: each batch's `audio_context` is its windows with that many samples of the
+    track on each side; `audio` is the windows alone, as without it."""
+    shards = expand_shards(str(av_shapes))
+    plain = next(iter(_stream(shards, audio_cfg=AudioDataConfig(enabled=True, context=0))))
+    batch = next(iter(_stream(shards)))
+    assert "audio_context" not in plain and AUDIO.context == 512
+    assert batch["keys"] == plain["keys"] and np.array_equal(batch["audio"], plain["audio"])
+    ctx = batch["audio_context"]
+    assert ctx.shape[-1] == batch["audio"].shape[-1] + 1024
+    assert np.array_equal(ctx[..., 512:-512], batch["audio"])
 
 
 def _corrupt_audio_mp4(frames: np.ndarray, fps: float) -> bytes:

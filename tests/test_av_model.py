@@ -45,8 +45,8 @@ class MelSpaceToDepth:
 
         self.mel = LogMel(MelConfig(n_fft=256, hop_length=160, n_mels=16, f_max=4000.0))
 
-    def encode(self, audio: torch.Tensor, generator=None) -> torch.Tensor:
-        m = self.mel(audio)
+    def encode(self, audio: torch.Tensor, generator=None, context: int = 0) -> torch.Tensor:
+        m = self.mel(audio, context)
         b, c, frames, bins = m.shape
         m = m[:, :, : frames // 4 * 4]
         z = m.reshape(b, c, frames // 4, 4, bins // 4, 4).permute(0, 1, 3, 5, 2, 4).reshape(b, c * 16, -1, bins // 4)

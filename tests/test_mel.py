@@ -55,6 +55,30 @@ def test_ltx2_front_end_shapes_values_and_channels():
     assert int(out[0, 0, 50].argmax()) == int((centres - f).abs().argmin())  # the tone's filter is the strongest
 
 
+def test_context_gives_a_windows_frames_as_the_whole_track_has_them():
+    """forward(wave, context=m): the window in the middle of `wave` framed with the m samples around it
+    heard by its edge frames. With n_fft // 2 or more, the frames are the whole track's there (a tone
+    cut from its middle has no edge burst); with none, the window alone is reflected at its edges, and a
+    tone's kink there spreads energy over the high mels (log units above the floor it sits at inside)."""
+    mel = LogMel(MelConfig())
+    track = tone(PITCHES["red"], 2.0)[None, None].repeat(1, 2, 1)  # [1, 2, 32000]
+    whole = mel(track)
+    first, count = 4800, 10000  # frame 30 on: a whole number of hops in
+    for margin in (512, 700):
+        out = mel(track[..., first - margin : first + count + margin], context=margin)
+        assert out.shape == (1, 2, count // 160 + 1, 64)
+        assert torch.allclose(out, whole[:, :, 30 : 30 + out.shape[2]], atol=1e-3)
+    alone = mel(track[..., first : first + count])
+    assert torch.equal(mel(track[..., first : first + count], context=0), alone)
+    inside = float(alone[0, 0, 20:40, 40:].mean())
+    assert float(alone[0, 0, 0, 40:].mean()) > inside + 3 and float(alone[0, 0, -1, 40:].mean()) > inside + 3
+    assert float(out[0, 0, 0, 40:].mean()) < inside + 0.5 and float(out[0, 0, -1, 40:].mean()) < inside + 0.5
+    # fewer samples than n_fft // 2: the missing ones are the given sound's reflection at its ends
+    part = mel(track[..., first - 100 : first + count + 100], context=100)
+    assert part.shape == alone.shape and torch.allclose(part[:, :, 10:-10], out[:, :, 10:-10], atol=1e-3)
+    assert not torch.allclose(part[:, :, :1], out[:, :, :1], atol=0.1)
+
+
 def test_griffin_lim_gives_each_colours_pitch_back():
     mel = LogMel(MelConfig(griffin_lim_iters=32))
     wave = torch.stack([tone(PITCHES[c], 0.3) for c in COLOURS])[:, None]  # [6, 1, samples]

@@ -85,8 +85,9 @@ class AudioAutoencoder(nn.Module, ABC):
         return math.log(self.cfg.mel.log_floor)
 
     # -- the interface ---------------------------------------------------------------------------------
-    def logmel(self, audio: Tensor) -> Tensor:
-        """A waveform's log-mel (a 4-D log-mel is returned as it is)."""
+    def logmel(self, audio: Tensor, context: int = 0) -> Tensor:
+        """A waveform's log-mel (a 4-D log-mel is returned as it is). `context`: samples of context the
+        waveform holds on each side of its window (the front end's `forward`; data/audio.py)."""
         if audio.ndim == 4:
             return audio
         if audio.ndim != 3 or audio.shape[1] != self.channels:
@@ -94,16 +95,20 @@ class AudioAutoencoder(nn.Module, ABC):
                 f"{type(self).__name__} takes [B, {self.channels}, samples] or a log-mel [B, {self.channels}, "
                 f"frames, mels], got {tuple(audio.shape)}"
             )
-        return self.mel(audio)
+        return self.mel(audio, context)
 
     @torch.no_grad()
-    def encode(self, audio: Tensor, sample: bool = True, generator: torch.Generator | None = None) -> Tensor:
+    def encode(
+        self, audio: Tensor, sample: bool = True, generator: torch.Generator | None = None, context: int = 0
+    ) -> Tensor:
         """Scaled latents [B, C, T', F'] of a waveform or log-mel. A VAE draws from its posterior when
         `sample` (noise from `generator`), else takes its mean; a deterministic autoencoder ignores both.
-        A waveform without samples has latents without frames."""
-        if audio.ndim == 3 and audio.shape[-1] == 0:
+        A waveform without samples has latents without frames. `context`: a waveform's samples of context
+        on each side of its window (data/audio.py `front_end_input`), heard by the front end's edge
+        frames, not framed themselves."""
+        if audio.ndim == 3 and audio.shape[-1] - 2 * context <= 0:
             return torch.zeros(audio.shape[0], *self.latent_shape(0), device=audio.device)
-        logmel = self.logmel(audio)
+        logmel = self.logmel(audio, context)
         n_mels = self.cfg.mel.n_mels
         if logmel.shape[1] != self.channels or logmel.shape[-1] != n_mels:
             raise ValueError(

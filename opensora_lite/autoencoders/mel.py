@@ -9,6 +9,10 @@ LTX-2's trainers (a torchaudio MelSpectrogram with these settings, then a log):
 
 - STFT: Hann window (periodic) of win_length, n_fft points, hop_length apart, centred (the signal is
   reflect-padded by n_fft // 2 on both sides): samples // hop + 1 frames, 100 a second at 16 kHz / 160.
+  A window cut from a longer track can bring its context instead (`forward(wave, context=m)`: m samples
+  of the track on each side, data/audio.py): the edge frames then see the real sound around the window,
+  not its reflection (which folds a tone back on itself: a kink, broadband energy in the first and last
+  frames of every window cut from the middle of a sound), and equal the whole track's frames there.
 - M: n_mels triangular filters evenly spaced on the mel scale between f_min and f_max (the Slaney
   scale: linear to 1 kHz, logarithmic above; or HTK's 2595 log10(1 + f / 700)), each scaled by
   2 / (its width in Hz) with Slaney normalisation (equal area): torchaudio's `melscale_fbanks` and
@@ -92,22 +96,35 @@ class LogMel(nn.Module):
         """Frames of a waveform of `num_samples` samples (centred STFT)."""
         return num_samples // self.cfg.hop_length + 1
 
-    def _stft(self, x: torch.Tensor) -> torch.Tensor:
+    def _stft(self, x: torch.Tensor, center: bool = True) -> torch.Tensor:
         c = self.cfg
-        return torch.stft(
-            x, c.n_fft, c.hop_length, self.win_length, self.window, center=True, pad_mode="reflect", return_complex=True
-        )
+        window = self.window
+        return torch.stft(x, c.n_fft, c.hop_length, self.win_length, window, center, "reflect", return_complex=True)
 
-    def spectrum(self, wave: torch.Tensor) -> torch.Tensor:
-        """|STFT|^power as [batch, channels, n_fft // 2 + 1, frames]."""
+    def spectrum(self, wave: torch.Tensor, context: int = 0) -> torch.Tensor:
+        """|STFT|^power as [batch, channels, n_fft // 2 + 1, frames] of a waveform [batch, channels,
+        samples]. `context`: the waveform holds that many samples of context on each side of the window
+        whose frames are wanted (module docstring); the centred STFT uses n_fft // 2 of them and reflects
+        the window only where fewer are given."""
         b, ch, n = wave.shape
-        spec = self._stft(wave.reshape(b * ch, n).float()).abs()
+        x = wave.reshape(b * ch, n).float()
+        if context:
+            half = self.cfg.n_fft // 2
+            if context >= half:
+                x = x[:, context - half : n - (context - half)]
+            else:  # the rest of the half window: the given sound's reflection at its ends
+                x = nn.functional.pad(x[:, None], (half - context, half - context), mode="reflect")[:, 0]
+            spec = self._stft(x, center=False).abs()
+        else:
+            spec = self._stft(x).abs()
         if self.cfg.power != 1.0:
             spec = spec.pow(self.cfg.power)
         return spec.reshape(b, ch, *spec.shape[-2:])
 
-    def forward(self, wave: torch.Tensor) -> torch.Tensor:
-        mel = torch.matmul(self.spectrum(wave).transpose(-1, -2), self.filters)  # [b, ch, frames, n_mels]
+    def forward(self, wave: torch.Tensor, context: int = 0) -> torch.Tensor:
+        """The log-mel [batch, channels, frames, n_mels] of a waveform [batch, channels, samples]
+        (`context`: samples of context on each side, not framed themselves: `spectrum`)."""
+        mel = torch.matmul(self.spectrum(wave, context).transpose(-1, -2), self.filters)
         return torch.log(torch.clamp(mel, min=self.cfg.log_floor))
 
     @torch.no_grad()

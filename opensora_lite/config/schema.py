@@ -32,6 +32,10 @@ class AudioDataConfig:
     enabled: bool = False  # ingest: decode and store the track; loader: batches carry audio
     sample_rate: int = 16000  # Hz: every track is resampled to this
     layout: str = "stereo"  # mono | stereo (a mono track is copied to both channels; stereo to mono: their mean)
+    # loader: samples of the track read on each side of a window (batch["audio_context"]) so that the front
+    # end's centred STFT sees the real sound around the window, not the window's reflection (which put a
+    # broadband burst in every window's edge frames); n_fft // 2 is all it uses (LTX-2's: 512). 0: none
+    context: int = 512
 
 
 @dataclass

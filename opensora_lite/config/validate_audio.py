@@ -21,6 +21,7 @@ def validate_audio(a: AudioDataConfig, key: str) -> None:
     """The sound settings of ingest (videos.audio) or the loader (data.audio)."""
     _require(a.sample_rate >= 1000, f"{key}.sample_rate", f"must be at least 1000 Hz, got {a.sample_rate}")
     _require(a.layout in AUDIO_LAYOUTS, f"{key}.layout", f"unknown {a.layout!r} ({' | '.join(AUDIO_LAYOUTS)})")
+    _require(a.context >= 0, f"{key}.context", f"samples on each side of a window: must be >= 0, got {a.context}")
 
 
 def validate_shapes_sound(s: ShapesConfig, key: str = "shapes") -> None:

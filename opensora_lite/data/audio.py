@@ -18,6 +18,18 @@ rounded half up, in exact rational arithmetic (fps as a fraction: 29.97 is 30000
 depends on the span alone, never on where the window starts, so every window of one length at one
 frame rate has the same number of samples. Samples past the end of the stored track (at most the
 stride's last frames and one sample of rounding) read as silence.
+
+**Context for the front end.** A log-mel front end's STFT is centred: its first and last frames are
+centred on the window's first and last samples and reach n_fft // 2 samples past them. Given the window
+alone, the STFT pads it with its own reflection, and a sound that goes on across the cut (a tone) is
+folded back on itself there: a kink that spreads energy over every frequency, so every window cut from
+the middle of a clip gained a broadband burst in its first and last log-mel frames that no listener
+would hear (measured on Shapes with sound: the high mels 4 to 5 log units above the silence they sit
+at in the window's middle; a model trained on such windows generated the burst, and the evaluator
+heard it as a click in every clip). `audio_window(..., margin=m)` reads m more samples of the track on
+each side (silence before its start and past its end), the loader's `data.audio.context`; the batch
+carries them as `audio_context` beside `audio`, and the front end (`LogMel(wave, context=m)`) computes
+the window's frames from the real neighbouring sound: the frames the whole track's log-mel has there.
 """
 
 from __future__ import annotations
@@ -134,7 +146,11 @@ def wav_format(data: bytes) -> tuple[int, int, int]:
 
 def read_wav_window(data: bytes, first: int, count: int) -> np.ndarray:
     """Samples first .. first + count - 1 of WAV bytes as int16 [channels, count], read without the rest;
-    samples past the end are silence. Raises AudioDecodeError on a damaged or cut-off track."""
+    samples before the start (a negative `first`) and past the end are silence. Raises AudioDecodeError
+    on a damaged or cut-off track."""
+    if first < 0:
+        head = read_wav_window(data, 0, max(0, count + first))
+        return np.ascontiguousarray(np.pad(head, ((0, 0), (min(-first, count), 0))))
     try:
         with wave.open(io.BytesIO(data), "rb") as w:
             channels, total = w.getnchannels(), w.getnframes()
@@ -162,12 +178,16 @@ def audio_window(
     num_frames: int,
     stride: int,
     fps: float,
+    margin: int = 0,
 ) -> tuple[np.ndarray, bool]:
-    """(int16 [channels, count], has sound) of a video window (the window rule): from the stored track
-    `wav` when it has the wanted rate and layout, else decoded from the container `media` (the whole
-    track, then windowed: slower, the same samples). A clip without sound (no audio stream, or `media`
-    and `wav` None: known from its metadata) gives silence of the same length. Raises AudioDecodeError."""
+    """(int16 [channels, margin + count + margin], has sound) of a video window (the window rule), with
+    `margin` samples of the track's context on each side (module docstring; silence outside the track):
+    from the stored track `wav` when it has the wanted rate and layout, else decoded from the container
+    `media` (the whole track, then windowed: slower, the same samples). A clip without sound (no audio
+    stream, or `media` and `wav` None: known from its metadata) gives silence of the same length. Raises
+    AudioDecodeError."""
     first, count = window_samples(start, num_frames, stride, fps, rate)
+    first, count = first - margin, count + 2 * margin
     if wav is not None:
         stored_rate, channels, _ = wav_format(wav)
         if (stored_rate, channels) == (rate, LAYOUTS[layout]):
@@ -175,28 +195,48 @@ def audio_window(
     pcm = extract_audio(media, rate, layout) if media is not None else None
     if pcm is None:
         return np.zeros((LAYOUTS[layout], count), np.int16), False
-    window = pcm[:, first : first + count]
-    if window.shape[1] < count:
-        window = np.pad(window, ((0, 0), (0, count - window.shape[1])))
+    before = min(max(0, -first), count)
+    window = pcm[:, max(0, first) : max(0, first + count)]
+    window = np.pad(window, ((0, 0), (before, count - before - window.shape[1])))
     return np.ascontiguousarray(window), True
 
 
-def collate_audio(tracks: list[np.ndarray], has_audio: list[bool]) -> dict:
-    """Batch entries of windows' sound (int16 [channels, samples] each): `audio` float [B, channels,
-    samples] in [-1, 1], padded with silence to the longest window (windows of one bucket differ in
-    length only where clips of different frame rates share it), `audio_samples` [B] the samples of each
-    window, `has_audio` [B] false for clips without sound (their audio is silence)."""
+def collate_audio(tracks: list[np.ndarray], has_audio: list[bool], margin: int = 0) -> dict:
+    """Batch entries of windows' sound (int16 [channels, margin + samples + margin] each, `margin`: the
+    context read on each side): `audio` float [B, channels, samples] in [-1, 1], the windows alone,
+    padded with silence to the longest window (windows of one bucket differ in length only where clips
+    of different frame rates share it), `audio_samples` [B] the samples of each window, `has_audio` [B]
+    false for clips without sound (their audio is silence); with a margin also `audio_context` [B,
+    channels, margin + samples + margin], each window with its context (the front end's input:
+    `front_end_input`), padded with silence after its own end."""
     import torch  # here: ingest (osl-data) reads sound without loading torch
 
-    longest = max(t.shape[1] for t in tracks)
+    counts = [t.shape[1] - 2 * margin for t in tracks]
+    longest = max(counts)
     audio = np.zeros((len(tracks), tracks[0].shape[0], longest), np.float32)
-    for i, t in enumerate(tracks):
-        audio[i, :, : t.shape[1]] = t / 32768.0
-    return {
+    for i, (t, n) in enumerate(zip(tracks, counts)):
+        audio[i, :, :n] = t[:, margin : margin + n] / 32768.0
+    out = {
         "audio": torch.from_numpy(audio),
-        "audio_samples": torch.tensor([t.shape[1] for t in tracks], dtype=torch.long),
+        "audio_samples": torch.tensor(counts, dtype=torch.long),
         "has_audio": torch.tensor(has_audio, dtype=torch.bool),
     }
+    if margin:
+        context = np.zeros((len(tracks), tracks[0].shape[0], longest + 2 * margin), np.float32)
+        for i, t in enumerate(tracks):
+            context[i, :, : t.shape[1]] = t / 32768.0
+        out["audio_context"] = torch.from_numpy(context)
+    return out
+
+
+def front_end_input(batch: dict):
+    """(waveform, context) for an audio autoencoder's front end from a batch: its windows with their
+    context (`audio_context`, the margin on each side) when the loader read one, else the windows
+    alone (context 0: the front end reflects each window at its edges)."""
+    if "audio_context" not in batch:
+        return batch["audio"], 0
+    wave = batch["audio_context"]
+    return wave, (wave.shape[-1] - batch["audio"].shape[-1]) // 2
 
 
 def mux_audio(container, pcm: np.ndarray, rate: int, codec: str = "aac", bit_rate: int | None = None):

@@ -46,6 +46,7 @@ from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 from tqdm import tqdm
 
+from opensora_lite.data.audio import front_end_input
 from opensora_lite.data.buckets import Bucket, BucketTable
 from opensora_lite.data.loader import BucketedVideoStream, Item, expand_shards, frames_on_device
 from opensora_lite.data.video import VideoDecodeError
@@ -177,7 +178,8 @@ def encode_item(
         out["tail"] = ae.encode(video[:, :, -1:], generator=gen)[0]
     if audio_ae is not None:
         audio_gen = item_generator(seed, f"{item.key}/audio")
-        out["audio_x0"] = audio_ae.encode(batch["audio"].to(device), generator=audio_gen)[0]
+        sound, context = front_end_input(batch)  # the window with its context (data/audio.py)
+        out["audio_x0"] = audio_ae.encode(sound.to(device), generator=audio_gen, context=context)[0]
         out["has_audio"] = batch["has_audio"][0]
     t5, clip = text.encode_native([item.caption])
     out["t5"], out["clip"] = t5[0], clip[0]

@@ -115,8 +115,10 @@ class Item:
     key: str
     pending: tuple | None = None  # (decode_window arguments, audio window arguments) of a replayed item
     shard: str = ""  # the shard it came from
-    audio: Any = None  # int16 [channels, samples] of the window (silence if it has none); None: audio not read
+    audio: Any = None  # int16 [channels, margin + samples + margin] of the window (silence if it has none);
+    # None: audio not read
     has_audio: bool = False
+    audio_margin: int = 0  # samples of context on each side of the window in `audio` (data.audio.context)
 
 
 @dataclass
@@ -172,6 +174,7 @@ class BucketedVideoStream(IterableDataset):
         self.resume = resume or LoaderState()
         self.open_retries, self.retry_delay_s = open_retries, retry_delay_s
         self.audio = (audio.sample_rate, audio.layout) if audio is not None and audio.enabled else None
+        self.audio_margin = int(audio.context) if self.audio is not None else 0
         self._warned: dict[str, tuple[float, int]] = {}
         self._unreadable: set[str] = set()  # local shards given up on in this process, for the whole run
         self._skip_rows: list[tuple[str, str, str]] = []  # (key, shard, reason) since the last batch
@@ -301,7 +304,8 @@ class BucketedVideoStream(IterableDataset):
             if self.audio is not None:  # the stored track, if any; no track at all is known from the json
                 silent = "audio" in meta and meta["audio"] is None
                 sound = (None if silent else data, wav, *self.audio, start, bucket.num_frames, stride, meta["fps"])
-            item = Item(bucket, None, caption, key, pending=(window, sound), shard=url)
+                sound += (self.audio_margin,)
+            item = Item(bucket, None, caption, key, pending=(window, sound), shard=url, audio_margin=self.audio_margin)
             if replay:
                 if f"{epoch}/{key}" in self._failed:
                     raise VideoDecodeError("failed before the checkpoint")
@@ -335,8 +339,9 @@ class BucketedVideoStream(IterableDataset):
         nh, nw, top, left = resize_crop_size(height, width, (bucket.height, bucket.width))
         rgb = frame_to_rgb(frame, (nh, nw), rotation)
         item = Item(bucket, rgb[None, top : top + bucket.height, left : left + bucket.width], caption, key, shard=url)
-        if self.audio is not None:  # an image has no sound and no duration: no samples
-            item.audio = np.zeros((LAYOUTS[self.audio[1]], 0), np.int16)
+        if self.audio is not None:  # an image has no sound and no duration: no samples (its context: silence)
+            item.audio = np.zeros((LAYOUTS[self.audio[1]], 2 * self.audio_margin), np.int16)
+            item.audio_margin = self.audio_margin
         return item
 
     def items(self, shard: str, epoch: int, skipped: Counter):
@@ -362,7 +367,8 @@ class BucketedVideoStream(IterableDataset):
             "failed": failed,
         }
         if items[0].audio is not None:
-            batch.update(collate_audio([it.audio for it in items], [it.has_audio for it in items]))
+            tracks, has_audio = [it.audio for it in items], [it.has_audio for it in items]
+            batch.update(collate_audio(tracks, has_audio, items[0].audio_margin))
         return batch
 
     corrupt_reason = "corrupt_video"

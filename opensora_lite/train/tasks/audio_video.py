@@ -19,6 +19,7 @@ from typing import Protocol
 import torch
 from torch import nn
 
+from opensora_lite.data.audio import front_end_input
 from opensora_lite.data.loader import frames_on_device
 from opensora_lite.diffusion.av import Flags, LossBalance, av_flow_loss
 from opensora_lite.diffusion.conditioning import build_condition, sample_tasks
@@ -32,12 +33,15 @@ from opensora_lite.train.tasks.diffusion import DiffusionTask
 
 class AudioLatentEncoder(Protocol):
     """What the task needs of an audio autoencoder: waveforms [B, channels, samples] in [-1, 1] at
-    data.audio.sample_rate -> latents [B, C_a, T_a, F_a] at `latents_per_second` (the model's
-    model.audio.latent_channels, latent_bins and latents_per_second)."""
+    data.audio.sample_rate (with `context` samples of the track on each side of the window) -> latents
+    [B, C_a, T_a, F_a] of the window at `latents_per_second` (the model's model.audio.latent_channels,
+    latent_bins and latents_per_second)."""
 
     latents_per_second: float
 
-    def encode(self, audio: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor: ...
+    def encode(
+        self, audio: torch.Tensor, generator: torch.Generator | None = None, context: int = 0
+    ) -> torch.Tensor: ...
 
 
 class AudioVideoTask(DiffusionTask):
@@ -69,8 +73,9 @@ class AudioVideoTask(DiffusionTask):
             x0 = rt.ae.encode(video, generator=gen)
             t5, clip = rt.text.encode(batch["captions"])
             t5, clip = drop_text(t5, clip, rt.text.empty(), stage.text_dropout, gen)
-            wave = batch["audio"].to(rt.device, non_blocking=True).float()
-            a0 = self.audio_ae.encode(wave, generator=gen).float()
+            sound, context = front_end_input(batch)  # the windows with their context (data/audio.py)
+            wave = batch["audio"]
+            a0 = self.audio_ae.encode(sound.to(rt.device).float(), generator=gen, context=context).float()
             flags = Flags.of(sample_tasks(stage.tasks, x0.shape[0], gen))
             cond = None
             if self.image_condition:

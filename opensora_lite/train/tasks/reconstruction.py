@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from opensora_lite.autoencoders import build_autoencoder
 from opensora_lite.autoencoders.audio import build_audio_autoencoder, build_vocoder
 from opensora_lite.autoencoders.mel import LogMel
+from opensora_lite.data.audio import front_end_input
 from opensora_lite.data.loader import frames_on_device
 from opensora_lite.eval.reconstruction import psnr, reconstruction_sheet, ssim
 
@@ -64,7 +65,8 @@ class AudioReconstruction:
         return build_audio_autoencoder(self.cfg.audio_autoencoder)
 
     def inputs(self, batch: dict, images: bool) -> Tensor:
-        return self.front(batch["audio"].to(self.device, non_blocking=True))
+        sound, context = front_end_input(batch)  # the windows with their context (data/audio.py)
+        return self.front(sound.to(self.device, non_blocking=True), context)
 
     def stream_audio(self):
         return self.cfg.data.audio
