@@ -88,3 +88,39 @@ def test_the_spectrogram_row_puts_the_click_under_the_contact_frame(real_clips):
     at = float(np.argmax(strip)) / (lay.frame_w + lay.gap)  # in frames
     assert abs(at - meta["contact_frame"]) <= 0.5
     assert (sheet[top + h : top + h + lay.gap] == sheet[0, 0]).all()  # the row ends at its strip
+
+
+def test_sampled_sound_lasts_the_clip_and_a_tone_ends_without_a_click():
+    """diffusion/pipeline.py `decode_sound`: a window of n samples has n // hop + 1 log-mel frames, and
+    Griffin-Lim of them at its own length gives (frames - 1) x hop samples, 80 short of a 10000-sample
+    clip; padded with silence, a tone stopped dead there and the evaluator heard a click at 620 ms in
+    every clip with a tone. Asked for the clip's length, the tone runs to the end and no click is heard."""
+    import math
+
+    import torch
+
+    from opensora_lite.autoencoders.audio import GriffinLimVocoder
+    from opensora_lite.autoencoders.mel import LogMel
+    from opensora_lite.config.schema import AudioAutoencoderConfig
+    from opensora_lite.data.synthetic import PITCHES
+    from opensora_lite.diffusion.pipeline import decode_sound
+
+    class LogMelAsLatents:  # an "autoencoder" whose latents are the log-mel itself
+        mel = LogMel(MelConfig())
+        silence = math.log(1e-5)
+
+        def decode(self, latents, mel_frames):
+            assert latents.shape[2] == mel_frames
+            return latents
+
+    t = torch.arange(32000) / RATE
+    track = (0.25 * torch.sin(2 * math.pi * PITCHES["blue"] * t))[None, None].repeat(1, 2, 1)
+    ae, vocoder = LogMelAsLatents(), GriffinLimVocoder(AudioAutoencoderConfig())
+    logmel = ae.mel(track[..., 8000 - 512 : 18000 + 512], context=512)  # a window cut from the tone's middle
+    wave, mel = decode_sound(ae, vocoder, logmel, 10000)
+    assert wave.shape == (1, 2, 10000) and torch.equal(mel, logmel)
+    assert float(wave[0, 0, -80:].abs().max()) > 0.05  # the tone runs to the end
+    sound = shapes_audio.read_sound(wave[0].numpy(), RATE)
+    assert sound.colour == "blue" and sound.onset_s is None
+    short = torch.nn.functional.pad(vocoder(logmel), (0, 80))  # the old way: its own length, padded
+    assert abs(shapes_audio.click_onset(short[0].numpy(), RATE) - 0.62) < 0.002

@@ -170,17 +170,22 @@ def build_audio_autoencoder(cfg: AudioAutoencoderConfig, seed: int | None = None
 
 # -- vocoders ------------------------------------------------------------------------------------------
 class Vocoder(nn.Module, ABC):
-    """Log-mel [B, channels, frames, mels] -> waveform [B, channels, samples] at `sample_rate`."""
+    """Log-mel [B, channels, frames, mels] -> waveform [B, channels, samples] at `sample_rate`.
+    `num_samples`: the length wanted (the sound the log-mel was taken of), where the vocoder can give it;
+    None, or a vocoder of fixed output length: its own length (the caller cuts or pads)."""
 
     sample_rate: int
 
     @abstractmethod
-    def forward(self, logmel: Tensor) -> Tensor: ...
+    def forward(self, logmel: Tensor, num_samples: int | None = None) -> Tensor: ...
 
 
 class GriffinLimVocoder(Vocoder):
     """The front end's own inverse (mel.py: fast Griffin-Lim, torch, CPU): a listening aid for tiny models,
-    at the front end's rate, (frames - 1) * hop samples."""
+    at the front end's rate, `num_samples` long ((frames - 1) * hop when None). A window of n samples has
+    n // hop + 1 frames, so (frames - 1) * hop falls up to hop - 1 samples short of it (10000 samples:
+    9920): asked for n, the last frame's half window fills the rest, where padding with silence would
+    stop a sound dead, a step heard as a click at the clip's end."""
 
     def __init__(self, cfg: AudioAutoencoderConfig):
         super().__init__()
@@ -188,8 +193,8 @@ class GriffinLimVocoder(Vocoder):
         self.sample_rate = cfg.mel.sample_rate
 
     @torch.no_grad()
-    def forward(self, logmel: Tensor) -> Tensor:
-        return self.mel.inverse(logmel)
+    def forward(self, logmel: Tensor, num_samples: int | None = None) -> Tensor:
+        return self.mel.inverse(logmel, num_samples)
 
 
 def build_vocoder(cfg: AudioAutoencoderConfig) -> Vocoder:

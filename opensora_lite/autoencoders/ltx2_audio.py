@@ -180,6 +180,7 @@ class LTX2AudioVocoder(Vocoder):
         return super().train(False)
 
     @torch.no_grad()
-    def forward(self, logmel: Tensor) -> Tensor:
+    def forward(self, logmel: Tensor, num_samples: int | None = None) -> Tensor:
+        """Its own length, whatever `num_samples` (the caller cuts or pads)."""
         dtype = next(self.vocoder.parameters()).dtype
         return self.vocoder(logmel.to(dtype)).float()

@@ -232,7 +232,6 @@ def generate_av(
     has_cond = spec.has_image_condition(model)
     vocoder = vocoder_of(rt)
     out_rate = vocoder.sample_rate
-    length = round(samples * out_rate / rate)
 
     def forward_av(x, t, a, ta, t5, clip, cond):
         return spec.forward_av(model, x, t, a, ta, t5, clip, video_rate, cond)
@@ -274,13 +273,22 @@ def generate_av(
             videos.append(np.asarray(video[i : i + bs], dtype=np.uint8))
         else:
             videos.append(to_uint8(ae.decode(latents, frames if ae.valid_num_frames(frames) else None)))
-        # no sound's log-mel lies below the front end's floor (log 1e-5); a decoder's may, far enough that
-        # exp() of it is a denormal float, which made Griffin-Lim a thousand times slower: clamp to silence
-        mel = audio_ae.decode(a_latents, audio_ae.mel.num_frames(samples)).clamp(min=audio_ae.silence)
-        wave = vocoder(mel).float().clamp(-1, 1)[..., :length]
-        waves.append(nn.functional.pad(wave, (0, length - wave.shape[-1])).cpu().numpy())
+        wave, mel = decode_sound(audio_ae, vocoder, a_latents, samples)
+        waves.append(wave.cpu().numpy())
         mels.append(mel.float().cpu().numpy())
     return AVSamples(np.concatenate(videos), np.concatenate(waves), np.concatenate(mels), out_rate)
+
+
+def decode_sound(audio_ae, vocoder, latents: Tensor, samples: int) -> tuple[Tensor, Tensor]:
+    """(waveform [B, channels, length] at the vocoder's rate, log-mel) of audio latents for a clip whose
+    sound is `samples` long at the front end's rate: the audio autoencoder's log-mel of that many samples,
+    then the vocoder asked for the clip's length (a vocoder of fixed length is cut or padded to it)."""
+    # no sound's log-mel lies below the front end's floor (log 1e-5); a decoder's may, far enough that
+    # exp() of it is a denormal float, which made Griffin-Lim a thousand times slower: clamp to silence
+    mel = audio_ae.decode(latents, audio_ae.mel.num_frames(samples)).clamp(min=audio_ae.silence)
+    length = round(samples * vocoder.sample_rate / audio_ae.mel.cfg.sample_rate)
+    wave = vocoder(mel, length).float().clamp(-1, 1)[..., :length]
+    return nn.functional.pad(wave, (0, length - wave.shape[-1])), mel
 
 
 def _noise_pair(seed: int, video_shape: tuple, audio_shape: tuple) -> tuple[Tensor, Tensor]:
