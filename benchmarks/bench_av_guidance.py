@@ -27,10 +27,11 @@ from opensora_lite.models.spec import spec_for
 from opensora_lite.text.encoders import TextEncoders
 from opensora_lite.train.evaluation_av import evaluate_av_stage
 
-KEYS = ("colour_acc", "direction_acc", "audio_pitch_acc", "audio_click_rate", "audio_click_rate_straight",
-        "audio_sync_error_ms",
-        "audio_sync_error_shuffled_ms", "v2a_pitch_acc", "v2a_click_rate", "v2a_sync_error_ms",
-        "v2a_sync_error_shuffled_ms")  # fmt: skip
+KEYS = ("colour_acc", "direction_acc", "audio_pitch_acc", "audio_bounce_rate", "audio_click_rate",
+        "audio_click_rate_straight", "audio_sync_error_median_ms", "audio_sync_error_shuffled_median_ms",
+        "audio_sync_error_ms", "audio_sync_error_shuffled_ms", "audio_sync_within_frame", "v2a_pitch_acc",
+        "v2a_click_rate", "v2a_sync_error_median_ms", "v2a_sync_error_shuffled_median_ms",
+        "v2a_sync_within_frame")  # fmt: skip
 
 
 def main() -> None:

@@ -57,6 +57,7 @@ def test_real_clips_read_their_colour_their_bounce_and_their_click(real_clips):
     assert scores["audio_click_rate"] == 1.0 and scores["audio_click_rate_straight"] == 0.0
     assert scores["audio_sync_within_frame"] == 1.0
     assert scores["audio_sync_error_ms"] < 2.0 and scores["audio_wall_gap_px"] <= 1.0
+    assert scores["audio_sync_error_median_ms"] < 2.0 and scores["audio_sync_error_shuffled_median_ms"] > 50
     # the baseline: each bounce's video against another bounce's click, far outside a frame
     assert scores["audio_sync_error_shuffled_ms"] > 20 * scores["audio_sync_error_ms"] + 50
 

@@ -13,9 +13,9 @@ click heard when the shape is seen to hit the wall?
   ends (straight motion has its extremes at the ends). The wall is the one on that extreme's side; the
   wall gap is how many pixels lie between the shape's far edge and that wall in the reversal frame.
 - **Sync error**: |onset - reversal frame / fps| in ms (frame k starts at k / fps, the window rule),
-  over the clips that are seen to bounce and heard to click; the baseline pairs each clip's video with
-  another clip's audio (a roll by one over those clips), which is what a model that ignores the
-  pictures would score.
+  over the clips that are seen to bounce and heard to click (mean and median); the baseline pairs each
+  clip's video with another clip's audio (a roll by one over those clips), which is what a model that
+  ignores the pictures would score.
 """
 
 from __future__ import annotations
@@ -139,11 +139,11 @@ def score_sound(
     """The audio figures of clips with sound: `targets` give each clip's colour and whether it was asked
     to bounce (`bounce`). Keys (under `prefix`): pitch_acc (the tone names the target colour),
     click_rate (clips seen to bounce that are heard to click), click_rate_straight (clips asked to move
-    straight that are heard to click), sync_error_ms and sync_within_frame (over those seen to bounce and
-    heard to click), sync_error_shuffled_ms (each clip seen to bounce: its video against the next one's
-    audio), bounce_rate (clips asked to bounce that are seen to reverse), wall_gap_px (mean over the
-    reversals seen). A figure with no clip to average over is left out. `fps`: the clips' frame rate,
-    one or one per clip."""
+    straight that are heard to click), sync_error_ms, sync_error_median_ms and sync_within_frame (over
+    those seen to bounce and heard to click), sync_error_shuffled_ms and sync_error_shuffled_median_ms
+    (each clip seen to bounce: its video against the next one's audio), bounce_rate (clips asked to
+    bounce that are seen to reverse), wall_gap_px (mean over the reversals seen). A figure with no clip
+    to average over is left out. `fps`: the clips' frame rate, one or one per clip."""
     rates = [float(fps)] * len(videos) if np.isscalar(fps) else [float(f) for f in fps]
     sounds = [read_sound(w, rate, colours) for w in waves]
     bounces = [read_bounce(v) for v in videos]
@@ -168,6 +168,7 @@ def _sync(bounces, sounds, seen: list[int], fps: list[float], prefix: str) -> di
     out = {}
     if errors:
         out[f"{prefix}sync_error_ms"] = float(np.mean(errors))
+        out[f"{prefix}sync_error_median_ms"] = float(np.median(errors))
         frame_ms = 1000.0 / np.asarray([fps[i] for i in heard])
         out[f"{prefix}sync_within_frame"] = float(np.mean(np.asarray(errors) <= frame_ms))
     if len(seen) > 1:
@@ -175,6 +176,7 @@ def _sync(bounces, sounds, seen: list[int], fps: list[float], prefix: str) -> di
         shuffled = sync_errors_ms([bounces[i] for i in seen], rolled, [fps[i] for i in seen])
         if shuffled:
             out[f"{prefix}sync_error_shuffled_ms"] = float(np.mean(shuffled))
+            out[f"{prefix}sync_error_shuffled_median_ms"] = float(np.median(shuffled))
     return out
 
 

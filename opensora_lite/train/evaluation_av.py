@@ -29,7 +29,8 @@ from opensora_lite.eval import shapes as shapes_eval
 from opensora_lite.eval import shapes_audio
 from opensora_lite.eval.contact_sheet import save_contact_sheet
 
-V2A_KEYS = ("pitch_acc", "click_rate", "sync_error_ms", "sync_within_frame", "sync_error_shuffled_ms")
+V2A_KEYS = ("pitch_acc", "click_rate", "sync_error_ms", "sync_error_median_ms", "sync_within_frame",
+            "sync_error_shuffled_ms", "sync_error_shuffled_median_ms")  # fmt: skip
 
 
 def evaluate_av_stage(rt, model: nn.Module, stage: StageConfig, folder: Path) -> tuple[dict, list[Path], dict]:
