@@ -38,6 +38,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("stage_dir", help="an audio_video stage directory (runs/<run>/<stage>)")
     ap.add_argument("--scales", type=float, nargs="+", default=[1.0, 4.0])
+    ap.add_argument("--repeats", type=int, default=None, help="eval.repeats (default: the run's)")
+    ap.add_argument("--v2a-clips", type=int, default=None, help="eval.v2a_clips (default: the run's)")
     ap.add_argument("--no-append", action="store_true")
     args = ap.parse_args()
     stage_dir = Path(args.stage_dir)
@@ -51,6 +53,10 @@ def main() -> None:
     rt.audio_ae = build_audio_autoencoder(cfg.audio_autoencoder, seed=cfg.run.seed).eval()
     rt.vocoder = build_vocoder(cfg.audio_autoencoder).eval()
     stage = cfg.curriculum.stages[stage_dir.name]
+    if args.repeats is not None:
+        cfg.eval.repeats = args.repeats
+    if args.v2a_clips is not None:
+        cfg.eval.v2a_clips = args.v2a_clips
     rows = []
     for scale in args.scales:
         cfg.sample.audio_cfg_scale = scale
@@ -60,6 +66,8 @@ def main() -> None:
         rows.append([f"{scale:g}", *(f"{metrics[k]:.3f}" if k in metrics else "-" for k in KEYS),
                      f"{time.perf_counter() - began:.0f}"])  # fmt: skip
     command = f"python3 -m benchmarks.bench_av_guidance {args.stage_dir} --scales {' '.join(map(str, args.scales))}"
+    command += f" --repeats {args.repeats}" if args.repeats is not None else ""
+    command += f" --v2a-clips {args.v2a_clips}" if args.v2a_clips is not None else ""
     lines = heading("Audio guidance scale on an audio_video checkpoint", command)
     lines += [f"video cfg_scale {cfg.sample.cfg_scale:g}, {cfg.sample.num_steps} steps, eval.repeats "
               f"{cfg.eval.repeats}, eval.v2a_clips {cfg.eval.v2a_clips}.", ""]  # fmt: skip
