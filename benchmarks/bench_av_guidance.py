@@ -40,6 +40,7 @@ def main() -> None:
     ap.add_argument("--scales", type=float, nargs="+", default=[1.0, 4.0])
     ap.add_argument("--repeats", type=int, default=None, help="eval.repeats (default: the run's)")
     ap.add_argument("--v2a-clips", type=int, default=None, help="eval.v2a_clips (default: the run's)")
+    ap.add_argument("--seed", type=int, default=None, help="sample.seed (default: the run's)")
     ap.add_argument("--no-append", action="store_true")
     args = ap.parse_args()
     stage_dir = Path(args.stage_dir)
@@ -57,6 +58,8 @@ def main() -> None:
         cfg.eval.repeats = args.repeats
     if args.v2a_clips is not None:
         cfg.eval.v2a_clips = args.v2a_clips
+    if args.seed is not None:
+        cfg.sample.seed = args.seed
     rows = []
     for scale in args.scales:
         cfg.sample.audio_cfg_scale = scale
@@ -68,6 +71,7 @@ def main() -> None:
     command = f"python3 -m benchmarks.bench_av_guidance {args.stage_dir} --scales {' '.join(map(str, args.scales))}"
     command += f" --repeats {args.repeats}" if args.repeats is not None else ""
     command += f" --v2a-clips {args.v2a_clips}" if args.v2a_clips is not None else ""
+    command += f" --seed {args.seed}" if args.seed is not None else ""
     lines = heading("Audio guidance scale on an audio_video checkpoint", command)
     lines += [f"video cfg_scale {cfg.sample.cfg_scale:g}, {cfg.sample.num_steps} steps, eval.repeats "
               f"{cfg.eval.repeats}, eval.v2a_clips {cfg.eval.v2a_clips}.", ""]  # fmt: skip
