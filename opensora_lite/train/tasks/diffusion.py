@@ -137,9 +137,12 @@ class DiffusionTask(Task):
         return out
 
     # -- evaluation ----------------------------------------------------------------------------------
+    # the stage's sampling and scoring; a task that samples more than video names its own
+    evaluate_stage = staticmethod(evaluate_stage)
+
     def evaluate(self, model: nn.Module, folder: Path, validation: bool = False) -> tuple[dict, list, dict]:
         rt = self.ctx.rt
-        metrics, paths, sheets = evaluate_stage(rt, model, self.ctx.stage, folder)
+        metrics, paths, sheets = self.evaluate_stage(rt, model, self.ctx.stage, folder)
         if validation and rt.cfg.eval.val_shards:
             metrics.update(held_out_loss(rt, model, self.ctx.stage, rt.cfg.run.seed))
         return metrics, paths, sheets
