@@ -109,3 +109,73 @@ def test_a_distill_stage_that_cannot_run_is_one_config_error(override, key):
     with pytest.raises(ConfigError) as info:
         typed(["experiment=tiny_distill", override])
     assert info.value.key == key and "\n" not in str(info.value)
+
+
+STEPS, BATCH = 3, 4
+
+
+def _distill(kind: str) -> list[list[float]]:
+    """DMD2 on a tiny MMDiT with synthetic batches: the student prepared by the engine (sharded under fsdp2,
+    partitioned under ZeRO-2), the frozen teacher and the critic (a Companion) replicated; each rank takes
+    its slice of every global batch. Per step: the global (student, critic) losses."""
+    import copy
+
+    from conftest import tiny_mmdit
+
+    from opensora_lite.config.schema import ParallelConfig
+    from opensora_lite.diffusion.distill import critic_loss, dmd_loss, predict_x0
+    from opensora_lite.diffusion.guidance import Guidance
+    from opensora_lite.models.flux import SPEC
+    from opensora_lite.models.flux.model import MMDiT
+    from opensora_lite.parallel import build_engine
+    from opensora_lite.train.tasks.companion import Companion
+
+    engine = build_engine(ParallelConfig(engine=kind), "cpu")
+    torch.manual_seed(0)
+    teacher = MMDiT(tiny_mmdit(attention_backend="math"))
+    for p in teacher.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    critic = Companion(copy.deepcopy(teacher), 1e-3, (0.0, 0.99), 1e-8, 1.0)
+    model, opt = engine.prepare(
+        copy.deepcopy(teacher), lambda ps: torch.optim.AdamW(ps, lr=1e-3, betas=(0.0, 0.99)), 1.0, SPEC.blocks(teacher)
+    )
+    teacher.requires_grad_(False)
+    velocity = lambda m: lambda x, t, t5, clip, cond=None: SPEC.forward(m, x, t, t5, clip, cond)  # noqa: E731
+    empty = (torch.zeros(1, 5, 16), torch.zeros(1, 8))
+    mine = slice(engine.dp_rank * BATCH // engine.dp_size, (engine.dp_rank + 1) * BATCH // engine.dp_size)
+    out = []
+    for step in range(STEPS):
+        g = torch.Generator().manual_seed(100 + step)
+        x, noise, noise2 = (torch.randn(BATCH, 4, 3, 4, 6, generator=g) for _ in range(3))
+        t, tau, tc = (torch.rand(BATCH, generator=g) for _ in range(3))
+        txt, y = torch.randn(BATCH, 5, 16, generator=g), torch.randn(BATCH, 8, generator=g)
+        x, noise, noise2, t, tau, tc, txt, y = (v[mine] for v in (x, noise, noise2, t, tau, tc, txt, y))
+        x0_hat = predict_x0(x, SPEC.forward(model, x, t, txt, y, None), t, 1e-5)
+        loss, _ = dmd_loss(x0_hat, velocity(teacher), velocity(critic.module), txt, y, empty, Guidance(3.0), None,
+                           tau, noise, 1e-5)  # fmt: skip
+        engine.backward(model, loss, sync=True)
+        engine.step(model, opt)
+        c = critic_loss(velocity(critic.module), x0_hat.detach(), txt, y, None, tc, noise2, 1e-5)
+        c.backward()
+        critic.step(engine.world_size)
+        out.append([engine.all_reduce_mean(float(loss.detach())), engine.all_reduce_mean(float(c.detach()))])
+    engine.shutdown()
+    return out
+
+
+@pytest.fixture(scope="module")
+def distill_reference() -> list[list[float]]:
+    return _distill("single")
+
+
+@pytest.mark.usefixtures("single_process_env")
+@pytest.mark.parametrize("kind", ["fsdp2", "deepspeed_zero2"])
+def test_two_ranks_distill_like_one_process(kind, distill_reference, tmp_path):
+    """The student's and the critic's losses per step on 2 ranks equal one process's (the tolerance of
+    tests/test_engines.py): the engine reduces the student's gradients, the critic's all-reduce its own."""
+    from conftest import two_ranks
+
+    ref = distill_reference
+    assert ref[-1][1] != ref[0][1]  # the critic trains
+    got = two_ranks(_distill, tmp_path, kind)
+    assert [v for row in got for v in row] == pytest.approx([v for row in ref for v in row], rel=1e-5)
