@@ -33,7 +33,7 @@ from opensora_lite.models.flux.flops import mmdit_flops
 from opensora_lite.models.flux.model import MMDiT
 from opensora_lite.parallel.checkpointing import apply_activation_checkpointing
 from opensora_lite.plan import build_plan
-from opensora_lite.plan.memory import GIB, activation_bytes, static_bytes
+from opensora_lite.plan.memory import GIB, activation_bytes, dit_params, static_bytes
 from opensora_lite.plan.mix import expected_buckets, kinds_from_shards
 from opensora_lite.plan.stages import StageSetup
 
@@ -191,6 +191,24 @@ def test_the_audio_stage_costs_more_by_its_audio_tokens_share():
     assert a.hardware_flops_per_gpu_step > v.hardware_flops_per_gpu_step  # the audio blocks recomputed too
     audio_per_sample = sum(b.share * b.audio_tokens for b in a.buckets)
     assert a.tokens_per_rank_step - v.tokens_per_rank_step == pytest.approx(audio_per_sample * a.samples_per_rank_step)
+
+
+def test_a_distill_stage_is_priced_with_its_teacher_and_critic():
+    """experiment=opensora2_distill's distill stage: per sample, the student's trained pass and its mean
+    backward simulation, the teacher's three-way guided forward, the critic's forward and its 5 trained passes
+    (diffusion/distill.py's step_flops); its memory holds the replicated teacher and critic (20 bytes a
+    parameter), which no lever moves: the table says so."""
+    cfg = to_config(compose(["experiment=opensora2_distill"], config_name="plan"))
+    plan = build_plan(cfg)
+    stage = {s.cost.name: s for s in plan.stages}["distill_768px"]
+    row = stage.cost.buckets[0]
+    count = mmdit_flops(cfg.model, row.tokens, row.text_tokens, True)
+    assert row.model_flops == pytest.approx(count.forward * (1.5 + 3 + 1) + count.train * 6, rel=1e-9)
+    assert row.model_flops > 7 * count.train
+    mem = stage.memory[0]
+    total = dit_params(cfg.model, True)[0]
+    assert not mem.fits and mem.params > 8 * total and mem.optimizer > 8 * total  # replicated: not / 192
+    assert any("teacher and critic are replicated" in lever for lever in mem.levers)
 
 
 def test_80gb_flag_fires_on_opensora_768px_batches_and_not_on_ours():

@@ -31,6 +31,14 @@ from opensora_lite.diffusion.guidance import Guidance, combine
 from opensora_lite.diffusion.sampler import guidance_branches
 
 
+def step_flops(forward: float, train: float, simulated: float, branches: int, critic_steps: int) -> float:
+    """FLOPs of one sample's distill step from a model's forward and training (forward + backward) FLOPs:
+    the student's `simulated` forwards to reach its step (backward simulation) and its trained pass, the
+    teacher's guided forward over `branches`, the critic's scoring forward and its `critic_steps` trained
+    passes. With DMD2's 5 critic updates and three-way guidance, about 8x a diffusion step's."""
+    return forward * (simulated + branches + 1) + train * (1 + critic_steps)
+
+
 def predict_x0(xt: Tensor, v: Tensor, t: Tensor, sigma_min: float) -> Tensor:
     """The clean latents a velocity `v` at `xt`, time `t` [B] points to, on flow.py's path:
     x_t = (1 - t) x0 + s eps and v = (1 - sigma_min) eps - x0 with s = 1 - (1 - sigma_min)(1 - t),

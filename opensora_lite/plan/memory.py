@@ -23,7 +23,7 @@ import torch
 from opensora_lite.config.schema import AutoencoderConfig, TextEncoderConfig, TextModelConfig
 from opensora_lite.data.buckets import Bucket
 from opensora_lite.models.spec import spec_for
-from opensora_lite.plan.cost import audio_tokens, video_tokens
+from opensora_lite.plan.cost import DISTILL_BRANCHES, audio_tokens, video_tokens
 from opensora_lite.plan.stages import StageSetup
 from opensora_lite.registry import ENGINES
 
@@ -192,7 +192,7 @@ def activation_bytes(setup: StageSetup, bucket: Bucket, txt: int, compute: str, 
     # set measured about half a training block's saved activations per sample (tests/test_plan.py)
     teacher = 0.0
     if setup.stage.kind == "distill":
-        teacher = (3 if setup.image_condition else 2) * TEACHER_WORKING * largest
+        teacher = DISTILL_BRANCHES[setup.image_condition] * TEACHER_WORKING * largest
     return batch * tokens * act.width * (kept + act.outside * e + recompute + BACKWARD_BLOCKS * largest + teacher)
 
 
@@ -254,4 +254,8 @@ def levers(setup: StageSetup, mem: Memory, txt: int, compute: str, on_gpu: bool,
     if ENGINES[par.engine].memory != "zero3":
         if (t := fits(replace(setup, parallel=replace(par, engine="fsdp2", hsdp_replicas=1)))) is not None:
             out.append(f"engine fsdp2 ({t / GIB:.0f} GiB)")
+    if setup.stage.kind == "distill":  # what no lever above moves: the replicated teacher and critic
+        total, _ = dit_params(setup.model, setup.image_condition)
+        fixed = sum(distill_bytes(total)) / GIB
+        out.append(f"the teacher and critic are replicated on every GPU ({fixed:.0f} GiB): sharding them is not built")
     return out or ["none of activation checkpointing, SP, batch 1 or FSDP suffices: a larger GPU"]

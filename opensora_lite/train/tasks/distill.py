@@ -35,7 +35,7 @@ from torch import nn
 
 from opensora_lite.checkpoint.stage import resolve_weights_path
 from opensora_lite.diffusion import flow
-from opensora_lite.diffusion.distill import critic_loss, dmd_loss, predict_x0
+from opensora_lite.diffusion.distill import critic_loss, dmd_loss, predict_x0, step_flops
 from opensora_lite.diffusion.guidance import Guidance
 from opensora_lite.diffusion.objective import tokens_per_frame
 from opensora_lite.diffusion.sampler import guidance_branches
@@ -134,8 +134,8 @@ class DistillTask(DiffusionTask):
         self.figures.add(figures, 1 / stage.grad_accum)
         per_sample, flops = self.tokens_and_flops(x0, t5.shape[1])
         branches = guidance_branches(self.guidance, cond is not None and bool(cond[:, 0].any()))
-        evaluations = flops.forward * (k * d.backward_simulation + branches + 1) + flops.train * (1 + d.critic_steps)
-        return loss.detach(), b * per_sample, evaluations * b
+        work = step_flops(flops.forward, flops.train, k * d.backward_simulation, branches, d.critic_steps)
+        return loss.detach(), b * per_sample, work * b
 
     def _train_critic(self, x0: torch.Tensor, t5, clip, cond, gen: torch.Generator, randn) -> float:
         """`critic_steps` updates of the fake score on the student's samples `x0`, each at fresh flow times
