@@ -12,7 +12,8 @@ from dataclasses import dataclass
 MODEL_FAMILIES = ("flux", "wan")
 
 # stage.kind -> what a step computes (train/tasks/)
-STAGE_KINDS = ("diffusion", "autoencoder", "audio_video")
+STAGE_KINDS = ("diffusion", "autoencoder", "audio_video", "distill")
+DISTILL_METHODS = ("dmd2",)
 
 # data.audio.layout -> channels (FFmpeg's layout names): the sound the loader gives and ingest stores
 AUDIO_LAYOUTS = {"mono": 1, "stereo": 2}

@@ -181,6 +181,18 @@ def shapes_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def av_clips(tmp_path_factory) -> Path:
+    """Shapes with sound, half of them bouncing: 12 clips of 32 x 32 at 8 fps in two shards."""
+    from opensora_lite.data.synthetic import ShapesConfig, write_shapes_shards
+
+    out = tmp_path_factory.mktemp("av_clips")
+    cfg = ShapesConfig(num_clips=12, clips_per_shard=6, seed=5, bounce=0.5, sound=True, fps=[8.0])
+    cfg.sizes, cfg.min_seconds = [[32, 32]], 1.5
+    write_shapes_shards(out, cfg, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
 def motion_data(tmp_path_factory) -> tuple[Path, Path]:
     """shapes=motion written by `osl-data` (36 clips, red and blue, at the six speeds; each also as plain
     files under <out>/clips, as shapes=motion sets shapes.files) and those files ingested as `osl-data

@@ -145,18 +145,6 @@ def test_an_audio_autoencoder_stage_that_cannot_run_is_one_config_error(override
     assert info.value.key == key
 
 
-@pytest.fixture(scope="module")
-def av_clips(tmp_path_factory) -> Path:
-    """Shapes with sound: 12 clips of 32 x 32 at 8 fps in two shards."""
-    from opensora_lite.data.synthetic import ShapesConfig, write_shapes_shards
-
-    out = tmp_path_factory.mktemp("av_clips")
-    cfg = ShapesConfig(num_clips=12, clips_per_shard=6, seed=5, bounce=0.5, sound=True, fps=[8.0])
-    cfg.sizes, cfg.min_seconds = [[32, 32]], 1.5
-    write_shapes_shards(out, cfg, progress=False)
-    return out
-
-
 def _stage_overrides(data: Path, root: Path) -> list[str]:
     s = "curriculum.stages.audio_ae"
     return ["experiment=tiny_audio_autoencoder", f"data.shards={data}", "data.aspect_ratios=[1.0]",

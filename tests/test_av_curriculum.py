@@ -19,18 +19,6 @@ from opensora_lite.config.stages import stage_config
 from opensora_lite.errors import ConfigError
 
 
-@pytest.fixture(scope="module")
-def av_clips(tmp_path_factory) -> Path:
-    """Shapes with sound: 12 clips of 32 x 32 at 8 fps in two shards."""
-    from opensora_lite.data.synthetic import ShapesConfig, write_shapes_shards
-
-    out = tmp_path_factory.mktemp("av_clips")
-    cfg = ShapesConfig(num_clips=12, clips_per_shard=6, seed=5, bounce=0.5, sound=True, fps=[8.0])
-    cfg.sizes, cfg.min_seconds = [[32, 32]], 1.5
-    write_shapes_shards(out, cfg, progress=False)
-    return out
-
-
 def _overrides(data: Path, root: Path) -> list[str]:
     """experiment=tiny_av cut to seconds: 3 audio autoencoder steps, no image stage, 1 T2V step from scratch,
     4 audio+video steps (a checkpoint at step 2); only the autoencoder stage evaluates (it measures the

@@ -31,6 +31,7 @@ from opensora_lite.config.schema import SampleJobConfig
 from opensora_lite.config.stages import stage_config
 from opensora_lite.diffusion.conditioning import TASKS, V2V
 from opensora_lite.diffusion.pipeline import AV_SAMPLING_TASKS, generate, generate_av, guidance_of
+from opensora_lite.diffusion.sampler import guidance_branches
 from opensora_lite.diffusion.sampling import (
     SampleContext,
     check_job,
@@ -79,6 +80,9 @@ def sample(cfg: DictConfig) -> Path | None:
     began = time.perf_counter()
     weights = resolve_weights_path(job.checkpoint, ema=job.ema, latest=True)
     run_cfg = load_run_config(weights)
+    owner = next((p.name for p in weights.parents if p.name in run_cfg.curriculum.stages), None)
+    if owner is not None:  # the stage's own autoencoder, patch and sampling (a distilled student's schedule)
+        run_cfg = stage_config(run_cfg, owner)
     for key in SAMPLE_KEYS:
         if getattr(job, key) is not None:
             setattr(run_cfg.sample, key, getattr(job, key))
@@ -104,9 +108,6 @@ def sample(cfg: DictConfig) -> Path | None:
 def _sample(job, cfg, weights, run_cfg, rows, task, engine, began) -> Path | None:
     device = engine.device
     stage_name = weights.parent.parent.name if weights.parent.name == "final" else weights.parent.name
-    owner = next((p.name for p in weights.parents if p.name in run_cfg.curriculum.stages), None)
-    if owner is not None:  # the stage's own autoencoder and patch (stage.autoencoder)
-        run_cfg = stage_config(run_cfg, owner)
     spec = spec_for(run_cfg.model)
     state, fmt = spec.read_weights(weights)
     conditioned = (
@@ -182,6 +183,8 @@ def _sample(job, cfg, weights, run_cfg, rows, task, engine, began) -> Path | Non
         [f"[{task} seed {s}] {p}" for p, s in zip(prompts, seeds)],
         spectrograms=[p[2] for p in placed] if sound else None,
     )
+    guidance = guidance_of(run_cfg.sample)
+    conditioned_task = task not in ("t2v", *AV_SAMPLING_TASKS)  # the I2V/v2v condition gives frames
     settings = {
         "checkpoint": str(weights),
         "weights_format": fmt,
@@ -192,8 +195,10 @@ def _sample(job, cfg, weights, run_cfg, rows, task, engine, began) -> Path | Non
         "audio": {"sample_rate": rate, "channels": int(audio[0].shape[0]), "samples": int(audio[0].shape[1])}
         if sound
         else None,
-        "guidance": asdict(guidance_of(run_cfg.sample)),
+        "guidance": asdict(guidance),
         "num_steps": run_cfg.sample.num_steps,
+        # model forwards per clip: steps x guidance branches (a distilled student: its steps alone)
+        "model_evaluations_per_clip": run_cfg.sample.num_steps * guidance_branches(guidance, conditioned_task),
         "caption_template": run_cfg.data.caption_template,
         "job": OmegaConf.to_container(cfg, resolve=True),
         "processes": engine.world_size,

@@ -257,6 +257,29 @@ class AudioVideoLossConfig:
 
 
 @dataclass
+class DistillConfig:
+    """A stage of kind distill (docs/distillation.md): the loop's model is the few-step student, initialised
+    from the teacher (the stage's init weights); DMD2's fake-score critic trains beside it."""
+
+    method: str = "dmd2"  # distribution matching with a fake-score critic (DMD2); the place for a second method
+    teacher: Optional[str] = None  # the frozen teacher's weights; null: the stage's init (the student's start)
+    steps: int = 4  # the student's sampling steps (its schedule: the flow's, shifted like training), no CFG
+    # the teacher's guidance when it scores (the real score): null keeps the run's sample.cfg_scale /
+    # sample.image_cfg_scale, so the student learns the guided model's outputs in one forward a step
+    cfg_scale: Optional[float] = None
+    image_cfg_scale: Optional[float] = None
+    critic_steps: int = 2  # critic (fake score) updates per student update (DMD2's ratio: 5)
+    critic_lr: Optional[float] = None  # null: the stage's optim.lr
+    # the student's input at its k-th step comes from running it from noise for k steps (DMD2's backward
+    # simulation; as it samples), not from noising real latents
+    backward_simulation: bool = True
+    # the distribution-matching loss's flow times are drawn uniformly in [t_min, t_max]
+    t_min: float = 0.02
+    t_max: float = 0.98
+    gan_weight: float = 0.0  # DMD2's GAN term on the critic's features: not built yet (must stay 0)
+
+
+@dataclass
 class LoraConfig:
     """LoRA on the MMDiT's linears (docs/lora.md): rank 0 trains the full model."""
 
@@ -294,7 +317,8 @@ class StageConfig:
     """One stage of a curriculum: the training loop's settings for a span of steps."""
 
     description: str = ""
-    # diffusion (train the MMDiT) | autoencoder (train the autoencoder) | audio_video (the MMDiT with sound)
+    # diffusion (train the MMDiT) | autoencoder (train the autoencoder) | audio_video (the MMDiT with sound) |
+    # distill (a few-step student of the stage's init weights)
     kind: str = "diffusion"
     steps: int = 1000
     init: str = "previous"  # previous | none | path to a .safetensors (BFL Flux or ours) or a stage dir
@@ -324,6 +348,7 @@ class StageConfig:
     lora: LoraConfig = field(default_factory=LoraConfig)
     audio_video: AudioVideoLossConfig = field(default_factory=AudioVideoLossConfig)  # kind=audio_video
     reconstruction: ReconstructionConfig = field(default_factory=ReconstructionConfig)  # kind=autoencoder
+    distill: DistillConfig = field(default_factory=DistillConfig)  # kind=distill
     # this stage's autoencoder (docs/encoders.md#switching-autoencoders-in-a-curriculum): a configs/autoencoder/
     # name (dc_ae, wan22, ...), a mapping of autoencoder keys merged onto the run's, or "stage:<name>" (the one an
     # earlier autoencoder stage trained: its final weights, latents scaled by its measured mean/std); null: the
@@ -555,9 +580,10 @@ class SampleJobConfig:
     v2v_frames: Optional[int] = None  # latent frames v2v is given (default: the stage's v2v_frames)
     num_samples: int = 1  # samples per prompt, seeds seed, seed+1, ...
     batch_size: Optional[int] = None
-    num_steps: int = 30
-    cfg_scale: float = 5.0
-    # guidance and caption settings below: null keeps the run's `sample.*` value (see SampleConfig)
+    # guidance and caption settings below: null keeps the run's `sample.*` value (see SampleConfig); a
+    # distilled student's run samples on the student's schedule (distill.steps, no guidance)
+    num_steps: Optional[int] = None
+    cfg_scale: Optional[float] = None
     image_cfg_scale: Optional[float] = None  # three-way guidance (Open-Sora 2.0: 3.0 with cfg_scale 7.5)
     text_oscillation: Optional[bool] = None
     image_oscillation: Optional[bool] = None

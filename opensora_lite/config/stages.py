@@ -21,7 +21,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from opensora_lite.config.schema import AudioAutoencoderConfig, AutoencoderConfig, Config
+from opensora_lite.config.schema import AudioAutoencoderConfig, AutoencoderConfig, Config, DistillConfig, SampleConfig
 from opensora_lite.errors import ConfigError
 from opensora_lite.layout import config_dir
 
@@ -29,6 +29,7 @@ from opensora_lite.layout import config_dir
 # trained in this run
 TRAINED = "stage:"
 AUDIO_KIND = "audio_video"  # the stage kind that trains the model's audio stream (model.audio)
+DISTILL_KIND = "distill"  # the stage kind whose model is a few-step student (samples on its own schedule)
 
 
 def load_autoencoder(name: str, key: str, base: AutoencoderConfig | None = None) -> AutoencoderConfig:
@@ -135,14 +136,31 @@ def stage_config(cfg: Config, name: str) -> Config:
     stage = cfg.curriculum.stages[name]
     audio_ae = stage_audio_autoencoder(cfg, name)
     drop_audio = getattr(cfg.model, "audio", None) is not None and stage.kind != AUDIO_KIND
-    if stage.autoencoder is None and stage.patch_size is None and audio_ae is cfg.audio_autoencoder and not drop_audio:
+    sample = student_sampling(cfg.sample, stage.distill) if stage.kind == DISTILL_KIND else cfg.sample
+    unchanged = stage.autoencoder is None and stage.patch_size is None and audio_ae is cfg.audio_autoencoder
+    if unchanged and not drop_audio and sample is cfg.sample:
         return cfg
     model = dataclasses.replace(cfg.model, audio=None) if drop_audio else cfg.model
     ae = cfg.autoencoder
     if stage.autoencoder is not None or stage.patch_size is not None:
         ae = stage_autoencoder(cfg, name)
         model = dataclasses.replace(model, latent_channels=ae.latent_channels, patch_size=stage_patch(cfg, name, ae))
-    return dataclasses.replace(cfg, autoencoder=ae, audio_autoencoder=audio_ae, model=model)
+    return dataclasses.replace(cfg, autoencoder=ae, audio_autoencoder=audio_ae, model=model, sample=sample)
+
+
+def student_sampling(sample: SampleConfig, distill: DistillConfig) -> SampleConfig:
+    """How a distilled student samples (its stage's evaluation, and osl-sample's default on its weights):
+    its own few steps, one forward a step (the guidance is distilled into it: no CFG, no oscillation)."""
+    return dataclasses.replace(
+        sample,
+        num_steps=distill.steps,
+        cfg_scale=1.0,
+        image_cfg_scale=None,
+        audio_cfg_scale=None,
+        text_oscillation=False,
+        image_oscillation=False,
+        image_ramp=False,
+    )
 
 
 def parent_config(cfg: Config, name: str) -> Config | None:

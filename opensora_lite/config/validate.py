@@ -14,6 +14,7 @@ from opensora_lite.models.spec import spec_for
 from opensora_lite.registry import (
     AUDIO_LAYOUTS,
     AUTOENCODER_KINDS,
+    DISTILL_METHODS,
     ENGINES,
     RECONSTRUCTION_MODALITIES,
     STAGE_KINDS,
@@ -246,6 +247,8 @@ def validate_stage(cfg: Config, name: str, stage: StageConfig, first: bool) -> N
         validate_reconstruction(cfg, key, stage)
     if stage.kind == "audio_video":
         validate_audio_video(cfg, key, stage)
+    if stage.kind == "distill":
+        validate_distill(cfg, key, stage)
     for task, weight in stage.tasks.items():
         known = AV_TASKS if stage.kind == "audio_video" else TASKS
         _require(task in known, f"{key}.tasks.{task}", f"unknown task; choose from {tuple(known)}")
@@ -278,6 +281,26 @@ def validate_stage(cfg: Config, name: str, stage: StageConfig, first: bool) -> N
                 "a LoRA stage needs the peft package, which is not installed: add the lora extra "
                 "(scripts/install.sh lora, or pip install -e '.[lora]'; docs/lora.md)",
             )
+
+
+def validate_distill(cfg: Config, key: str, stage: StageConfig) -> None:
+    """A distill stage (stage.kind=distill): a teacher to distil, a known method, sane schedule settings."""
+    d, dkey = stage.distill, f"{key}.distill"
+    _require(d.method in DISTILL_METHODS, f"{dkey}.method", f"unknown {d.method!r} ({' | '.join(DISTILL_METHODS)})")
+    _require(
+        d.gan_weight == 0,
+        f"{dkey}.gan_weight",
+        "DMD2's GAN term is not built yet: keep 0 (the distribution-matching loss alone)",
+    )
+    _require(d.steps >= 1, f"{dkey}.steps", "the student's sampling steps must be >= 1")
+    _require(d.critic_steps >= 1, f"{dkey}.critic_steps", "must be >= 1 (critic updates per student update)")
+    _require(0 <= d.t_min < d.t_max <= 1, f"{dkey}.t_min", f"needs 0 <= t_min < t_max <= 1, got {d.t_min}, {d.t_max}")
+    _require(
+        d.teacher is not None or stage.init != "none",
+        f"{key}.init",
+        "a distill stage starts its student from the teacher: give init (previous or a path) or distill.teacher",
+    )
+    _require(cfg.parallel.sp_size == 1, "parallel.sp_size", "a distill stage has no sequence parallelism yet")
 
 
 def validate_reconstruction(cfg: Config, key: str, stage: StageConfig) -> None:

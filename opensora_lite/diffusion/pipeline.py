@@ -141,12 +141,7 @@ def generate(
         chunk = captions[i : i + bs]
         t5, clip = rt.text.encode(chunk)
         lat_shape = (len(chunk), ae.latent_channels, lat_t, h // ae.spatial_factor, w // ae.spatial_factor)
-        if isinstance(seed, int):
-            noise = torch.randn(*lat_shape, generator=torch.Generator().manual_seed(seed + i))
-        else:
-            noise = torch.stack(
-                [torch.randn(*lat_shape[1:], generator=torch.Generator().manual_seed(s)) for s in seed[i : i + bs]]
-            )
+        (noise,) = draw_noise(seed, i, len(chunk), lat_shape[1:])
         noise = noise.to(rt.device)
         cond = None
         if has_cond:
@@ -243,12 +238,7 @@ def generate_av(
         n = len(chunk)
         lat_shape = (ae.latent_channels, lat_t, h // ae.spatial_factor, w // ae.spatial_factor)
         a_shape = audio_ae.latent_shape(samples)
-        if isinstance(seed, int):
-            g = torch.Generator().manual_seed(seed + i)
-            noise, a_noise = torch.randn(n, *lat_shape, generator=g), torch.randn(n, *a_shape, generator=g)
-        else:
-            draws = [_noise_pair(s, lat_shape, a_shape) for s in seed[i : i + bs]]
-            noise, a_noise = (torch.stack(d) for d in zip(*draws))
+        noise, a_noise = draw_noise(seed, i, n, lat_shape, a_shape)
         x = noise.to(rt.device)
         if task == "v2a":
             x = _encode(ae, video[i : i + bs], rt.device)
@@ -291,6 +281,15 @@ def decode_sound(audio_ae, vocoder, latents: Tensor, samples: int) -> tuple[Tens
     return nn.functional.pad(wave, (0, length - wave.shape[-1])), mel
 
 
-def _noise_pair(seed: int, video_shape: tuple, audio_shape: tuple) -> tuple[Tensor, Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(*video_shape, generator=g), torch.randn(*audio_shape, generator=g)
+def draw_noise(seed: int | list[int], start: int, n: int, *shapes: tuple) -> list[Tensor]:
+    """Starting noise of one shape per modality for the n samples from `start` on: one generator seeded
+    seed + start for the batch, or, given a seed per sample, one generator per sample (so that a sample's
+    noise does not depend on the batch it lands in). Modalities draw in the order given."""
+    if isinstance(seed, int):
+        g = torch.Generator().manual_seed(seed + start)
+        return [torch.randn(n, *shape, generator=g) for shape in shapes]
+    draws = []
+    for s in seed[start : start + n]:
+        g = torch.Generator().manual_seed(s)
+        draws.append([torch.randn(*shape, generator=g) for shape in shapes])
+    return [torch.stack(d) for d in zip(*draws)]

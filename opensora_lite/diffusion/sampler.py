@@ -26,6 +26,13 @@ from opensora_lite.diffusion.guidance import Guidance, combine, oscillated, step
 from opensora_lite.diffusion.objective import tokens_per_frame
 
 
+def guidance_branches(g: Guidance, given: bool) -> int:
+    """Model evaluations per sample and step: the text branch, the empty-text one when text guidance is on
+    (or a third branch needs it), the no-condition one of three-way guidance when a condition is given."""
+    third = g.three_way and given
+    return 1 + (g.text_scale != 1.0 or third) + third
+
+
 @torch.no_grad()
 def sample_latents(
     model: Callable[..., Tensor],
@@ -52,7 +59,7 @@ def sample_latents(
     b = noise.shape[0]
     given = cond is not None and bool(cond[:, 0].any())
     third = g.three_way and given
-    branches = 1 + (g.text_scale != 1.0 or third) + third
+    branches = guidance_branches(g, given)
     empty_t5, empty_clip = (e.to(t5.dtype).expand_as(x) for e, x in zip(empty, (t5, clip)))
     t5_in = torch.cat([t5, empty_t5, empty_t5][:branches])
     clip_in = torch.cat([clip, empty_clip, empty_clip][:branches])

@@ -21,10 +21,14 @@ from opensora_lite.autoencoders.audio import window_latent_frames
 from opensora_lite.autoencoders.base import latent_frame_count
 from opensora_lite.data.audio import window_samples
 from opensora_lite.data.buckets import Bucket
+from opensora_lite.diffusion.distill import step_flops
 from opensora_lite.plan.mix import Mix
 from opensora_lite.plan.stages import StageSetup
 
 SECONDS_PER_DAY = 86400.0
+# a distill stage's teacher: forwards per guided score, by whether the stage has an image condition (text
+# CFG: 2; three-way guidance: 3, as the recipes sample I2V)
+DISTILL_BRANCHES = {False: 2, True: 3}
 
 
 def video_tokens(setup: StageSetup, bucket: Bucket) -> int:
@@ -131,8 +135,15 @@ def stage_cost(
         if share <= 0:
             continue
         img, aud = video_tokens(setup, bucket), audio_tokens(setup, bucket)
-        model = setup.spec.flops(setup.model, img, txt, setup.image_condition, aud).train
-        hardware = model + recompute_flops(setup, img, txt, aud)
+        count = setup.spec.flops(setup.model, img, txt, setup.image_condition, aud)
+        model, recompute = count.train, recompute_flops(setup, img, txt, aud)
+        if setup.stage.kind == "distill":  # the teacher's and critic's passes beside the student's
+            d = setup.stage.distill
+            simulated = (d.steps - 1) / 2 if d.backward_simulation else 0.0  # its step k drawn uniformly
+            branches = DISTILL_BRANCHES[setup.image_condition]
+            model = step_flops(count.forward, count.train, simulated, branches, d.critic_steps)
+            recompute *= 1 + d.critic_steps  # the student's and the critic's trained passes recompute
+        hardware = model + recompute
         rows.append(BucketCost(bucket, share, 0.0, img, txt, model, hardware, audio_tokens=aud))
     inv = sum(r.share / r.bucket.batch_size for r in rows)  # batches per sample
     per_sample_model = sum(r.share * r.model_flops for r in rows)

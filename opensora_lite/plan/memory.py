@@ -23,7 +23,7 @@ import torch
 from opensora_lite.config.schema import AutoencoderConfig, TextEncoderConfig, TextModelConfig
 from opensora_lite.data.buckets import Bucket
 from opensora_lite.models.spec import spec_for
-from opensora_lite.plan.cost import audio_tokens, video_tokens
+from opensora_lite.plan.cost import DISTILL_BRANCHES, audio_tokens, video_tokens
 from opensora_lite.plan.stages import StageSetup
 from opensora_lite.registry import ENGINES
 
@@ -33,6 +33,8 @@ ADAM_BYTES = 8  # exp_avg + exp_avg_sq in fp32
 # Backward holds gradients of a block's intermediates beside its saved tensors: measured on CPU
 # (tests/test_plan.py) as about this many of the largest block's activations at the peak.
 BACKWARD_BLOCKS = 2.0
+# A no-grad forward's working set per sample, as a share of a training block's saved activations (distill)
+TEACHER_WORKING = 0.5
 ZERO2_BUCKET_GIB = 1.0  # gradient bucket of the ZeRO-2 engines (reduce_bucket_size order)
 # Parameters of the frozen parts where no config can be built (datasheet sizes).
 TEXT_PARAMS = {4096: 4.762e9, 768: 123.1e6}  # T5-v1.1-XXL encoder, CLIP-L text tower (by output width)
@@ -130,7 +132,24 @@ class Memory:
 
 
 def static_bytes(setup: StageSetup, compute: str, on_gpu: bool) -> tuple[float, float, float, float]:
-    """(params, grads, optimizer, working) bytes per GPU for the stage's engine."""
+    """(params, grads, optimizer, working) bytes per GPU for the stage's engine; a distill stage adds its
+    teacher and critic (distill_bytes)."""
+    params, grads, opt, working = _engine_bytes(setup, compute, on_gpu)
+    if setup.stage.kind == "distill":
+        total, _ = dit_params(setup.model, setup.image_condition)
+        teacher, critic, critic_grads, critic_opt = distill_bytes(total)
+        params, grads, opt = params + teacher + critic, grads + critic_grads, opt + critic_opt
+    return params, grads, opt, working
+
+
+def distill_bytes(total: float) -> tuple[float, float, float, float]:
+    """(teacher, critic weights, critic gradients, critic AdamW state) per GPU of a distill stage
+    (train/tasks/distill.py): both models are replicated on every rank in fp32 whatever the engine does
+    with the student, so they do not shrink with more GPUs: 20 bytes a parameter."""
+    return 4.0 * total, 4.0 * total, 4.0 * total, ADAM_BYTES * total
+
+
+def _engine_bytes(setup: StageSetup, compute: str, on_gpu: bool) -> tuple[float, float, float, float]:
     par = setup.parallel
     total, block = dit_params(setup.model, setup.image_condition)
     c = _dtype_bytes(compute)
@@ -168,7 +187,13 @@ def activation_bytes(setup: StageSetup, bucket: Bucket, txt: int, compute: str, 
     kept += sum(recomputed.values()) * e  # a checkpointed block keeps its input
     largest = max((per_block[g] for g, n in act.blocks.items() if n), default=0.0)
     recompute = largest if sum(recomputed.values()) else 0.0  # one block rebuilt inside backward
-    return batch * tokens * act.width * (kept + act.outside * e + recompute + BACKWARD_BLOCKS * largest)
+    # a distill stage's teacher scores the student's samples while the student's graph is alive: a no-grad
+    # forward over its guidance branches (text CFG 2, three-way with an image condition 3), whose working
+    # set measured about half a training block's saved activations per sample (tests/test_plan.py)
+    teacher = 0.0
+    if setup.stage.kind == "distill":
+        teacher = DISTILL_BRANCHES[setup.image_condition] * TEACHER_WORKING * largest
+    return batch * tokens * act.width * (kept + act.outside * e + recompute + BACKWARD_BLOCKS * largest + teacher)
 
 
 def text_placement(plan_value: str, data_kind: str) -> str:
@@ -229,4 +254,8 @@ def levers(setup: StageSetup, mem: Memory, txt: int, compute: str, on_gpu: bool,
     if ENGINES[par.engine].memory != "zero3":
         if (t := fits(replace(setup, parallel=replace(par, engine="fsdp2", hsdp_replicas=1)))) is not None:
             out.append(f"engine fsdp2 ({t / GIB:.0f} GiB)")
+    if setup.stage.kind == "distill":  # what no lever above moves: the replicated teacher and critic
+        total, _ = dit_params(setup.model, setup.image_condition)
+        fixed = sum(distill_bytes(total)) / GIB
+        out.append(f"the teacher and critic are replicated on every GPU ({fixed:.0f} GiB): sharding them is not built")
     return out or ["none of activation checkpointing, SP, batch 1 or FSDP suffices: a larger GPU"]

@@ -22,6 +22,17 @@ from opensora_lite.layout import StageDir
 from opensora_lite.train.tasks.base import StageContext, Task
 
 
+def init_path(ctx: StageContext) -> Path | None:
+    """The stage's initial weights: the previous stage's final ones, a path, or none."""
+    init = ctx.stage.init
+    if init == "none":
+        return None
+    if init == "previous":
+        previous = list(ctx.cfg.curriculum.stages)[ctx.index - 1]
+        return resolve_weights_path(str(ctx.rt.stage_dir(previous)))
+    return resolve_weights_path(init)
+
+
 class StageWeights:
     on_meta = False  # the model is built on the meta device (inside the engine's model context)
     asynchronous = True  # checkpoints may be written in the background
@@ -30,15 +41,7 @@ class StageWeights:
         self.ctx, self.task, self.dir = ctx, task, stage_dir
 
     def init_path(self) -> Path | None:
-        """The stage's initial weights: the previous stage's final ones, a path, or none."""
-        ctx = self.ctx
-        init = ctx.stage.init
-        if init == "none":
-            return None
-        if init == "previous":
-            previous = list(ctx.cfg.curriculum.stages)[ctx.index - 1]
-            return resolve_weights_path(str(ctx.rt.stage_dir(previous)))
-        return resolve_weights_path(init)
+        return init_path(self.ctx)
 
     def before_prepare(self, model: nn.Module, resume: Path | None, ckpt: dict | None) -> None:
         """Values for the model built whole: a resume's checkpoint, else the stage's init."""

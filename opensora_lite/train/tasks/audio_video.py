@@ -13,11 +13,9 @@ evaluation samples with sound and scores it (train/evaluation_av.py).
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Protocol
 
 import torch
-from torch import nn
 
 from opensora_lite.data.audio import front_end_input
 from opensora_lite.data.loader import frames_on_device
@@ -25,7 +23,6 @@ from opensora_lite.diffusion.av import Flags, LossBalance, av_flow_loss
 from opensora_lite.diffusion.conditioning import build_condition, sample_tasks
 from opensora_lite.diffusion.objective import drop_text
 from opensora_lite.errors import ConfigError
-from opensora_lite.train.evaluation import held_out_loss
 from opensora_lite.train.evaluation_av import evaluate_av_stage
 from opensora_lite.train.tasks.base import StageContext
 from opensora_lite.train.tasks.diffusion import DiffusionTask
@@ -114,14 +111,8 @@ class AudioVideoTask(DiffusionTask):
         self._window = {"video": [], "audio": []}
         return out
 
-    # -- evaluation ----------------------------------------------------------------------------------
-    def evaluate(self, model: nn.Module, folder: Path, validation: bool = False) -> tuple[dict, list, dict]:
-        """Sampling with sound: t2av and v2a, scored for sound too with eval.kind=shapes."""
-        rt = self.ctx.rt
-        metrics, paths, sheets = evaluate_av_stage(rt, model, self.ctx.stage, folder)
-        if validation and rt.cfg.eval.val_shards:
-            metrics.update(held_out_loss(rt, model, self.ctx.stage, rt.cfg.run.seed))
-        return metrics, paths, sheets
+    # -- evaluation: sampling with sound (t2av and v2a), scored for sound too with eval.kind=shapes ---------
+    evaluate_stage = staticmethod(evaluate_av_stage)
 
     # -- checkpoint state beyond the model -----------------------------------------------------------
     def state_dict(self) -> dict:

@@ -11,9 +11,9 @@ video autoencoder on the clips, or the audio autoencoder on the log-mel of their
 object gives the autoencoder, a step's input and the evaluation's scores and sheets; the loss, the
 checkpoint and the loop are the same for both.
 
-The discriminator is small and replicated on every rank (never sharded): its gradients are averaged
-over ranks with one all-reduce, so every engine trains it alike. Its weights and Adam state travel in
-the trainer state of the stage's checkpoints (JSON + safetensors, train/state.py).
+The discriminator is small and replicated on every rank (never sharded), a Companion (companion.py): its
+gradients are averaged over ranks with one all-reduce, so every engine trains it alike. Its weights and
+Adam state travel in the trainer state of the stage's checkpoints (JSON + safetensors, train/state.py).
 
 Whether a step trains on single frames (`stage.reconstruction.image_fraction`) is drawn from
 (run.seed, stage, step) alone: the same on every rank and after a resume.
@@ -25,7 +25,6 @@ import logging
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from opensora_lite.autoencoders.losses import (
@@ -37,7 +36,8 @@ from opensora_lite.autoencoders.losses import (
     load_perceptual,
 )
 from opensora_lite.errors import CheckpointError, UserError
-from opensora_lite.train.tasks.base import StageContext, Task
+from opensora_lite.train.tasks.base import Figures, StageContext, Task
+from opensora_lite.train.tasks.companion import Companion
 from opensora_lite.train.tasks.reconstruction import reconstruction_for
 
 log = logging.getLogger("opensora_lite")
@@ -53,14 +53,14 @@ class AutoencoderTask(Task):
         self.r = r = stage.reconstruction
         self.modality = reconstruction_for(cfg, r.modality, engine.device)
         self.perceptual = load_perceptual(r.vgg_path).to(engine.device) if r.perceptual_weight > 0 else None
-        self.disc = self.disc_opt = None
+        self.disc = self.companion = None
         if r.disc_weight > 0:
             with torch.random.fork_rng(devices=[]):  # its own seed: the autoencoder's init is unchanged by it
                 torch.manual_seed(cfg.run.seed * 1000 + index + 500)
                 self.disc = PatchDiscriminator3D(r.disc_channels, r.disc_layers).to(engine.device)
             o = stage.optim
-            self.disc_opt = torch.optim.AdamW(self.disc.parameters(), lr=r.disc_lr, betas=tuple(o.betas), eps=o.eps)
-        self.parts: dict[str, float] = {}
+            self.companion = Companion(self.disc, r.disc_lr, o.betas, o.eps, o.grad_clip)
+        self.figures = Figures()
 
     # -- the model ---------------------------------------------------------------------------------
     def build_model(self) -> nn.Module:
@@ -144,9 +144,7 @@ class AutoencoderTask(Task):
             d = hinge_d_loss(self.disc(video), self.disc(recon.detach()))
             (d / self.stage.grad_accum).backward()
             parts["d_loss"] = float(d.detach())
-        for k, v in parts.items():
-            self.parts[k] = self.parts.get(k, 0.0) + v / self.stage.grad_accum
-        self.parts["n"] = self.parts.get("n", 0.0) + 1 / self.stage.grad_accum
+        self.figures.add(parts, 1 / self.stage.grad_accum)
         return loss.detach(), video[:, 0].numel(), 0.0
 
     def _nll(self, recon, video):
@@ -158,50 +156,23 @@ class AutoencoderTask(Task):
 
     def after_step(self, step: int) -> None:
         """The discriminator's update, after the engine stepped the autoencoder (`step` 0-based)."""
-        if not self.disc_on(step):
-            return
-        grads = [p.grad for p in self.disc.parameters() if p.grad is not None]
-        if self.engine.world_size > 1 and grads:
-            flat = torch.cat([g.flatten() for g in grads])
-            dist.all_reduce(flat)
-            flat /= self.engine.world_size
-            at = 0
-            for g in grads:
-                g.copy_(flat[at : at + g.numel()].view_as(g))
-                at += g.numel()
-        if self.stage.optim.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.disc.parameters(), self.stage.optim.grad_clip)
-        self.disc_opt.step()
-        self.disc_opt.zero_grad(set_to_none=True)
+        if self.disc_on(step):
+            self.companion.step(self.engine.world_size)
 
     def take_metrics(self) -> dict[str, float]:
         """The loss parts since the last call, averaged over steps and ranks."""
-        n = self.parts.pop("n", 0.0)
-        keys = sorted(self.parts)
-        values = self.engine.all_reduce_floats([self.parts[k] / max(n, 1e-12) for k in keys], "mean") if keys else []
-        self.parts = {}
-        return dict(zip(keys, values))
+        return self.figures.take(self.engine)
 
     # -- checkpoint state --------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        if self.disc is None:
+        if self.companion is None:
             return {}
-        opt = self.disc_opt.state_dict()
-        return {
-            "discriminator": {k: v.detach().cpu() for k, v in self.disc.state_dict().items()},
-            "disc_optimizer": {
-                "state": {str(k): v for k, v in opt["state"].items()},
-                "param_groups": opt["param_groups"],
-            },
-        }
+        weights, opt = self.companion.state_dict()
+        return {"discriminator": weights, "disc_optimizer": opt}
 
     def load_state_dict(self, state: dict) -> None:
-        if self.disc is None or "discriminator" not in state:
-            return
-        self.disc.load_state_dict(state["discriminator"])
-        opt = state["disc_optimizer"]
-        groups = [{**g, "betas": tuple(g["betas"])} for g in opt["param_groups"]]
-        self.disc_opt.load_state_dict({"state": {int(k): v for k, v in opt["state"].items()}, "param_groups": groups})
+        if self.companion is not None and "discriminator" in state:
+            self.companion.load_state_dict(state["discriminator"], state["disc_optimizer"])
 
     # -- evaluation --------------------------------------------------------------------------------
     @torch.no_grad()

@@ -38,6 +38,26 @@ class StageContext:
         return self.rt.engine
 
 
+class Figures:
+    """A task's own figures between two log steps: added per micro-batch (weighted 1/grad_accum, so one
+    step counts once), taken as their means over the steps and the ranks."""
+
+    def __init__(self):
+        self.sums: dict[str, float] = {}
+        self.steps = 0.0
+
+    def add(self, figures: dict[str, float], weight: float) -> None:
+        for k, v in figures.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v * weight
+        self.steps += weight
+
+    def take(self, engine) -> dict[str, float]:
+        keys = sorted(self.sums)
+        values = engine.all_reduce_floats([self.sums[k] / max(self.steps, 1e-12) for k in keys], "mean") if keys else []
+        self.sums, self.steps = {}, 0.0
+        return dict(zip(keys, values))
+
+
 class Task(ABC):
     """One kind of stage. The loop calls, in order: build_model, (weights through train/weights.py:
     load_weights or materialize), blocks (for the engine), then per step micro_step x grad_accum,

@@ -87,18 +87,32 @@ class DiffusionTask(Task):
         return dict(self.spec.weights_metadata)
 
     # -- a step --------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def inputs(self, batch: dict, gen: torch.Generator, text_dropout: bool = True):
+        """(x0, t5, clip, cond) of a batch: the latents (encoded, or the cache's), the text (dropped for CFG
+        at the stage's rates), the I2V/v2v condition of its sampled tasks (None without one)."""
+        rt = self.ctx.rt
+        if "x0" in batch:  # latent cache: the encoders' outputs, precomputed
+            x0, t5, clip = (batch[k].to(rt.device, non_blocking=True).float() for k in ("x0", "t5", "clip"))
+        else:
+            video = frames_on_device(batch["video"], rt.device)
+            # a VAE's posterior draw comes from the stage's generator (checkpointed: resume stays exact)
+            x0 = rt.ae.encode(video, generator=gen)
+            t5, clip = rt.text.encode(batch["captions"])
+        if text_dropout:
+            t5, clip = drop_text(t5, clip, rt.text.empty(), self.ctx.stage.text_dropout, gen)
+        cond = self._condition(batch, x0, None if "x0" in batch else video, gen) if self.image_condition else None
+        return x0, t5, clip, cond
+
+    def tokens_and_flops(self, x0: torch.Tensor, text_tokens: int):
+        """(video tokens per sample, the spec's FLOP count of one sample)."""
+        patch = self.spec.patch_size(self.ctx.cfg.model)
+        per_sample = (x0.shape[2] // patch[0]) * (x0.shape[3] // patch[1]) * (x0.shape[4] // patch[2])
+        return per_sample, self.spec.flops(self.ctx.cfg.model, per_sample, text_tokens, self.image_condition)
+
     def micro_step(self, model, batch: dict, gen: torch.Generator, step: int, last: bool, device_gen=None):
         rt, stage, engine = self.ctx.rt, self.ctx.stage, self.ctx.engine
-        with torch.no_grad():
-            if "x0" in batch:  # latent cache: the encoders' outputs, precomputed
-                x0, t5, clip = (batch[k].to(rt.device, non_blocking=True).float() for k in ("x0", "t5", "clip"))
-            else:
-                video = frames_on_device(batch["video"], rt.device)
-                # a VAE's posterior draw comes from the stage's generator (checkpointed: resume stays exact)
-                x0 = rt.ae.encode(video, generator=gen)
-                t5, clip = rt.text.encode(batch["captions"])
-            t5, clip = drop_text(t5, clip, rt.text.empty(), stage.text_dropout, gen)
-            cond = self._condition(batch, x0, None if "x0" in batch else video, gen) if self.image_condition else None
+        x0, t5, clip, cond = self.inputs(batch, gen)
         patch = self.spec.patch_size(self.ctx.cfg.model)
 
         def forward(xt, t, t5, clip, cond=None):
@@ -107,9 +121,8 @@ class DiffusionTask(Task):
         loss = flow_loss(forward, x0, t5, clip, cond, self.ctx.cfg.flow, patch, gen, rt.autocast(), device_gen)
         scale = engine.sp.loss_scale if engine.sp else 1.0  # SP: partial gradients summed, not averaged
         engine.backward(model, loss * scale / stage.grad_accum, sync=last)
-        per_sample = (x0.shape[2] // patch[0]) * (x0.shape[3] // patch[1]) * (x0.shape[4] // patch[2])
-        flops = self.spec.flops(self.ctx.cfg.model, per_sample, t5.shape[1], self.image_condition).train
-        return loss.detach(), x0.shape[0] * per_sample, flops * x0.shape[0]
+        per_sample, flops = self.tokens_and_flops(x0, t5.shape[1])
+        return loss.detach(), x0.shape[0] * per_sample, flops.train * x0.shape[0]
 
     def _condition(self, batch: dict, x0: torch.Tensor, video: torch.Tensor | None, gen: torch.Generator):
         """The I2V / v2v condition of this batch's sampled tasks (the cache holds the encoded end frames)."""
@@ -137,9 +150,12 @@ class DiffusionTask(Task):
         return out
 
     # -- evaluation ----------------------------------------------------------------------------------
+    # the stage's sampling and scoring; a task that samples more than video names its own
+    evaluate_stage = staticmethod(evaluate_stage)
+
     def evaluate(self, model: nn.Module, folder: Path, validation: bool = False) -> tuple[dict, list, dict]:
         rt = self.ctx.rt
-        metrics, paths, sheets = evaluate_stage(rt, model, self.ctx.stage, folder)
+        metrics, paths, sheets = self.evaluate_stage(rt, model, self.ctx.stage, folder)
         if validation and rt.cfg.eval.val_shards:
             metrics.update(held_out_loss(rt, model, self.ctx.stage, rt.cfg.run.seed))
         return metrics, paths, sheets
