@@ -3,11 +3,12 @@
 
     python -m benchmarks.probes.probe_speed runs/tiny_cpu/t2v runs/tiny_cpu/hires --samples 2
 
-For each stage checkpoint: every colour x direction x shape caption (the evaluator's 24 colour x direction
-prompts, with its shape assignment) sampled twice, once saying "slow" and
-once "fast", with the same seeds (osl-sample's `seed + j`: the same initial noise for both words), at the
-run's own sampling settings (16 Euler steps, CFG 4 unless given). The Shapes evaluator reads each clip's
-speed (frame extents per second along the fitted motion axis). Prints, per stage:
+For each stage checkpoint: the evaluator's 24 colour x direction prompts (with its shape assignment), each
+sampled twice, once saying "slow" and once "fast", with the same seeds (osl-sample's `seed + j`: the same
+initial noise for both words), 16 Euler steps and CFG 4 unless given (the quickstart's evaluation
+settings). The Shapes evaluator reads each clip's speed (frame extents per second along the fitted motion
+axis; "slow"/"fast" against the midpoint of the Shapes speeds the code is set to, so set them to the
+run's). The clips go to <stage>/probe_speed_cfg<C>_steps<N>_n<S>/. Prints, per stage:
 
 - the mean (and quartiles) of the measured speed for slow and for fast prompts, against the rendered
   speeds of the data (slow/fast of `shapes.speeds`) and the evaluator's threshold (their midpoint);
