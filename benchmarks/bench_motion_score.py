@@ -14,7 +14,8 @@ when prompted with a higher motion score?
 3. The sweep: `osl-sample` (its function, in this process) at each integer score from the 5th to the
    95th percentile of the data's (rounded) scores, for the same eight prompts and seeds (`--samples` per
    prompt; osl-sample's 20 Euler steps and CFG 4 unless given); the Shapes evaluator reads each clip's
-   speed at the size sampled (16 px).
+   speed at the size sampled (16 px). `--scores` sets the scores; `--per-colour N` samples each prompt at
+   N scores over its own colour's 5th-95th percentile (VMAF motion depends on the shape's contrast).
 4. The figures: Spearman's rank correlation of prompted score and measured speed over all clips and per
    prompt, the mean speed per score, the data's own correlation of score and rendered speed; one contact
    sheet per prompt (a row per score, same prompt and seed; named by the prompt's index in PROMPTS), the
@@ -80,9 +81,9 @@ def data_scores(shards: Path, speeds: dict[str, float]) -> list[dict]:
     return out
 
 
-def sweep(run_dir: Path, scores: list[int], a: argparse.Namespace, logs: Path) -> list[dict]:
-    """osl-sample at every score (same prompts, same seeds), in this process (torch is imported once, not
-    once per score); each clip with its score, prompt and seed."""
+def sweep(run_dir: Path, plan: dict[str, list[int]], a: argparse.Namespace, logs: Path) -> list[dict]:
+    """osl-sample at every score of each prompt's plan (prompt -> scores; same seeds at every score), in
+    this process (torch is imported once, not once per score); each clip with its score, prompt and seed."""
     import torch
 
     from opensora_lite.cli.sample import sample
@@ -92,10 +93,10 @@ def sweep(run_dir: Path, scores: list[int], a: argparse.Namespace, logs: Path) -
     folder = run_dir / "motion_sweep"
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
-    prompts = folder / "prompts.txt"
-    prompts.write_text("\n".join(PROMPTS) + "\n")
     clips = []
-    for score in scores:
+    for score in sorted({s for scores in plan.values() for s in scores}):
+        prompts = folder / f"prompts_{score}.txt"  # the prompts whose plan holds this score, in PROMPTS' order
+        prompts.write_text("\n".join(p for p in PROMPTS if score in plan[p]) + "\n")
         out = folder / f"score_{score}"
         args = [f"checkpoint={run_dir / 't2v'}", f"prompt_file={prompts}", f"motion_score={score}", "seed=0"]
         args += [f"num_samples={a.samples}", f"out={out}"]
@@ -114,10 +115,11 @@ def sweep(run_dir: Path, scores: list[int], a: argparse.Namespace, logs: Path) -
     return clips
 
 
-def ceiling(data: list[dict], scores: list[int], samples: int, draws: int = 20) -> tuple[float, float]:
+def ceiling(data: list[dict], plan: dict[str, list[int]], samples: int, draws: int = 20) -> tuple[float, float]:
     """What the sweep would read from a model that had learned the data exactly: each clip's speed drawn
     from the data's clips of its prompt's colour and its score (the nearest score that colour has), for
-    the same prompts, scores and samples; the pooled Spearman's mean and spread over `draws` sweeps."""
+    the same prompts, scores (`plan`: prompt -> scores) and samples; the pooled Spearman's mean and spread
+    over `draws` sweeps."""
     from opensora_lite.eval.motion_score import spearman
 
     rng = np.random.default_rng(0)
@@ -126,13 +128,33 @@ def ceiling(data: list[dict], scores: list[int], samples: int, draws: int = 20) 
         x, y = [], []
         for prompt in PROMPTS:
             rows = [d for d in data if d["colour"] == prompt.split()[1]]
-            for score in scores if rows else []:  # (a colour the data lacks: a smoke run's)
+            for score in plan[prompt] if rows else []:  # (a colour the data lacks: a smoke run's)
                 nearest = min(abs(d["score"] - score) for d in rows)
                 pool = [d["speed_value"] for d in rows if abs(d["score"] - score) == nearest]
                 x += [score] * samples
                 y += list(rng.choice(pool, samples))
         out.append(spearman(x, y))
     return float(np.mean(out)), float(np.std(out))
+
+
+def score_plan(data: list[dict], scores: list[int] | None, per_colour: int | None) -> dict[str, list[int]]:
+    """The scores each prompt is sampled at. `scores` given: those, for every prompt. `per_colour` N: for
+    each prompt, N integer scores evenly spaced over the 5th to 95th percentile of the scores of the data's
+    clips of its colour (VMAF motion grows with the shape's contrast: a yellow shape's slowest clips score
+    about what a red one's fastest do, so one common range is the fast end for one colour and the slow end
+    for another); duplicates dropped. Otherwise every integer from the data's 5th to its 95th percentile,
+    for every prompt."""
+    if scores:
+        return {p: list(scores) for p in PROMPTS}
+    if per_colour:
+        plan = {}
+        for p in PROMPTS:
+            rows = [d["score"] for d in data if d["colour"] == p.split()[1]] or [d["score"] for d in data]
+            lo, hi = np.percentile(rows, [5, 95])
+            plan[p] = sorted({int(round(v)) for v in np.linspace(lo, hi, per_colour)})
+        return plan
+    lo, hi = np.percentile([d["score"] for d in data], [5, 95])
+    return {p: list(range(int(lo), int(hi) + 1)) for p in PROMPTS}
 
 
 def read_speeds(clips: list[dict]) -> None:
@@ -173,19 +195,17 @@ def run_seed(a: argparse.Namespace, seed: int, logs: Path) -> dict:
     # the speeds the data was rendered at: shapes=motion with the same --shapes overrides
     speeds = compose(["shapes=motion", *[f"shapes.{kv}" for kv in a.shapes]], "build_data").shapes.speeds
     data = data_scores(Path(a.shards), dict(speeds))
-    if a.scores:
-        scores = a.scores
-    else:  # every integer score from the data's 5th to its 95th percentile
-        lo, hi = np.percentile([d["score"] for d in data], [5, 95])
-        scores = list(range(int(lo), int(hi) + 1))
+    plan = score_plan(data, a.scores, a.per_colour)
+    scores = sorted({s for v in plan.values() for s in v})
     began = time.perf_counter()
-    clips = sweep(run_dir, scores, a, logs)
+    clips = sweep(run_dir, plan, a, logs)
     read_speeds(clips)
     summary = sweep_summary([c["score"] for c in clips], [c["speed"] for c in clips], [c["prompt"] for c in clips])
     summary["static"] = float(np.mean([c["static"] for c in clips]))
     summary["sheets"] = contact_sheets(run_dir, clips)
     summary["data_spearman"] = spearman([d["score"] for d in data], [d["speed_value"] for d in data])
-    summary["ceiling"] = ceiling(data, scores, a.samples)
+    summary["ceiling"] = ceiling(data, plan, a.samples)
+    summary["plan"] = plan
     by_colour = {}
     for colour in sorted({d["colour"] for d in data}):
         rows = [d for d in data if d["colour"] == colour]
@@ -203,6 +223,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--scores", type=int, nargs="+", help="default: every integer from the data's p5 to p95")
+    p.add_argument("--per-colour", type=int, metavar="N", help="N scores per prompt over its colour's p5-p95")
     p.add_argument("--samples", type=int, default=2, help="seeds per prompt and score (0, 1, ...)")
     p.add_argument("--num-steps", type=int, help="sampling steps (default: osl-sample's, 20)")
     p.add_argument("--cfg", type=float, help="classifier-free guidance scale (default: osl-sample's, 4)")
@@ -251,6 +272,9 @@ def main() -> None:
     sheets = first["run_dir"] / "motion_sweep"
     sheets = sheets.relative_to(REPO) if sheets.is_relative_to(REPO) else sheets
     lines += ["", f"Seed {a.seeds[0]}, per prompt: {per_prompt}. Contact sheets: {sheets}."]
+    if a.per_colour:
+        plan = "; ".join(f"{p.split()[1]} {' '.join(map(str, v))}" for p, v in first["plan"].items())
+        lines.append(f"Scores per prompt (`--per-colour {a.per_colour}`, by the prompt's colour): {plan}.")
     if not a.no_append:
         FIGURE.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(first["sheets"][0], FIGURE)

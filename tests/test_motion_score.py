@@ -29,6 +29,22 @@ def test_spearman_of_known_values():
     assert out["speed_by_score"][1][0] == pytest.approx(0.55)
 
 
+def test_bench_score_plan_common_given_or_per_colour():
+    from benchmarks.bench_motion_score import PROMPTS, score_plan
+
+    # red clips score 1-5, yellow 4-10 (VMAF motion grows with contrast), the other colours 2-6
+    data = [{"colour": c, "score": s} for c in ("red", "blue") for s in range(1, 6)]
+    data += [{"colour": "yellow", "score": s} for s in range(4, 11)]
+    data += [{"colour": c, "score": s} for c in ("green", "magenta", "cyan") for s in range(2, 7)]
+    assert score_plan(data, [2, 3], None) == {p: [2, 3] for p in PROMPTS}
+    common = score_plan(data, None, None)  # the pooled 5th-95th percentile, every prompt
+    assert len({tuple(v) for v in common.values()}) == 1
+    plan = score_plan(data, None, 5)
+    assert plan["a red circle moving right"] == [1, 2, 3, 4, 5]
+    assert plan["a yellow circle moving down"][0] == 4 and plan["a yellow circle moving down"][-1] == 10
+    assert all(len(v) == 5 for v in plan.values())
+
+
 def test_shapes_files_ingest_with_a_motion_score_that_rises_with_speed(motion_data):
     """`osl-data shapes=motion` also writes each clip as mp4 + caption + labels; `kind=videos` ingests them
     and measures VMAF motion, which rises with the rendered speed for each colour; the opensora2 caption

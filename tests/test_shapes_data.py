@@ -164,7 +164,7 @@ def test_osl_data_presets(preset):
         assert sizes == [(64, 64)] and fps == [8.0]
     else:
         assert set(sizes) == {(64, 64), (48, 64), (64, 48)} and fps == [8.0, 16.0, 24.0]
-    assert cfg.shapes.num_clips == 1200 and cfg.shapes.speeds == {"slow": 0.5, "fast": 0.9}
+    assert cfg.shapes.num_clips == 1200 and cfg.shapes.speeds == {"slow": 0.35, "fast": 1.0}
 
 
 def test_evaluator_reads_a_new_colour_only_when_eval_lists_it():
@@ -250,9 +250,10 @@ def test_evaluator_reads_speed_and_shape_of_real_clips(real_clips, px):
         speed = np.mean([r.speed == t["speed"] for r, t in zip(readings, targets)])
         shape = np.mean([r.shape == t["shape"] for r, t in zip(readings, targets)])
         assert speed >= 0.95 and shape >= (0.95 if px == 16 else 0.98), (speed, shape)
-        # the number: frame extents per second, within 10% of the speed rendered
+        # the number: frame extents per second, within 12% of the speed rendered (a slow 0.35 shape travels 2.8 px
+        # over 5 frames at 16 px: 0.3 px of centroid error is 11%; 10% held at slow 0.5)
         error = [abs(r.speed_value / SPEEDS[t["speed"]] - 1) for r, t in zip(readings, targets)]
-        assert np.median(error) < 0.03 and max(error) < 0.1
+        assert np.median(error) < 0.03 and max(error) < 0.12
         assert all(r.colour == t["colour"] and r.direction == t["direction"] for r, t in zip(readings, targets))
     # the same clip read at twice the frame rate moves twice as fast
     at_8, at_16 = (read_clip(clips[px][0], fps=fps).speed_value for fps in (8.0, 16.0))

@@ -51,7 +51,7 @@ class ShapesConfig:
     fps: list[float] = field(default_factory=lambda: [8.0, 16.0, 24.0])
     min_seconds: float = 1.2
     max_seconds: float = 2.5
-    speeds: dict[str, float] = field(default_factory=lambda: {"slow": 0.5, "fast": 0.9})  # frame extents / s
+    speeds: dict[str, float] = field(default_factory=lambda: {"slow": 0.35, "fast": 1.0})  # frame extents / s
     size_range: list[float] = field(default_factory=lambda: [0.3, 0.4])  # shape diameter / min(h, w)
     # what a clip's caption says, from its labels (colour, shape, direction, speed); shapes=motion leaves the
     # speed out, so that only the motion score measured at ingest tells it (experiment=tiny_motion_score)

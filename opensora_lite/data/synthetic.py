@@ -37,7 +37,7 @@ NEW_COLOURS: dict[str, tuple[int, int, int]] = {"orange": (245, 135, 20)}
 ALL_COLOURS = {**COLOURS, **NEW_COLOURS}
 SHAPES = ("circle", "square", "triangle")
 DIRECTIONS: dict[str, tuple[float, float]] = {"left": (0, -1), "right": (0, 1), "up": (-1, 0), "down": (1, 0)}
-SPEEDS: dict[str, float] = dict(ShapesConfig().speeds)  # frame extents per second: slow 0.5, fast 0.9
+SPEEDS: dict[str, float] = dict(ShapesConfig().speeds)  # frame extents per second: slow 0.35, fast 1.0
 CAPTION = ShapesConfig().caption  # "a {speed} {colour} {shape} moving {direction}"
 WALLS = {"left": "left", "right": "right", "up": "top", "down": "bottom"}  # the edge a motion runs into
 # The tone of each colour (Hz): C4 E4 G4 B4 D5 F5, and A5 for orange; no two an octave apart, at least

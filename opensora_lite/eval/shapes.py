@@ -18,7 +18,7 @@ import numpy as np
 
 from opensora_lite.data.synthetic import ALL_COLOURS, COLOURS, DIRECTIONS, SHAPES, SPEEDS
 
-# the threshold between the two Shapes speeds (0.5 and 0.9 frame extents per second): 0.7
+# the threshold between the two Shapes speeds (0.35 and 1.0 frame extents per second): 0.675
 SPEED_MIDPOINT = float(np.mean(list(SPEEDS.values())))
 SLOW, FAST = sorted(SPEEDS, key=SPEEDS.get)
 
