@@ -109,6 +109,29 @@ def spawn_ranks(fn, args: tuple, nprocs: int = 2) -> None:
     on_a_free_port(lambda port: mp.start_processes(fn, args=(port, *args), nprocs=nprocs, start_method="spawn"))
 
 
+def in_process_group(rank: int, port: int, body) -> None:
+    """body() on a spawned rank inside a 2-rank gloo group, left as Engine.shutdown leaves it: after a clean
+    body the ranks meet first (a rank that tears its connections down while its peer still uses them can
+    abort the peer at exit, "terminate called without an active exception", seen on test_export's FSDP2 save),
+    then every group is destroyed and what held one (a device mesh, sharded tensors) is collected; after a
+    failure there is no peer to meet."""
+    import gc
+
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    torch.set_num_threads(1)
+    try:
+        body()
+    except BaseException:
+        dist.destroy_process_group()
+        raise
+    dist.barrier()
+    dist.destroy_process_group()
+    gc.collect()
+
+
 def _spawned(rank: int, port: int, main, out: str, args: tuple) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank))
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))

@@ -7,14 +7,13 @@ their gradients and optimizer state partitioned with the rest)."""
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
-from conftest import spawn_ranks, tiny_mmdit, two_ranks
+from conftest import in_process_group, spawn_ranks, tiny_mmdit, two_ranks
 
 from opensora_lite.checkpoint.files import clean_key
 from opensora_lite.config.schema import ParallelConfig
@@ -48,10 +47,7 @@ def _sp_run(model, inputs, audio):
 
 
 def _sp_rank(rank: int, port: int, path: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=2)
-    torch.set_num_threads(1)
-    try:
+    def body() -> None:
         model, inputs, audio = _sp_model_and_inputs()
         model.set_sequence_parallel(SPContext(dist.group.WORLD, 2, rank))
         apply_activation_checkpointing(SPEC.blocks(model), {"audio_blocks": 1})  # as the engines wrap it
@@ -60,8 +56,8 @@ def _sp_rank(rank: int, port: int, path: str) -> None:
             dist.all_reduce(g)
         if rank == 0:
             torch.save({"video": video, "sound": sound, "grads": grads}, path)
-    finally:
-        dist.destroy_process_group()
+
+    in_process_group(rank, port, body)
 
 
 def test_ulysses_with_audio_tokens_equals_one_process(tmp_path):

@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
-from conftest import both_flux_outputs, cli, spawn_ranks, tiny_mmdit
+from conftest import both_flux_outputs, cli, in_process_group, spawn_ranks, tiny_mmdit
 from diffusers import FluxTransformer2DModel
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
@@ -132,33 +131,31 @@ def test_bfl_file_loads_with_diffusers_from_single_file(tmp_path):
     assert _compare(ours, ref) <= 1e-5
 
 
-def _fsdp2_save(rank: int, port: int, world: int, folder: str) -> None:
-    """One rank: shard the model with FSDP2 (each rank holds half of every tensor) and save with DCP."""
+def _fsdp2_save(rank: int, port: int, folder: str) -> None:
+    """One rank of two: shard the model with FSDP2 (each rank holds half of every tensor) and save with DCP."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_model_state_dict
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
+    def body() -> None:
         model = _random_model(tiny_mmdit(), image_condition=True)
-        mesh = init_device_mesh("cpu", (world,))
+        mesh = init_device_mesh("cpu", (2,))
         for block in [*model.double_blocks, *model.single_blocks]:
             fully_shard(block, mesh=mesh)
         fully_shard(model, mesh=mesh)
         local = model.img_in.weight.to_local()
-        assert local.shape[0] == model.cfg.hidden_size // world  # really sharded
+        assert local.shape[0] == model.cfg.hidden_size // 2  # really sharded
         dcp.save(get_model_state_dict(model), checkpoint_id=folder)
-    finally:
-        dist.destroy_process_group()
+
+    in_process_group(rank, port, body)
 
 
 def test_export_consolidates_a_checkpoint_sharded_by_two_ranks(tmp_path):
     reference = _random_model(tiny_mmdit(), image_condition=True)
     run = _write_run(tmp_path / "run", reference, stage="t2v").parent
     step = run / "hires" / "checkpoints" / "step_00000010" / "model_dcp"  # an unfinished stage's newest checkpoint
-    spawn_ranks(_fsdp2_save, (2, str(step)))
+    spawn_ranks(_fsdp2_save, (str(step),))
     assert len(list(step.glob("*.distcp"))) == 2
 
     out = tmp_path / "export"

@@ -3,12 +3,10 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 import torch.distributed as dist
-from conftest import spawn_ranks, tiny_mmdit
+from conftest import in_process_group, spawn_ranks, tiny_mmdit
 
 from opensora_lite.models.flux.model import MMDiT
 from opensora_lite.parallel.sequence import SPContext
@@ -39,10 +37,7 @@ def _run(model, inputs, cond):
 
 
 def _rank(rank: int, port: int, grid, backend: str, path: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=2)
-    torch.set_num_threads(1)
-    try:
+    def body() -> None:
         model, inputs, cond = _model_and_inputs(grid, backend)
         model.set_sequence_parallel(SPContext(dist.group.WORLD, 2, rank))
         out, grads = _run(model, inputs, cond)
@@ -50,8 +45,8 @@ def _rank(rank: int, port: int, grid, backend: str, path: str) -> None:
             dist.all_reduce(g)
         if rank == 0:
             torch.save({"out": out, "grads": grads}, path)
-    finally:
-        dist.destroy_process_group()
+
+    in_process_group(rank, port, body)
 
 
 @pytest.mark.parametrize("backend", ["math", "sdpa"])
