@@ -78,7 +78,9 @@ def _distill_peak(engine, model, x, t, txt, y, base: int) -> int:
     from opensora_lite.train.tasks.companion import Companion
 
     teacher = copy.deepcopy(model).requires_grad_(False)
-    critic = Companion(copy.deepcopy(model), 1e-4, (0.0, 0.99), 1e-8, 1.0)
+    teacher = engine.shard_companion(teacher, FLUX.blocks(teacher))
+    critic = copy.deepcopy(model)
+    critic = Companion("critic", engine.shard_companion(critic, FLUX.blocks(critic)), 1e-4, (0.0, 0.99), 1e-8, 1.0)
     model, opt = engine.prepare(model, lambda params: torch.optim.AdamW(params, lr=1e-4), 1.0, FLUX.blocks(model))
     velocity = lambda m: lambda x, t, t5, clip, cond=None: FLUX.forward(m, x, t, t5, clip, cond)  # noqa: E731
     empty = (torch.zeros(1, *txt.shape[1:]), torch.zeros(1, *y.shape[1:]))

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
 from conftest import compose, typed
 from safetensors.torch import load_file
 
+from opensora_lite.checkpoint.files import dcp_shapes
 from opensora_lite.checkpoint.state import read_trainer_state
 from opensora_lite.errors import ConfigError
 
@@ -58,11 +60,13 @@ def test_a_distill_stage_trains_a_student_beside_a_critic_and_resumes_bitwise(di
     (ckpt,) = [p for p in (run_dir / "distill" / "checkpoints").glob("step_*") if int(p.name[5:]) == 2]
     state = read_trainer_state(ckpt)
     assert state["step"] == 2
-    critic, adam = state["task"]["critic"], state["task"]["critic_optimizer"]["state"]
-    assert len(critic) == len(original) and sum(v.numel() for v in critic.values()) == sum(
-        v.numel() for v in original.values()
-    )
-    assert len(adam) == len(critic) and all({"exp_avg", "exp_avg_sq"} <= set(s) for s in adam.values())
+    stored = dcp_shapes(ckpt / "critic_dcp")
+    critic = {k[len("model.") :]: v for k, v in stored.items() if k.startswith("model.")}
+    assert len(critic) == len(original) and all(critic[k] == tuple(original[k].shape) for k in original)
+    for moment in ("exp_avg", "exp_avg_sq"):
+        assert {k for k in stored if k.startswith("optim.state.") and k.endswith(moment)} == {
+            f"optim.state.{k}.{moment}" for k in critic
+        }
 
     # interrupted after its step-2 checkpoint: the resumed run gives the same losses and weights, bitwise
     copy = tmp_path / "job"
@@ -77,6 +81,24 @@ def test_a_distill_stage_trains_a_student_beside_a_critic_and_resumes_bitwise(di
     again = load_file(copy / "distill" / "final" / "model.safetensors")
     assert all(torch.equal(again[k], student[k]) for k in student), "the resumed student diverged"
     assert result.metrics and "direction_acc" in result.metrics  # the student's evaluation read the probes
+
+
+def test_under_fsdp2_the_teacher_and_critic_are_sharded_and_the_stage_trains_alike(distilled, shapes_dir, tmp_path):
+    """The stage under parallel=fsdp2 (one rank on the sharded code paths): student, teacher and critic are
+    DTensor shards, the critic's checkpoint part a DCP folder, and the losses those of the single engine."""
+    from opensora_lite.cli.curriculum import run
+
+    run_dir, _, teacher = distilled
+    overrides = _overrides(shapes_dir, tmp_path, teacher)
+    fsdp2 = ["parallel=fsdp2", "parallel.shard_one_rank=true", "curriculum.stages.distill.evaluate=false"]
+    run(compose([*overrides, *fsdp2]))
+    log = "".join(p.read_text() for p in (tmp_path / "job" / "logs").glob("*"))
+    assert "teacher and critic: sharded over 1 rank(s)" in log
+    (ckpt,) = (tmp_path / "job" / "distill" / "checkpoints").glob("step_*")
+    assert (ckpt / "critic_dcp" / ".metadata").is_file() and (ckpt / "model_dcp" / ".metadata").is_file()
+    got, ref = _losses(tmp_path / "job"), _losses(run_dir)
+    assert [s for s, *_ in got] == [s for s, *_ in ref]
+    assert [v for r in got for v in r[1:]] == pytest.approx([v for r in ref for v in r[1:]], rel=1e-4)
 
 
 def test_the_student_samples_on_its_own_schedule(distilled, tmp_path):
@@ -111,17 +133,23 @@ def test_a_distill_stage_that_cannot_run_is_one_config_error(override, key):
     assert info.value.key == key and "\n" not in str(info.value)
 
 
-STEPS, BATCH = 3, 4
+STEPS, SAVED, BATCH = 4, 2, 4
 
 
-def _distill(kind: str) -> list[list[float]]:
-    """DMD2 on a tiny MMDiT with synthetic batches: the student prepared by the engine (sharded under fsdp2,
-    partitioned under ZeRO-2), the frozen teacher and the critic (a Companion) replicated; each rank takes
-    its slice of every global batch. Per step: the global (student, critic) losses."""
+def _distill(kind: str, folder: str) -> dict:
+    """DMD2 on a tiny MMDiT with synthetic batches, as the distill task runs it: the student prepared by the
+    engine, the frozen teacher and the critic (a Companion) placed by it (all three sharded under fsdp2,
+    the teacher and critic replicated under ZeRO-2); each rank takes its slice of every global batch.
+    Checkpointed after step SAVED (student, its optimizer, the critic's DCP folder); then fresh models load
+    that checkpoint and run the remaining steps. Returns the global (student, critic) losses per step of
+    the uninterrupted run and of the resumed one, and whether the teacher and critic were sharded."""
     import copy
 
+    import torch.distributed.checkpoint as dcp
     from conftest import tiny_mmdit
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
 
+    from opensora_lite.checkpoint.files import single_process_dcp
     from opensora_lite.config.schema import ParallelConfig
     from opensora_lite.diffusion.distill import critic_loss, dmd_loss, predict_x0
     from opensora_lite.diffusion.guidance import Guidance
@@ -132,50 +160,82 @@ def _distill(kind: str) -> list[list[float]]:
 
     engine = build_engine(ParallelConfig(engine=kind), "cpu")
     torch.manual_seed(0)
-    teacher = MMDiT(tiny_mmdit(attention_backend="math"))
-    for p in teacher.parameters():
+    base = MMDiT(tiny_mmdit(attention_backend="math"))
+    for p in base.parameters():
         torch.nn.init.normal_(p, std=0.05)
-    critic = Companion(copy.deepcopy(teacher), 1e-3, (0.0, 0.99), 1e-8, 1.0)
-    model, opt = engine.prepare(
-        copy.deepcopy(teacher), lambda ps: torch.optim.AdamW(ps, lr=1e-3, betas=(0.0, 0.99)), 1.0, SPEC.blocks(teacher)
-    )
-    teacher.requires_grad_(False)
+
+    def models():
+        model, teacher, critic = copy.deepcopy(base), copy.deepcopy(base).requires_grad_(False), copy.deepcopy(base)
+        model, opt = engine.prepare(model, lambda ps: torch.optim.AdamW(ps, lr=1e-3, betas=(0.0, 0.99)), 1.0,
+                                    SPEC.blocks(model))  # fmt: skip
+        teacher = engine.shard_companion(teacher, SPEC.blocks(teacher))
+        critic = Companion("critic", engine.shard_companion(critic, SPEC.blocks(critic)), 1e-3, (0.0, 0.99), 1e-8, 1.0)
+        return model, opt, teacher, critic
+
     velocity = lambda m: lambda x, t, t5, clip, cond=None: SPEC.forward(m, x, t, t5, clip, cond)  # noqa: E731
     empty = (torch.zeros(1, 5, 16), torch.zeros(1, 8))
     mine = slice(engine.dp_rank * BATCH // engine.dp_size, (engine.dp_rank + 1) * BATCH // engine.dp_size)
-    out = []
-    for step in range(STEPS):
-        g = torch.Generator().manual_seed(100 + step)
-        x, noise, noise2 = (torch.randn(BATCH, 4, 3, 4, 6, generator=g) for _ in range(3))
-        t, tau, tc = (torch.rand(BATCH, generator=g) for _ in range(3))
-        txt, y = torch.randn(BATCH, 5, 16, generator=g), torch.randn(BATCH, 8, generator=g)
-        x, noise, noise2, t, tau, tc, txt, y = (v[mine] for v in (x, noise, noise2, t, tau, tc, txt, y))
-        x0_hat = predict_x0(x, SPEC.forward(model, x, t, txt, y, None), t, 1e-5)
-        loss, _ = dmd_loss(x0_hat, velocity(teacher), velocity(critic.module), txt, y, empty, Guidance(3.0), None,
-                           tau, noise, 1e-5)  # fmt: skip
-        engine.backward(model, loss, sync=True)
-        engine.step(model, opt)
-        c = critic_loss(velocity(critic.module), x0_hat.detach(), txt, y, None, tc, noise2, 1e-5)
-        c.backward()
-        critic.step(engine.world_size)
-        out.append([engine.all_reduce_mean(float(loss.detach())), engine.all_reduce_mean(float(c.detach()))])
+
+    def train(model, opt, teacher, critic, steps) -> list[list[float]]:
+        out = []
+        for step in steps:
+            g = torch.Generator().manual_seed(100 + step)
+            x, noise, noise2 = (torch.randn(BATCH, 4, 3, 4, 6, generator=g) for _ in range(3))
+            t, tau, tc = (torch.rand(BATCH, generator=g) for _ in range(3))
+            txt, y = torch.randn(BATCH, 5, 16, generator=g), torch.randn(BATCH, 8, generator=g)
+            x, noise, noise2, t, tau, tc, txt, y = (v[mine] for v in (x, noise, noise2, t, tau, tc, txt, y))
+            x0_hat = predict_x0(x, SPEC.forward(model, x, t, txt, y, None), t, 1e-5)
+            loss, _ = dmd_loss(x0_hat, velocity(teacher), velocity(critic.module), txt, y, empty, Guidance(3.0), None,
+                               tau, noise, 1e-5)  # fmt: skip
+            engine.backward(model, loss, sync=True)
+            engine.step(model, opt)
+            c = critic_loss(velocity(critic.module), x0_hat.detach(), txt, y, None, tc, noise2, 1e-5)
+            c.backward()
+            critic.step(engine.world_size)
+            out.append([engine.all_reduce_mean(float(loss.detach())), engine.all_reduce_mean(float(c.detach()))])
+        return out
+
+    model, opt, teacher, critic = models()
+    sharded = critic.sharded and all(hasattr(p, "device_mesh") for p in teacher.parameters())
+    full = train(model, opt, teacher, critic, range(SAVED))
+    ckpt = Path(folder)
+    with single_process_dcp():
+        dcp.save(get_model_state_dict(model), checkpoint_id=str(ckpt / "student"), no_dist=engine.world_size == 1)
+    engine.save_optimizer(ckpt, model, opt)
+    critic.save(ckpt)
+    full += train(model, opt, teacher, critic, range(SAVED, STEPS))
+
+    model, opt, teacher, critic = models()  # a new job: the base weights, no optimizer state, until loaded
+    state = get_model_state_dict(model)
+    with single_process_dcp():
+        dcp.load(state, checkpoint_id=str(ckpt / "student"), no_dist=engine.world_size == 1)
+    set_model_state_dict(model, state)
+    engine.load_optimizer(ckpt, model, opt)
+    critic.load(ckpt)
+    resumed = train(model, opt, teacher, critic, range(SAVED, STEPS))
     engine.shutdown()
-    return out
+    return {"full": full, "resumed": resumed, "sharded": sharded}
 
 
 @pytest.fixture(scope="module")
-def distill_reference() -> list[list[float]]:
-    return _distill("single")
+def distill_reference(tmp_path_factory) -> dict:
+    return _distill("single", str(tmp_path_factory.mktemp("single")))
 
 
 @pytest.mark.usefixtures("single_process_env")
 @pytest.mark.parametrize("kind", ["fsdp2", "deepspeed_zero2"])
-def test_two_ranks_distill_like_one_process(kind, distill_reference, tmp_path):
+def test_two_ranks_distill_like_one_process_and_resume_bitwise(kind, distill_reference, tmp_path):
     """The student's and the critic's losses per step on 2 ranks equal one process's (the tolerance of
-    tests/test_engines.py): the engine reduces the student's gradients, the critic's all-reduce its own."""
+    tests/test_engines.py): the engine reduces the student's gradients; the critic's are reduce-scattered
+    by FSDP where it is sharded (fsdp2 shards teacher and critic too) or all-reduced where replicated.
+    A resume from the checkpoint after step 2 (the critic's own DCP folder, each rank its shards) gives
+    the uninterrupted run's losses bitwise, on one process and on two."""
     from conftest import two_ranks
 
     ref = distill_reference
-    assert ref[-1][1] != ref[0][1]  # the critic trains
-    got = two_ranks(_distill, tmp_path, kind)
-    assert [v for row in got for v in row] == pytest.approx([v for row in ref for v in row], rel=1e-5)
+    assert ref["full"][-1][1] != ref["full"][0][1]  # the critic trains
+    assert ref["resumed"] == ref["full"][SAVED:] and not ref["sharded"]
+    got = two_ranks(_distill, tmp_path, kind, str(tmp_path / "ckpt"))
+    assert [v for row in got["full"] for v in row] == pytest.approx([v for row in ref["full"] for v in row], rel=1e-5)
+    assert got["resumed"] == got["full"][SAVED:]
+    assert got["sharded"] == (kind == "fsdp2")

@@ -33,7 +33,7 @@ from opensora_lite.models.flux.flops import mmdit_flops
 from opensora_lite.models.flux.model import MMDiT
 from opensora_lite.parallel.checkpointing import apply_activation_checkpointing
 from opensora_lite.plan import build_plan
-from opensora_lite.plan.memory import GIB, activation_bytes, dit_params, static_bytes
+from opensora_lite.plan.memory import ADAM_BYTES, GIB, activation_bytes, dit_params, static_bytes
 from opensora_lite.plan.mix import expected_buckets, kinds_from_shards
 from opensora_lite.plan.stages import StageSetup
 
@@ -99,11 +99,12 @@ def _probe_prediction(engine: str, world: int, ac: bool, kind: str = "diffusion"
 @pytest.mark.parametrize(
     "engine,world,ac,kind",
     [("single", 1, False, "diffusion"), ("single", 1, True, "diffusion"), ("fsdp2", 2, False, "diffusion"),
-     ("single", 1, False, "distill")],
+     ("single", 1, False, "distill"), ("fsdp2", 2, False, "distill")],
 )  # fmt: skip
 def test_memory_prediction_matches_measured_cpu_peak(engine, world, ac, kind, tmp_path):
-    """A distill stage: the student's step plus its replicated teacher and critic (and the critic's Adam
-    state) and the teacher's guided forward while the student's graph is alive."""
+    """A distill stage: the student's step plus its teacher and critic (and the critic's Adam state),
+    replicated on one process, sharded like the student under fsdp2, and the teacher's guided forward
+    while the student's graph is alive."""
     out = tmp_path / "peak.json"
     subprocess.run(
         [sys.executable, str(PROBE), engine, str(world), "1" if ac else "0", str(out), kind],
@@ -196,8 +197,9 @@ def test_the_audio_stage_costs_more_by_its_audio_tokens_share():
 def test_a_distill_stage_is_priced_with_its_teacher_and_critic():
     """experiment=opensora2_distill's distill stage: per sample, the student's trained pass and its mean
     backward simulation, the teacher's three-way guided forward, the critic's forward and its 5 trained passes
-    (diffusion/distill.py's step_flops); its memory holds the replicated teacher and critic (20 bytes a
-    parameter), which no lever moves: the table says so."""
+    (diffusion/distill.py's step_flops); its memory holds the teacher and critic (20 bytes a parameter),
+    sharded over the 192 GPUs under fsdp2 (the recipe's engine), replicated on each under ZeRO-2, where
+    the levers name fsdp2 as what shards them."""
     cfg = to_config(compose(["experiment=opensora2_distill"], config_name="plan"))
     plan = build_plan(cfg)
     stage = {s.cost.name: s for s in plan.stages}["distill_768px"]
@@ -207,8 +209,14 @@ def test_a_distill_stage_is_priced_with_its_teacher_and_critic():
     assert row.model_flops > 7 * count.train
     mem = stage.memory[0]
     total = dit_params(cfg.model, True)[0]
+    assert mem.fits  # plan.stages.distill_768px.engine: fsdp2
+    assert mem.params == pytest.approx(12 * total / 192)  # student, teacher, critic: each 4 bytes / 192
+    assert mem.optimizer == pytest.approx(2 * ADAM_BYTES * total / 192)  # student's and critic's
+    zero2 = ["experiment=opensora2_distill", "plan.stages.distill_768px.engine=deepspeed_zero2"]
+    zero2 = build_plan(to_config(compose(zero2, config_name="plan")))
+    mem = {s.cost.name: s for s in zero2.stages}["distill_768px"].memory[0]
     assert not mem.fits and mem.params > 8 * total and mem.optimizer > 8 * total  # replicated: not / 192
-    assert any("teacher and critic are replicated" in lever for lever in mem.levers)
+    assert any("teacher and critic are replicated" in lever and "fsdp2" in lever for lever in mem.levers)
 
 
 def test_80gb_flag_fires_on_opensora_768px_batches_and_not_on_ours():

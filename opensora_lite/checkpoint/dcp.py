@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from opensora_lite.checkpoint.files import single_process_dcp
+from opensora_lite.checkpoint.files import is_dcp_folder, single_process_dcp
 from opensora_lite.errors import CheckpointError
 from opensora_lite.layout import MODEL_DCP, OPTIM_DCP
 from opensora_lite.registry import ENGINES
@@ -46,6 +46,39 @@ def load_optimizer(folder: Path, model: nn.Module, opt: torch.optim.Optimizer, e
     with single_process_dcp():
         dcp.load(state, checkpoint_id=str(folder / OPTIM_DCP), no_dist=not dist.is_initialized())
     set_optimizer_state_dict(model, opt, state["optim"])
+
+
+def save_module(folder: Path, module: nn.Module, opt: torch.optim.Optimizer) -> None:
+    """A module a task trains beside the loop's (train/tasks/companion.py): its weights and optimizer state
+    as one DCP folder (each rank writes its shards; a replicated module's tensors are written once)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+
+    state = {"model": get_model_state_dict(module), "optim": get_optimizer_state_dict(module, opt)}
+    with single_process_dcp():
+        dcp.save(state, checkpoint_id=str(folder), no_dist=not dist.is_initialized())
+
+
+def load_module(folder: Path, module: nn.Module, opt: torch.optim.Optimizer, what: str) -> None:
+    """What save_module wrote into `module` and `opt` (any world size that wrote it)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import (
+        get_model_state_dict,
+        get_optimizer_state_dict,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    if not is_dcp_folder(folder):
+        raise CheckpointError(
+            f"{folder.parent} has no {folder.name}/ ({what}'s weights and optimizer state): written by an older "
+            "version or another stage kind; start a new stage from its weights (stage.init=<checkpoint>)"
+        )
+    state = {"model": get_model_state_dict(module), "optim": get_optimizer_state_dict(module, opt)}
+    with single_process_dcp():
+        dcp.load(state, checkpoint_id=str(folder), no_dist=not dist.is_initialized())
+    set_model_state_dict(module, state["model"])
+    set_optimizer_state_dict(module, opt, state["optim"])
 
 
 def save_async(folder: Path, model: nn.Module, opt: torch.optim.Optimizer, groups, stagers) -> list[Future]:

@@ -72,9 +72,10 @@ class CheckpointWriter:
         self.report = report
         self.in_flight: _InFlight | None = None
 
-    def save(self, step: int, model, opt, ema, trainer_state: Callable[[], dict | None]) -> float:
+    def save(self, step: int, model, opt, ema, trainer_state: Callable[[], dict | None], companions=()) -> float:
         """Checkpoint `step`. `trainer_state()` is called on every rank (it may gather) and returns the state
-        rank 0 writes. Returns the seconds this rank was held."""
+        rank 0 writes. `companions`: models a task trains beside this one (train/tasks/companion.py), each
+        written into the folder by every rank, synchronously. Returns the seconds this rank was held."""
         began = time.perf_counter()
         self.wait(step)
         engine = self.engine
@@ -86,6 +87,8 @@ class CheckpointWriter:
         if futures is None:
             self.save_model(tmp, model)
             engine.save_optimizer(tmp, model, opt)
+        for companion in companions:
+            companion.save(tmp)
         ema_state = ema.state_dict() if ema else None
         state = trainer_state()
         if futures is None:

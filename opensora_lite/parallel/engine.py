@@ -177,6 +177,13 @@ class Engine(ABC):
             compile_blocks(blocks)
         return model
 
+    def shard_companion(self, module: nn.Module, blocks: Blocks) -> nn.Module:
+        """A model a task runs beside the loop's (a distill stage's frozen teacher and its critic), on the
+        engine's device: sharded as the loop's model is where the engine shards parameters (fsdp2: every
+        block fully_shard-ed, its gradients reduce-scattered in backward), else replicated whole on every
+        rank. No activation checkpointing, no compile."""
+        return module.to(self.device)
+
     @abstractmethod
     def unwrap(self, model: nn.Module) -> nn.Module:
         """The plain module inside whatever wrap() returned."""

@@ -35,7 +35,11 @@ class FSDP2Engine(Engine):
         return self.cfg.shard_one_rank
 
     def _mesh(self):
+        """The (replicas x) shards device mesh, made once: the loop's model and a task's companions share it."""
         from torch.distributed.device_mesh import init_device_mesh
+
+        if self.__dict__.get("_meshes"):
+            return self._meshes[0]
 
         replicas = self.cfg.hsdp_replicas
         if replicas > 1:
@@ -48,22 +52,30 @@ class FSDP2Engine(Engine):
         return mesh
 
     def wrap(self, model: nn.Module, blocks: Blocks) -> nn.Module:
+        model = super().wrap(model, blocks)  # AC, device, compile per block
+        self.sharded_blocks = self._shard(model, blocks) if self.shards_parameters else 0
+        return model  # (one rank: nothing to shard, plain training, same code paths)
+
+    def shard_companion(self, module: nn.Module, blocks: Blocks) -> nn.Module:
+        module = module.to(self.device)
+        if self.shards_parameters:
+            self._shard(module, blocks)
+        return module
+
+    def _shard(self, model: nn.Module, blocks: Blocks) -> int:
+        """fully_shard the model's blocks one by one (its spec's), then the root with what is outside them
+        (all of a model without blocks: an autoencoder); returns how many blocks."""
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-        model = super().wrap(model, blocks)  # AC, device, compile per block
-        self.sharded_blocks = 0
-        if not self.shards_parameters:  # one rank: nothing to shard, plain training, same code paths
-            return model
         mesh = self._mesh()
         policy = MixedPrecisionPolicy(param_dtype=DTYPES[self.compute_dtype()], reduce_dtype=torch.float32)
-        # the model's blocks one by one (its spec's); what is outside them (or a model without blocks: an
-        # autoencoder) is sharded with the root
+        count = 0
         for chain in blocks.values():
             for block in chain:
                 fully_shard(block, mesh=mesh, mp_policy=policy)
-                self.sharded_blocks += 1
+                count += 1
         fully_shard(model, mesh=mesh, mp_policy=policy)
-        return model
+        return count
 
     def unwrap(self, model: nn.Module) -> nn.Module:
         return model

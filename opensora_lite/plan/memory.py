@@ -137,16 +137,22 @@ def static_bytes(setup: StageSetup, compute: str, on_gpu: bool) -> tuple[float, 
     params, grads, opt, working = _engine_bytes(setup, compute, on_gpu)
     if setup.stage.kind == "distill":
         total, _ = dit_params(setup.model, setup.image_condition)
-        teacher, critic, critic_grads, critic_opt = distill_bytes(total)
+        teacher, critic, critic_grads, critic_opt = distill_bytes(setup, total)
         params, grads, opt = params + teacher + critic, grads + critic_grads, opt + critic_opt
     return params, grads, opt, working
 
 
-def distill_bytes(total: float) -> tuple[float, float, float, float]:
+def distill_bytes(setup: StageSetup, total: float) -> tuple[float, float, float, float]:
     """(teacher, critic weights, critic gradients, critic AdamW state) per GPU of a distill stage
-    (train/tasks/distill.py): both models are replicated on every rank in fp32 whatever the engine does
-    with the student, so they do not shrink with more GPUs: 20 bytes a parameter."""
-    return 4.0 * total, 4.0 * total, 4.0 * total, ADAM_BYTES * total
+    (train/tasks/distill.py), in fp32: 20 bytes a parameter, replicated on every rank, except under fsdp2,
+    which shards both over its shard group as it does the student (Engine.shard_companion)."""
+    shards = _fsdp2_shards(setup) if setup.parallel.engine == "fsdp2" else 1
+    return 4.0 * total / shards, 4.0 * total / shards, 4.0 * total / shards, ADAM_BYTES * total / shards
+
+
+def _fsdp2_shards(setup: StageSetup) -> int:
+    """The ranks each fsdp2 parameter is split over (a node's under HSDP)."""
+    return max(1, setup.gpus // max(1, setup.parallel.hsdp_replicas))
 
 
 def _engine_bytes(setup: StageSetup, compute: str, on_gpu: bool) -> tuple[float, float, float, float]:
@@ -165,7 +171,7 @@ def _engine_bytes(setup: StageSetup, compute: str, on_gpu: bool) -> tuple[float,
         master = 4.0 * total / shards if c == 2 else 0.0
         return c * total + master, 4.0 * total / shards, ADAM_BYTES * total / shards, ZERO2_BUCKET_GIB * GIB
     if engine == "fsdp2":
-        shards = max(1, setup.gpus // max(1, par.hsdp_replicas))
+        shards = _fsdp2_shards(setup)
     master = 2.0 * total / shards if engine == "deepspeed_zero3" and c == 2 else 0.0
     working = 2 * c * block + 4.0 * block  # this block and the prefetched one, and one block's fp32 gradients
     return 4.0 * total / shards + master, 4.0 * total / shards, ADAM_BYTES * total / shards, working
@@ -241,7 +247,8 @@ def levers(setup: StageSetup, mem: Memory, txt: int, compute: str, on_gpu: bool,
         if (t := fits(full)) is not None:
             out.append(f"activation checkpointing of every block ({t / GIB:.0f} GiB)")
     sp, heads = par.sp_size * 2, setup.spec.heads(m)
-    while setup.spec.capabilities.sequence_parallel and sp <= setup.gpus and heads % sp == 0 and setup.gpus % sp == 0:
+    sp_ok = setup.spec.capabilities.sequence_parallel and setup.stage.kind != "distill"  # (refused there: validate.py)
+    while sp_ok and sp <= setup.gpus and heads % sp == 0 and setup.gpus % sp == 0:
         if (t := fits(replace(setup, parallel=replace(par, sp_size=sp)))) is not None:
             out.append(f"sp_size={sp} ({t / GIB:.0f} GiB)")
             break
@@ -254,8 +261,11 @@ def levers(setup: StageSetup, mem: Memory, txt: int, compute: str, on_gpu: bool,
     if ENGINES[par.engine].memory != "zero3":
         if (t := fits(replace(setup, parallel=replace(par, engine="fsdp2", hsdp_replicas=1)))) is not None:
             out.append(f"engine fsdp2 ({t / GIB:.0f} GiB)")
-    if setup.stage.kind == "distill":  # what no lever above moves: the replicated teacher and critic
+    if setup.stage.kind == "distill" and par.engine != "fsdp2":  # only fsdp2 shards the teacher and critic
         total, _ = dit_params(setup.model, setup.image_condition)
-        fixed = sum(distill_bytes(total)) / GIB
-        out.append(f"the teacher and critic are replicated on every GPU ({fixed:.0f} GiB): sharding them is not built")
+        fixed = sum(distill_bytes(setup, total)) / GIB
+        out.append(
+            f"the teacher and critic are replicated on every GPU under {par.engine} ({fixed:.0f} GiB): "
+            "parallel=fsdp2 shards them"
+        )
     return out or ["none of activation checkpointing, SP, batch 1 or FSDP suffices: a larger GPU"]

@@ -203,7 +203,7 @@ class StageTrainer:
                 "task": self.task.state_dict(),  # e.g. an autoencoder stage's discriminator
             }
 
-        self.writer.save(step, model, opt, ema, trainer_state)
+        self.writer.save(step, model, opt, ema, trainer_state, self.task.companions())
 
     def _restore(self, resume, ckpt: dict, model, opt, sched, gens, ema) -> tuple[int, LoaderState]:
         engine, state = self.engine, ckpt["trainer_state"]
@@ -217,6 +217,8 @@ class StageTrainer:
         if ema and "ema" in ckpt:
             ema.load_state_dict(ckpt["ema"])
         self.task.load_state_dict(state.get("task", {}))
+        for companion in self.task.companions():
+            companion.load(resume)
         layout = {"dp_size": engine.dp_size, "num_workers": self.cfg.data.num_workers}
         if state["data_layout"] != layout:  # shards are dealt over ranks x workers
             log.warning("[%s] data-parallel size / loader workers changed %s -> %s: the data order after resume "

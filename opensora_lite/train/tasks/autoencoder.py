@@ -13,7 +13,7 @@ checkpoint and the loop are the same for both.
 
 The discriminator is small and replicated on every rank (never sharded), a Companion (companion.py): its
 gradients are averaged over ranks with one all-reduce, so every engine trains it alike. Its weights and
-Adam state travel in the trainer state of the stage's checkpoints (JSON + safetensors, train/state.py).
+Adam state are a DCP folder of each mid-stage checkpoint (`discriminator_dcp/`).
 
 Whether a step trains on single frames (`stage.reconstruction.image_fraction`) is drawn from
 (run.seed, stage, step) alone: the same on every rank and after a resume.
@@ -59,7 +59,7 @@ class AutoencoderTask(Task):
                 torch.manual_seed(cfg.run.seed * 1000 + index + 500)
                 self.disc = PatchDiscriminator3D(r.disc_channels, r.disc_layers).to(engine.device)
             o = stage.optim
-            self.companion = Companion(self.disc, r.disc_lr, o.betas, o.eps, o.grad_clip)
+            self.companion = Companion("discriminator", self.disc, r.disc_lr, o.betas, o.eps, o.grad_clip)
         self.figures = Figures()
 
     # -- the model ---------------------------------------------------------------------------------
@@ -164,15 +164,8 @@ class AutoencoderTask(Task):
         return self.figures.take(self.engine)
 
     # -- checkpoint state --------------------------------------------------------------------------
-    def state_dict(self) -> dict:
-        if self.companion is None:
-            return {}
-        weights, opt = self.companion.state_dict()
-        return {"discriminator": weights, "disc_optimizer": opt}
-
-    def load_state_dict(self, state: dict) -> None:
-        if self.companion is not None and "discriminator" in state:
-            self.companion.load_state_dict(state["discriminator"], state["disc_optimizer"])
+    def companions(self) -> list:
+        return [] if self.companion is None else [self.companion]
 
     # -- evaluation --------------------------------------------------------------------------------
     @torch.no_grad()

@@ -118,10 +118,16 @@ class Task(ABC):
 
     # -- checkpoint state beyond the model -----------------------------------------------------------
     def state_dict(self) -> dict:
+        """Small state for the trainer state's JSON; models go in companions()."""
         return {}
 
     def load_state_dict(self, state: dict) -> None:
         return None
+
+    def companions(self) -> list:
+        """The models this task trains beside the loop's (companion.py: a discriminator, a critic): each
+        a DCP folder of every mid-stage checkpoint, restored on a resume."""
+        return []
 
     # -- evaluation ----------------------------------------------------------------------------------
     @abstractmethod

@@ -1,25 +1,38 @@
 """A model a task trains beside the loop's (an autoencoder stage's discriminator, a distill stage's
-critic): replicated on every rank, never sharded, with its own AdamW. Its gradients are averaged over
-ranks with one all-reduce before each of its steps, so every engine trains it alike; its weights and
-optimizer state travel in the trainer state of the stage's checkpoints (tensors in safetensors)."""
+critic), with its own AdamW.
+
+Placed by the engine (Engine.shard_companion): sharded like the loop's model under fsdp2, where FSDP
+reduce-scatters its gradients in backward; replicated whole on every other engine, where its gradients are
+averaged over ranks with one all-reduce before each of its steps. Either way every engine trains it alike.
+Its weights and optimizer state are a DCP folder of each mid-stage checkpoint (`<name>_dcp/`, written by
+every rank, each its shards), so a resume continues bitwise, on any world size."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
+from opensora_lite.checkpoint import dcp as dcp_files
+
 
 class Companion:
-    def __init__(self, module: nn.Module, lr: float, betas, eps: float, grad_clip: float):
-        self.module = module
+    def __init__(self, name: str, module: nn.Module, lr: float, betas, eps: float, grad_clip: float):
+        self.name, self.module = name, module
         self.opt = torch.optim.AdamW(module.parameters(), lr=lr, betas=tuple(betas), eps=eps)
         self.grad_clip = grad_clip
 
+    @property
+    def sharded(self) -> bool:
+        """Its parameters are shards (DTensors of an FSDP-sharded module): FSDP reduces their gradients."""
+        return any(hasattr(p, "device_mesh") for p in self.module.parameters())
+
     def step(self, world_size: int) -> None:
-        """Average the gradients over the ranks, clip, step, clear."""
+        """Average the gradients over the ranks (where FSDP has not), clip, step, clear."""
         grads = [p.grad for p in self.module.parameters() if p.grad is not None]
-        if world_size > 1 and grads:
+        if world_size > 1 and grads and not self.sharded:
             flat = torch.cat([g.flatten() for g in grads])
             dist.all_reduce(flat)
             flat /= world_size
@@ -32,13 +45,13 @@ class Companion:
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
 
-    def state_dict(self) -> tuple[dict, dict]:
-        """(weights on the host, optimizer state with string keys: the trainer state's JSON needs them)."""
-        opt = self.opt.state_dict()
-        weights = {k: v.detach().cpu() for k, v in self.module.state_dict().items()}
-        return weights, {"state": {str(k): v for k, v in opt["state"].items()}, "param_groups": opt["param_groups"]}
+    def folder(self, checkpoint: Path) -> Path:
+        return Path(checkpoint) / f"{self.name}_dcp"
 
-    def load_state_dict(self, weights: dict, opt: dict) -> None:
-        self.module.load_state_dict(weights)
-        groups = [{**g, "betas": tuple(g["betas"])} for g in opt["param_groups"]]
-        self.opt.load_state_dict({"state": {int(k): v for k, v in opt["state"].items()}, "param_groups": groups})
+    def save(self, checkpoint: Path) -> None:
+        """Weights and optimizer state into the checkpoint folder (every rank calls it)."""
+        dcp_files.save_module(self.folder(checkpoint), self.module, self.opt)
+
+    def load(self, checkpoint: Path) -> None:
+        """What save() wrote (every rank calls it; any world size)."""
+        dcp_files.load_module(self.folder(checkpoint), self.module, self.opt, f"the {self.name}")

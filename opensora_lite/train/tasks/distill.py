@@ -9,9 +9,11 @@ it the task keeps two models of the same architecture:
 - the critic (DMD's fake score), started from the teacher and trained by the flow objective on the
   student's samples, `critic_steps` updates per student update, with its own AdamW.
 
-Both are replicated on every rank, never sharded; the critic is a Companion (companion.py: its gradients
-averaged over ranks with one all-reduce, as the autoencoder stage's discriminator's are), and it and its
-optimizer state travel in the trainer state of the stage's checkpoints, so a resume continues bitwise.
+Both are placed by the engine (Engine.shard_companion): sharded block by block like the student under
+fsdp2 (each rank holds 1/N of them: what lets an 11B teacher and critic fit beside the student), replicated
+whole elsewhere. The critic is a Companion (companion.py: FSDP reduces its gradients, or one all-reduce
+where it is replicated); it and its optimizer state are a DCP folder of each mid-stage checkpoint
+(`critic_dcp/`, every rank its shards), so a resume continues bitwise.
 
 A step: encode the batch (the real latents give the I2V condition's reference frames and the shapes the
 student generates), pick the student's step k of its schedule, make its input x_{t_k} (by running the
@@ -84,11 +86,15 @@ class DistillTask(DiffusionTask):
         report = load_into(teacher, state, f"{path} ({fmt})", self.spec.optional_keys())
         if ctx.engine.is_main:
             log.info("[%s] teacher %s: %s", ctx.name, path, report.summary())
-        self.teacher = teacher.to(engine.device).eval().requires_grad_(False)
-        self.critic = copy.deepcopy(self.teacher).train().requires_grad_(True)
+        critic = copy.deepcopy(teacher)
+        self.teacher = engine.shard_companion(teacher.eval().requires_grad_(False), self.spec.blocks(teacher))
+        self.critic = engine.shard_companion(critic.train().requires_grad_(True), self.spec.blocks(critic))
         o = ctx.stage.optim
         lr = o.lr if self.d.critic_lr is None else self.d.critic_lr
-        self.companion = Companion(self.critic, lr, o.betas, o.eps, o.grad_clip)
+        self.companion = Companion("critic", self.critic, lr, o.betas, o.eps, o.grad_clip)
+        if engine.is_main:
+            placed = f"sharded over {engine.world_size} rank(s)" if self.companion.sharded else "replicated"
+            log.info("[%s] teacher and critic: %s", ctx.name, placed)
 
     def _velocity(self, model: nn.Module):
         return lambda x, t, t5, clip, cond=None: self.spec.forward(model, x, t, t5, clip, cond)
@@ -160,10 +166,5 @@ class DistillTask(DiffusionTask):
         return {**super().final_metadata(), "distill_method": self.d.method, "student_steps": str(self.d.steps)}
 
     # -- checkpoint state beyond the student ------------------------------------------------------------
-    def state_dict(self) -> dict:
-        weights, opt = self.companion.state_dict()
-        return {"critic": weights, "critic_optimizer": opt}
-
-    def load_state_dict(self, state: dict) -> None:
-        if "critic" in state:
-            self.companion.load_state_dict(state["critic"], state["critic_optimizer"])
+    def companions(self) -> list:
+        return [self.companion]
