@@ -239,3 +239,32 @@ def test_two_ranks_distill_like_one_process_and_resume_bitwise(kind, distill_ref
     assert [v for row in got["full"] for v in row] == pytest.approx([v for row in ref["full"] for v in row], rel=1e-5)
     assert got["resumed"] == got["full"][SAVED:]
     assert got["sharded"] == (kind == "fsdp2")
+
+
+def test_a_lora_student_with_validation_and_a_student_with_ema(distilled, shapes_dir, tmp_path):
+    """The loop's own parts apply to a distill stage unchanged: the student as a LoRA (its frozen base the
+    teacher's weights) with the in-training validation; and the full student with its EMA (LoRA with EMA
+    is refused for every stage)."""
+    from opensora_lite.cli.curriculum import run
+
+    run_dir, _, teacher = distilled
+    s = "curriculum.stages.distill"
+    short = [f"{s}.steps=2", f"{s}.checkpoint_every=0", f"{s}.evaluate=false"]
+    original = load_file(teacher / "final" / "model.safetensors")
+
+    lora = [f"{s}.lora.rank=4", f"{s}.validate_every=1", "sample.prompts=[a fast red circle moving right]"]
+    run(compose([*_overrides(shapes_dir, tmp_path / "lora", teacher), *short, *lora]))
+    job = tmp_path / "lora" / "job" / "distill"
+    adapters = load_file(job / "final" / "adapters.safetensors")
+    assert any("lora" in k for k in adapters) and sum("lora" not in k for k in adapters) < len(original) / 4
+    merged = load_file(job / "final" / "model.safetensors")
+    assert set(merged) == set(original) and any(not torch.equal(merged[k], original[k]) for k in merged)
+    clips = sorted(p.name[:3] for p in (job / "validation" / "step_000001" / "samples").glob("*.mp4"))
+    assert clips == ["i2v"] * 2 + ["t2v"] * 8  # the probes, sampled by the student during training
+
+    run(compose([*_overrides(shapes_dir, tmp_path / "ema", teacher), *short, f"{s}.ema_decay=0.9"]))
+    final = tmp_path / "ema" / "job" / "distill" / "final"
+    student, ema = load_file(final / "model.safetensors"), load_file(final / "ema.safetensors")
+    assert set(ema) == set(student)
+    moved = [k for k in student if not torch.equal(student[k], original[k])]
+    assert moved and any(not torch.equal(ema[k], student[k]) for k in moved)  # the shadow lags the student
