@@ -15,6 +15,7 @@ import pytest
 from conftest import BIN, REPO, cli, mini_overrides
 from test_slurm import _wait, slurm  # noqa: F401 (slurm: the local cluster fixture)
 
+from benchmarks.bench_curate import scene
 from opensora_lite.data.video import encode_mp4
 
 H, W, FPS, N = 96, 128, 12.0, 30  # 2.5-s clips
@@ -24,29 +25,8 @@ SCORES = ("duration", "flow", "motion_score", "vmaf_motion", "sharpness", "text_
 
 def _scene(seed: int, n: int, speed: float = 3.0, blur: float = 0.0, text: str | None = None) -> np.ndarray:
     """Coloured discs and boxes on a plain ground, panning `speed` px a frame; blurred; with a caption
-    burnt in (cv2.putText)."""
-    import cv2
-
-    rng = np.random.default_rng(seed)
-    world = np.zeros((H, W * 3, 3), np.uint8)
-    world[:] = rng.integers(30, 220, 3)
-    for _ in range(40):
-        colour = tuple(int(v) for v in rng.integers(0, 256, 3))
-        x, y = int(rng.integers(0, W * 3)), int(rng.integers(0, H))
-        if rng.random() < 0.5:
-            cv2.circle(world, (x, y), int(rng.integers(4, 16)), colour, -1)
-        else:
-            cv2.rectangle(world, (x, y), (x + int(rng.integers(6, 24)), y + int(rng.integers(6, 24))), colour, -1)
-    frames = []
-    for t in range(n):
-        x = int(round(t * speed)) % (W * 2)
-        f = np.ascontiguousarray(world[:, x : x + W])
-        if blur:
-            f = cv2.GaussianBlur(f, (0, 0), blur)
-        if text:
-            cv2.putText(f, text, (6, 60), cv2.FONT_HERSHEY_SIMPLEX, 1.1, (255, 255, 255), 3)
-        frames.append(f)
-    return np.stack(frames)
+    burnt in (cv2.putText): the benchmark's corpus at 96 x 128."""
+    return scene(seed, n, H, W, speed, blur, text)
 
 
 @pytest.fixture(scope="module")
@@ -286,3 +266,12 @@ def test_sources_as_a_file_list_and_as_shards(raw, one_rank, tmp_path):
     assert proc.returncode == 0 and "kept 3 of 3 clips from 3 sources" in proc.stdout, proc.stdout + proc.stderr
     again = _shard_samples(tmp_path / "again")
     assert sorted(s["txt"] for s in again.values()) == sorted(s["txt"] for s in _shard_samples(one_rank).values())
+
+
+def test_long_scenes_are_cut_into_windows_no_longer_than_the_limit():
+    from opensora_lite.curate.clips import windows
+
+    spans = windows([0, 100], 400, 30.0, 4.0)  # a 3.3-s scene, then a 10-s one
+    assert spans == [(0, 100), (100, 200), (200, 300), (300, 400)]
+    assert windows([0], 121, 30.0, 4.0) == [(0, 60), (60, 121)]  # 4.03 s: two windows, not one over the limit
+    assert windows([0], 50, 30.0, 0) == [(0, 50)]
