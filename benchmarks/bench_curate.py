@@ -141,6 +141,7 @@ def main() -> None:
     from opensora_lite.curate.stages import AestheticStage, BlurStage, DedupStage, OcrStage, flow_motion
     from opensora_lite.data.ingest import video_meta
 
+    load = os.getloadavg()[0]  # a shared machine's other work slows the wall times (not the end-to-end CPU time)
     work = Path(tempfile.mkdtemp(prefix="bench_curate_"))
     try:
         (work / "raw").mkdir()
@@ -216,7 +217,8 @@ def main() -> None:
                  kept])  # fmt: skip
     h, w = a.size
     note = (f". Corpus: {n_src} sources of {a.seconds:g} s at {h} x {w}, {a.fps} fps (H.264 crf 23), "
-            f"{n_clips} clips after scene cuts ({clips_per_source:.2f} a source); one process, one thread")  # fmt: skip
+            f"{n_clips} clips after scene cuts ({clips_per_source:.2f} a source); one process, one thread; load "
+            f"average {load:.1f} at the start")  # fmt: skip
     lines = heading("osl-curate throughput per stage, one core", "python3 -m benchmarks.bench_curate", note=note)
     lines += table(["part", "ms per clip", "clips/s per core", "note"], rows)
     still = np.array(motion["still"])

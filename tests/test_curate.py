@@ -160,6 +160,17 @@ def test_a_stage_without_its_weights_is_refused_in_one_line(raw, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_rerun_with_other_thresholds_into_the_same_out_is_refused(raw, one_rank):
+    before = (one_rank / "index.jsonl").read_text()
+    proc = _curate(f"source={raw}", f"out={one_rank}", *COMMON, "motion.min=3", "workers=2")  # workers may change
+    assert (
+        proc.returncode == 2
+        and proc.stderr.strip().startswith("error: motion.min: ")
+        and "motion.min differ" in proc.stderr
+    )
+    assert len(proc.stderr.strip().splitlines()) == 1 and (one_rank / "index.jsonl").read_text() == before
+
+
 def test_aesthetic_scores_with_local_weights(raw, tmp_path):
     """A tiny random CLIP and MLP head from local paths: every clip gets a score and min drops below it."""
     import torch

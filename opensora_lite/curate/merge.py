@@ -21,7 +21,7 @@ from opensora_lite.config.schema import CurateJobConfig
 from opensora_lite.curate.clips import list_sources
 from opensora_lite.curate.report import table_lines, write_report
 from opensora_lite.curate.stages import Deduper, build_stages
-from opensora_lite.curate.units import THUMB, is_done, rank_world, run_units, unit_name, units_of
+from opensora_lite.curate.units import THUMB, check_settings, is_done, rank_world, run_units, unit_name, units_of
 from opensora_lite.data.ingest import Prepared, ShardSink
 from opensora_lite.errors import ConfigError, DataError
 
@@ -115,6 +115,7 @@ def run(cfg: CurateJobConfig) -> dict | None:
     if not sources:
         raise DataError(f"source {cfg.source}: no videos found")
     rank, world = rank_world(cfg)
+    check_settings(cfg, out)
     if cfg.step in ("all", "units"):
         run_units(cfg, sources, out, rank, world)
     if cfg.step == "units":

@@ -49,6 +49,40 @@ def rank_world(cfg: CurateJobConfig) -> tuple[int, int]:
     return rank, world
 
 
+FREE_SETTINGS = ("rank", "world", "step", "workers", "examples", "out")  # may change between runs into one out
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def check_settings(cfg: CurateJobConfig, out: Path) -> None:
+    """The parts hold decisions made with the settings of the run that wrote them: a run into the same `out`
+    with other settings (thresholds, stages, source, unit size) is refused, naming the keys that differ.
+    The first run records them in parts/CONFIG.json."""
+    import dataclasses
+
+    mine = json.loads(json.dumps(_flat({k: v for k, v in dataclasses.asdict(cfg).items() if k not in FREE_SETTINGS})))
+    path = out / "parts" / "CONFIG.json"
+    if path.is_file():
+        theirs = json.loads(path.read_text())
+        diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+        if diff:
+            raise ConfigError(
+                diff[0],
+                f"{out} holds units curated with other settings ({', '.join(diff)} differ: "
+                f"{path}); give a new out, or delete {out / 'parts'} to redo every unit",
+            )
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp-CONFIG-{os.getpid()}.json")
+    tmp.write_text(json.dumps(mine, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
 def unit_name(u: int) -> str:
     return f"unit-{u:06d}"
 
