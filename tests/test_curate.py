@@ -209,11 +209,20 @@ def _same_result(out: Path, ref: Path) -> None:
 
 
 def test_two_ranks_give_what_one_rank_gives(raw, one_rank, tmp_path):
-    """Two ranks at once (curate.rank/world); dedup spans them (a_moving is unit 0, its copy unit 3)."""
+    """Two ranks at once (curate.rank/world; rank 0 with 2 worker processes); dedup spans them (a_moving is
+    unit 0, its copy unit 3)."""
     out = tmp_path / "out"
     procs = [
         subprocess.Popen(
-            [str(BIN / "osl-curate"), f"source={raw}", f"out={out}", *COMMON, f"rank={r}", "world=2"],
+            [
+                str(BIN / "osl-curate"),
+                f"source={raw}",
+                f"out={out}",
+                *COMMON,
+                f"rank={r}",
+                "world=2",
+                f"workers={2 - r}",
+            ],
             cwd=REPO,
             env={**os.environ, "OMP_NUM_THREADS": "1"},
             stdout=subprocess.PIPE,
