@@ -74,6 +74,8 @@ def one_rank(raw, tmp_path_factory) -> Path:
     proc = _curate(f"source={raw}", f"out={out}", *COMMON)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "kept 3 of 8 clips from 8 sources" in proc.stdout, proc.stdout
+    assert "clips in and out per stage:\n| stage | in | out | dropped |" in proc.stdout  # the table in the log
+    assert "| ocr | 5 | 4 | 1 |\n| dedup | 4 | 3 | 1 |" in proc.stdout
     return out
 
 

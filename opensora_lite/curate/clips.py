@@ -11,6 +11,7 @@ import json
 import re
 import tarfile
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -18,7 +19,14 @@ import numpy as np
 
 from opensora_lite.config.schema import CurateJobConfig, SplitStageConfig
 from opensora_lite.data.ingest import VIDEO_SUFFIXES, list_folder, read_index
-from opensora_lite.data.video import VideoDecodeError, encode_mp4, frame_rotation, frame_to_rgb, probe, upright_size
+from opensora_lite.data.video import (
+    VideoDecodeError,
+    frame_rotation,
+    frame_to_rgb,
+    open_memory_output,
+    probe,
+    upright_size,
+)
 from opensora_lite.errors import DataError
 
 
@@ -166,19 +174,45 @@ def sample_positions(start: int, end: int, count: int) -> list[int]:
     return sorted({start + min(n - 1, int((k + 0.5) * n / count)) for k in range(count)})
 
 
+class _Mp4Stream:
+    """An H.264 mp4 written into memory frame by frame (encode_mp4's settings, crf 18), so a long source's
+    windows are re-encoded without holding their frames."""
+
+    def __init__(self, fps: float, crf: int = 18) -> None:
+        self.buf, self.fps, self.crf = io.BytesIO(), fps, crf
+        self.container = open_memory_output(self.buf, "mp4")
+        self.stream = None
+
+    def add(self, rgb: np.ndarray) -> None:
+        rgb = np.ascontiguousarray(rgb[: rgb.shape[0] // 2 * 2, : rgb.shape[1] // 2 * 2])  # yuv420p: even sizes
+        if self.stream is None:
+            self.stream = self.container.add_stream("libx264", rate=Fraction(self.fps).limit_denominator(1000))
+            self.stream.width, self.stream.height, self.stream.pix_fmt = rgb.shape[1], rgb.shape[0], "yuv420p"
+            self.stream.options = {"crf": str(self.crf), "preset": "veryfast", "tune": "zerolatency"}
+        self.container.mux(self.stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
+
+    def close(self) -> bytes:
+        if self.stream is not None:
+            self.container.mux(self.stream.encode())
+        self.container.close()
+        return self.buf.getvalue()
+
+
 def cut(
     data: bytes, spans: list[tuple[int, int]], positions: list[list[int]], sample_height: int
 ) -> tuple[list[list[np.ndarray]], list[bytes]]:
     """For each window: its sampled RGB frames (at most `sample_height` high), and its own mp4 when it is
-    not the whole video (re-encoded at the stored size; H.264 cuts need keyframes, so no stream copy)."""
+    not the whole video (re-encoded at the stored size, one window at a time; H.264 cuts need keyframes,
+    so no stream copy)."""
     total = spans[-1][1]
     whole = len(spans) == 1 and spans[0][0] == 0
     wanted = {p: w for w, ps in enumerate(positions) for p in ps}
     samples: list[list[np.ndarray]] = [[] for _ in spans]
-    frames: list[list[np.ndarray]] = [[] for _ in spans]
+    encoded: list[bytes] = [data] if whole else []
     which = np.zeros(total, int)
     for w, (a, b) in enumerate(spans):
         which[a:b] = w
+    writer = None
     with av.open(io.BytesIO(data)) as container:
         stream = container.streams.video[0]
         fps = float(stream.average_rate or stream.guessed_rate or 0)
@@ -190,8 +224,15 @@ def cut(
                 h = min(sample_height, full.shape[0])
                 samples[wanted[i]].append(_resize(full, (h, max(2, round(full.shape[1] * h / full.shape[0])))))
             if not whole:
-                frames[which[i]].append(full[: full.shape[0] // 2 * 2, : full.shape[1] // 2 * 2])
-    encoded = [data] if whole else [encode_mp4(np.stack(f), fps) if f else b"" for f in frames]
+                if i == spans[which[i]][0]:  # a window starts: the previous one is complete
+                    if writer is not None:
+                        encoded.append(writer.close())
+                    writer = _Mp4Stream(fps)
+                writer.add(full)
+    if writer is not None:
+        encoded.append(writer.close())
+    if len(encoded) != len(spans):
+        raise VideoDecodeError(f"decoded {len(encoded)} of {len(spans)} windows: the second decode ended early")
     return samples, encoded
 
 

@@ -149,8 +149,7 @@ def run(cfg: CurateJobConfig) -> dict | None:
         summary = merge(cfg, len(sources), out)
         (out / "MERGED").write_text(json.dumps(dict(kept=summary["kept"], clips=summary["clips"])) + "\n")
     lines = table_lines(summary["stages"])
-    log.debug("curation report\n%s", "\n".join(lines))
-    print("\n".join(lines))
+    log.info("clips in and out per stage:\n%s", "\n".join(lines))
     where = f"{out / 'shards'}; index {out / 'index.jsonl'}; report {out / 'report'}"
     print(f"kept {summary['kept']} of {summary['clips']} clips from {summary['sources']} sources in "
           f"{summary['shards']} shards: {where}")  # fmt: skip
