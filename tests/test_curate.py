@@ -297,3 +297,22 @@ def test_long_scenes_are_cut_into_windows_no_longer_than_the_limit():
     assert spans == [(0, 100), (100, 200), (200, 300), (300, 400)]
     assert windows([0], 121, 30.0, 4.0) == [(0, 60), (60, 121)]  # 4.03 s: two windows, not one over the limit
     assert windows([0], 50, 30.0, 0) == [(0, 50)]
+
+
+def test_a_source_kept_whole_keeps_its_container(tmp_path):
+    """An .mkv kept whole is stored as <key>.mkv with its bytes untouched (a cut window would be mp4)."""
+    import av
+
+    src = tmp_path / "raw"
+    src.mkdir()
+    with av.open(str(src / "pan.mkv"), "w") as container:
+        stream = container.add_stream("libx264", rate=12)
+        stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
+        for frame in _scene(11, N):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+    (src / "pan.txt").write_text("a pan")
+    proc = _curate(f"source={src}", f"out={tmp_path / 'out'}", "stages=[split,bounds,dedup]", "bounds.min_duration=1")
+    assert proc.returncode == 0 and "kept 1 of 1 clips" in proc.stdout, proc.stdout + proc.stderr
+    ((key, sample),) = _shard_samples(tmp_path / "out").items()
+    assert set(sample) == {"mkv", "json", "txt"} and sample["mkv"] == (src / "pan.mkv").read_bytes()

@@ -37,6 +37,12 @@ class Source:
     path: str
     caption: str | None = None  # None: the sidecar's, when there is one
     member: str | None = None
+    member_ext: str = ""  # the member's extension in the shard
+
+    @property
+    def ext(self) -> str:
+        """The container's extension (mp4, mkv, webm, ...), stored with a clip that keeps the source's bytes."""
+        return self.member_ext if self.member else Path(self.path).suffix.lower().lstrip(".")
 
     @property
     def name(self) -> str:
@@ -68,6 +74,7 @@ class Clip:
     thumbs: np.ndarray  # grey [T, h, w] of every frame of the window at motion.thumb_height
     samples: list[np.ndarray] = field(default_factory=list)  # RGB frames spread over the window
     data: bytes = b""  # the window as an encoded video (the file's own bytes when the window is all of it)
+    ext: str = "mp4"  # data's container: the source's when its bytes are kept, else mp4
 
     @property
     def duration(self) -> float:
@@ -95,15 +102,15 @@ def list_sources(spec: str, cfg: CurateJobConfig) -> list[Source]:
 
 def _shard_sources(shard: Path) -> list[Source]:
     captions: dict[str, str] = {}
-    keys: list[str] = []
+    keys: dict[str, str] = {}
     with tarfile.open(shard) as tar:
         for m in tar.getmembers():
             key, _, ext = m.name.partition(".")
             if ext == "txt":
                 captions[key] = tar.extractfile(m).read().decode("utf-8", "replace").strip()
             elif "." + ext.lower() in VIDEO_SUFFIXES:
-                keys.append(key)
-    return [Source(str(shard), captions.get(k, ""), member=k) for k in keys]
+                keys[key] = ext.lower()
+    return [Source(str(shard), captions.get(k, ""), member=k, member_ext=e) for k, e in keys.items()]
 
 
 def sidecar_caption(path: Path) -> str:
@@ -262,6 +269,7 @@ def clips_of(index: int, src: Source, cfg: CurateJobConfig) -> list[Clip]:
             thumbs=thumbs[a:b],
             samples=samples[w],
             data=encoded[w],
+            ext=src.ext if encoded[w] is data else "mp4",
         )
         for w, (a, b) in enumerate(spans)
     ]

@@ -80,13 +80,12 @@ def merge(cfg: CurateJobConfig, n_sources: int, out: Path) -> dict:
     sink = ShardSink(tmp, cfg.samples_per_shard, cfg.prefix)
     for u in range(n_units):
         for key, sample in _tar_samples(parts / unit_name(u) / "clips.tar"):
+            ext = next(e for e in sample if e not in ("json", "txt"))
             if key in kept:
                 meta, caption = json.loads(sample["json"]), sample["txt"].decode("utf-8")
-                sink.write(
-                    key, Prepared(True, meta["source"], ext="mp4", data=sample["mp4"], meta=meta, caption=caption)
-                )
+                sink.write(key, Prepared(True, meta["source"], ext=ext, data=sample[ext], meta=meta, caption=caption))
             elif key in dups:
-                examples.setdefault("dedup", []).append((key, _frames(sample["mp4"], cfg.frames)))
+                examples.setdefault("dedup", []).append((key, _frames(sample[ext], cfg.frames)))
         for thumb in sorted((parts / unit_name(u) / "thumbs").glob("*.npy")):
             reason = reasons[thumb.stem]
             if len(examples.setdefault(reason, [])) < cfg.examples:

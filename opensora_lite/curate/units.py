@@ -148,7 +148,7 @@ def _score(clip, stages: list[Stage], cfg: CurateJobConfig) -> dict:
             row.update(kept=False, stage="read", reason="unreadable", detail="the cut clip has no frames")
         else:
             meta.update(source=clip.source, start_frame=clip.start, end_frame=clip.end)
-            row.update(_data=clip.data, _meta=meta, _caption=clip.caption)
+            row.update(_data=clip.data, _meta=meta, _caption=clip.caption, _ext=clip.ext)
     else:
         row["_thumbs"] = _strip(clip.samples)
     return row
@@ -177,10 +177,10 @@ def run_unit(u: int, items: list[tuple[int, Source]], cfg: CurateJobConfig, part
             for row in rows:
                 counts["clips"] += 1
                 data, meta, caption = row.pop("_data", None), row.pop("_meta", None), row.pop("_caption", "")
-                thumbs = row.pop("_thumbs", None)
+                thumbs, ext = row.pop("_thumbs", None), row.pop("_ext", "mp4")
                 if data is not None:
                     tar.write(
-                        {"__key__": row["key"], "mp4": data, "json": json.dumps(meta).encode(), "txt": caption.encode()}
+                        {"__key__": row["key"], ext: data, "json": json.dumps(meta).encode(), "txt": caption.encode()}
                     )
                     counts["candidates"] += 1
                 elif thumbs is not None and per_reason.get(row["reason"], 0) < cfg.examples:
