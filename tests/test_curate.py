@@ -136,7 +136,8 @@ def test_kept_clips_are_osl_data_shards_with_the_caption_fields(one_rank, raw):
 
 
 def test_curated_shards_train(one_rank, tmp_path):
-    """osl-train runs a few t2v steps on the curated shards (4:3 clips, 12 fps)."""
+    """osl-train runs a few t2v steps on the curated shards (4:3 clips, 12 fps) with Open-Sora 2.0's captions
+    ("... 12 FPS, 3 motion score.": the fields the curated json carries; a missing one skips every sample)."""
     out = cli(
         "osl-train",
         *mini_overrides(one_rank / "shards", tmp_path),
@@ -144,12 +145,16 @@ def test_curated_shards_train(one_rank, tmp_path):
         "curriculum.stages.t2v.init=none",
         "curriculum.stages.t2v.steps=2",
         "data.aspect_ratios=[1.3333]",
+        "caption=opensora2",
+        "sample.motion_score=4",
         "eval.kind=null",
     )
     assert out.returncode == 0, out.stderr[-3000:]
     metrics = [json.loads(line) for line in (tmp_path / "mini" / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in metrics if "loss" in r]
     assert len(losses) == 2 and all(np.isfinite(losses))
+    skipped = "".join(f.read_text() for f in (tmp_path / "mini").rglob("skipped.tsv"))
+    assert "caption_template_field" not in skipped and "missing_caption" not in skipped, skipped
 
 
 def test_a_stage_without_its_weights_is_refused_in_one_line(raw, tmp_path):
