@@ -264,14 +264,18 @@ def test_a_rank_killed_mid_unit_loses_nothing_on_rerun(raw, one_rank, tmp_path):
 
 
 def test_a_slurm_array_curates_and_merges(slurm, raw, one_rank, tmp_path):  # noqa: F811
+    """`osl-submit --curate 2` queues slurm/curate_array.sbatch as a 2-task array on the local cluster; the
+    last task merges; the result is the 1-rank run's. A stage without weights is refused before queuing."""
     out = tmp_path / "out"
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
     env.update(OSL_VENV=str(BIN.parent))
-    cmd = ["sbatch", "--parsable", "--array=0-1", "--cpus-per-task=1", f"--output={tmp_path}/slurm-%A_%a.out",
-           str(REPO / "slurm" / "curate_array.sbatch"), f"source={raw}", f"out={out}", *COMMON]  # fmt: skip
-    sub = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    submit = [str(BIN / "osl-submit"), "--curate", "2", "--sbatch=--cpus-per-task=1",
+              f"--sbatch=--output={tmp_path}/slurm-%A_%a.out", f"source={raw}", f"out={out}", *COMMON]  # fmt: skip
+    refused = subprocess.run([*submit, "stages=[aesthetic]"], cwd=REPO, env=env, capture_output=True, text=True)
+    assert refused.returncode == 1 and refused.stderr.startswith("error: aesthetic.clip: "), refused.stderr
+    sub = subprocess.run(submit, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert sub.returncode == 0, sub.stderr
-    job = sub.stdout.strip().split(";")[0]
+    job = sub.stdout.strip().removeprefix("curate: job ").split()[0]
     infos = [_wait(f"{job}_{i}", 300) for i in (0, 1)]
     logs = [(tmp_path / f"slurm-{job}_{i}.out").read_text() for i in (0, 1)]
     assert [i["JobState"] for i in infos] == ["COMPLETED"] * 2, logs
