@@ -126,8 +126,9 @@ def sidecar_caption(path: Path) -> str:
     return ""
 
 
-def scan(data: bytes, split: SplitStageConfig, thumb_height: int) -> tuple[float, list[int], np.ndarray]:
-    """(fps, scene starts (frame indices, the first 0), grey thumbnails of every frame): one decode."""
+def scan(data: bytes, split: SplitStageConfig | None, thumb_height: int) -> tuple[float, list[int], np.ndarray]:
+    """(fps, scene starts (frame indices, the first 0), grey thumbnails of every frame): one decode, through
+    PySceneDetect's ContentDetector when `split` is given (else one scene)."""
     from scenedetect.common import FrameTimecode
     from scenedetect.detectors import ContentDetector
 
@@ -137,19 +138,23 @@ def scan(data: bytes, split: SplitStageConfig, thumb_height: int) -> tuple[float
         fps = float(stream.average_rate or stream.guessed_rate or 0)
         if fps <= 0:
             raise VideoDecodeError("no frame rate")
-        detector = ContentDetector(threshold=split.threshold, min_scene_len=max(1, round(split.min_scene_s * fps)))
+        detector = None
+        if split is not None:
+            detector = ContentDetector(threshold=split.threshold, min_scene_len=max(1, round(split.min_scene_s * fps)))
         size = None
         for i, frame in enumerate(container.decode(stream)):
             if size is None:
                 h, w = upright_size(frame.height, frame.width, frame_rotation(frame))
-                size = (split.detect_height, max(2, round(w * split.detect_height / h)))
+                height = split.detect_height if split is not None else thumb_height
+                size = (height, max(2, round(w * height / h)))
                 tsize = (thumb_height, max(2, round(w * thumb_height / h)))
             rgb = frame_to_rgb(frame, size)
-            code = FrameTimecode(i, fps=fps)
-            cuts += [c.frame_num for c in detector.process_frame(code, np.ascontiguousarray(rgb[..., ::-1]))]
+            if detector is not None:
+                code = FrameTimecode(i, fps=fps)
+                cuts += [c.frame_num for c in detector.process_frame(code, np.ascontiguousarray(rgb[..., ::-1]))]
             grey = rgb.mean(axis=2).astype(np.uint8)
-            thumbs.append(_resize(grey, tsize))
-        if thumbs:
+            thumbs.append(grey if grey.shape == tsize else _resize(grey, tsize))
+        if thumbs and detector is not None:
             cuts += [c.frame_num for c in detector.post_process(FrameTimecode(len(thumbs) - 1, fps=fps))]
     if not thumbs:
         raise VideoDecodeError("no frames")
@@ -250,8 +255,8 @@ def clips_of(index: int, src: Source, cfg: CurateJobConfig) -> list[Clip]:
         raise VideoDecodeError("empty file")
     info = probe(data)
     split = "split" in cfg.stages
-    fps, starts, thumbs = scan(data, cfg.split, cfg.motion.thumb_height)
-    spans = windows(starts if split else [0], len(thumbs), fps, cfg.split.max_window_s if split else 0)
+    fps, starts, thumbs = scan(data, cfg.split if split else None, cfg.motion.thumb_height)
+    spans = windows(starts, len(thumbs), fps, cfg.split.max_window_s if split else 0)
     positions = [sample_positions(a, b, cfg.frames) for a, b in spans]
     samples, encoded = cut(data, spans, positions, max(cfg.ocr.height, cfg.blur.height))
     caption = src.caption if src.caption is not None else sidecar_caption(Path(src.path))

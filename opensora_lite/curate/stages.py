@@ -343,6 +343,8 @@ class Deduper:
         return None, best
 
 
+# what each part imports (the curate extra; scenedetect is imported by the reading of every clip)
+NEEDS = {"reading": ("cv2", "scenedetect"), "ocr": ("rapidocr", "onnxruntime"), "aesthetic": ("transformers",)}
 BUILDERS = dict(
     bounds=lambda c: BoundsStage(c.bounds),
     motion=lambda c: MotionStage(c.motion),
@@ -361,4 +363,12 @@ def build_stages(cfg: CurateJobConfig) -> list[Stage]:
         raise ConfigError("stages", f"unknown stage {unknown[0]!r} (choose from {', '.join(STAGE_NAMES)})")
     if len(set(cfg.stages)) != len(cfg.stages):
         raise ConfigError("stages", f"{list(cfg.stages)} names a stage twice")
+    import importlib.util
+
+    for name in ("reading", *cfg.stages):
+        for module in NEEDS.get(name, ()):
+            if importlib.util.find_spec(module) is None:
+                raise ConfigError(
+                    "stages", f"{name} needs the {module} package: install the curate extra (scripts/install.sh curate)"
+                )
     return [BUILDERS[name](cfg) for name in cfg.stages if name != "split"]
