@@ -3,7 +3,7 @@
 #
 #   scripts/install.sh          core dependencies
 #   scripts/install.sh dev      + test tools and every engine's package
-#                               (extras: dev, lora, deepspeed, colossalai, slurm, parquet, flash-attn; comma-separated)
+#                               (extras: dev, lora, deepspeed, colossalai, slurm, parquet, curate, flash-attn; comma-separated)
 #   scripts/install.sh lora     + peft, for LoRA stages (docs/lora.md)
 #
 # torch is installed first and only when the environment has none, so a CUDA build already present
@@ -35,5 +35,9 @@ PYTHONWARNINGS="ignore:Editable installation" "$py" -m pip install -q -e "$spec"
 case ",$extras," in
   *,dev,*|*,colossalai,*)  # its declared pins (torch<=2.5.1, ...) would replace torch: install it alone
     "$py" -m pip install -q --no-deps "${OSL_COLOSSALAI:-colossalai==0.5.0}" ;;
+esac
+case ",$extras," in
+  *,dev,*|*,curate,*)  # it declares the GUI opencv-python; the headless one (the curate extra) is what it runs on
+    "$py" -m pip install -q --no-deps "${OSL_SCENEDETECT:-scenedetect==0.7.2}" ;;
 esac
 echo "install: done ($("$py" -c 'import torch; print("torch", torch.__version__)'))"

@@ -13,7 +13,14 @@ import dataclasses
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
-from opensora_lite.config.schema import BuildDataConfig, Config, ExportJobConfig, PlanJobConfig, SampleJobConfig
+from opensora_lite.config.schema import (
+    BuildDataConfig,
+    Config,
+    CurateJobConfig,
+    ExportJobConfig,
+    PlanJobConfig,
+    SampleJobConfig,
+)
 from opensora_lite.config.validate import validate
 from opensora_lite.errors import ConfigError
 from opensora_lite.layout import config_dir  # noqa: F401 (callers find it here too)
@@ -33,6 +40,7 @@ def register() -> None:
     cs.store(name="osl_sample_schema", node=SampleJobConfig)
     cs.store(name="osl_export_schema", node=ExportJobConfig)
     cs.store(name="osl_plan_schema", node=PlanJobConfig)
+    cs.store(name="osl_curate_schema", node=CurateJobConfig)
 
 
 def reject_unknown_keys(node: DictConfig, path: str = "") -> None:

@@ -602,3 +602,107 @@ class SampleJobConfig:
     # under torchrun: ranks in groups of parallel.sp_size split each video's tokens (sequence parallel);
     # the groups share the samples out. Only sp_size, backend and timeout_s matter here.
     parallel: ParallelConfig = field(default_factory=lambda: ParallelConfig(engine="ddp"))
+
+
+# --- osl-curate (docs/curation.md): each stage's thresholds; a bound left null is not applied ---
+
+
+@dataclass
+class SplitStageConfig:
+    """Scene cuts (PySceneDetect's ContentDetector) and windows of at most `max_window_s`."""
+
+    threshold: float = 27.0  # ContentDetector's cut threshold (HSV + edge change, 0-255); lower cuts more
+    min_scene_s: float = 0.5  # a cut closer than this to the previous one is ignored
+    max_window_s: float = 10.0  # longer scenes are cut into equal windows no longer than this
+    detect_height: int = 96  # frames are scaled to this height for detection
+
+
+@dataclass
+class BoundsStageConfig:
+    """Duration, size, frame rate and aspect (width / height) bounds of a clip."""
+
+    min_duration: Optional[float] = 2.0
+    max_duration: Optional[float] = None
+    min_height: Optional[int] = None
+    min_width: Optional[int] = None
+    min_fps: Optional[float] = None
+    max_fps: Optional[float] = None
+    min_aspect: Optional[float] = None
+    max_aspect: Optional[float] = None
+
+
+@dataclass
+class MotionStageConfig:
+    """Motion: `flow` (OpenCV Farneback optical flow, pixels per second at `thumb_height`),
+    `motion_score` (mean luma difference, ingest's) or `vmaf_motion` (FFmpeg's vmafmotion, ingest's)."""
+
+    measure: str = "flow"  # flow | motion_score | vmaf_motion: the one the bounds apply to
+    min: Optional[float] = 2.0
+    max: Optional[float] = None
+    gap_s: float = 0.25  # flow between frames this far apart
+    pairs: int = 8
+    thumb_height: int = 64
+
+
+@dataclass
+class BlurStageConfig:
+    """Sharpness: variance of the Laplacian of grey frames at `height` (median over the sampled frames)."""
+
+    min: Optional[float] = 50.0
+    height: int = 128
+
+
+@dataclass
+class OcrStageConfig:
+    """Text: the fraction of the frame covered by text boxes (rapidocr's detector, bundled weights), the
+    largest over the sampled frames."""
+
+    max_area: Optional[float] = 0.02
+    height: int = 320  # frames are scaled to at most this height for detection (never enlarged)
+    min_score: float = 0.5  # recognition confidence a box needs to count as text
+
+
+@dataclass
+class AestheticStageConfig:
+    """LAION-style aesthetic score: CLIP image embeddings (a local CLIP folder) through an MLP head (a local
+    safetensors file), mean over the sampled frames. Refused at start without both paths."""
+
+    clip: Optional[str] = None  # a folder CLIPVisionModelWithProjection.from_pretrained reads
+    head: Optional[str] = None  # safetensors of the MLP: layers.N.weight / layers.N.bias, Linear layers in order
+    min: Optional[float] = 4.5
+
+
+@dataclass
+class DedupStageConfig:
+    """Near-duplicates: a 64-bit DCT perceptual hash of each sampled frame; a clip whose every frame is
+    within `max_distance` bits of an earlier kept clip's is dropped (the first in source order is kept)."""
+
+    max_distance: int = 6
+
+
+@dataclass
+class CurateJobConfig:
+    """`osl-curate`: score clips, keep those within every stage's bounds, write training shards + an index."""
+
+    source: str = "???"  # a folder of videos, a .txt list of paths, a .csv/.tsv/.parquet index, or shards (*.tar)
+    out: str = "???"  # <out>/shards (training shards), <out>/index.jsonl, <out>/report/, <out>/parts/ (work units)
+    stages: List[str] = field(default_factory=lambda: ["split", "bounds", "motion", "blur", "ocr", "dedup"])
+    frames: int = 3  # frames sampled per clip for blur, OCR, aesthetic and dedup
+    unit_size: int = 8  # source files per work unit (the unit of resumption and of sharing between ranks)
+    rank: Optional[int] = None  # this process's rank; default from Slurm arrays or torchrun, else 0
+    world: Optional[int] = None
+    step: str = "all"  # all: my units, then the merge if every unit is done | units | merge
+    workers: int = 1  # processes per rank over a unit's files
+    score_dropped: bool = True  # score a dropped clip at every later stage too (full histograms; slower)
+    samples_per_shard: int = 256
+    prefix: str = "data"
+    path_column: str = "path"
+    caption_column: str = "text"
+    examples: int = 6  # dropped clips per reason on the report's contact sheet
+    split: SplitStageConfig = field(default_factory=SplitStageConfig)
+    bounds: BoundsStageConfig = field(default_factory=BoundsStageConfig)
+    motion: MotionStageConfig = field(default_factory=MotionStageConfig)
+    blur: BlurStageConfig = field(default_factory=BlurStageConfig)
+    ocr: OcrStageConfig = field(default_factory=OcrStageConfig)
+    aesthetic: AestheticStageConfig = field(default_factory=AestheticStageConfig)
+    dedup: DedupStageConfig = field(default_factory=DedupStageConfig)

@@ -165,6 +165,25 @@ def motion_score(data: bytes, info_fps: float, max_pairs: int = 16, gap_s: float
     return motion_scores(data, info_fps, max_pairs, gap_s)[0]
 
 
+def video_meta(data: bytes) -> dict | None:
+    """The json metadata of an encoded video as a shard stores it (None: no frames or no frame rate);
+    raises VideoDecodeError or av's errors on media that cannot be read."""
+    info = probe(data)
+    if info.num_frames < 1 or info.fps <= 0:
+        return None
+    motion, vmaf = motion_scores(data, info.fps)
+    return dict(
+        num_frames=info.num_frames,
+        fps=info.fps,
+        width=info.width,  # upright: a portrait phone clip stored landscape is portrait here
+        height=info.height,
+        duration=info.duration,
+        motion_score=round(motion, 3),
+        vmaf_motion=round(vmaf, 3),
+        rotation=info.rotation,
+    )
+
+
 def prepare(item: SourceItem, audio: AudioDataConfig | None = None) -> Prepared:
     """Read, probe and score one input (runs in a worker process); with `audio` enabled, decode its sound."""
     path = Path(item.path)
@@ -191,20 +210,9 @@ def prepare(item: SourceItem, audio: AudioDataConfig | None = None) -> Prepared:
                 vmaf_motion=0.0,
             )
         elif suffix in VIDEO_SUFFIXES:
-            info = probe(data)
-            if info.num_frames < 1 or info.fps <= 0:
+            meta = video_meta(data)
+            if meta is None:
                 return Prepared(False, item.path, "no_frames")
-            motion, vmaf = motion_scores(data, info.fps)
-            meta = dict(
-                num_frames=info.num_frames,
-                fps=info.fps,
-                width=info.width,  # upright: a portrait phone clip stored landscape is portrait here
-                height=info.height,
-                duration=info.duration,
-                motion_score=round(motion, 3),
-                vmaf_motion=round(vmaf, 3),
-                rotation=info.rotation,
-            )
         else:
             return Prepared(False, item.path, "unknown_extension")
     except (VideoDecodeError, av.error.FFmpegError, StopIteration, IndexError):
@@ -229,6 +237,47 @@ def _key(index: int, path: str) -> str:
     return f"{index:08d}_{stem}"  # no dots: webdataset splits keys from extensions at the first one
 
 
+class ShardSink:
+    """Prepared samples into `<out>/<prefix>-NNNNNN.tar`, `samples_per_shard` each, in the order written;
+    each shard goes to a temporary name renamed when complete, so a reader never sees half a shard.
+    The one shard writer: `osl-data kind=videos` and `osl-curate` both write through it."""
+
+    def __init__(self, out: Path, samples_per_shard: int, prefix: str = "data") -> None:
+        self.out, self.per_shard, self.prefix = Path(out), samples_per_shard, prefix
+        self.shards: list[Path] = []
+        self.written = 0
+        self._tar, self._tmp, self._count = None, None, 0
+
+    def write(self, key: str, res: Prepared) -> None:
+        """One sample: the media's bytes under its extension, the json metadata, the caption, the sound."""
+        import webdataset as wds
+
+        if self._tar is None:
+            self._tmp = self.out / f".tmp-{self.prefix}-{len(self.shards):06d}.tar"
+            self._tar, self._count = wds.TarWriter(str(self._tmp)), 0
+        sample = {"__key__": key, res.ext: res.data}
+        if res.wav:
+            sample["wav"] = res.wav
+        self._tar.write({**sample, "json": json.dumps(res.meta).encode(), "txt": res.caption.encode()})
+        self._count += 1
+        self.written += 1
+        if self._count == self.per_shard:
+            self._publish()
+
+    def _publish(self) -> None:
+        if self._tar is not None:
+            self._tar.close()
+            final = self.out / self._tmp.name.removeprefix(".tmp-")
+            self._tmp.rename(final)
+            self.shards.append(final)
+            self._tar = None
+
+    def close(self) -> list[Path]:
+        """Publish the last, partly filled shard; the shards written."""
+        self._publish()
+        return self.shards
+
+
 @dataclass
 class IngestReport:
     written: int
@@ -245,7 +294,6 @@ def write_shards(
     progress: bool = True,
     audio: AudioDataConfig | None = None,
 ) -> IngestReport:
-    import webdataset as wds
     from tqdm import tqdm
 
     if not items:
@@ -253,18 +301,7 @@ def write_shards(
     out.mkdir(parents=True, exist_ok=True)
     skipped: Counter = Counter()
     skipped_rows: list[tuple[str, str]] = []
-    shards: list[Path] = []
-    sink, tmp, count, written = None, None, 0, 0
-
-    def close() -> None:
-        nonlocal sink
-        if sink is not None:
-            sink.close()
-            final = out / tmp.name.removeprefix(".tmp-")
-            tmp.rename(final)
-            shards.append(final)
-            sink = None
-
+    sink = ShardSink(out, samples_per_shard, prefix)
     workers = workers or (os.cpu_count() or 1)
     with ProcessPoolExecutor(workers) as pool:
         results = pool.map(functools.partial(prepare, audio=audio), items, chunksize=4)
@@ -273,19 +310,8 @@ def write_shards(
                 skipped[res.reason] += 1
                 skipped_rows.append((res.path, res.reason))
                 continue
-            if sink is None:
-                tmp = out / f".tmp-{prefix}-{len(shards):06d}.tar"
-                sink = wds.TarWriter(str(tmp))
-                count = 0
-            sample = {"__key__": _key(i, res.path), res.ext: res.data}
-            if res.wav:
-                sample["wav"] = res.wav
-            sink.write({**sample, "json": json.dumps(res.meta).encode(), "txt": res.caption.encode()})
-            count += 1
-            written += 1
-            if count == samples_per_shard:
-                close()
-    close()
+            sink.write(_key(i, res.path), res)
+    shards, written = sink.close(), sink.written
     if skipped_rows:
         with open(out / "skipped.tsv", "w", encoding="utf-8") as fh:
             fh.write("path\treason\n")
