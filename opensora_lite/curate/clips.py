@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import glob
 import io
-import json
 import re
 import tarfile
 from dataclasses import dataclass, field
@@ -18,7 +17,7 @@ import av
 import numpy as np
 
 from opensora_lite.config.schema import CurateJobConfig, SplitStageConfig
-from opensora_lite.data.ingest import VIDEO_SUFFIXES, list_folder, read_index
+from opensora_lite.data.ingest import VIDEO_SUFFIXES, list_folder, read_index, sidecar_caption
 from opensora_lite.data.video import (
     VideoDecodeError,
     frame_rotation,
@@ -111,19 +110,6 @@ def _shard_sources(shard: Path) -> list[Source]:
             elif "." + ext.lower() in VIDEO_SUFFIXES:
                 keys[key] = ext.lower()
     return [Source(str(shard), captions.get(k, ""), member=k, member_ext=e) for k, e in keys.items()]
-
-
-def sidecar_caption(path: Path) -> str:
-    txt, js = path.with_suffix(".txt"), path.with_suffix(".json")
-    if txt.is_file():
-        return txt.read_text(encoding="utf-8", errors="replace").strip()
-    if js.is_file():
-        try:
-            meta = json.loads(js.read_text(encoding="utf-8"))
-            return str(meta.get("caption") or meta.get("text") or "").strip()
-        except ValueError:
-            return ""
-    return ""
 
 
 def scan(data: bytes, split: SplitStageConfig | None, thumb_height: int) -> tuple[float, list[int], np.ndarray]:
@@ -259,7 +245,7 @@ def clips_of(index: int, src: Source, cfg: CurateJobConfig) -> list[Clip]:
     spans = windows(starts, len(thumbs), fps, cfg.split.max_window_s if split else 0)
     positions = [sample_positions(a, b, cfg.frames) for a, b in spans]
     samples, encoded = cut(data, spans, positions, max(cfg.ocr.height, cfg.blur.height))
-    caption = src.caption if src.caption is not None else sidecar_caption(Path(src.path))
+    caption = src.caption if src.caption is not None else (sidecar_caption(Path(src.path)) or "")
     stem = re.sub(r"[^A-Za-z0-9_-]+", "_", Path(src.member or src.path).stem)[:48]
     return [
         Clip(

@@ -95,7 +95,8 @@ def read_index(path: Path, path_column: str, caption_column: str, root: str | No
     ]
 
 
-def _sidecar_caption(path: Path) -> str | None:
+def sidecar_caption(path: Path) -> str | None:
+    """A video's caption from its `.txt` or `.json` (caption/text) sidecar; None without one."""
     txt, js = path.with_suffix(".txt"), path.with_suffix(".json")
     if txt.is_file():
         return txt.read_text(encoding="utf-8", errors="replace").strip()
@@ -189,7 +190,7 @@ def prepare(item: SourceItem, audio: AudioDataConfig | None = None) -> Prepared:
     path = Path(item.path)
     if not path.is_file():
         return Prepared(False, item.path, "missing_file")
-    caption = item.caption if item.caption is not None else _sidecar_caption(path)
+    caption = item.caption if item.caption is not None else sidecar_caption(path)
     if not caption or not str(caption).strip():
         return Prepared(False, item.path, "missing_caption")
     data = path.read_bytes()
