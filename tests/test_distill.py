@@ -6,6 +6,7 @@ on its weights use its own schedule (4 steps, one forward each), recorded in sam
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -91,7 +92,11 @@ def test_under_fsdp2_the_teacher_and_critic_are_sharded_and_the_stage_trains_ali
     run_dir, _, teacher = distilled
     overrides = _overrides(shapes_dir, tmp_path, teacher)
     fsdp2 = ["parallel=fsdp2", "parallel.shard_one_rank=true", "curriculum.stages.distill.evaluate=false"]
+    port = os.environ.get("MASTER_PORT")
     run(compose([*overrides, *fsdp2]))
+    # its one-process group's port stays its own: a Slurm job submitted later from this process exported it,
+    # and two such jobs on one node collided on it (test_slurm's sweep: EADDRINUSE)
+    assert os.environ.get("MASTER_PORT") == port
     log = "".join(p.read_text() for p in (tmp_path / "job" / "logs").glob("*"))
     assert "teacher and critic: sharded over 1 rank(s)" in log
     (ckpt,) = (tmp_path / "job" / "distill" / "checkpoints").glob("step_*")

@@ -107,14 +107,17 @@ class Engine(ABC):
         self.device = pick_device(device_preference, self.local_rank)
         if (self.world_size > 1 or self.needs_process_group) and not dist.is_initialized():
             backend = cfg.backend if cfg.backend != "auto" else ("nccl" if self.device.type == "cuda" else "gloo")
-            for key, value in _rendezvous(self.world_size).items():
-                os.environ.setdefault(key, value)  # what the launcher set wins
+            added = {k: v for k, v in _rendezvous(self.world_size).items() if k not in os.environ}
+            os.environ.update(added)  # what the launcher set wins
             dist.init_process_group(
                 backend,
                 rank=self.rank,
                 world_size=self.world_size,
                 timeout=datetime.timedelta(seconds=cfg.timeout_s),
             )
+            if self.world_size == 1:  # a one-process group's own port: not for the processes this one starts
+                for key in added:  # (a Slurm job submitted from here would export it and share the port)
+                    os.environ.pop(key, None)
 
         self.sp = self._sequence_parallel_groups()
 
